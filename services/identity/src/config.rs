@@ -1,0 +1,134 @@
+//! Identity's settings, under `[identity]`, on top of the platform's `[server]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use carehub_platform::config::{PlatformConfig, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of `carehub serve identity`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub server: PlatformConfig,
+    pub identity: IdentitySettings,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifierKind {
+    /// Development sandbox: writes notifications (codes included) to the log. Never in production.
+    LogSandbox,
+    /// Test sandbox: keeps notifications in memory for tests to read.
+    MemorySandbox,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. From Vault once the keys issue lands.
+    pub signing_key_file: PathBuf,
+    /// Access-token lifetime, at most 600 s.
+    pub access_token_ttl_secs: u64,
+    /// Absolute session lifetime.
+    pub session_lifetime_secs: u64,
+    /// Idle timeout per role name; a session unused (no refresh) for longer ends.
+    pub idle_timeout_secs: BTreeMap<String, u64>,
+    /// Maximum password age per role name, in days (absent: no periodic change).
+    pub password_max_age_days: BTreeMap<String, u32>,
+    /// Consecutive failures before the exponential delay starts.
+    pub lockout_free_attempts: u32,
+    /// Longest lockout delay caused by consecutive failures.
+    pub lockout_max_delay_secs: u64,
+    /// Failed attempts per account per hour at which the account locks for the rest of the hour (≤ 100).
+    pub max_failures_per_hour: u32,
+    /// Failed attempts per source address per minute before that source is throttled.
+    pub max_failures_per_source_per_minute: u32,
+    pub verification_code_ttl_secs: u64,
+    pub password_reset_ttl_secs: u64,
+    pub mfa_challenge_ttl_secs: u64,
+    /// argon2id memory cost in KiB (≥ 19456), iterations (≥ 2), parallelism (≥ 1).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub notifier: NotifierKind,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        let idle = [
+            ("patient", 1800),
+            ("provider", 900),
+            ("staff", 900),
+            ("billing", 900),
+            ("admin", 900),
+        ];
+        Self {
+            signing_key_file: PathBuf::from("keys/identity-signing.pem"),
+            access_token_ttl_secs: 600,
+            session_lifetime_secs: 12 * 3600,
+            idle_timeout_secs: idle.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect(),
+            password_max_age_days: BTreeMap::new(),
+            lockout_free_attempts: 5,
+            lockout_max_delay_secs: 900,
+            max_failures_per_hour: 100,
+            max_failures_per_source_per_minute: 300,
+            verification_code_ttl_secs: 600,
+            password_reset_ttl_secs: 900,
+            mfa_challenge_ttl_secs: 300,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            notifier: NotifierKind::LogSandbox,
+        }
+    }
+}
+
+impl Validate for IdentityConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.server.validate(problems);
+        let s = &self.identity;
+        let mut need = |ok: bool, msg: &str| {
+            if !ok {
+                problems.push(msg.to_owned());
+            }
+        };
+        need(
+            (1..=600).contains(&s.access_token_ttl_secs),
+            "identity.access_token_ttl_secs must be within 1..=600",
+        );
+        need(
+            s.session_lifetime_secs >= s.access_token_ttl_secs,
+            "identity.session_lifetime_secs must be at least the access-token lifetime",
+        );
+        need(
+            (1..=100).contains(&s.max_failures_per_hour),
+            "identity.max_failures_per_hour must be within 1..=100",
+        );
+        need(
+            s.argon2_memory_kib >= 19 * 1024 && s.argon2_iterations >= 2 && s.argon2_parallelism >= 1,
+            "identity.argon2_* must be at least m=19456 KiB, t=2, p=1",
+        );
+        need(s.verification_code_ttl_secs > 0, "identity.verification_code_ttl_secs must be > 0");
+        need(
+            (1..=900).contains(&s.password_reset_ttl_secs),
+            "identity.password_reset_ttl_secs must be within 1..=900",
+        );
+        for role in s.idle_timeout_secs.keys().chain(s.password_max_age_days.keys()) {
+            if carehub_platform::auth::Role::parse(role).is_none() {
+                problems.push(format!(
+                    "identity: unknown role {role:?} (patient, provider, staff, billing, admin)"
+                ));
+            }
+        }
+    }
+}
+
+impl IdentitySettings {
+    pub fn idle_timeout_for(&self, role: carehub_platform::auth::Role) -> u64 {
+        self.idle_timeout_secs
+            .get(role.as_str())
+            .copied()
+            .unwrap_or(900)
+    }
+}

@@ -1,0 +1,128 @@
+//! Identity's errors, mapped to `tonic::Status` in one place.
+
+use std::time::Duration;
+
+use carehub_platform::errors;
+use carehub_proto::common::v1::ErrorReason;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Already a status (validation failures, policy decisions).
+    #[error("{0}")]
+    Status(#[from] Status),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("account locked")]
+    Locked { retry_after: Duration },
+    #[error("too many attempts")]
+    RateLimited { retry_after: Duration },
+    #[error("account disabled")]
+    AccountDisabled,
+    #[error("session expired")]
+    SessionExpired,
+    #[error("refresh token reused")]
+    RefreshTokenReused,
+    /// A wrong, expired or used one-time code or token, for `field`.
+    #[error("code invalid")]
+    CodeInvalid { field: &'static str },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A state conflict (`kind` names the condition, `subject` an id).
+    #[error("{description}")]
+    Conflict {
+        kind: &'static str,
+        subject: String,
+        description: String,
+    },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, IdentityError>;
+
+
+impl From<IdentityError> for Status {
+    fn from(e: IdentityError) -> Status {
+        match e {
+            IdentityError::Status(s) => s,
+            IdentityError::Db(err) => {
+                if let sqlx::Error::Database(db) = &err {
+                    if db.constraint() == Some("users_email_key") {
+                        return IdentityError::EmailTaken.into();
+                    }
+                }
+                if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+                    tracing::warn!(error = %err, "database unavailable");
+                    return errors::retry_after(
+                        Code::Unavailable,
+                        ErrorReason::Unavailable,
+                        "database unavailable; retry",
+                        Duration::from_secs(1),
+                    );
+                }
+                tracing::error!(error = %err, "database error");
+                errors::internal("database")
+            }
+            IdentityError::InvalidCredentials => errors::status(
+                Code::Unauthenticated,
+                ErrorReason::InvalidCredentials,
+                "invalid credentials",
+            ),
+            IdentityError::Locked { retry_after } => errors::retry_after(
+                Code::Unauthenticated,
+                ErrorReason::AccountLocked,
+                "too many failed attempts; try again later",
+                retry_after,
+            ),
+            IdentityError::RateLimited { retry_after } => errors::retry_after(
+                Code::ResourceExhausted,
+                ErrorReason::RateLimited,
+                "too many attempts; slow down",
+                retry_after,
+            ),
+            IdentityError::AccountDisabled => errors::status(
+                Code::PermissionDenied,
+                ErrorReason::AccountDisabled,
+                "the account is suspended or terminated",
+            ),
+            IdentityError::SessionExpired => errors::status(
+                Code::Unauthenticated,
+                ErrorReason::SessionExpired,
+                "the session has ended; log in again",
+            ),
+            IdentityError::RefreshTokenReused => errors::status(
+                Code::Unauthenticated,
+                ErrorReason::RefreshTokenReused,
+                "refresh token was already used; the session has been revoked",
+            ),
+            IdentityError::CodeInvalid { field } => {
+                let mut v = errors::FieldViolations::new();
+                v.add_with_reason(field, "is wrong, expired or already used", ErrorReason::CodeInvalid);
+                v.into_status()
+            }
+            IdentityError::NotFound { what, id } => errors::not_found(what, &id),
+            IdentityError::EmailTaken => errors::status(
+                Code::AlreadyExists,
+                ErrorReason::AlreadyExists,
+                "an account with this email already exists",
+            ),
+            IdentityError::PermissionDenied(m) => errors::permission_denied(m),
+            IdentityError::Conflict {
+                kind,
+                subject,
+                description,
+            } => errors::precondition(ErrorReason::StateConflict, kind, &subject, &description),
+            IdentityError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                errors::internal("identity")
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! All of identity's SQL. Functions take a `&mut PgConnection` (a transaction's or a pool
+//! connection's) and return domain types.
+
+pub mod revocation;

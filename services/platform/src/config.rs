@@ -1,0 +1,322 @@
+//! Layered configuration shared by every service.
+//!
+//! Precedence, lowest first: compiled defaults → TOML file → `CAREHUB_*` environment variables
+//! (`__` separates levels: `CAREHUB_SERVER__LISTEN=0.0.0.0:50051`) → command-line overrides.
+//! Secrets are `secrecy` types: they are never serialized, printed or logged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// What every service needs from its configuration, under the `[server]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// gRPC port (mTLS only).
+    pub listen: SocketAddr,
+    /// Plain HTTP admin port: /metrics, /healthz, /readyz (and identity's JWKS).
+    pub admin_listen: SocketAddr,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    pub telemetry: TelemetryConfig,
+    pub limits: ServerLimits,
+    pub auth: AuthConfig,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9051)),
+            tls: TlsConfig::default(),
+            database: DatabaseConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            limits: ServerLimits::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// mTLS material as PEM files; reloaded from disk when they change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA bundle that peers' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// The SPIFFE trust domain of workload identities (`spiffe://<domain>/service/<name>`).
+    pub trust_domain: String,
+    /// How often the files are checked for changes.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::from("certs/service.pem"),
+            key_file: PathBuf::from("certs/service-key.pem"),
+            ca_file: PathBuf::from("certs/ca.pem"),
+            trust_domain: "carehub.local".to_owned(),
+            reload_interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...`; a secret because it may carry a password.
+    #[serde(skip_serializing)]
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+    /// Run the embedded migrations when the service starts (`carehub migrate` otherwise).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+            migrate_on_start: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector endpoint (`http://otel-collector:4317`); no export when absent.
+    pub otlp_endpoint: Option<String>,
+    /// Share of root traces sampled, 0.0..=1.0 (child spans follow their parent).
+    pub sample_ratio: f64,
+    pub log_format: LogFormat,
+    /// `tracing` EnvFilter directive, for example `info,carehub_identity=debug`.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            log_format: LogFormat::Json,
+            log_filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    pub request_timeout_ms: u64,
+    /// In-flight requests per server; more are shed with RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    pub max_message_bytes: usize,
+    /// How long in-flight requests may finish after shutdown begins.
+    pub drain_timeout_secs: u64,
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            concurrency_limit: 512,
+            max_message_bytes: 4 * 1024 * 1024,
+            drain_timeout_secs: 20,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Identity's gRPC endpoint, for services that verify tokens (not identity itself).
+    pub identity_endpoint: Option<String>,
+    /// How often revoked sessions are fetched from identity (must stay well under 60 s).
+    pub revocation_poll_secs: u64,
+    /// Workloads whose `x-forwarded-for` / `x-forwarded-user-agent` are trusted.
+    pub gateway_workloads: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "carehub-identity".to_owned(),
+            audience: "carehub".to_owned(),
+            identity_endpoint: None,
+            revocation_poll_secs: 15,
+            gateway_workloads: vec!["gateway".to_owned()],
+        }
+    }
+}
+
+/// A configuration problem, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// Checks a loaded configuration before the service starts.
+pub trait Validate {
+    /// Appends one message per problem, naming the key (`server.limits.concurrency_limit must be > 0`).
+    fn validate(&self, problems: &mut Vec<String>);
+}
+
+impl Validate for PlatformConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        let mut need = |ok: bool, msg: &str| {
+            if !ok {
+                problems.push(msg.to_owned());
+            }
+        };
+        need(
+            self.limits.concurrency_limit > 0,
+            "server.limits.concurrency_limit must be > 0",
+        );
+        need(
+            self.limits.request_timeout_ms > 0,
+            "server.limits.request_timeout_ms must be > 0",
+        );
+        need(
+            (1024..=64 * 1024 * 1024).contains(&self.limits.max_message_bytes),
+            "server.limits.max_message_bytes must be between 1 KiB and 64 MiB",
+        );
+        need(
+            (0.0..=1.0).contains(&self.telemetry.sample_ratio),
+            "server.telemetry.sample_ratio must be within 0.0..=1.0",
+        );
+        need(
+            !self.tls.trust_domain.is_empty(),
+            "server.tls.trust_domain must not be empty",
+        );
+        need(
+            self.auth.revocation_poll_secs > 0 && self.auth.revocation_poll_secs <= 30,
+            "server.auth.revocation_poll_secs must be within 1..=30 (revocations must reach every service within 60 s)",
+        );
+        need(
+            self.database.max_connections > 0,
+            "server.database.max_connections must be > 0",
+        );
+        match &self.database.url {
+            None => problems.push("server.database.url is required".to_owned()),
+            Some(url) => {
+                let url = url.expose_secret();
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    problems.push(
+                        "server.database.url must start with postgres:// or postgresql://".to_owned(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Loads `T` from defaults, an optional TOML file, `CAREHUB_*` variables and CLI overrides
+/// (`("server.listen", "0.0.0.0:50051")`), then validates it.
+pub fn load<T>(file: Option<&Path>, overrides: &[(String, String)]) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment = figment.merge(Env::prefixed("CAREHUB_").split("__"));
+    for (key, value) in overrides {
+        figment = figment.merge(Serialized::global(key.as_str(), value.as_str()));
+    }
+    let config: T = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+    let mut problems = Vec::new();
+    config.validate(&mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[derive(Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct TestConfig {
+        server: PlatformConfig,
+    }
+
+    impl Validate for TestConfig {
+        fn validate(&self, problems: &mut Vec<String>) {
+            self.server.validate(problems);
+        }
+    }
+
+    #[test]
+    fn layers_override_in_order_and_secrets_are_not_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[server]\nlisten = \"127.0.0.1:7000\"\n[server.database]\nurl = \"postgres://u:hunter2@db/x\"\n[server.limits]\nconcurrency_limit = 9\n",
+            )?;
+            jail.set_env("CAREHUB_SERVER__LIMITS__CONCURRENCY_LIMIT", "11");
+            let cfg: TestConfig = load(
+                Some(Path::new("c.toml")),
+                &[("server.admin_listen".into(), "127.0.0.1:7001".into())],
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.listen.port(), 7000);
+            assert_eq!(cfg.server.limits.concurrency_limit, 11);
+            assert_eq!(cfg.server.admin_listen.port(), 7001);
+            assert!(!format!("{:?}", cfg.server.database).contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CAREHUB_SERVER__LIMITS__CONCURRENCY_LIMIT", "0");
+            let err = load::<TestConfig>(None, &[]).err().expect("must fail");
+            let msg = err.to_string();
+            assert!(msg.contains("server.limits.concurrency_limit"), "{msg}");
+            assert!(msg.contains("server.database.url is required"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nlisen = \"127.0.0.1:7000\"\n")?;
+            let err = load::<TestConfig>(Some(Path::new("c.toml")), &[]).err().expect("must fail");
+            assert!(err.to_string().contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,139 @@
+//! PostgreSQL: pool, embedded migrations, and a database per test.
+//!
+//! Each service owns one database. The platform's own tables (idempotency keys, later audit)
+//! live in the `carehub_platform` schema of that database with their own migration history, so
+//! that service migrations and platform migrations never collide.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseConfig;
+
+/// The platform's migrations, applied to every service database.
+pub static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Schema holding the platform's tables.
+pub const PLATFORM_SCHEMA: &str = "carehub_platform";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("server.database.url is not set")]
+    MissingUrl,
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens the service's pool.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let url = cfg.url.as_ref().ok_or(DbError::MissingUrl)?;
+    let options: PgConnectOptions = url.expose_secret().parse()?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
+        .connect_with(options)
+        .await?)
+}
+
+/// Applies the platform migrations (in their own schema) and then the service's.
+pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await?;
+    // Serializes concurrent migrators (several replicas starting at once) on this database.
+    sqlx::query("SELECT pg_advisory_lock(7340211)").execute(&mut *conn).await?;
+    let result = async {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA}"))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(&format!("SET search_path TO {PLATFORM_SCHEMA}"))
+            .execute(&mut *conn)
+            .await?;
+        PLATFORM_MIGRATOR.run(&mut *conn).await?;
+        sqlx::query("SET search_path TO public").execute(&mut *conn).await?;
+        service.run(&mut *conn).await?;
+        Ok::<(), DbError>(())
+    }
+    .await;
+    sqlx::query("RESET search_path").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock(7340211)").execute(&mut *conn).await?;
+    result
+}
+
+/// Creates database `name` on the server of `admin_url` unless it exists.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(), DbError> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Replaces the database name in a `postgres://` URL.
+pub fn url_with_database(url: &str, database: &str) -> Result<String, DbError> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.database(database);
+    Ok(options.to_url_lossy().to_string())
+}
+
+/// A fresh database per test, created from `DATABASE_URL` (default: the local Postgres),
+/// migrated, and dropped when [`TestDatabase::drop_database`] runs (tests call it at the end;
+/// a crashed test leaves a `carehub_test_*` database that the test script sweeps).
+pub struct TestDatabase {
+    pub pool: PgPool,
+    pub url: SecretString,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn new(service: &Migrator) -> Result<Self, DbError> {
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin_url = url_with_database(&base, "postgres")?;
+        let name = format!("carehub_test_{}", uuid::Uuid::new_v4().simple());
+        create_database_if_missing(&admin_url, &name).await?;
+        let url = url_with_database(&base, &name)?;
+        let pool = connect(&DatabaseConfig {
+            url: Some(SecretString::from(url.clone())),
+            max_connections: 20,
+            ..DatabaseConfig::default()
+        })
+        .await?;
+        migrate(&pool, service).await?;
+        Ok(Self {
+            pool,
+            url: SecretString::from(url),
+            name,
+            admin_url,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn drop_database(self) -> Result<(), DbError> {
+        self.pool.close().await;
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}
