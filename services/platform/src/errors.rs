@@ -167,8 +167,8 @@ pub struct StatusDetails {
 
 pub fn details_of(status: &Status) -> StatusDetails {
     let mut out = StatusDetails::default();
-    if let Ok(d) = status.get_error_details_vec() {
-        for detail in d {
+    {
+        for detail in status.get_error_details_vec() {
             match detail {
                 tonic_types::ErrorDetail::ErrorInfo(i) => out.reason = Some(i.reason),
                 tonic_types::ErrorDetail::BadRequest(b) => {

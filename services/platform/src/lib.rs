@@ -1,9 +1,14 @@
 //! carehub-platform: the runtime every carehub service is built on (DESIGN.md §4).
 
+pub mod admin;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod db;
+pub mod devcerts;
 pub mod errors;
 pub mod idempotency;
 pub mod jwt;
+pub mod server;
+pub mod telemetry;
 pub mod tls;

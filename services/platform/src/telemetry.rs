@@ -15,7 +15,6 @@
 //! Never put PHI in span fields or log messages: ids only.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -2,3 +2,4 @@
 //! connection's) and return domain types.
 
 pub mod revocation;
+pub mod sessions;

@@ -1,0 +1,142 @@
+//! A private PostgreSQL cluster for `carehub up`, initialized and started from the installed
+//! PostgreSQL binaries (data under `<data-dir>/postgres`), stopped when carehub stops.
+//!
+//! PostgreSQL refuses to run as root; when carehub runs as root the cluster runs as the
+//! `postgres` system user (created by Debian's package) through `runuser`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+pub struct PgCluster {
+    bin_dir: PathBuf,
+    data_dir: PathBuf,
+    pub port: u16,
+    as_postgres_user: bool,
+}
+
+/// Finds `initdb` and `pg_ctl`: next to each other on PATH, else the newest /usr/lib/postgresql/N/bin.
+fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.reverse();
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file())
+        .context("PostgreSQL server binaries (initdb, pg_ctl) not found; install the `postgresql` package (scripts/dev.sh does) or set --database-url")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PgCluster {
+    pub fn new(data_root: &Path, port: u16) -> anyhow::Result<Self> {
+        Ok(Self {
+            bin_dir: find_bin_dir()?,
+            data_dir: std::path::absolute(data_root.join("postgres"))?,
+            port,
+            as_postgres_user: is_root(),
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let bin = self.bin_dir.join(program);
+        if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    fn run(&self, mut cmd: Command, what: &str) -> anyhow::Result<()> {
+        let out = cmd.output().with_context(|| format!("running {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the cluster on first use.
+    pub fn init_if_needed(&self) -> anyhow::Result<()> {
+        if self.data_dir.join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        if self.as_postgres_user {
+            self.run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&self.data_dir);
+                    c
+                },
+                "chown of the data directory",
+            )?;
+        }
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]);
+        self.run(cmd, "initdb")
+    }
+
+    /// Starts the server on 127.0.0.1:`port` and waits until it accepts connections.
+    pub fn start(&self) -> anyhow::Result<()> {
+        let log = self.data_dir.join("server.log");
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&log)
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {}",
+                self.port,
+                self.data_dir.display()
+            ))
+            .arg("start");
+        self.run(cmd, "pg_ctl start")
+            .with_context(|| format!("see {}", log.display()))
+    }
+
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "fast", "-w", "stop"]);
+        self.run(cmd, "pg_ctl stop")
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("PostgreSQL did not start listening on port {}", self.port)
+    }
+}
