@@ -97,7 +97,7 @@ async fn run_services(
     cfg.identity.signing_key_file = data_dir.join("keys/identity-signing.pem");
     cfg.identity.notifier = NotifierKind::LogSandbox;
 
-    let telemetry = carehub_platform::telemetry::init("carehub-up", &cfg.server.telemetry)?;
+    let telemetry = carehub_platform::telemetry::init("up", &cfg.server.telemetry)?;
     let shutdown = carehub_platform::server::shutdown_signal().shared();
 
     let identity = carehub_identity::serve(cfg.clone(), shutdown.clone()).await?;

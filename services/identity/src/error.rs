@@ -43,6 +43,12 @@ pub enum IdentityError {
     },
     #[error("internal: {0}")]
     Internal(String),
+    /// An unknown, expired or malformed bearer credential (access or refresh token).
+    #[error("invalid token")]
+    InvalidToken,
+    /// The second-factor code (TOTP or recovery code) of an MFA challenge was wrong.
+    #[error("second factor wrong")]
+    MfaCodeWrong,
 }
 
 pub type Result<T> = std::result::Result<T, IdentityError>;
@@ -123,6 +129,16 @@ impl From<IdentityError> for Status {
                 tracing::error!(error = %m, "internal error");
                 errors::internal("identity")
             }
+            IdentityError::InvalidToken => errors::status(
+                Code::Unauthenticated,
+                ErrorReason::UnauthenticatedToken,
+                "the token is unknown, expired or malformed",
+            ),
+            IdentityError::MfaCodeWrong => errors::status(
+                Code::Unauthenticated,
+                ErrorReason::MfaRequired,
+                "the second-factor code is wrong",
+            ),
         }
     }
 }

@@ -206,7 +206,10 @@ impl Metrics {
         for (method, stats) in &methods {
             for (code, n) in &stats.by_code {
                 out.push_str("carehub_grpc_server_requests_total");
-                write_labels(&mut out, &[("service", svc), ("method", method), ("code", code)]);
+                write_labels(
+                    &mut out,
+                    &[("service", svc), ("method", method), ("code", code)],
+                );
                 let _ = writeln!(out, " {n}");
             }
         }
@@ -215,7 +218,10 @@ impl Metrics {
         for (method, stats) in &methods {
             for (code, n) in stats.by_code.iter().filter(|(c, _)| **c != "OK") {
                 out.push_str("carehub_grpc_server_errors_total");
-                write_labels(&mut out, &[("service", svc), ("method", method), ("code", code)]);
+                write_labels(
+                    &mut out,
+                    &[("service", svc), ("method", method), ("code", code)],
+                );
                 let _ = writeln!(out, " {n}");
             }
         }
@@ -225,11 +231,17 @@ impl Metrics {
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
                 out.push_str("carehub_grpc_server_handling_seconds_bucket");
                 let le = fmt_f64(*le);
-                write_labels(&mut out, &[("service", svc), ("method", method), ("le", &le)]);
+                write_labels(
+                    &mut out,
+                    &[("service", svc), ("method", method), ("le", &le)],
+                );
                 let _ = writeln!(out, " {}", stats.buckets[i]);
             }
             out.push_str("carehub_grpc_server_handling_seconds_bucket");
-            write_labels(&mut out, &[("service", svc), ("method", method), ("le", "+Inf")]);
+            write_labels(
+                &mut out,
+                &[("service", svc), ("method", method), ("le", "+Inf")],
+            );
             let _ = writeln!(out, " {}", stats.count);
             out.push_str("carehub_grpc_server_handling_seconds_sum");
             write_labels(&mut out, &[("service", svc), ("method", method)]);
@@ -286,7 +298,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -340,10 +355,16 @@ mod tests {
         let text = m.render();
         assert!(text.contains("carehub_grpc_server_requests_total{service=\"identity\",method=\"/a.B/C\",code=\"OK\"} 1"), "{text}");
         assert!(text.contains("carehub_grpc_server_errors_total{service=\"identity\",method=\"/a.B/C\",code=\"NOT_FOUND\"} 1"), "{text}");
-        assert!(!text.contains("errors_total{service=\"identity\",method=\"/a.B/C\",code=\"OK\"}"), "{text}");
+        assert!(
+            !text.contains("errors_total{service=\"identity\",method=\"/a.B/C\",code=\"OK\"}"),
+            "{text}"
+        );
         assert!(text.contains("carehub_grpc_server_handling_seconds_bucket{service=\"identity\",method=\"/a.B/C\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("carehub_grpc_server_handling_seconds_count{service=\"identity\",method=\"/a.B/C\"} 2"), "{text}");
-        assert!(text.contains("carehub_db_pool_idle{service=\"identity\",pool=\"main\"} 4"), "{text}");
+        assert!(
+            text.contains("carehub_db_pool_idle{service=\"identity\",pool=\"main\"} 4"),
+            "{text}"
+        );
         assert!(!text.contains("bad name"));
     }
 }

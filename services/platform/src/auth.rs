@@ -238,7 +238,7 @@ impl Authorizer {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let trusted_gateway = self.gateway_workloads.iter().any(|g| *g == workload);
+        let trusted_gateway = self.gateway_workloads.contains(&workload);
         let mut caller = Caller {
             workload,
             user: None,
@@ -263,7 +263,7 @@ impl Authorizer {
                 format!("no policy allows {path}"),
             )
         })?;
-        if !rule.workloads.iter().any(|w| *w == caller.workload) {
+        if !rule.workloads.contains(&caller.workload) {
             return Err(errors::status(
                 Code::PermissionDenied,
                 ErrorReason::WorkloadNotAllowed,

@@ -69,6 +69,13 @@ impl Service<http::Request<Body>> for TracedChannel {
             rpc.grpc.status_code = tracing::field::Empty,
         );
         telemetry::inject_context(&span, req.headers_mut());
+        if !req.headers().contains_key("x-request-id") {
+            if let Some(id) = crate::server::current_request_id()
+                .and_then(|id| http::HeaderValue::from_str(&id).ok())
+            {
+                req.headers_mut().insert("x-request-id", id);
+            }
+        }
         let completion = Completion {
             span: span.clone(),
             metrics: None,
@@ -208,8 +215,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_normalized() {
-        assert_eq!(endpoint("https://127.0.0.1:5").unwrap().uri().to_string(), "http://127.0.0.1:5/");
-        assert_eq!(endpoint("identity:50051").unwrap().uri().to_string(), "http://identity:50051/");
+        assert_eq!(
+            endpoint("https://127.0.0.1:5").unwrap().uri().to_string(),
+            "http://127.0.0.1:5/"
+        );
+        assert_eq!(
+            endpoint("identity:50051").unwrap().uri().to_string(),
+            "http://identity:50051/"
+        );
         assert!(endpoint("https://x/y").is_err());
     }
 }

@@ -262,7 +262,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
     use super::*;
 
     #[derive(Default, Serialize, Deserialize)]

@@ -100,9 +100,7 @@ impl DevPki {
         let ca_key = KeyPair::generate().context("generating the CA key")?;
         let mut params = ca_params(trust_domain);
         params.serial_number = Some(random_serial());
-        let ca_cert = params
-            .self_signed(&ca_key)
-            .context("self-signing the CA")?;
+        let ca_cert = params.self_signed(&ca_key).context("self-signing the CA")?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             ca_pem: ca_cert.pem(),
@@ -234,7 +232,11 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
 /// Writes a development PKI into `out_dir`: `ca.pem`, `ca-key.pem` and, per service,
 /// `<name>.pem` / `<name>-key.pem`. An existing CA in `out_dir` is kept (so certificates issued
 /// earlier stay valid); workload certificates are always issued anew.
-pub fn generate_dev_pki(out_dir: &Path, trust_domain: &str, services: &[&str]) -> anyhow::Result<()> {
+pub fn generate_dev_pki(
+    out_dir: &Path,
+    trust_domain: &str,
+    services: &[&str],
+) -> anyhow::Result<()> {
     let ca_path = out_dir.join("ca.pem");
     let ca_key_path = out_dir.join("ca-key.pem");
     let pki = if ca_path.exists() && ca_key_path.exists() {
@@ -263,19 +265,35 @@ mod tests {
     fn writes_every_file_with_private_keys_0600_and_reuses_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         generate_dev_pki(dir.path(), "carehub.test", &["identity", "admin-cli"]).unwrap();
-        for f in ["ca.pem", "ca-key.pem", "identity.pem", "identity-key.pem", "admin-cli.pem", "admin-cli-key.pem"] {
+        for f in [
+            "ca.pem",
+            "ca-key.pem",
+            "identity.pem",
+            "identity-key.pem",
+            "admin-cli.pem",
+            "admin-cli-key.pem",
+        ] {
             assert!(dir.path().join(f).exists(), "{f}");
         }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = fs::metadata(dir.path().join("identity-key.pem")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join("identity-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
-            let mode = fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join("ca-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let ca_before = fs::read_to_string(dir.path().join("ca.pem")).unwrap();
         generate_dev_pki(dir.path(), "carehub.test", &["billing"]).unwrap();
-        assert_eq!(ca_before, fs::read_to_string(dir.path().join("ca.pem")).unwrap());
+        assert_eq!(
+            ca_before,
+            fs::read_to_string(dir.path().join("ca.pem")).unwrap()
+        );
     }
 }

@@ -60,6 +60,16 @@ type WrapFn = Box<dyn FnOnce(BoxSvc) -> BoxSvc + Send>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+tokio::task_local! {
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The request id of the RPC being handled by this task, if any. Outgoing calls through
+/// [`crate::client::ServiceChannel`] carry it as `x-request-id`; audit records can use it.
+pub fn current_request_id() -> Option<String> {
+    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// Wraps a generated tonic server with the platform's message size limits:
 /// `with_message_limits!(IdentityServiceServer::new(api), cfg.server.limits)`.
 #[macro_export]
@@ -138,7 +148,10 @@ impl ServiceHost {
         B::Error: Into<tower::BoxError>,
     {
         self.auth = Some(Box::new(move |inner: BoxSvc| {
-            BoxCloneSyncService::new(ErrorToStatus(layer.layer(inner)))
+            BoxCloneSyncService::new(ErrorToStatus {
+                inner: layer.layer(inner),
+                not_ready: None,
+            })
         }));
         self
     }
@@ -205,7 +218,8 @@ impl ServiceHost {
             Some(store) => store,
             None => TlsStore::from_config(&cfg.tls)?,
         };
-        let reloader = store.spawn_reloader(Duration::from_secs(cfg.tls.reload_interval_secs.max(1)));
+        let reloader =
+            store.spawn_reloader(Duration::from_secs(cfg.tls.reload_interval_secs.max(1)));
         let tls_config = store.server_config()?;
 
         let listener = TcpListener::bind(cfg.listen)
@@ -264,7 +278,9 @@ impl ServiceHost {
             kill,
         ));
         let incoming = futures::stream::unfold(conn_rx, |mut rx| async move {
-            rx.recv().await.map(|conn| (Ok::<_, std::io::Error>(conn), rx))
+            rx.recv()
+                .await
+                .map(|conn| (Ok::<_, std::io::Error>(conn), rx))
         });
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -292,7 +308,9 @@ impl ServiceHost {
         ));
 
         for name in &service_names {
-            health.set_service_status(*name, ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
         health.set_service_status("", ServingStatus::Serving).await;
         admin_state.serving.store(true, Ordering::SeqCst);
@@ -316,7 +334,10 @@ impl ServiceHost {
             health_handle
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
-            tracing::info!(service = service_name, "shutting down: NOT_SERVING, draining");
+            tracing::info!(
+                service = service_name,
+                "shutting down: NOT_SERVING, draining"
+            );
             let result = match early {
                 Some(res) => flatten(res),
                 None => {
@@ -324,9 +345,15 @@ impl ServiceHost {
                     match tokio::time::timeout(drain, &mut server_task).await {
                         Ok(res) => flatten(res),
                         Err(_) => {
-                            tracing::warn!(service = service_name, ?drain, "drain timeout: closing remaining connections");
+                            tracing::warn!(
+                                service = service_name,
+                                ?drain,
+                                "drain timeout: closing remaining connections"
+                            );
                             let _ = kill_tx.send(());
-                            match tokio::time::timeout(Duration::from_secs(2), &mut server_task).await {
+                            match tokio::time::timeout(Duration::from_secs(2), &mut server_task)
+                                .await
+                            {
                                 Ok(res) => flatten(res),
                                 Err(_) => {
                                     server_task.abort();
@@ -402,6 +429,8 @@ impl std::fmt::Debug for RunningServer {
 
 impl RunningServer {
     /// Waits until the server stopped (shutdown future resolved and drained).
+    ///
+    /// Dropping a `RunningServer` without waiting begins shutdown.
     pub async fn wait(self) -> anyhow::Result<()> {
         let _keep_trigger = self.trigger;
         self.task.await.context("server supervisor panicked")?
@@ -591,8 +620,7 @@ fn valid_request_id(v: &HeaderValue) -> Option<&str> {
     let s = v.to_str().ok()?;
     (!s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')))
     .then_some(s)
 }
@@ -629,11 +657,12 @@ where
         if let Some(value) = &value {
             req.headers_mut().insert(REQUEST_ID, value.clone());
         }
-        req.extensions_mut().insert(RequestId(id));
+        req.extensions_mut().insert(RequestId(id.clone()));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut = CURRENT_REQUEST_ID.scope(id, inner.call(req));
         Box::pin(async move {
-            let mut response = inner.call(req).await?;
+            let mut response = fut.await?;
             if let Some(value) = value {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
@@ -865,7 +894,11 @@ impl Drop for ObservedBody {
 
 /// Turns a service's errors (and any response body) into gRPC responses.
 #[derive(Clone)]
-struct ErrorToStatus<S>(S);
+struct ErrorToStatus<S> {
+    inner: S,
+    /// The error of a failed `poll_ready`, answered by the next `call`.
+    not_ready: Option<tonic::Status>,
+}
 
 impl<S, B> Service<Request<Body>> for ErrorToStatus<S>
 where
@@ -880,17 +913,19 @@ where
     type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A failing poll_ready is answered in `call` (the inner service is called anyway and
-        // reports its error there).
-        match self.0.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+        match ready!(self.inner.poll_ready(cx)) {
+            Ok(()) => self.not_ready = None,
+            Err(err) => self.not_ready = Some(tonic::Status::from_error(err.into())),
         }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.0.clone();
-        let mut inner = std::mem::replace(&mut self.0, clone);
+        if let Some(status) = self.not_ready.take() {
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = inner.call(req);
         Box::pin(async move {
             Ok(match fut.await {
@@ -1002,7 +1037,10 @@ mod tests {
         };
         let first = svc.call(Request::new(Body::empty()));
         let second = svc.call(Request::new(Body::empty())).await.unwrap();
-        assert_eq!(header_status(second.headers()), Some(Code::ResourceExhausted));
+        assert_eq!(
+            header_status(second.headers()),
+            Some(Code::ResourceExhausted)
+        );
         let first = first.await.unwrap();
         assert_eq!(header_status(first.headers()), Some(Code::DeadlineExceeded));
         // The permit is back.

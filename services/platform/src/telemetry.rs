@@ -27,12 +27,14 @@ use opentelemetry_sdk::Resource;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::{OpenTelemetrySpanExt as _, OtelData};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -128,25 +130,26 @@ pub fn init(service_name: &str, cfg: &TelemetryConfig) -> anyhow::Result<Telemet
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("carehub");
 
+    // The log filter applies to log output only; spans at INFO and above are traced whatever
+    // the log level.
     let filter = EnvFilter::try_new(&cfg.log_filter)
         .with_context(|| format!("invalid log filter {:?}", cfg.log_filter))?;
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let result = match cfg.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .event_format(JsonWithTrace),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().pretty())
-            .try_init(),
+    let fmt_layer = match cfg.log_format {
+        LogFormat::Json => json_log_layer(std::io::stdout).with_filter(filter).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .pretty()
+            .with_filter(filter)
+            .boxed(),
     };
-    if let Err(err) = result {
-        // Another subscriber was installed by someone else (a test harness): spans still get
-        // ids through the global provider once that subscriber exports them; say so once.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(LevelFilter::INFO);
+    if let Err(err) = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel)
+        .try_init()
+    {
+        // Someone else (a test harness) installed a subscriber first.
         eprintln!("telemetry: a global tracing subscriber was already set: {err}");
     }
     Ok(TelemetryGuard { owner: true })
@@ -197,6 +200,19 @@ impl Injector for HeaderInjector<'_> {
             self.0.insert(name, value);
         }
     }
+}
+
+/// The JSON log layer used by [`init`]: one object per line, with the current span's
+/// `trace_id` and `span_id`.
+pub fn json_log_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(JsonWithTrace)
+        .with_writer(writer)
 }
 
 /// One JSON object per line: timestamp, level, target, message, fields, the current span
@@ -300,5 +316,50 @@ impl Visit for JsonVisitor {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids_of_the_current_span() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(json_log_layer(move || writer.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("work", request.id = "r-1");
+            let _entered = span.enter();
+            tracing::info!(user_id = 7, "did it");
+            current_ids().unwrap()
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "did it", "{text}");
+        assert_eq!(line["fields"]["user_id"], 7, "{text}");
+        assert_eq!(line["span"]["name"], "work", "{text}");
+        assert_eq!(line["span"]["request.id"], "r-1", "{text}");
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{text}");
+        assert_eq!(line["span_id"], span_id.as_str(), "{text}");
+        assert_eq!(trace_id.len(), 32);
     }
 }

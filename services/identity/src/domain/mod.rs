@@ -4,3 +4,5 @@ pub mod password;
 pub mod throttle;
 pub mod tokens;
 pub mod totp;
+pub mod account;
+pub mod validation;

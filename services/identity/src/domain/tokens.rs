@@ -44,10 +44,11 @@ pub fn is_token_format(token: &str) -> bool {
 
 /// A new recovery code: 10 base32 characters (50 bits) shown as `xxxxx-xxxxx`, lower case.
 pub fn new_recovery_code() -> String {
-    let mut bytes = [0u8; 5];
+    let mut bytes = [0u8; 7];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // 7 bytes give 12 base32 characters; the first 10 carry 50 random bits.
     let s = BASE32_NOPAD.encode(&bytes).to_lowercase();
-    format!("{}-{}", &s[..5], &s[5..])
+    format!("{}-{}", &s[..5], &s[5..10])
 }
 
 /// The canonical form of a typed recovery code (case, dashes and spaces ignored); `None` when it

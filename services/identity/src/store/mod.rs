@@ -3,3 +3,4 @@
 
 pub mod revocation;
 pub mod sessions;
+pub mod accounts;

@@ -1,0 +1,547 @@
+//! SQL of accounts: users, verification codes, consents, communication preferences.
+
+use carehub_platform::auth::Role;
+use carehub_platform::errors::FieldViolations;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::account::{
+    self, Account, AccountStatus, CommPrefs, ConsentChange, ConsentState, Contact, NewAccount,
+};
+use crate::domain::password::PasswordHasher;
+use crate::domain::validation;
+use crate::error::{IdentityError, Result};
+
+const USER_COLUMNS: &str = "id, role, status, email, email_verified_at, phone, phone_verified_at, \
+    given_name, family_name, date_of_birth, time_zone, (totp_secret IS NOT NULL) AS mfa_enabled, \
+    password_change_required, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    role: String,
+    status: String,
+    email: String,
+    email_verified_at: Option<DateTime<Utc>>,
+    phone: Option<String>,
+    phone_verified_at: Option<DateTime<Utc>>,
+    given_name: String,
+    family_name: String,
+    date_of_birth: Option<NaiveDate>,
+    time_zone: String,
+    mfa_enabled: bool,
+    password_change_required: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<UserRow> for Account {
+    type Error = IdentityError;
+    fn try_from(r: UserRow) -> Result<Account> {
+        Ok(Account {
+            id: r.id,
+            role: Role::parse(&r.role)
+                .ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown role", r.id)))?,
+            status: AccountStatus::parse(&r.status)
+                .ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown status", r.id)))?,
+            email: r.email,
+            email_verified_at: r.email_verified_at,
+            phone: r.phone,
+            phone_verified_at: r.phone_verified_at,
+            given_name: r.given_name,
+            family_name: r.family_name,
+            date_of_birth: r.date_of_birth,
+            time_zone: r.time_zone,
+            mfa_enabled: r.mfa_enabled,
+            password_change_required: r.password_change_required,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// Inserts a user (ALREADY_EXISTS through the email's unique index).
+pub async fn insert_user(conn: &mut PgConnection, new: &NewAccount) -> Result<Account> {
+    let row: UserRow = sqlx::query_as(&format!(
+        "INSERT INTO users (id, role, email, phone, given_name, family_name, date_of_birth,
+                            time_zone, password_hash, password_change_required)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.role.as_str())
+    .bind(&new.email)
+    .bind(&new.phone)
+    .bind(&new.given_name)
+    .bind(&new.family_name)
+    .bind(new.date_of_birth)
+    .bind(&new.time_zone)
+    .bind(&new.password_hash)
+    .bind(new.password_change_required)
+    .fetch_one(&mut *conn)
+    .await?;
+    row.try_into()
+}
+
+/// The user, if any.
+pub async fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(Account::try_from).transpose()
+}
+
+/// The user, locked for update until the transaction ends.
+pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
+    let row: Option<UserRow> =
+        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(Account::try_from).transpose()
+}
+
+/// The user or NOT_FOUND.
+pub async fn require_user(conn: &mut PgConnection, id: Uuid) -> Result<Account> {
+    get_user(conn, id).await?.ok_or_else(|| IdentityError::NotFound {
+        what: "user",
+        id: id.to_string(),
+    })
+}
+
+/// Profile fields to change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct ProfileUpdate {
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    /// `Some(None)` removes the phone.
+    pub phone: Option<Option<String>>,
+    pub time_zone: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Applies `u`; a changed email or phone loses its verified mark.
+pub async fn update_profile(conn: &mut PgConnection, id: Uuid, u: &ProfileUpdate) -> Result<Account> {
+    let row: UserRow = sqlx::query_as(&format!(
+        "UPDATE users SET
+            given_name = COALESCE($2, given_name),
+            family_name = COALESCE($3, family_name),
+            phone_verified_at = CASE WHEN $4 AND phone IS DISTINCT FROM $5 THEN NULL ELSE phone_verified_at END,
+            phone = CASE WHEN $4 THEN $5 ELSE phone END,
+            time_zone = COALESCE($6, time_zone),
+            email_verified_at = CASE WHEN $7::text IS NOT NULL AND email <> $7 THEN NULL ELSE email_verified_at END,
+            email = COALESCE($7, email),
+            updated_at = now()
+         WHERE id = $1
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&u.given_name)
+    .bind(&u.family_name)
+    .bind(u.phone.is_some())
+    .bind(u.phone.clone().flatten())
+    .bind(&u.time_zone)
+    .bind(&u.email)
+    .fetch_one(&mut *conn)
+    .await?;
+    row.try_into()
+}
+
+/// Sets the status (with who, why and when).
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: AccountStatus,
+    reason: &str,
+    by: Uuid,
+) -> Result<Account> {
+    let row: UserRow = sqlx::query_as(&format!(
+        "UPDATE users SET status = $2, status_reason = $3, status_changed_at = now(),
+                          status_changed_by = $4, updated_at = now()
+         WHERE id = $1
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(by)
+    .fetch_one(&mut *conn)
+    .await?;
+    row.try_into()
+}
+
+/// Marks `channel` verified when it still holds `destination`. Returns the user.
+pub async fn mark_verified(
+    conn: &mut PgConnection,
+    id: Uuid,
+    channel: Contact,
+    destination: &str,
+) -> Result<Option<Account>> {
+    let sql = match channel {
+        Contact::Email => format!(
+            "UPDATE users SET email_verified_at = now(), updated_at = now()
+             WHERE id = $1 AND email = $2 RETURNING {USER_COLUMNS}"
+        ),
+        Contact::Phone => format!(
+            "UPDATE users SET phone_verified_at = now(), updated_at = now()
+             WHERE id = $1 AND phone = $2 RETURNING {USER_COLUMNS}"
+        ),
+    };
+    let row: Option<UserRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .bind(destination)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(Account::try_from).transpose()
+}
+
+// ---- verification codes ----
+
+/// Stores a code's hash for `destination`, valid `ttl_secs`; returns its expiry.
+pub async fn insert_verification_code(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    channel: Contact,
+    destination: &str,
+    code_hash: &[u8],
+    ttl_secs: u64,
+) -> Result<DateTime<Utc>> {
+    let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2);
+    let expires: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO verification_codes (id, user_id, channel, destination, code_hash, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision))
+         RETURNING expires_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(channel.as_str())
+    .bind(destination)
+    .bind(code_hash)
+    .bind(ttl as f64)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(expires)
+}
+
+/// How many codes were sent to `user_id` on `channel` within the last hour.
+pub async fn codes_sent_last_hour(conn: &mut PgConnection, user_id: Uuid, channel: Contact) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM verification_codes
+         WHERE user_id = $1 AND channel = $2 AND created_at > now() - interval '1 hour'",
+    )
+    .bind(user_id)
+    .bind(channel.as_str())
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// The newest code of `user_id` on `channel` that can still be used, locked.
+#[derive(Debug, sqlx::FromRow)]
+pub struct LiveCode {
+    pub id: Uuid,
+    pub destination: String,
+    pub code_hash: Vec<u8>,
+    pub attempts: i32,
+}
+
+pub async fn lock_live_code(conn: &mut PgConnection, user_id: Uuid, channel: Contact) -> Result<Option<LiveCode>> {
+    Ok(sqlx::query_as(
+        "SELECT id, destination, code_hash, attempts FROM verification_codes
+         WHERE user_id = $1 AND channel = $2 AND used_at IS NULL AND expires_at > now()
+         ORDER BY created_at DESC, id DESC LIMIT 1
+         FOR UPDATE",
+    )
+    .bind(user_id)
+    .bind(channel.as_str())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Marks a code used; false when it already was.
+pub async fn use_code(conn: &mut PgConnection, id: Uuid) -> Result<bool> {
+    Ok(sqlx::query("UPDATE verification_codes SET used_at = now() WHERE id = $1 AND used_at IS NULL")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Counts a wrong attempt against a code (outside the failed request's transaction).
+pub async fn record_failed_code_attempt(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE verification_codes SET attempts = attempts + 1 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Ends every unused code of `user_id` on `channel` (after the address changed).
+pub async fn expire_codes(conn: &mut PgConnection, user_id: Uuid, channel: Contact) -> Result<()> {
+    sqlx::query(
+        "UPDATE verification_codes SET expires_at = LEAST(expires_at, now())
+         WHERE user_id = $1 AND channel = $2 AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(channel.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---- consents ----
+
+#[derive(sqlx::FromRow)]
+struct ConsentRow {
+    user_id: Uuid,
+    terms_version: Option<String>,
+    terms_accepted_at: Option<DateTime<Utc>>,
+    privacy_version: Option<String>,
+    privacy_accepted_at: Option<DateTime<Utc>>,
+    marketing_opt_in: bool,
+    marketing_updated_at: Option<DateTime<Utc>>,
+    sms_opt_in: bool,
+    sms_updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<ConsentRow> for ConsentState {
+    fn from(r: ConsentRow) -> Self {
+        ConsentState {
+            user_id: r.user_id,
+            terms_version: r.terms_version,
+            terms_accepted_at: r.terms_accepted_at,
+            privacy_version: r.privacy_version,
+            privacy_accepted_at: r.privacy_accepted_at,
+            marketing_opt_in: r.marketing_opt_in,
+            marketing_updated_at: r.marketing_updated_at,
+            sms_opt_in: r.sms_opt_in,
+            sms_updated_at: r.sms_updated_at,
+        }
+    }
+}
+
+const CONSENT_COLUMNS: &str = "user_id, terms_version, terms_accepted_at, privacy_version, \
+    privacy_accepted_at, marketing_opt_in, marketing_updated_at, sms_opt_in, sms_updated_at";
+
+/// Creates the consents row of a new user (all defaults) and records `change` on it.
+pub async fn insert_consents(conn: &mut PgConnection, user_id: Uuid, change: &ConsentChange) -> Result<ConsentState> {
+    update_consents(conn, user_id, change).await
+}
+
+/// The consents of `user_id` (defaults when no row exists).
+pub async fn get_consents(conn: &mut PgConnection, user_id: Uuid) -> Result<ConsentState> {
+    let row: Option<ConsentRow> =
+        sqlx::query_as(&format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE user_id = $1"))
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(ConsentState::from).unwrap_or(ConsentState {
+        user_id,
+        ..ConsentState::default()
+    }))
+}
+
+/// Records `change` on the consents row (created when missing) and appends one consent_events
+/// row per decision.
+pub async fn update_consents(conn: &mut PgConnection, user_id: Uuid, change: &ConsentChange) -> Result<ConsentState> {
+    sqlx::query("INSERT INTO consents (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    let row: ConsentRow = sqlx::query_as(&format!(
+        "UPDATE consents SET
+            terms_version = COALESCE($2, terms_version),
+            terms_accepted_at = CASE WHEN $2::text IS NULL THEN terms_accepted_at ELSE now() END,
+            privacy_version = COALESCE($3, privacy_version),
+            privacy_accepted_at = CASE WHEN $3::text IS NULL THEN privacy_accepted_at ELSE now() END,
+            marketing_opt_in = COALESCE($4, marketing_opt_in),
+            marketing_updated_at = CASE WHEN $4::boolean IS NULL THEN marketing_updated_at ELSE now() END,
+            sms_opt_in = COALESCE($5, sms_opt_in),
+            sms_updated_at = CASE WHEN $5::boolean IS NULL THEN sms_updated_at ELSE now() END
+         WHERE user_id = $1
+         RETURNING {CONSENT_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(&change.terms_version)
+    .bind(&change.privacy_version)
+    .bind(change.marketing_opt_in)
+    .bind(change.sms_opt_in)
+    .fetch_one(&mut *conn)
+    .await?;
+    for (kind, value) in change.events() {
+        sqlx::query("INSERT INTO consent_events (id, user_id, kind, value) VALUES ($1, $2, $3, $4)")
+            .bind(Uuid::now_v7())
+            .bind(user_id)
+            .bind(kind)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(row.into())
+}
+
+// ---- communication preferences ----
+
+#[derive(sqlx::FromRow)]
+struct PrefsRow {
+    user_id: Uuid,
+    email_notifications: bool,
+    sms_notifications: bool,
+    push_notifications: bool,
+    language: String,
+    quiet_hours_start: i16,
+    quiet_hours_end: i16,
+}
+
+impl From<PrefsRow> for CommPrefs {
+    fn from(r: PrefsRow) -> Self {
+        CommPrefs {
+            user_id: r.user_id,
+            email_notifications: r.email_notifications,
+            sms_notifications: r.sms_notifications,
+            push_notifications: r.push_notifications,
+            language: r.language,
+            quiet_hours_start: r.quiet_hours_start,
+            quiet_hours_end: r.quiet_hours_end,
+        }
+    }
+}
+
+const PREFS_COLUMNS: &str = "user_id, email_notifications, sms_notifications, push_notifications, \
+    language, quiet_hours_start, quiet_hours_end";
+
+/// Creates the preferences row of a new user with defaults (`sms` turns SMS notifications on).
+pub async fn insert_prefs(conn: &mut PgConnection, user_id: Uuid, sms: bool) -> Result<CommPrefs> {
+    let row: PrefsRow = sqlx::query_as(&format!(
+        "INSERT INTO communication_preferences (user_id, sms_notifications) VALUES ($1, $2)
+         RETURNING {PREFS_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(sms)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.into())
+}
+
+/// The preferences of `user_id` (created with defaults when missing).
+pub async fn get_prefs(conn: &mut PgConnection, user_id: Uuid) -> Result<CommPrefs> {
+    let row: Option<PrefsRow> = sqlx::query_as(&format!(
+        "SELECT {PREFS_COLUMNS} FROM communication_preferences WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => r.into(),
+        None => CommPrefs {
+            user_id,
+            email_notifications: true,
+            sms_notifications: false,
+            push_notifications: true,
+            language: "en-US".to_owned(),
+            quiet_hours_start: 0,
+            quiet_hours_end: 0,
+        },
+    })
+}
+
+/// Preference fields to change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct PrefsUpdate {
+    pub email_notifications: Option<bool>,
+    pub sms_notifications: Option<bool>,
+    pub push_notifications: Option<bool>,
+    pub language: Option<String>,
+    pub quiet_hours_start: Option<i16>,
+    pub quiet_hours_end: Option<i16>,
+}
+
+pub async fn update_prefs(conn: &mut PgConnection, user_id: Uuid, u: &PrefsUpdate) -> Result<CommPrefs> {
+    sqlx::query("INSERT INTO communication_preferences (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    let row: PrefsRow = sqlx::query_as(&format!(
+        "UPDATE communication_preferences SET
+            email_notifications = COALESCE($2, email_notifications),
+            sms_notifications = COALESCE($3, sms_notifications),
+            push_notifications = COALESCE($4, push_notifications),
+            language = COALESCE($5, language),
+            quiet_hours_start = COALESCE($6, quiet_hours_start),
+            quiet_hours_end = COALESCE($7, quiet_hours_end),
+            updated_at = now()
+         WHERE user_id = $1
+         RETURNING {PREFS_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(u.email_notifications)
+    .bind(u.sms_notifications)
+    .bind(u.push_notifications)
+    .bind(&u.language)
+    .bind(u.quiet_hours_start)
+    .bind(u.quiet_hours_end)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.into())
+}
+
+// ---- accounts created outside the API ----
+
+/// Creates an active account directly (the `carehub admin create` CLI for the first admin of a
+/// fresh install, and tests), with its consents and preferences rows, in one transaction.
+///
+/// With `password: None` a one-time password is generated, returned once, and must be changed
+/// at first login; with `Some(p)` the account uses `p` (which must satisfy the policy).
+/// Errors: INVALID_ARGUMENT for a bad email/name/password, ALREADY_EXISTS for a taken email.
+pub async fn create_user_direct(
+    pool: &PgPool,
+    hasher: &PasswordHasher,
+    email: &str,
+    role: Role,
+    given_name: &str,
+    family_name: &str,
+    password: Option<&str>,
+) -> Result<(Account, Option<String>)> {
+    let mut v = FieldViolations::new();
+    let email = validation::check_email(&mut v, "email", email);
+    let given = validation::check_name(&mut v, "given_name", given_name);
+    let family = validation::check_name(&mut v, "family_name", family_name);
+    if let Some(p) = password {
+        validation::check_password(&mut v, "password", p);
+    }
+    v.finish()?;
+    let (Some(email), Some(given_name), Some(family_name)) = (email, given, family) else {
+        return Err(IdentityError::Internal("validation".to_owned()));
+    };
+    let (secret, one_time) = match password {
+        Some(p) => (p.to_owned(), None),
+        None => {
+            let otp = account::new_one_time_password();
+            (otp.clone(), Some(otp))
+        }
+    };
+    let password_hash = hasher
+        .hash_async(secret)
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
+    let new = NewAccount {
+        id: Uuid::now_v7(),
+        role,
+        email,
+        phone: None,
+        given_name,
+        family_name,
+        date_of_birth: None,
+        time_zone: "UTC".to_owned(),
+        password_hash,
+        password_change_required: one_time.is_some(),
+    };
+    let mut tx = pool.begin().await?;
+    let account = insert_user(&mut tx, &new).await?;
+    insert_consents(&mut tx, account.id, &ConsentChange::default()).await?;
+    insert_prefs(&mut tx, account.id, false).await?;
+    tx.commit().await?;
+    Ok((account, one_time))
+}

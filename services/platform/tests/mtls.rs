@@ -1,0 +1,383 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! mTLS end to end: a real `ServiceHost` on 127.0.0.1:0 with certificates from an in-memory
+//! dev CA; clients with and without valid certificates; hot reload; graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carehub_platform::client;
+use carehub_platform::devcerts::DevPki;
+use carehub_platform::server::ServiceHost;
+use carehub_platform::tls::{self, TlsStore};
+use common::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn target(addr: std::net::SocketAddr) -> String {
+    format!("https://{addr}")
+}
+
+async fn check(channel: client::ServiceChannel, service: &str) -> Result<i32, tonic::Status> {
+    let mut health = HealthClient::new(channel);
+    let response = health
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status)
+}
+
+/// Calls health over a client built from `config`; any failure (connect or call) is `Err`.
+async fn check_with(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<i32, String> {
+    let channel = client::connect_with_client_config(&target(addr), config, "localhost")
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    tokio::time::timeout(Duration::from_secs(5), check(channel, ""))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|s| s.to_string())
+}
+
+#[tokio::test]
+async fn mtls_accepts_our_workloads_only_and_reports_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let cfg = config_with_pki(dir.path(), &pki, "identity");
+    let running = ServiceHost::new("identity", &cfg)
+        .add_service(Whoami)
+        .start(pending_forever())
+        .await
+        .unwrap();
+    let addr = running.grpc_addr;
+
+    // A workload of our CA: health SERVING, and the server sees which workload called.
+    let gateway = pki.issue("gateway").unwrap();
+    let store = TlsStore::from_pem(
+        &gateway.cert_pem,
+        &gateway.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    let channel = client::connect(&target(addr), &store, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        check(channel.clone(), "").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        check(channel.clone(), "test.Whoami").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(whoami(channel.clone()).await.unwrap(), "gateway");
+    // x-request-id: echoed when given, generated when absent.
+    let mut health = HealthClient::new(channel.clone());
+    let mut request = tonic::Request::new(HealthCheckRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let response = health.check(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-42");
+    let response = health.check(HealthCheckRequest::default()).await.unwrap();
+    let generated = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(generated.len(), 36, "{generated}");
+    // The server name is verified too: the server certificate is not "billing".
+    assert!(client::connect(&target(addr), &store, "billing")
+        .await
+        .is_err());
+
+    // No client certificate: rejected.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::parse_certs(pki.ca_pem.as_bytes()).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let mut no_cert = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    no_cert.alpn_protocols = vec![b"h2".to_vec()];
+    let err = check_with(addr, Arc::new(no_cert)).await.unwrap_err();
+    eprintln!("no client certificate: {err}");
+
+    // A certificate from another CA (same names, same trust domain): rejected.
+    let rogue_ca = DevPki::new(TRUST_DOMAIN).unwrap();
+    let rogue = rogue_ca.issue("gateway").unwrap();
+    let rogue_store =
+        TlsStore::from_pem(&rogue.cert_pem, &rogue.key_pem, &pki.ca_pem, TRUST_DOMAIN).unwrap();
+    let err = check_with(addr, rogue_store.client_config().unwrap())
+        .await
+        .unwrap_err();
+    eprintln!("certificate of another CA: {err}");
+
+    // Plaintext h2c: rejected.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    let plain_result = match plain.connect().await {
+        Err(e) => Err(e.to_string()),
+        Ok(channel) => {
+            let mut health = HealthClient::new(channel);
+            health
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status)
+                .map_err(|s| s.to_string())
+        }
+    };
+    assert!(
+        plain_result.is_err(),
+        "plaintext must be refused: {plain_result:?}"
+    );
+
+    // The good client still works after all that (the accept loop was not disturbed).
+    assert_eq!(whoami(channel.clone()).await.unwrap(), "gateway");
+
+    // Metrics counted the calls by method and code.
+    let (status, metrics) = http_get(running.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("carehub_grpc_server_requests_total{service=\"identity\",method=\"/test.Whoami/Get\",code=\"OK\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("carehub_grpc_server_handling_seconds_bucket{service=\"identity\",method=\"/grpc.health.v1.Health/Check\""), "{metrics}");
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_without_certificate_fails_at_the_handshake() {
+    // The same refusal seen from a raw TLS client: the server aborts the handshake, so the
+    // first read after it fails.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let cfg = config_with_pki(dir.path(), &pki, "identity");
+    let running = ServiceHost::new("identity", &cfg)
+        .start(pending_forever())
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::parse_certs(pki.ca_pem.as_bytes()).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(running.grpc_addr)
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let outcome = match connector.connect(name, tcp).await {
+        Err(e) => Err(e),
+        Ok(mut stream) => {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(0)) => Err(std::io::Error::other("closed")),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(std::io::Error::other("timed out")),
+            }
+        }
+    };
+    let err = outcome.expect_err("a client without certificate must be refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate") || err.to_string() == "closed",
+        "unexpected error: {err}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+async fn peer_serial(addr: std::net::SocketAddr, store: &Arc<TlsStore>) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(store.client_config().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    tls::cert_serial_hex(leaf.as_ref()).unwrap()
+}
+
+fn serial_of(pem: &str) -> String {
+    let der = tls::parse_certs(pem.as_bytes()).unwrap().remove(0);
+    tls::cert_serial_hex(der.as_ref()).unwrap()
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_served_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let cfg = config_with_pki(dir.path(), &pki, "identity");
+    let original = serial_of(&std::fs::read_to_string(&cfg.tls.cert_file).unwrap());
+    let running = ServiceHost::new("identity", &cfg)
+        .add_service(Whoami)
+        .start(pending_forever())
+        .await
+        .unwrap();
+    let gateway = pki.issue("gateway").unwrap();
+    let store = TlsStore::from_pem(
+        &gateway.cert_pem,
+        &gateway.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    assert_eq!(peer_serial(running.grpc_addr, &store).await, original);
+
+    // Rotate the server certificate on disk.
+    let next = pki.issue("identity").unwrap();
+    next.write_to(dir.path(), "server").unwrap();
+    let rotated = serial_of(&next.cert_pem);
+    assert_ne!(rotated, original);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = peer_serial(running.grpc_addr, &store).await;
+        if seen == rotated {
+            break;
+        }
+        assert_eq!(seen, original, "neither the old nor the new certificate");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let channel = client::connect(&target(running.grpc_addr), &store, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(whoami(channel).await.unwrap(), "gateway");
+
+    // Rotate the CA: clients of the old CA are refused, clients of the new one accepted.
+    let new_pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    new_pki
+        .issue("identity")
+        .unwrap()
+        .write_to(dir.path(), "server")
+        .unwrap();
+    new_pki.write_ca_to(dir.path()).unwrap();
+    let new_gateway = new_pki.issue("gateway").unwrap();
+    let new_store = TlsStore::from_pem(
+        &new_gateway.cert_pem,
+        &new_gateway.key_pem,
+        &new_pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let channel = client::connect(&target(running.grpc_addr), &new_store, "localhost")
+                .await
+                .map_err(|e| e.to_string())?;
+            whoami(channel).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(name)) => {
+                assert_eq!(name, "gateway");
+                break;
+            }
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("the rotated CA was never used: {other:?}"),
+        }
+    }
+    let old = client::connect(&target(running.grpc_addr), &store, "localhost").await;
+    let old_result = match old {
+        Err(e) => Err(e.to_string()),
+        Ok(channel) => whoami(channel).await.map_err(|e| e.to_string()),
+    };
+    assert!(
+        old_result.is_err(),
+        "a certificate of the retired CA was accepted"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_before_the_listener_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let cfg = config_with_pki(dir.path(), &pki, "identity");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = ServiceHost::new("identity", &cfg)
+        .add_service(Whoami)
+        .start(async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+    let addr = running.grpc_addr;
+    let admin = running.admin_addr;
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    let gateway = pki.issue("gateway").unwrap();
+    let store = TlsStore::from_pem(
+        &gateway.cert_pem,
+        &gateway.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    let channel = client::connect(&target(addr), &store, "localhost")
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let waiter = tokio::spawn(running.wait());
+    stop_tx.send(()).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("no health update after shutdown began")
+        .unwrap()
+        .expect("health stream ended before NOT_SERVING");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // Still draining (the watch stream is open): not ready, but alive.
+    assert_eq!(http_get(admin, "/readyz").await.0, 503);
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+
+    // Drain timeout (1 s) ends the open watch stream; the server stops.
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("server did not stop after the drain timeout")
+        .unwrap()
+        .unwrap();
+    // The listener is closed now.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        client::connect(&target(addr), &store, "localhost"),
+    )
+    .await;
+    assert!(matches!(refused, Ok(Err(_))), "listener still accepting");
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin port still open"
+    );
+}
