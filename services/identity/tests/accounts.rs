@@ -30,7 +30,14 @@ async fn register_patient_creates_everything_and_sends_codes() {
     assert!(!user.email_verified && !user.phone_verified);
     assert_eq!(user.phone, "+15551234567");
     assert_eq!(user.time_zone, "America/New_York");
-    assert_eq!(user.date_of_birth, Some(Date { year: 1990, month: 5, day: 17 }));
+    assert_eq!(
+        user.date_of_birth,
+        Some(Date {
+            year: 1990,
+            month: 5,
+            day: 17
+        })
+    );
     assert!(!user.password_change_required);
 
     assert_eq!(app.count("users").await, 1);
@@ -47,7 +54,9 @@ async fn register_patient_creates_everything_and_sends_codes() {
         .fetch_all(app.pool())
         .await
         .unwrap();
-    assert!(stored.iter().all(|h| h.len() == 32 && h != email_code.as_bytes()));
+    assert!(stored
+        .iter()
+        .all(|h| h.len() == 32 && h != email_code.as_bytes()));
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
         .fetch_one(app.pool())
         .await
@@ -66,7 +75,9 @@ async fn register_patient_creates_everything_and_sends_codes() {
     assert!(consents.marketing_opt_in && consents.sms_opt_in);
     assert!(consents.terms_accept_time.is_some() && consents.sms_update_time.is_some());
     let prefs = c
-        .get_communication_preferences(app.with_token(GetCommunicationPreferencesRequest {}, &token))
+        .get_communication_preferences(
+            app.with_token(GetCommunicationPreferencesRequest {}, &token),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -116,10 +127,15 @@ async fn register_patient_errors() {
     let mut req = patient_request("kid@example.org", PASSWORD);
     req.date_of_birth = Some(carehub_identity::domain::validation::date_to_pb(seventeen));
     let e = c.register_patient(req).await.unwrap_err();
-    assert_eq!(assert_status(&e, Code::InvalidArgument, Some("UNDERAGE")), ["date_of_birth"]);
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, Some("UNDERAGE")),
+        ["date_of_birth"]
+    );
     // Exactly 18 today is fine.
     let mut req = patient_request("adult@example.org", PASSWORD);
-    let eighteen = today.checked_sub_months(chrono::Months::new(18 * 12)).unwrap();
+    let eighteen = today
+        .checked_sub_months(chrono::Months::new(18 * 12))
+        .unwrap();
     req.date_of_birth = Some(carehub_identity::domain::validation::date_to_pb(eighteen));
     c.register_patient(req).await.unwrap();
 
@@ -129,7 +145,10 @@ async fn register_patient_errors() {
             .register_patient(patient_request("pw@example.org", bad))
             .await
             .unwrap_err();
-        assert_eq!(assert_status(&e, Code::InvalidArgument, Some("PASSWORD_POLICY")), ["password"]);
+        assert_eq!(
+            assert_status(&e, Code::InvalidArgument, Some("PASSWORD_POLICY")),
+            ["password"]
+        );
     }
 
     // Duplicate email, whatever its case.
@@ -144,7 +163,10 @@ async fn register_patient_errors() {
     let mut req = patient_request("sms@example.org", PASSWORD);
     req.sms_opt_in = true;
     let e = c.register_patient(req).await.unwrap_err();
-    assert_eq!(assert_status(&e, Code::InvalidArgument, Some("INVALID_FIELD")), ["sms_opt_in"]);
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, Some("INVALID_FIELD")),
+        ["sms_opt_in"]
+    );
 
     // A workload that is not on the policy list.
     let mut billing = app.public("billing").await;
@@ -207,7 +229,10 @@ async fn verification_codes_are_single_use_and_limited() {
     };
 
     let e = c.verify_contact(verify(wrong)).await.unwrap_err();
-    assert_eq!(assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID")), ["code"]);
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID")),
+        ["code"]
+    );
     let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM verification_codes")
         .fetch_one(app.pool())
         .await
@@ -319,7 +344,12 @@ async fn profile_read_and_update() {
     assert_eq!(u.time_zone, "Europe/Berlin");
     assert!(!u.email_verified && !u.phone_verified);
     let sent = app.sandbox().sent();
-    let last_two: Vec<_> = sent.iter().rev().take(2).map(|n| n.destination.clone()).collect();
+    let last_two: Vec<_> = sent
+        .iter()
+        .rev()
+        .take(2)
+        .map(|n| n.destination.clone())
+        .collect();
     assert!(last_two.contains(&"new@example.org".to_owned()));
     assert!(last_two.contains(&"+4930123456".to_owned()));
     // The new email verifies with its new code.
@@ -348,7 +378,10 @@ async fn profile_read_and_update() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(assert_status(&e, Code::InvalidArgument, None), ["update_mask"]);
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, None),
+        ["update_mask"]
+    );
 
     // Taking someone else's email.
     app.register_patient("taken@example.org", PASSWORD).await;
@@ -382,18 +415,33 @@ async fn get_user_and_lookup() {
     let staff_token = app.token_for(&staff).await;
 
     let me = c
-        .get_user(app.with_token(GetUserRequest { user_id: ann.user_id.clone() }, &ann_token))
+        .get_user(app.with_token(
+            GetUserRequest {
+                user_id: ann.user_id.clone(),
+            },
+            &ann_token,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(me.email, "ann@example.org");
     let e = c
-        .get_user(app.with_token(GetUserRequest { user_id: bob.user_id.clone() }, &ann_token))
+        .get_user(app.with_token(
+            GetUserRequest {
+                user_id: bob.user_id.clone(),
+            },
+            &ann_token,
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::PermissionDenied, Some("ROLE_NOT_ALLOWED"));
     let other = c
-        .get_user(app.with_token(GetUserRequest { user_id: bob.user_id.clone() }, &staff_token))
+        .get_user(app.with_token(
+            GetUserRequest {
+                user_id: bob.user_id.clone(),
+            },
+            &staff_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -412,7 +460,9 @@ async fn get_user_and_lookup() {
     // Internal lookup, for named services only.
     let mut internal = app.internal("scheduling").await;
     let s = internal
-        .lookup_user(LookupUserRequest { user_id: ann.user_id.clone() })
+        .lookup_user(LookupUserRequest {
+            user_id: ann.user_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -430,7 +480,9 @@ async fn get_user_and_lookup() {
     let e = app
         .internal("gateway")
         .await
-        .lookup_user(LookupUserRequest { user_id: ann.user_id.clone() })
+        .lookup_user(LookupUserRequest {
+            user_id: ann.user_id.clone(),
+        })
         .await
         .unwrap_err();
     assert_status(&e, Code::PermissionDenied, Some("WORKLOAD_NOT_ALLOWED"));
@@ -453,7 +505,10 @@ async fn admin_creates_users() {
         date_of_birth: None,
     };
     let resp = c
-        .create_user(common::with_key(app.with_token(req.clone(), &admin_token), "create-doc-0001"))
+        .create_user(common::with_key(
+            app.with_token(req.clone(), &admin_token),
+            "create-doc-0001",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -469,12 +524,16 @@ async fn admin_creates_users() {
         .fetch_one(app.pool())
         .await
         .unwrap();
-    assert!(app.state().hasher.verify(&resp.one_time_password, Some(&hash)));
+    assert!(app
+        .state()
+        .hasher
+        .verify(&resp.one_time_password, Some(&hash)));
     // The stored idempotent answer does not keep the one-time password.
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT response FROM carehub_platform.idempotency_keys")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT response FROM carehub_platform.idempotency_keys")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert!(!stored
         .windows(resp.one_time_password.len())
         .any(|w| w == resp.one_time_password.as_bytes()));
@@ -517,7 +576,10 @@ async fn admin_creates_users() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(assert_status(&e, Code::InvalidArgument, None), ["date_of_birth"]);
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, None),
+        ["date_of_birth"]
+    );
     app.shutdown().await;
 }
 
@@ -585,11 +647,13 @@ async fn suspension_reactivation_termination() {
         .unwrap()
         .into_inner();
     assert_eq!(u.status, AccountStatus::Suspended as i32);
-    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(account.id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(account.id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
     assert_eq!(live, 0, "every session of the suspended user is revoked");
     let published: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations WHERE user_id = $1")
         .bind(account.id)
@@ -609,7 +673,10 @@ async fn suspension_reactivation_termination() {
         .get_profile(app.with_token(GetProfileRequest {}, &ann_token))
         .await
         .unwrap_err();
-    assert!(matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{e:?}"
+    );
     // Suspending again: conflict.
     let e = c
         .suspend_user(app.with_token(
@@ -758,7 +825,12 @@ async fn consents_and_preferences() {
                     email_notifications: false,
                     ..CommunicationPreferences::default()
                 }),
-                update_mask: mask(&["push_notifications", "language", "quiet_hours_start", "quiet_hours_end"]),
+                update_mask: mask(&[
+                    "push_notifications",
+                    "language",
+                    "quiet_hours_start",
+                    "quiet_hours_end",
+                ]),
             },
             &token,
         ))
@@ -770,10 +842,100 @@ async fn consents_and_preferences() {
     assert_eq!(prefs.language, "es-MX");
     assert_eq!((prefs.quiet_hours_start, prefs.quiet_hours_end), (22, 7));
     let got = c
-        .get_communication_preferences(app.with_token(GetCommunicationPreferencesRequest {}, &token))
+        .get_communication_preferences(
+            app.with_token(GetCommunicationPreferencesRequest {}, &token),
+        )
         .await
         .unwrap()
         .into_inner();
     assert_eq!(got, prefs);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn suspension_ends_logged_in_sessions() {
+    let app = common::spawn().await;
+    let mut c = app.public("gateway").await;
+    let (_, admin_token) = app.admin_token().await;
+    let ann = app.register_patient("ann@example.org", PASSWORD).await;
+    let t1 = app.login("ann@example.org", PASSWORD).await;
+    let t2 = app.login("ann@example.org", PASSWORD).await;
+    for t in [&t1, &t2] {
+        c.get_profile(app.with_token(GetProfileRequest {}, &t.access_token))
+            .await
+            .unwrap();
+    }
+    c.suspend_user(app.with_token(
+        SuspendUserRequest {
+            user_id: ann.user_id.clone(),
+            reason: "fraud investigation".into(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE user_id = $1::uuid AND revoked_at IS NULL",
+    )
+    .bind(&ann.user_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
+    for t in [&t1, &t2] {
+        let e = c
+            .get_profile(app.with_token(GetProfileRequest {}, &t.access_token))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated),
+            "{e:?}"
+        );
+    }
+    // A suspended account cannot log in.
+    let e = c
+        .login(LoginRequest {
+            email: "ann@example.org".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{e:?}"
+    );
+    c.reactivate_user(app.with_token(
+        ReactivateUserRequest {
+            user_id: ann.user_id.clone(),
+            reason: "cleared".into(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    let t3 = app.login("ann@example.org", PASSWORD).await;
+    c.get_profile(app.with_token(GetProfileRequest {}, &t3.access_token))
+        .await
+        .unwrap();
+
+    // An admin-created account logs in with its one-time password and must change it.
+    let created = c
+        .create_user(app.with_token(
+            CreateUserRequest {
+                email: "staff@example.org".into(),
+                role: Role::Staff as i32,
+                given_name: "Sam".into(),
+                family_name: "Staff".into(),
+                ..CreateUserRequest::default()
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let t = app
+        .login("staff@example.org", &created.one_time_password)
+        .await;
+    assert!(t.password_change_required);
     app.shutdown().await;
 }

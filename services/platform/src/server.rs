@@ -240,11 +240,20 @@ impl ServiceHost {
             .build_v1()
             .context("building gRPC reflection")?;
         let reflection = with_message_limits!(reflection, limits);
+        // v1alpha too: grpcurl and many other tools still ask only for it.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(carehub_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building gRPC reflection (v1alpha)")?;
+        let reflection_v1alpha = with_message_limits!(reflection_v1alpha, limits);
         let mut known: HashSet<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
         known.insert(health_service_name(&health_server).to_owned());
         known.insert(reflection_service_name(&reflection).to_owned());
+        known.insert(reflection_service_name(&reflection_v1alpha).to_owned());
         routes.add_service(health_server);
         routes.add_service(reflection);
+        routes.add_service(reflection_v1alpha);
         let routes = routes.routes().prepare();
 
         // Layers, inner to outer.

@@ -56,7 +56,11 @@ impl Outbox {
     }
 
     async fn deliver(self, state: &AppState) {
-        let pending = self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        let pending = self
+            .0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         for n in pending {
             let user_id = n.user_id;
             if let Err(e) = state.notifier.send(n).await {
@@ -159,7 +163,10 @@ fn contact_of(v: &mut FieldViolations, field: &str, channel: i32) -> Option<Cont
         Ok(ContactChannel::Email) => Some(Contact::Email),
         Ok(ContactChannel::Phone) => Some(Contact::Phone),
         _ => {
-            v.add(field, "must be CONTACT_CHANNEL_EMAIL or CONTACT_CHANNEL_PHONE");
+            v.add(
+                field,
+                "must be CONTACT_CHANNEL_EMAIL or CONTACT_CHANNEL_PHONE",
+            );
             None
         }
     }
@@ -184,7 +191,10 @@ fn mask_paths(
     for p in &paths {
         if !allowed.contains(&p.as_str()) {
             let shown: String = p.chars().take(64).collect();
-            v.add("update_mask", format!("unknown path {shown:?}; allowed: {}", allowed.join(", ")));
+            v.add(
+                "update_mask",
+                format!("unknown path {shown:?}; allowed: {}", allowed.join(", ")),
+            );
         }
     }
     paths
@@ -203,7 +213,10 @@ fn not_found(id: Uuid) -> IdentityError {
 
 // ---- registration and creation ----
 
-pub async fn register_patient(state: &AppState, req: Request<RegisterPatientRequest>) -> Result<Response<User>, Status> {
+pub async fn register_patient(
+    state: &AppState,
+    req: Request<RegisterPatientRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let r = req.into_inner();
@@ -215,10 +228,26 @@ pub async fn register_patient(state: &AppState, req: Request<RegisterPatientRequ
     let phone = val::check_optional_phone(&mut v, "phone", &r.phone);
     let given = val::check_name(&mut v, "given_name", &r.given_name);
     let family = val::check_name(&mut v, "family_name", &r.family_name);
-    let dob = val::check_date_of_birth(&mut v, "date_of_birth", r.date_of_birth.as_ref(), today, true);
+    let dob = val::check_date_of_birth(
+        &mut v,
+        "date_of_birth",
+        r.date_of_birth.as_ref(),
+        today,
+        true,
+    );
     let tz = val::check_time_zone(&mut v, "time_zone", &r.time_zone);
-    let terms = val::check_version(&mut v, "accepted_terms_version", &r.accepted_terms_version, true);
-    let privacy = val::check_version(&mut v, "accepted_privacy_version", &r.accepted_privacy_version, true);
+    let terms = val::check_version(
+        &mut v,
+        "accepted_terms_version",
+        &r.accepted_terms_version,
+        true,
+    );
+    let privacy = val::check_version(
+        &mut v,
+        "accepted_privacy_version",
+        &r.accepted_privacy_version,
+        true,
+    );
     if r.sms_opt_in && r.phone.is_empty() {
         v.add("sms_opt_in", "requires a phone");
     }
@@ -278,7 +307,10 @@ pub async fn register_patient(state: &AppState, req: Request<RegisterPatientRequ
     Ok(Response::new(user))
 }
 
-pub async fn create_user(state: &AppState, req: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
+pub async fn create_user(
+    state: &AppState,
+    req: Request<CreateUserRequest>,
+) -> Result<Response<CreateUserResponse>, Status> {
     let caller = caller(&req)?;
     user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
@@ -289,14 +321,24 @@ pub async fn create_user(state: &AppState, req: Request<CreateUserRequest>) -> R
     let email = val::check_email(&mut v, "email", &r.email);
     let role = pb::Role::try_from(r.role).ok().and_then(role_from_pb);
     if role.is_none() {
-        v.add("role", "must be one of ROLE_PATIENT, ROLE_PROVIDER, ROLE_STAFF, ROLE_BILLING, ROLE_ADMIN");
+        v.add(
+            "role",
+            "must be one of ROLE_PATIENT, ROLE_PROVIDER, ROLE_STAFF, ROLE_BILLING, ROLE_ADMIN",
+        );
     }
     let given = val::check_name(&mut v, "given_name", &r.given_name);
     let family = val::check_name(&mut v, "family_name", &r.family_name);
     let phone = val::check_optional_phone(&mut v, "phone", &r.phone);
     let tz = val::check_time_zone(&mut v, "time_zone", &r.time_zone);
     let dob = if r.date_of_birth.is_some() || role == Some(Role::Patient) {
-        val::check_date_of_birth(&mut v, "date_of_birth", r.date_of_birth.as_ref(), today, false).map(Some)
+        val::check_date_of_birth(
+            &mut v,
+            "date_of_birth",
+            r.date_of_birth.as_ref(),
+            today,
+            false,
+        )
+        .map(Some)
     } else {
         Some(None)
     };
@@ -387,7 +429,9 @@ pub async fn send_verification_code(
         &r,
         move |tx| {
             Box::pin(async move {
-                let a = store::lock_user(tx, user_id).await?.ok_or_else(|| not_found(user_id))?;
+                let a = store::lock_user(tx, user_id)
+                    .await?
+                    .ok_or_else(|| not_found(user_id))?;
                 let destination = match channel {
                     Contact::Email => a.email.clone(),
                     Contact::Phone => a.phone.clone().ok_or_else(|| IdentityError::Conflict {
@@ -413,7 +457,10 @@ pub async fn send_verification_code(
     Ok(Response::new(resp))
 }
 
-pub async fn verify_contact(state: &AppState, req: Request<VerifyContactRequest>) -> Result<Response<User>, Status> {
+pub async fn verify_contact(
+    state: &AppState,
+    req: Request<VerifyContactRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let user_id = user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
@@ -436,7 +483,9 @@ pub async fn verify_contact(state: &AppState, req: Request<VerifyContactRequest>
         move |tx| {
             Box::pin(async move {
                 let invalid = || IdentityError::CodeInvalid { field: "code" };
-                let code = store::lock_live_code(tx, user_id, channel).await?.ok_or_else(invalid)?;
+                let code = store::lock_live_code(tx, user_id, channel)
+                    .await?
+                    .ok_or_else(invalid)?;
                 if code.attempts >= MAX_CODE_ATTEMPTS {
                     return Err(invalid());
                 }
@@ -472,15 +521,23 @@ pub async fn verify_contact(state: &AppState, req: Request<VerifyContactRequest>
 
 // ---- profile ----
 
-pub async fn get_profile(state: &AppState, req: Request<GetProfileRequest>) -> Result<Response<User>, Status> {
+pub async fn get_profile(
+    state: &AppState,
+    req: Request<GetProfileRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let user_id = user_of(&caller)?;
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::get_user(&mut conn, user_id).await?.ok_or_else(|| not_found(user_id))?;
+    let a = store::get_user(&mut conn, user_id)
+        .await?
+        .ok_or_else(|| not_found(user_id))?;
     Ok(Response::new(user_to_pb(&a)))
 }
 
-pub async fn update_profile(state: &AppState, req: Request<UpdateProfileRequest>) -> Result<Response<User>, Status> {
+pub async fn update_profile(
+    state: &AppState,
+    req: Request<UpdateProfileRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let user_id = user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
@@ -494,12 +551,21 @@ pub async fn update_profile(state: &AppState, req: Request<UpdateProfileRequest>
         Some(u) => {
             for p in &paths {
                 match p.as_str() {
-                    "given_name" => update.given_name = val::check_name(&mut v, "user.given_name", &u.given_name),
-                    "family_name" => {
-                        update.family_name = val::check_name(&mut v, "user.family_name", &u.family_name);
+                    "given_name" => {
+                        update.given_name =
+                            val::check_name(&mut v, "user.given_name", &u.given_name)
                     }
-                    "phone" => update.phone = val::check_optional_phone(&mut v, "user.phone", &u.phone),
-                    "time_zone" => update.time_zone = val::check_time_zone(&mut v, "user.time_zone", &u.time_zone),
+                    "family_name" => {
+                        update.family_name =
+                            val::check_name(&mut v, "user.family_name", &u.family_name);
+                    }
+                    "phone" => {
+                        update.phone = val::check_optional_phone(&mut v, "user.phone", &u.phone)
+                    }
+                    "time_zone" => {
+                        update.time_zone =
+                            val::check_time_zone(&mut v, "user.time_zone", &u.time_zone)
+                    }
                     "email" => update.email = val::check_email(&mut v, "user.email", &u.email),
                     _ => {}
                 }
@@ -518,7 +584,9 @@ pub async fn update_profile(state: &AppState, req: Request<UpdateProfileRequest>
         &r,
         move |tx| {
             Box::pin(async move {
-                let before = store::lock_user(tx, user_id).await?.ok_or_else(|| not_found(user_id))?;
+                let before = store::lock_user(tx, user_id)
+                    .await?
+                    .ok_or_else(|| not_found(user_id))?;
                 let after = store::update_profile(tx, user_id, &update).await?;
                 if after.email != before.email {
                     store::expire_codes(tx, user_id, Contact::Email).await?;
@@ -551,7 +619,10 @@ pub async fn update_profile(state: &AppState, req: Request<UpdateProfileRequest>
     Ok(Response::new(user))
 }
 
-pub async fn get_user(state: &AppState, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+pub async fn get_user(
+    state: &AppState,
+    req: Request<GetUserRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let me = caller.user()?.clone();
     let r = req.into_inner();
@@ -567,22 +638,35 @@ pub async fn get_user(state: &AppState, req: Request<GetUserRequest>) -> Result<
         .into());
     }
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::get_user(&mut conn, target).await?.ok_or_else(|| not_found(target))?;
+    let a = store::get_user(&mut conn, target)
+        .await?
+        .ok_or_else(|| not_found(target))?;
     Ok(Response::new(user_to_pb(&a)))
 }
 
 // ---- admin status actions ----
+
+/// One admin status action: the RPC's method name and its two fields.
+struct StatusChange<'a> {
+    method: &'a str,
+    user_id: &'a str,
+    reason: &'a str,
+    action: StatusAction,
+}
 
 async fn change_status<Req: Message>(
     state: &AppState,
     caller: &Caller,
     key: Option<String>,
     request: &Req,
-    method: &str,
-    user_id: &str,
-    reason: &str,
-    action: StatusAction,
+    change: StatusChange<'_>,
 ) -> Result<Response<User>, Status> {
+    let StatusChange {
+        method,
+        user_id,
+        reason,
+        action,
+    } = change;
     let admin = user_of(caller)?;
     let mut v = FieldViolations::new();
     let target = val::check_uuid(&mut v, "user_id", user_id);
@@ -605,15 +689,25 @@ async fn change_status<Req: Message>(
         request,
         move |tx| {
             Box::pin(async move {
-                let a = store::lock_user(tx, target).await?.ok_or_else(|| not_found(target))?;
-                let next = action.apply(a.status).map_err(|why| IdentityError::Conflict {
-                    kind: "ACCOUNT_STATUS",
-                    subject: target.to_string(),
-                    description: why.to_owned(),
-                })?;
+                let a = store::lock_user(tx, target)
+                    .await?
+                    .ok_or_else(|| not_found(target))?;
+                let next = action
+                    .apply(a.status)
+                    .map_err(|why| IdentityError::Conflict {
+                        kind: "ACCOUNT_STATUS",
+                        subject: target.to_string(),
+                        description: why.to_owned(),
+                    })?;
                 let a = store::set_status(tx, target, next, &reason, admin).await?;
                 if action.revokes_sessions() {
-                    crate::store::revocation::revoke_user_sessions(tx, target, action.revoke_reason(), None).await?;
+                    crate::store::revocation::revoke_user_sessions(
+                        tx,
+                        target,
+                        action.revoke_reason(),
+                        None,
+                    )
+                    .await?;
                 }
                 Ok::<_, IdentityError>(user_to_pb(&a))
             })
@@ -624,30 +718,78 @@ async fn change_status<Req: Message>(
     Ok(Response::new(user))
 }
 
-pub async fn suspend_user(state: &AppState, req: Request<SuspendUserRequest>) -> Result<Response<User>, Status> {
+pub async fn suspend_user(
+    state: &AppState,
+    req: Request<SuspendUserRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let r = req.into_inner();
-    change_status(state, &caller, key, &r, "SuspendUser", &r.user_id, &r.reason, StatusAction::Suspend).await
+    change_status(
+        state,
+        &caller,
+        key,
+        &r,
+        StatusChange {
+            method: "SuspendUser",
+            user_id: &r.user_id,
+            reason: &r.reason,
+            action: StatusAction::Suspend,
+        },
+    )
+    .await
 }
 
-pub async fn reactivate_user(state: &AppState, req: Request<ReactivateUserRequest>) -> Result<Response<User>, Status> {
+pub async fn reactivate_user(
+    state: &AppState,
+    req: Request<ReactivateUserRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let r = req.into_inner();
-    change_status(state, &caller, key, &r, "ReactivateUser", &r.user_id, &r.reason, StatusAction::Reactivate).await
+    change_status(
+        state,
+        &caller,
+        key,
+        &r,
+        StatusChange {
+            method: "ReactivateUser",
+            user_id: &r.user_id,
+            reason: &r.reason,
+            action: StatusAction::Reactivate,
+        },
+    )
+    .await
 }
 
-pub async fn terminate_user(state: &AppState, req: Request<TerminateUserRequest>) -> Result<Response<User>, Status> {
+pub async fn terminate_user(
+    state: &AppState,
+    req: Request<TerminateUserRequest>,
+) -> Result<Response<User>, Status> {
     let caller = caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let r = req.into_inner();
-    change_status(state, &caller, key, &r, "TerminateUser", &r.user_id, &r.reason, StatusAction::Terminate).await
+    change_status(
+        state,
+        &caller,
+        key,
+        &r,
+        StatusChange {
+            method: "TerminateUser",
+            user_id: &r.user_id,
+            reason: &r.reason,
+            action: StatusAction::Terminate,
+        },
+    )
+    .await
 }
 
 // ---- consents ----
 
-pub async fn get_consents(state: &AppState, req: Request<GetConsentsRequest>) -> Result<Response<Consents>, Status> {
+pub async fn get_consents(
+    state: &AppState,
+    req: Request<GetConsentsRequest>,
+) -> Result<Response<Consents>, Status> {
     let caller = caller(&req)?;
     let user_id = user_of(&caller)?;
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
@@ -655,14 +797,27 @@ pub async fn get_consents(state: &AppState, req: Request<GetConsentsRequest>) ->
     Ok(Response::new(consents_to_pb(&c)))
 }
 
-pub async fn update_consents(state: &AppState, req: Request<UpdateConsentsRequest>) -> Result<Response<Consents>, Status> {
+pub async fn update_consents(
+    state: &AppState,
+    req: Request<UpdateConsentsRequest>,
+) -> Result<Response<Consents>, Status> {
     let caller = caller(&req)?;
     let user_id = user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
     let r = req.into_inner();
     let mut v = FieldViolations::new();
-    let terms = val::check_version(&mut v, "accept_terms_version", &r.accept_terms_version, false);
-    let privacy = val::check_version(&mut v, "accept_privacy_version", &r.accept_privacy_version, false);
+    let terms = val::check_version(
+        &mut v,
+        "accept_terms_version",
+        &r.accept_terms_version,
+        false,
+    );
+    let privacy = val::check_version(
+        &mut v,
+        "accept_privacy_version",
+        &r.accept_privacy_version,
+        false,
+    );
     v.finish()?;
     let change = ConsentChange {
         terms_version: checked(terms)?,
@@ -678,7 +833,9 @@ pub async fn update_consents(state: &AppState, req: Request<UpdateConsentsReques
         &r,
         move |tx| {
             Box::pin(async move {
-                let a = store::lock_user(tx, user_id).await?.ok_or_else(|| not_found(user_id))?;
+                let a = store::lock_user(tx, user_id)
+                    .await?
+                    .ok_or_else(|| not_found(user_id))?;
                 if change.sms_opt_in == Some(true) && a.phone.is_none() {
                     return Err(IdentityError::Conflict {
                         kind: "PHONE",
@@ -725,16 +882,28 @@ pub async fn update_communication_preferences(
         Some(p) => {
             for path in &paths {
                 match path.as_str() {
-                    "email_notifications" => update.email_notifications = Some(p.email_notifications),
+                    "email_notifications" => {
+                        update.email_notifications = Some(p.email_notifications)
+                    }
                     "sms_notifications" => update.sms_notifications = Some(p.sms_notifications),
                     "push_notifications" => update.push_notifications = Some(p.push_notifications),
-                    "language" => update.language = val::check_language(&mut v, "preferences.language", &p.language),
+                    "language" => {
+                        update.language =
+                            val::check_language(&mut v, "preferences.language", &p.language)
+                    }
                     "quiet_hours_start" => {
-                        update.quiet_hours_start =
-                            val::check_hour(&mut v, "preferences.quiet_hours_start", p.quiet_hours_start);
+                        update.quiet_hours_start = val::check_hour(
+                            &mut v,
+                            "preferences.quiet_hours_start",
+                            p.quiet_hours_start,
+                        );
                     }
                     "quiet_hours_end" => {
-                        update.quiet_hours_end = val::check_hour(&mut v, "preferences.quiet_hours_end", p.quiet_hours_end);
+                        update.quiet_hours_end = val::check_hour(
+                            &mut v,
+                            "preferences.quiet_hours_end",
+                            p.quiet_hours_end,
+                        );
                     }
                     _ => {}
                 }
@@ -750,7 +919,9 @@ pub async fn update_communication_preferences(
         &r,
         move |tx| {
             Box::pin(async move {
-                store::lock_user(tx, user_id).await?.ok_or_else(|| not_found(user_id))?;
+                store::lock_user(tx, user_id)
+                    .await?
+                    .ok_or_else(|| not_found(user_id))?;
                 let p = store::update_prefs(tx, user_id, &update).await?;
                 Ok::<_, IdentityError>(prefs_to_pb(&p))
             })
@@ -762,14 +933,19 @@ pub async fn update_communication_preferences(
 
 // ---- internal ----
 
-pub async fn lookup_user(state: &AppState, req: Request<LookupUserRequest>) -> Result<Response<UserSummary>, Status> {
+pub async fn lookup_user(
+    state: &AppState,
+    req: Request<LookupUserRequest>,
+) -> Result<Response<UserSummary>, Status> {
     let r = req.into_inner();
     let mut v = FieldViolations::new();
     let id = val::check_uuid(&mut v, "user_id", &r.user_id);
     v.finish()?;
     let id = checked(id)?;
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::get_user(&mut conn, id).await?.ok_or_else(|| not_found(id))?;
+    let a = store::get_user(&mut conn, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(Response::new(UserSummary {
         user_id: a.id.to_string(),
         roles: vec![role_to_pb(a.role) as i32],

@@ -216,7 +216,8 @@ pub struct CommPrefs {
 }
 
 /// Paths UpdateProfile accepts in its field mask.
-pub const PROFILE_MASK_PATHS: [&str; 5] = ["given_name", "family_name", "phone", "time_zone", "email"];
+pub const PROFILE_MASK_PATHS: [&str; 5] =
+    ["given_name", "family_name", "phone", "time_zone", "email"];
 
 /// Paths UpdateCommunicationPreferences accepts in its field mask.
 pub const PREFS_MASK_PATHS: [&str; 6] = [
@@ -242,7 +243,11 @@ mod tests {
         assert_eq!(StatusAction::Terminate.apply(Suspended), Ok(Terminated));
         assert!(StatusAction::Suspend.apply(Suspended).is_err());
         assert!(StatusAction::Reactivate.apply(Active).is_err());
-        for a in [StatusAction::Suspend, StatusAction::Reactivate, StatusAction::Terminate] {
+        for a in [
+            StatusAction::Suspend,
+            StatusAction::Reactivate,
+            StatusAction::Terminate,
+        ] {
             assert!(a.apply(Terminated).is_err());
         }
         assert!(StatusAction::Suspend.revokes_sessions());
@@ -279,7 +284,11 @@ mod tests {
         };
         assert_eq!(
             c.events(),
-            vec![("terms", "t2".to_owned()), ("marketing", "false".to_owned()), ("sms", "true".to_owned())]
+            vec![
+                ("terms", "t2".to_owned()),
+                ("marketing", "false".to_owned()),
+                ("sms", "true".to_owned())
+            ]
         );
         assert!(ConsentChange::default().events().is_empty());
     }

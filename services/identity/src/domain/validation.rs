@@ -29,7 +29,10 @@ pub fn check_email(v: &mut FieldViolations, field: &str, value: &str) -> Option<
         return None;
     }
     if !(EMAIL_MIN..=EMAIL_MAX).contains(&n) {
-        v.add(field, format!("must be {EMAIL_MIN} to {EMAIL_MAX} characters"));
+        v.add(
+            field,
+            format!("must be {EMAIL_MIN} to {EMAIL_MAX} characters"),
+        );
         return None;
     }
     let ok_chars = !value.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -38,7 +41,7 @@ pub fn check_email(v: &mut FieldViolations, field: &str, value: &str) -> Option<
         None => false,
     };
     if !(ok_chars && ok_shape) {
-        v.add(field, "must be an email address (name@domain)");
+        v.add(field, "must be an email address");
         return None;
     }
     Some(value.to_lowercase())
@@ -55,14 +58,21 @@ pub fn is_e164(value: &str) -> bool {
 }
 
 /// An optional phone: `None` for empty, `Some(phone)` when valid E.164, else a violation.
-pub fn check_optional_phone(v: &mut FieldViolations, field: &str, value: &str) -> Option<Option<String>> {
+pub fn check_optional_phone(
+    v: &mut FieldViolations,
+    field: &str,
+    value: &str,
+) -> Option<Option<String>> {
     if value.is_empty() {
         return Some(None);
     }
     if is_e164(value) {
         Some(Some(value.to_owned()))
     } else {
-        v.add(field, "must be an E.164 phone number (+ and 8 to 15 digits)");
+        v.add(
+            field,
+            "must be an E.164 phone number (+ and 8 to 15 digits)",
+        );
         None
     }
 }
@@ -100,7 +110,12 @@ pub fn check_reason(v: &mut FieldViolations, field: &str, value: &str) -> Option
 }
 
 /// A document version (terms, privacy policy): 1..=32 visible characters.
-pub fn check_version(v: &mut FieldViolations, field: &str, value: &str, required: bool) -> Option<Option<String>> {
+pub fn check_version(
+    v: &mut FieldViolations,
+    field: &str,
+    value: &str,
+    required: bool,
+) -> Option<Option<String>> {
     if value.is_empty() {
         if required {
             v.add(field, "is required");
@@ -158,7 +173,8 @@ pub fn check_language(v: &mut FieldViolations, field: &str, value: &str) -> Opti
     let first_ok = parts
         .next()
         .is_some_and(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
-    let rest_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let rest_ok =
+        parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
     if (LANGUAGE_MIN..=LANGUAGE_MAX).contains(&n) && first_ok && rest_ok {
         Some(value.to_owned())
     } else {
@@ -179,7 +195,11 @@ pub fn check_hour(v: &mut FieldViolations, field: &str, value: i32) -> Option<i1
 }
 
 /// A calendar date: year 1900..=9999, month 1..=12, a day that exists in that month.
-pub fn check_date(v: &mut FieldViolations, field: &str, date: Option<&common::Date>) -> Option<NaiveDate> {
+pub fn check_date(
+    v: &mut FieldViolations,
+    field: &str,
+    date: Option<&common::Date>,
+) -> Option<NaiveDate> {
     let Some(d) = date else {
         v.add(field, "is required");
         return None;
@@ -278,9 +298,21 @@ mod tests {
     #[test]
     fn emails() {
         let mut v = FieldViolations::new();
-        assert_eq!(check_email(&mut v, "email", "Ann@Example.ORG").as_deref(), Some("ann@example.org"));
+        assert_eq!(
+            check_email(&mut v, "email", "Ann@Example.ORG").as_deref(),
+            Some("ann@example.org")
+        );
         assert!(v.is_empty());
-        for bad in ["", "ab", "no-at-sign", "@x.org", "a@", "a b@x.org", "a@b@c", &format!("{}@x.org", "a".repeat(250))] {
+        for bad in [
+            "",
+            "ab",
+            "no-at-sign",
+            "@x.org",
+            "a@",
+            "a b@x.org",
+            "a@b@c",
+            &format!("{}@x.org", "a".repeat(250)),
+        ] {
             let mut v = FieldViolations::new();
             assert!(check_email(&mut v, "email", bad).is_none(), "{bad}");
             assert_eq!(fields(&v), ["email"]);
@@ -291,7 +323,14 @@ mod tests {
     fn phones() {
         assert!(is_e164("+15551234567"));
         assert!(is_e164("+4930123456"));
-        for bad in ["15551234567", "+1555", "+1234567890123456", "+1555-123-4567", "+05551234567", "+"] {
+        for bad in [
+            "15551234567",
+            "+1555",
+            "+1234567890123456",
+            "+1555-123-4567",
+            "+05551234567",
+            "+",
+        ] {
             assert!(!is_e164(bad), "{bad}");
         }
         let mut v = FieldViolations::new();
@@ -303,13 +342,19 @@ mod tests {
     #[test]
     fn names_reasons_versions() {
         let mut v = FieldViolations::new();
-        assert_eq!(check_name(&mut v, "given_name", "  Ann ").as_deref(), Some("Ann"));
+        assert_eq!(
+            check_name(&mut v, "given_name", "  Ann ").as_deref(),
+            Some("Ann")
+        );
         assert!(check_name(&mut v, "given_name", "   ").is_none());
         assert!(check_name(&mut v, "family_name", &"x".repeat(101)).is_none());
         assert!(check_name(&mut v, "family_name", "a\u{0}b").is_none());
         assert!(check_reason(&mut v, "reason", "").is_none());
         assert!(check_reason(&mut v, "reason", &"r".repeat(501)).is_none());
-        assert_eq!(check_reason(&mut v, "reason", "abuse").as_deref(), Some("abuse"));
+        assert_eq!(
+            check_reason(&mut v, "reason", "abuse").as_deref(),
+            Some("abuse")
+        );
         assert_eq!(check_version(&mut v, "v", "", false), Some(None));
         assert!(check_version(&mut v, "v", "", true).is_none());
         assert!(check_version(&mut v, "v", &"1".repeat(33), true).is_none());
@@ -319,11 +364,21 @@ mod tests {
     #[test]
     fn dates_and_age() {
         let today = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
-        let d = |y, m, d| common::Date { year: y, month: m, day: d };
+        let d = |y, m, d| common::Date {
+            year: y,
+            month: m,
+            day: d,
+        };
         let mut v = FieldViolations::new();
-        assert!(check_date_of_birth(&mut v, "date_of_birth", Some(&d(2008, 3, 10)), today, true).is_some());
+        assert!(
+            check_date_of_birth(&mut v, "date_of_birth", Some(&d(2008, 3, 10)), today, true)
+                .is_some()
+        );
         assert!(v.is_empty());
-        assert!(check_date_of_birth(&mut v, "date_of_birth", Some(&d(2008, 3, 11)), today, true).is_none());
+        assert!(
+            check_date_of_birth(&mut v, "date_of_birth", Some(&d(2008, 3, 11)), today, true)
+                .is_none()
+        );
         let details = carehub_platform::errors::details_of(&v.into_status());
         assert_eq!(details.reason.as_deref(), Some("UNDERAGE"));
 
@@ -333,16 +388,34 @@ mod tests {
         assert!(check_date(&mut v, "dob", Some(&d(1800, 1, 1))).is_none());
         assert!(check_date(&mut v, "dob", None).is_none());
         assert!(check_date_of_birth(&mut v, "dob", Some(&d(2027, 1, 1)), today, false).is_none());
-        assert_eq!(fields(&v), ["dob.day", "dob.month", "dob.year", "dob", "dob"]);
-        assert_eq!(age_on(NaiveDate::from_ymd_opt(2000, 2, 29).unwrap(), NaiveDate::from_ymd_opt(2018, 2, 28).unwrap()), 17);
-        assert_eq!(age_on(NaiveDate::from_ymd_opt(2000, 2, 29).unwrap(), NaiveDate::from_ymd_opt(2018, 3, 1).unwrap()), 18);
+        assert_eq!(
+            fields(&v),
+            ["dob.day", "dob.month", "dob.year", "dob", "dob"]
+        );
+        assert_eq!(
+            age_on(
+                NaiveDate::from_ymd_opt(2000, 2, 29).unwrap(),
+                NaiveDate::from_ymd_opt(2018, 2, 28).unwrap()
+            ),
+            17
+        );
+        assert_eq!(
+            age_on(
+                NaiveDate::from_ymd_opt(2000, 2, 29).unwrap(),
+                NaiveDate::from_ymd_opt(2018, 3, 1).unwrap()
+            ),
+            18
+        );
     }
 
     #[test]
     fn zones_languages_hours_codes() {
         let mut v = FieldViolations::new();
         assert_eq!(check_time_zone(&mut v, "tz", "").as_deref(), Some("UTC"));
-        assert_eq!(check_time_zone(&mut v, "tz", "America/New_York").as_deref(), Some("America/New_York"));
+        assert_eq!(
+            check_time_zone(&mut v, "tz", "America/New_York").as_deref(),
+            Some("America/New_York")
+        );
         assert!(check_time_zone(&mut v, "tz", "Mars/Olympus").is_none());
         assert!(check_language(&mut v, "language", "en-US").is_some());
         assert!(check_language(&mut v, "language", "zh-Hant-TW").is_some());

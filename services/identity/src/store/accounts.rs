@@ -41,10 +41,12 @@ impl TryFrom<UserRow> for Account {
     fn try_from(r: UserRow) -> Result<Account> {
         Ok(Account {
             id: r.id,
-            role: Role::parse(&r.role)
-                .ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown role", r.id)))?,
-            status: AccountStatus::parse(&r.status)
-                .ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown status", r.id)))?,
+            role: Role::parse(&r.role).ok_or_else(|| {
+                IdentityError::Internal(format!("user {} has an unknown role", r.id))
+            })?,
+            status: AccountStatus::parse(&r.status).ok_or_else(|| {
+                IdentityError::Internal(format!("user {} has an unknown status", r.id))
+            })?,
             email: r.email,
             email_verified_at: r.email_verified_at,
             phone: r.phone,
@@ -86,29 +88,33 @@ pub async fn insert_user(conn: &mut PgConnection, new: &NewAccount) -> Result<Ac
 
 /// The user, if any.
 pub async fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
-    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(Account::try_from).transpose()
-}
-
-/// The user, locked for update until the transaction ends.
-pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
     let row: Option<UserRow> =
-        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"))
+        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
     row.map(Account::try_from).transpose()
 }
 
+/// The user, locked for update until the transaction ends.
+pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
+    let row: Option<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(Account::try_from).transpose()
+}
+
 /// The user or NOT_FOUND.
 pub async fn require_user(conn: &mut PgConnection, id: Uuid) -> Result<Account> {
-    get_user(conn, id).await?.ok_or_else(|| IdentityError::NotFound {
-        what: "user",
-        id: id.to_string(),
-    })
+    get_user(conn, id)
+        .await?
+        .ok_or_else(|| IdentityError::NotFound {
+            what: "user",
+            id: id.to_string(),
+        })
 }
 
 /// Profile fields to change; `None` leaves a field as it is.
@@ -123,7 +129,11 @@ pub struct ProfileUpdate {
 }
 
 /// Applies `u`; a changed email or phone loses its verified mark.
-pub async fn update_profile(conn: &mut PgConnection, id: Uuid, u: &ProfileUpdate) -> Result<Account> {
+pub async fn update_profile(
+    conn: &mut PgConnection,
+    id: Uuid,
+    u: &ProfileUpdate,
+) -> Result<Account> {
     let row: UserRow = sqlx::query_as(&format!(
         "UPDATE users SET
             given_name = COALESCE($2, given_name),
@@ -226,7 +236,11 @@ pub async fn insert_verification_code(
 }
 
 /// How many codes were sent to `user_id` on `channel` within the last hour.
-pub async fn codes_sent_last_hour(conn: &mut PgConnection, user_id: Uuid, channel: Contact) -> Result<i64> {
+pub async fn codes_sent_last_hour(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    channel: Contact,
+) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM verification_codes
          WHERE user_id = $1 AND channel = $2 AND created_at > now() - interval '1 hour'",
@@ -246,7 +260,11 @@ pub struct LiveCode {
     pub attempts: i32,
 }
 
-pub async fn lock_live_code(conn: &mut PgConnection, user_id: Uuid, channel: Contact) -> Result<Option<LiveCode>> {
+pub async fn lock_live_code(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    channel: Contact,
+) -> Result<Option<LiveCode>> {
     Ok(sqlx::query_as(
         "SELECT id, destination, code_hash, attempts FROM verification_codes
          WHERE user_id = $1 AND channel = $2 AND used_at IS NULL AND expires_at > now()
@@ -261,11 +279,13 @@ pub async fn lock_live_code(conn: &mut PgConnection, user_id: Uuid, channel: Con
 
 /// Marks a code used; false when it already was.
 pub async fn use_code(conn: &mut PgConnection, id: Uuid) -> Result<bool> {
-    Ok(sqlx::query("UPDATE verification_codes SET used_at = now() WHERE id = $1 AND used_at IS NULL")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
+    Ok(sqlx::query(
+        "UPDATE verification_codes SET used_at = now() WHERE id = $1 AND used_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
         == 1)
 }
 
@@ -326,17 +346,22 @@ const CONSENT_COLUMNS: &str = "user_id, terms_version, terms_accepted_at, privac
     privacy_accepted_at, marketing_opt_in, marketing_updated_at, sms_opt_in, sms_updated_at";
 
 /// Creates the consents row of a new user (all defaults) and records `change` on it.
-pub async fn insert_consents(conn: &mut PgConnection, user_id: Uuid, change: &ConsentChange) -> Result<ConsentState> {
+pub async fn insert_consents(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    change: &ConsentChange,
+) -> Result<ConsentState> {
     update_consents(conn, user_id, change).await
 }
 
 /// The consents of `user_id` (defaults when no row exists).
 pub async fn get_consents(conn: &mut PgConnection, user_id: Uuid) -> Result<ConsentState> {
-    let row: Option<ConsentRow> =
-        sqlx::query_as(&format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE user_id = $1"))
-            .bind(user_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<ConsentRow> = sqlx::query_as(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(row.map(ConsentState::from).unwrap_or(ConsentState {
         user_id,
         ..ConsentState::default()
@@ -345,7 +370,11 @@ pub async fn get_consents(conn: &mut PgConnection, user_id: Uuid) -> Result<Cons
 
 /// Records `change` on the consents row (created when missing) and appends one consent_events
 /// row per decision.
-pub async fn update_consents(conn: &mut PgConnection, user_id: Uuid, change: &ConsentChange) -> Result<ConsentState> {
+pub async fn update_consents(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    change: &ConsentChange,
+) -> Result<ConsentState> {
     sqlx::query("INSERT INTO consents (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
         .bind(user_id)
         .execute(&mut *conn)
@@ -371,13 +400,15 @@ pub async fn update_consents(conn: &mut PgConnection, user_id: Uuid, change: &Co
     .fetch_one(&mut *conn)
     .await?;
     for (kind, value) in change.events() {
-        sqlx::query("INSERT INTO consent_events (id, user_id, kind, value) VALUES ($1, $2, $3, $4)")
-            .bind(Uuid::now_v7())
-            .bind(user_id)
-            .bind(kind)
-            .bind(value)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO consent_events (id, user_id, kind, value) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(user_id)
+        .bind(kind)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(row.into())
 }
@@ -458,7 +489,11 @@ pub struct PrefsUpdate {
     pub quiet_hours_end: Option<i16>,
 }
 
-pub async fn update_prefs(conn: &mut PgConnection, user_id: Uuid, u: &PrefsUpdate) -> Result<CommPrefs> {
+pub async fn update_prefs(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    u: &PrefsUpdate,
+) -> Result<CommPrefs> {
     sqlx::query("INSERT INTO communication_preferences (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
         .bind(user_id)
         .execute(&mut *conn)

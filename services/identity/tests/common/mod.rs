@@ -59,7 +59,8 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
         .expect("test database");
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = DevPki::new(TRUST_DOMAIN).expect("dev pki");
-    pki.write_to(dir.path(), &["identity"]).expect("writing certs");
+    pki.write_to(dir.path(), &["identity"])
+        .expect("writing certs");
     let signing_key_file = dir.path().join("identity-signing.pem");
     SigningKeys::generate_file_if_missing(&signing_key_file).expect("signing key");
 
@@ -140,12 +141,21 @@ impl TestApp {
     /// An mTLS channel to identity presenting a certificate of `workload`.
     pub async fn channel(&self, workload: &str) -> Channel {
         let cert = self.pki.issue(workload).expect("issuing client cert");
-        let store = TlsStore::from_pem(&cert.cert_pem, &cert.key_pem, &self.pki.ca_pem, TRUST_DOMAIN)
-            .expect("client tls");
-        carehub_platform::client::connect(&format!("https://{}", self.grpc_addr), &store, "identity")
-            .await
-            .expect("connecting to identity")
-            .into_inner()
+        let store = TlsStore::from_pem(
+            &cert.cert_pem,
+            &cert.key_pem,
+            &self.pki.ca_pem,
+            TRUST_DOMAIN,
+        )
+        .expect("client tls");
+        carehub_platform::client::connect(
+            &format!("https://{}", self.grpc_addr),
+            &store,
+            "identity",
+        )
+        .await
+        .expect("connecting to identity")
+        .into_inner()
     }
 
     /// IdentityService client calling as `workload` (usually "gateway").
@@ -327,7 +337,9 @@ impl TestApp {
 pub fn with_token<T>(mut req: tonic::Request<T>, access_token: &str) -> tonic::Request<T> {
     req.metadata_mut().insert(
         "authorization",
-        format!("Bearer {access_token}").parse().expect("header value"),
+        format!("Bearer {access_token}")
+            .parse()
+            .expect("header value"),
     );
     req
 }
@@ -360,11 +372,19 @@ pub fn patient_request(email: &str, password: &str) -> RegisterPatientRequest {
 }
 
 /// Asserts `status` is `code` and, when given, carries `reason`; returns the violated fields.
-pub fn assert_status(status: &tonic::Status, code: tonic::Code, reason: Option<&str>) -> Vec<String> {
+pub fn assert_status(
+    status: &tonic::Status,
+    code: tonic::Code,
+    reason: Option<&str>,
+) -> Vec<String> {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let d = carehub_platform::errors::details_of(status);
     if let Some(r) = reason {
-        assert_eq!(d.reason.as_deref(), Some(r), "unexpected reason: {status:?}");
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(r),
+            "unexpected reason: {status:?}"
+        );
     }
     d.field_violations.into_iter().map(|(f, _)| f).collect()
 }
