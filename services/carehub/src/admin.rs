@@ -22,17 +22,39 @@ pub struct CreateArgs {
 }
 
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let _ = (&args.email, &args.role, &args.given_name, &args.family_name);
+    let role = carehub_platform::auth::Role::parse(&args.role)
+        .filter(|r| *r != carehub_platform::auth::Role::Patient)
+        .context("--role must be one of admin, provider, staff, billing (patients register themselves)")?;
     let cfg = crate::load_identity(&args.config)?;
-    let _pool = carehub_platform::db::connect(&cfg.server.database)
+    let pool = carehub_platform::db::connect(&cfg.server.database)
         .await
         .context("connecting to identity's database")?;
-    anyhow::bail!("not wired yet")
+    let s = &cfg.identity;
+    let hasher = carehub_identity::domain::password::PasswordHasher::new(
+        s.argon2_memory_kib,
+        s.argon2_iterations,
+        s.argon2_parallelism,
+    )?;
+    let (user_id, password) = carehub_identity::bootstrap::create_account(
+        &pool,
+        &hasher,
+        role,
+        &args.email,
+        &args.given_name,
+        &args.family_name,
+    )
+    .await?;
+    println!("created {role} account {user_id}");
+    println!("one-time password (shown once; it must be changed at first login): {password}");
+    Ok(())
 }
 
 /// Creates admin@carehub.local with a one-time password when identity has no admin yet.
 pub async fn bootstrap_first_admin(
-    _state: &carehub_identity::AppState,
+    state: &carehub_identity::AppState,
 ) -> anyhow::Result<Option<(String, String)>> {
-    Ok(None)
+    const EMAIL: &str = "admin@carehub.local";
+    Ok(carehub_identity::bootstrap::first_admin(&state.pool, &state.hasher, EMAIL)
+        .await?
+        .map(|p| (EMAIL.to_owned(), p)))
 }

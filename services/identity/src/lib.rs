@@ -4,6 +4,7 @@
 //! call it.
 
 pub mod api;
+pub mod bootstrap;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -50,7 +50,10 @@ pub struct TokenSubject<'a> {
 }
 
 /// Signs an access token with the current key.
-pub fn issue_access_token(state: &AppState, s: &TokenSubject<'_>) -> Result<IssuedToken, IdentityError> {
+pub fn issue_access_token(
+    state: &AppState,
+    s: &TokenSubject<'_>,
+) -> Result<IssuedToken, IdentityError> {
     let now = Utc::now();
     let ttl = chrono::Duration::seconds(access_ttl_secs(&state.settings, s.role));
     let expires_at = (now + ttl).min(s.session_expires_at);
@@ -73,7 +76,11 @@ pub fn issue_access_token(state: &AppState, s: &TokenSubject<'_>) -> Result<Issu
 }
 
 fn bad_token(message: &str) -> Status {
-    errors::status(Code::Unauthenticated, ErrorReason::UnauthenticatedToken, message)
+    errors::status(
+        Code::Unauthenticated,
+        ErrorReason::UnauthenticatedToken,
+        message,
+    )
 }
 
 /// Verifies identity's own access tokens: signature, lifetime, issuer and audience, then the
@@ -95,12 +102,17 @@ impl LocalVerifier {
             .verifying_key(&kid)
             .ok_or_else(|| bad_token("access token is signed by an unknown key"))?;
         let auth = &self.state.auth;
-        jwt::verify(token, key, &auth.issuer, &auth.audience, Utc::now().timestamp()).map_err(
-            |e| match e {
-                JwtError::Expired => bad_token("access token has expired"),
-                other => bad_token(&other.to_string()),
-            },
+        jwt::verify(
+            token,
+            key,
+            &auth.issuer,
+            &auth.audience,
+            Utc::now().timestamp(),
         )
+        .map_err(|e| match e {
+            JwtError::Expired => bad_token("access token has expired"),
+            other => bad_token(&other.to_string()),
+        })
     }
 }
 

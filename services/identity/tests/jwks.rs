@@ -26,7 +26,11 @@ async fn jwks_verifies_issued_tokens() {
 
     let (head, body) = http_get(app.admin_http_addr(), "/.well-known/jwks.json").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     // The body may be chunked; the JSON object sits between the outer braces.
     let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
     let doc: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -37,7 +41,10 @@ async fn jwks_verifies_issued_tokens() {
     assert_eq!(k["crv"], "Ed25519");
     assert_eq!(k["alg"], "EdDSA");
     assert_eq!(k["use"], "sig");
-    assert_eq!(k["kid"].as_str().unwrap(), jwt::key_id(&t.access_token).unwrap());
+    assert_eq!(
+        k["kid"].as_str().unwrap(),
+        jwt::key_id(&t.access_token).unwrap()
+    );
     let key = jwt::key_from_jwk_x(k["x"].as_str().unwrap()).unwrap();
     let state = app.state();
     let claims = jwt::verify(

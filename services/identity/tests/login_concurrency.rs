@@ -29,7 +29,10 @@ async fn fifty_parallel_wrong_logins_are_all_counted_and_lock_the_account() {
         let e = t.await.unwrap();
         let reason = carehub_platform::errors::details_of(&e).reason.unwrap();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-        assert!(reason == "INVALID_CREDENTIALS" || reason == "ACCOUNT_LOCKED", "{reason}");
+        assert!(
+            reason == "INVALID_CREDENTIALS" || reason == "ACCOUNT_LOCKED",
+            "{reason}"
+        );
     }
     let (consecutive, total, window): (i32, i64, i32) = sqlx::query_as(
         "SELECT consecutive_failures, total_failures, window_failures FROM login_throttle WHERE key = $1",
@@ -50,7 +53,9 @@ async fn fifty_parallel_wrong_logins_are_all_counted_and_lock_the_account() {
         .await
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("ACCOUNT_LOCKED"));
-    let retry = carehub_platform::errors::details_of(&e).retry_after.unwrap();
+    let retry = carehub_platform::errors::details_of(&e)
+        .retry_after
+        .unwrap();
     assert!(retry.as_secs() >= 60, "{retry:?}");
     assert_eq!(app.count("sessions").await, 0);
     app.shutdown().await;
@@ -67,7 +72,8 @@ async fn parallel_refreshes_with_one_token_end_the_session() {
         let mut c = client.clone();
         let refresh_token = t.refresh_token.clone();
         tasks.push(tokio::spawn(async move {
-            c.refresh_session(RefreshSessionRequest { refresh_token }).await
+            c.refresh_session(RefreshSessionRequest { refresh_token })
+                .await
         }));
     }
     let mut ok = 0;
@@ -81,11 +87,12 @@ async fn parallel_refreshes_with_one_token_end_the_session() {
         }
     }
     assert_eq!(ok, 1, "exactly one presentation spends the token");
-    let revoked: bool = sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM sessions WHERE id = $1::uuid")
-        .bind(&t.session_id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let revoked: bool =
+        sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM sessions WHERE id = $1::uuid")
+            .bind(&t.session_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert!(revoked);
     app.shutdown().await;
 }

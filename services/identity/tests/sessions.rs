@@ -17,8 +17,10 @@ const NEW_PASSWORD: &str = "a brand new sturdy passphrase";
 
 fn req_from_gateway<T>(msg: T, ip: &str, ua: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-forwarded-for", ip.parse().unwrap());
-    r.metadata_mut().insert("x-forwarded-user-agent", ua.parse().unwrap());
+    r.metadata_mut()
+        .insert("x-forwarded-for", ip.parse().unwrap());
+    r.metadata_mut()
+        .insert("x-forwarded-user-agent", ua.parse().unwrap());
     r
 }
 
@@ -29,7 +31,11 @@ fn login_req(email: &str, password: &str) -> LoginRequest {
     }
 }
 
-async fn try_login(app: &TestApp, email: &str, password: &str) -> Result<LoginResponse, tonic::Status> {
+async fn try_login(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> Result<LoginResponse, tonic::Status> {
     app.public("gateway")
         .await
         .login(login_req(email, password))
@@ -49,7 +55,14 @@ fn claims(app: &TestApp, token: &str) -> jwt::AccessClaims {
     let state = app.state();
     let kid = jwt::key_id(token).unwrap();
     let key = state.keys.verifying_key(&kid).unwrap();
-    jwt::verify(token, key, &state.auth.issuer, &state.auth.audience, chrono::Utc::now().timestamp()).unwrap()
+    jwt::verify(
+        token,
+        key,
+        &state.auth.issuer,
+        &state.auth.audience,
+        chrono::Utc::now().timestamp(),
+    )
+    .unwrap()
 }
 
 async fn refresh(app: &TestApp, refresh_token: &str) -> Result<AuthTokens, tonic::Status> {
@@ -71,7 +84,11 @@ async fn login_refresh_reuse_and_logout() {
     let resp = app
         .public("gateway")
         .await
-        .login(req_from_gateway(login_req("Ann@Example.org", PASSWORD), "203.0.113.7", "CareApp/1.0"))
+        .login(req_from_gateway(
+            login_req("Ann@Example.org", PASSWORD),
+            "203.0.113.7",
+            "CareApp/1.0",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -91,7 +108,10 @@ async fn login_refresh_reuse_and_logout() {
         .fetch_one(app.pool())
         .await
         .unwrap();
-    assert_eq!(stored, carehub_identity::domain::tokens::hash(&t.refresh_token));
+    assert_eq!(
+        stored,
+        carehub_identity::domain::tokens::hash(&t.refresh_token)
+    );
 
     let sessions = list(&app, &t.access_token).await.unwrap().sessions;
     assert_eq!(sessions.len(), 1);
@@ -122,7 +142,10 @@ async fn login_refresh_reuse_and_logout() {
     let t3 = app.login("ann@example.org", PASSWORD).await;
     app.public("gateway")
         .await
-        .logout(with_key(app.with_token(LogoutRequest {}, &t3.access_token), "logout-key-1"))
+        .logout(with_key(
+            app.with_token(LogoutRequest {}, &t3.access_token),
+            "logout-key-1",
+        ))
         .await
         .unwrap();
     let e = list(&app, &t3.access_token).await.unwrap_err();
@@ -146,7 +169,10 @@ async fn login_refresh_reuse_and_logout() {
             _ => None,
         })
         .collect();
-    assert!(ids.contains(&t.session_id) && ids.contains(&t3.session_id), "{ids:?}");
+    assert!(
+        ids.contains(&t.session_id) && ids.contains(&t3.session_id),
+        "{ids:?}"
+    );
     assert!(feed.as_of.is_some());
     // The feed is internal: the gateway may not read it.
     let e = app
@@ -163,8 +189,12 @@ async fn login_refresh_reuse_and_logout() {
 async fn wrong_password_and_unknown_email_look_alike() {
     let app = common::spawn().await;
     app.register_patient("bob@example.org", PASSWORD).await;
-    let e1 = try_login(&app, "bob@example.org", "not the right password").await.unwrap_err();
-    let e2 = try_login(&app, "nobody@example.org", "not the right password").await.unwrap_err();
+    let e1 = try_login(&app, "bob@example.org", "not the right password")
+        .await
+        .unwrap_err();
+    let e2 = try_login(&app, "nobody@example.org", "not the right password")
+        .await
+        .unwrap_err();
     assert_status(&e1, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     assert_status(&e2, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     assert_eq!(e1.message(), e2.message());
@@ -174,14 +204,19 @@ async fn wrong_password_and_unknown_email_look_alike() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 2);
-    assert!(keys.iter().all(|k| k.starts_with("acct:") && !k.contains('@')));
+    assert!(keys
+        .iter()
+        .all(|k| k.starts_with("acct:") && !k.contains('@')));
     // A success resets the consecutive failures.
     app.login("bob@example.org", PASSWORD).await;
-    let n: i32 = sqlx::query_scalar("SELECT consecutive_failures FROM login_throttle WHERE key = $1")
-        .bind(carehub_identity::domain::tokens::account_throttle_key("bob@example.org"))
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let n: i32 =
+        sqlx::query_scalar("SELECT consecutive_failures FROM login_throttle WHERE key = $1")
+            .bind(carehub_identity::domain::tokens::account_throttle_key(
+                "bob@example.org",
+            ))
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!(n, 0);
     app.shutdown().await;
 }
@@ -196,17 +231,28 @@ async fn lockout_hourly_cap_and_source_throttle() {
     .await;
     app.register_patient("cat@example.org", PASSWORD).await;
     for _ in 0..3 {
-        let e = try_login(&app, "cat@example.org", "wrong wrong wrong").await.unwrap_err();
+        let e = try_login(&app, "cat@example.org", "wrong wrong wrong")
+            .await
+            .unwrap_err();
         assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     }
     // The hourly cap is reached: locked for the rest of the hour, even with the right password.
-    let e = try_login(&app, "cat@example.org", PASSWORD).await.unwrap_err();
+    let e = try_login(&app, "cat@example.org", PASSWORD)
+        .await
+        .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("ACCOUNT_LOCKED"));
-    let retry = carehub_platform::errors::details_of(&e).retry_after.unwrap();
-    assert!(retry > Duration::from_secs(3000) && retry <= Duration::from_secs(3600), "{retry:?}");
+    let retry = carehub_platform::errors::details_of(&e)
+        .retry_after
+        .unwrap();
+    assert!(
+        retry > Duration::from_secs(3000) && retry <= Duration::from_secs(3600),
+        "{retry:?}"
+    );
     let (total, window): (i64, i32) =
         sqlx::query_as("SELECT total_failures, window_failures FROM login_throttle WHERE key = $1")
-            .bind(carehub_identity::domain::tokens::account_throttle_key("cat@example.org"))
+            .bind(carehub_identity::domain::tokens::account_throttle_key(
+                "cat@example.org",
+            ))
             .fetch_one(app.pool())
             .await
             .unwrap();
@@ -216,25 +262,43 @@ async fn lockout_hourly_cap_and_source_throttle() {
     let mut c = app.public("gateway").await;
     for i in 0..4 {
         let e = c
-            .login(req_from_gateway(login_req(&format!("x{i}@example.org"), "wrong wrong wrong"), "198.51.100.4", "ua"))
+            .login(req_from_gateway(
+                login_req(&format!("x{i}@example.org"), "wrong wrong wrong"),
+                "198.51.100.4",
+                "ua",
+            ))
             .await
             .unwrap_err();
         assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     }
     let e = c
-        .login(req_from_gateway(login_req("y@example.org", "wrong wrong wrong"), "198.51.100.4", "ua"))
+        .login(req_from_gateway(
+            login_req("y@example.org", "wrong wrong wrong"),
+            "198.51.100.4",
+            "ua",
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::ResourceExhausted, Some("RATE_LIMITED"));
     let e = c
-        .login(req_from_gateway(login_req("z@example.org", "wrong wrong wrong"), "198.51.100.4", "ua"))
+        .login(req_from_gateway(
+            login_req("z@example.org", "wrong wrong wrong"),
+            "198.51.100.4",
+            "ua",
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::ResourceExhausted, Some("RATE_LIMITED"));
-    assert!(carehub_platform::errors::details_of(&e).retry_after.is_some());
+    assert!(carehub_platform::errors::details_of(&e)
+        .retry_after
+        .is_some());
     // Another address is not affected.
     let e = c
-        .login(req_from_gateway(login_req("y@example.org", "wrong wrong wrong"), "198.51.100.5", "ua"))
+        .login(req_from_gateway(
+            login_req("y@example.org", "wrong wrong wrong"),
+            "198.51.100.5",
+            "ua",
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
@@ -250,13 +314,19 @@ async fn exponential_delay_after_free_attempts() {
     .await;
     app.register_patient("dan@example.org", PASSWORD).await;
     for _ in 0..2 {
-        let e = try_login(&app, "dan@example.org", "wrong wrong wrong").await.unwrap_err();
+        let e = try_login(&app, "dan@example.org", "wrong wrong wrong")
+            .await
+            .unwrap_err();
         assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     }
     // Two failures: the next attempt must wait 1 s (2^0).
-    let e = try_login(&app, "dan@example.org", PASSWORD).await.unwrap_err();
+    let e = try_login(&app, "dan@example.org", PASSWORD)
+        .await
+        .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("ACCOUNT_LOCKED"));
-    let retry = carehub_platform::errors::details_of(&e).retry_after.unwrap();
+    let retry = carehub_platform::errors::details_of(&e)
+        .retry_after
+        .unwrap();
     // The refused attempt counted as a third failure: now 2 s.
     assert!(retry <= Duration::from_secs(2), "{retry:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -304,7 +374,11 @@ async fn sessions_are_listed_paged_and_revoked() {
         .await
         .unwrap()
         .into_inner();
-    let ids1: Vec<_> = page1.sessions.iter().map(|s| s.session_id.clone()).collect();
+    let ids1: Vec<_> = page1
+        .sessions
+        .iter()
+        .map(|s| s.session_id.clone())
+        .collect();
     assert_eq!(ids1, [c.session_id.clone(), b.session_id.clone()]);
     assert!(page1.sessions[0].current && !page1.sessions[1].current);
     let token = page1.page.unwrap().next_page_token;
@@ -381,7 +455,10 @@ async fn password_reset_revokes_everything() {
     .await
     .unwrap();
     let uid = uuid::Uuid::parse_str(&user.user_id).unwrap();
-    let token = app.sandbox().last_reset_token(uid).expect("reset token sent");
+    let token = app
+        .sandbox()
+        .last_reset_token(uid)
+        .expect("reset token sent");
     // A replay of the same request sends nothing new.
     c.request_password_reset(app.with_key(
         RequestPasswordResetRequest {
@@ -430,7 +507,9 @@ async fn password_reset_revokes_everything() {
         .unwrap_err();
     let fields = assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID"));
     assert_eq!(fields, ["reset_token"]);
-    let e = try_login(&app, "gus@example.org", PASSWORD).await.unwrap_err();
+    let e = try_login(&app, "gus@example.org", PASSWORD)
+        .await
+        .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     let after = app.login("gus@example.org", NEW_PASSWORD).await;
     list(&app, &after.access_token).await.unwrap();
@@ -442,10 +521,12 @@ async fn password_reset_revokes_everything() {
     .await
     .unwrap();
     let token = app.sandbox().last_reset_token(uid).unwrap();
-    sqlx::query("UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
-        .execute(app.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE used_at IS NULL",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
     let e = c
         .reset_password(ResetPasswordRequest {
             reset_token: token,
@@ -521,15 +602,19 @@ async fn change_password_keeps_only_the_current_session() {
 #[tokio::test]
 async fn password_age_policy_forces_a_change() {
     let app = common::spawn_with(|c| {
-        c.identity.password_max_age_days.insert("patient".into(), 90);
+        c.identity
+            .password_max_age_days
+            .insert("patient".into(), 90);
     })
     .await;
     let user = app.register_patient("ivy@example.org", PASSWORD).await;
-    sqlx::query("UPDATE users SET password_changed_at = now() - interval '91 days' WHERE id = $1::uuid")
-        .bind(&user.user_id)
-        .execute(app.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE users SET password_changed_at = now() - interval '91 days' WHERE id = $1::uuid",
+    )
+    .bind(&user.user_id)
+    .execute(app.pool())
+    .await
+    .unwrap();
     let t = app.login("ivy@example.org", PASSWORD).await;
     assert!(t.password_change_required);
     assert!(claims(&app, &t.access_token).pcr);
@@ -562,7 +647,12 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
 
     // Confirming before enrolling is a state conflict.
     let e = c
-        .confirm_totp(app.with_token(ConfirmTotpRequest { totp_code: "123456".into() }, &t.access_token))
+        .confirm_totp(app.with_token(
+            ConfirmTotpRequest {
+                totp_code: "123456".into(),
+            },
+            &t.access_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -576,9 +666,18 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
     assert!(!enrolled.otpauth_uri.contains("jo@example.org"));
     let secret = totp::decode_secret(&enrolled.secret).unwrap();
     let now = chrono::Utc::now().timestamp();
-    let wrong = if totp::code_at(&secret, now) == "000000" { "111111" } else { "000000" };
+    let wrong = if totp::code_at(&secret, now) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
     let e = c
-        .confirm_totp(app.with_token(ConfirmTotpRequest { totp_code: wrong.into() }, &t.access_token))
+        .confirm_totp(app.with_token(
+            ConfirmTotpRequest {
+                totp_code: wrong.into(),
+            },
+            &t.access_token,
+        ))
         .await
         .unwrap_err();
     let fields = assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID"));
@@ -608,12 +707,16 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
         other => panic!("expected a challenge, got {other:?}"),
     };
     let ch = challenge(try_login(&app, "jo@example.org", PASSWORD).await.unwrap());
-    let complete = |token: &str, code: complete_mfa_challenge_request::Code| CompleteMfaChallengeRequest {
-        challenge_token: token.to_owned(),
-        code: Some(code),
-    };
+    let complete =
+        |token: &str, code: complete_mfa_challenge_request::Code| CompleteMfaChallengeRequest {
+            challenge_token: token.to_owned(),
+            code: Some(code),
+        };
     let e = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::TotpCode(wrong.into())))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::TotpCode(wrong.into()),
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("MFA_REQUIRED"));
@@ -628,14 +731,20 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
     assert_status(&replay, Code::Unauthenticated, Some("MFA_REQUIRED"));
     let next = totp::code_at(&secret, now + totp::STEP_SECS);
     let tokens = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::TotpCode(next.clone())))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::TotpCode(next.clone()),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(claims(&app, &tokens.access_token).amr, ["pwd", "otp"]);
     // The challenge was single use.
     let e = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::TotpCode(next)))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::TotpCode(next),
+        ))
         .await
         .unwrap_err();
     let fields = assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID"));
@@ -645,27 +754,39 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
     let ch = challenge(try_login(&app, "jo@example.org", PASSWORD).await.unwrap());
     let rc = tokens_code(&codes[0]);
     let tokens = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::RecoveryCode(rc.clone())))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::RecoveryCode(rc.clone()),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(claims(&app, &tokens.access_token).amr, ["pwd", "rc"]);
     let ch = challenge(try_login(&app, "jo@example.org", PASSWORD).await.unwrap());
     let e = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::RecoveryCode(rc)))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::RecoveryCode(rc),
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("MFA_REQUIRED"));
     // Five attempts per challenge, then it is dead.
     for _ in 0..4 {
         let e = c
-            .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::TotpCode(wrong.into())))
+            .complete_mfa_challenge(complete(
+                &ch,
+                complete_mfa_challenge_request::Code::TotpCode(wrong.into()),
+            ))
             .await
             .unwrap_err();
         assert_status(&e, Code::Unauthenticated, Some("MFA_REQUIRED"));
     }
     let e = c
-        .complete_mfa_challenge(complete(&ch, complete_mfa_challenge_request::Code::RecoveryCode(codes[1].clone())))
+        .complete_mfa_challenge(complete(
+            &ch,
+            complete_mfa_challenge_request::Code::RecoveryCode(codes[1].clone()),
+        ))
         .await
         .unwrap_err();
     assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID"));
@@ -677,14 +798,20 @@ async fn totp_enrollment_challenge_and_recovery_codes() {
     };
     let e = c
         .disable_totp(app.with_token(
-            disable("wrong password here", disable_totp_request::Code::RecoveryCode(codes[2].clone())),
+            disable(
+                "wrong password here",
+                disable_totp_request::Code::RecoveryCode(codes[2].clone()),
+            ),
             &tokens.access_token,
         ))
         .await
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     c.disable_totp(app.with_token(
-        disable(PASSWORD, disable_totp_request::Code::RecoveryCode(codes[2].clone())),
+        disable(
+            PASSWORD,
+            disable_totp_request::Code::RecoveryCode(codes[2].clone()),
+        ),
         &tokens.access_token,
     ))
     .await
@@ -736,7 +863,10 @@ async fn device_pin_unlock_and_revocation_after_five_failures() {
         .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     for _ in 0..5 {
-        let e = c.unlock_with_pin(unlock(&device.device_secret, "000000")).await.unwrap_err();
+        let e = c
+            .unlock_with_pin(unlock(&device.device_secret, "000000"))
+            .await
+            .unwrap_err();
         assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     }
     // Five wrong PINs in a row revoked the credential: the right PIN no longer works.
@@ -769,10 +899,14 @@ async fn suspended_users_tokens_are_rejected_at_once() {
     assert_status(&e, Code::PermissionDenied, Some("ACCOUNT_DISABLED"));
     let e = refresh(&app, &t.refresh_token).await.unwrap_err();
     assert_status(&e, Code::PermissionDenied, Some("ACCOUNT_DISABLED"));
-    let e = try_login(&app, "lee@example.org", PASSWORD).await.unwrap_err();
+    let e = try_login(&app, "lee@example.org", PASSWORD)
+        .await
+        .unwrap_err();
     assert_status(&e, Code::PermissionDenied, Some("ACCOUNT_DISABLED"));
     // A wrong password still says nothing about the account state.
-    let e = try_login(&app, "lee@example.org", "wrong wrong wrong").await.unwrap_err();
+    let e = try_login(&app, "lee@example.org", "wrong wrong wrong")
+        .await
+        .unwrap_err();
     assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
     let feed = app
         .internal("scheduling")
@@ -791,13 +925,18 @@ async fn suspended_users_tokens_are_rejected_at_once() {
 #[tokio::test]
 async fn idle_timeout_ends_sessions() {
     let app = common::spawn_with(|c| {
-        c.identity.idle_timeout_secs.insert(Role::Patient.as_str().into(), 2);
+        c.identity
+            .idle_timeout_secs
+            .insert(Role::Patient.as_str().into(), 2);
     })
     .await;
     app.register_patient("max@example.org", PASSWORD).await;
     let t = app.login("max@example.org", PASSWORD).await;
     let c = claims(&app, &t.access_token);
-    assert!(c.exp - c.iat <= 2, "access token never outlives the idle timeout");
+    assert!(
+        c.exp - c.iat <= 2,
+        "access token never outlives the idle timeout"
+    );
     list(&app, &t.access_token).await.unwrap();
     let t2 = refresh(&app, &t.refresh_token).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2600)).await;
@@ -846,12 +985,21 @@ async fn signing_keys_are_published() {
     assert_eq!(public, internal);
     assert_eq!(public.keys.len(), 1);
     let k = &public.keys[0];
-    assert_eq!((k.kty.as_str(), k.crv.as_str(), k.alg.as_str()), ("OKP", "Ed25519", "EdDSA"));
+    assert_eq!(
+        (k.kty.as_str(), k.crv.as_str(), k.alg.as_str()),
+        ("OKP", "Ed25519", "EdDSA")
+    );
     assert_eq!(jwt::key_id(&t.access_token).unwrap(), k.kid);
     let key = jwt::key_from_jwk_x(&k.x).unwrap();
     let state = app.state();
-    jwt::verify(&t.access_token, &key, &state.auth.issuer, &state.auth.audience, chrono::Utc::now().timestamp())
-        .unwrap();
+    jwt::verify(
+        &t.access_token,
+        &key,
+        &state.auth.issuer,
+        &state.auth.audience,
+        chrono::Utc::now().timestamp(),
+    )
+    .unwrap();
     app.shutdown().await;
 }
 
@@ -867,7 +1015,10 @@ async fn bad_input_is_refused_and_writes_nothing() {
 
     let e = c.login(login_req("", "")).await.unwrap_err();
     assert_eq!(fields(e), ["email", "password"]);
-    let e = c.login(login_req("no-at-sign", &"x".repeat(129))).await.unwrap_err();
+    let e = c
+        .login(login_req("no-at-sign", &"x".repeat(129)))
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["email", "password"]);
     let e = c
         .complete_mfa_challenge(CompleteMfaChallengeRequest {
@@ -880,20 +1031,34 @@ async fn bad_input_is_refused_and_writes_nothing() {
     let e = c
         .complete_mfa_challenge(CompleteMfaChallengeRequest {
             challenge_token: "x".repeat(513),
-            code: Some(complete_mfa_challenge_request::Code::RecoveryCode("nope".into())),
+            code: Some(complete_mfa_challenge_request::Code::RecoveryCode(
+                "nope".into(),
+            )),
         })
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["challenge_token", "recovery_code"]);
-    let e = c.refresh_session(RefreshSessionRequest { refresh_token: String::new() }).await.unwrap_err();
+    let e = c
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["refresh_token"]);
     let e = c
-        .revoke_session(app.with_token(RevokeSessionRequest { session_id: "not-a-uuid".into() }, &t.access_token))
+        .revoke_session(app.with_token(
+            RevokeSessionRequest {
+                session_id: "not-a-uuid".into(),
+            },
+            &t.access_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["session_id"]);
     let e = c
-        .request_password_reset(RequestPasswordResetRequest { email: "x".repeat(300) })
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "x".repeat(300),
+        })
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["email"]);
@@ -917,7 +1082,12 @@ async fn bad_input_is_refused_and_writes_nothing() {
         .unwrap_err();
     assert_eq!(fields(e), ["current_password", "new_password"]);
     let e = c
-        .confirm_totp(app.with_token(ConfirmTotpRequest { totp_code: "12345a".into() }, &t.access_token))
+        .confirm_totp(app.with_token(
+            ConfirmTotpRequest {
+                totp_code: "12345a".into(),
+            },
+            &t.access_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["totp_code"]);
@@ -966,7 +1136,10 @@ async fn bad_input_is_refused_and_writes_nothing() {
     assert_eq!(fields(e), ["since"]);
     // A malformed idempotency key is refused too.
     let e = c
-        .logout(with_key(with_token(tonic::Request::new(LogoutRequest {}), &t.access_token), "short"))
+        .logout(with_key(
+            with_token(tonic::Request::new(LogoutRequest {}), &t.access_token),
+            "short",
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["idempotency-key"]);

@@ -58,7 +58,8 @@ fn scope(method: &str) -> String {
 }
 
 fn role_of(cred: &Credentials) -> Result<Role> {
-    Role::parse(&cred.role).ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown role", cred.id)))
+    Role::parse(&cred.role)
+        .ok_or_else(|| IdentityError::Internal(format!("user {} has an unknown role", cred.id)))
 }
 
 fn is_active(cred: &Credentials) -> bool {
@@ -71,12 +72,19 @@ fn secs(n: u64) -> i64 {
 
 /// Whether a session opened now must change its password first: pending one-time password, or
 /// the role's maximum password age has passed.
-pub fn password_change_due(settings: &IdentitySettings, cred: &Credentials, role: Role, now: DateTime<Utc>) -> bool {
+pub fn password_change_due(
+    settings: &IdentitySettings,
+    cred: &Credentials,
+    role: Role,
+    now: DateTime<Utc>,
+) -> bool {
     cred.password_change_required
         || settings
             .password_max_age_days
             .get(role.as_str())
-            .is_some_and(|days| cred.password_changed_at + chrono::Duration::days(i64::from(*days)) < now)
+            .is_some_and(|days| {
+                cred.password_changed_at + chrono::Duration::days(i64::from(*days)) < now
+            })
 }
 
 fn throttle_policy(s: &IdentitySettings) -> ThrottlePolicy {
@@ -99,7 +107,10 @@ fn check_token(v: &mut FieldViolations, field: &str, value: &str) {
     if value.is_empty() {
         v.add(field, "is required");
     } else if value.len() > tokens::MAX_TOKEN_LEN {
-        v.add(field, format!("must be at most {} characters", tokens::MAX_TOKEN_LEN));
+        v.add(
+            field,
+            format!("must be at most {} characters", tokens::MAX_TOKEN_LEN),
+        );
     } else if !tokens::is_token_format(value) {
         v.add(field, "is malformed");
     }
@@ -130,7 +141,8 @@ fn check_recovery_code(v: &mut FieldViolations, field: &str, value: &str) {
 }
 
 fn check_pin(v: &mut FieldViolations, field: &str, value: &str) {
-    let ok = (PIN_MIN..=PIN_MAX).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit());
+    let ok =
+        (PIN_MIN..=PIN_MAX).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit());
     if value.is_empty() {
         v.add(field, "is required");
     } else if !ok {
@@ -189,7 +201,12 @@ async fn open_session(
 }
 
 /// A fresh refresh token and access token for `session`.
-async fn issue_tokens(state: &AppState, conn: &mut PgConnection, session: &SessionRow, role: Role) -> Result<AuthTokens> {
+async fn issue_tokens(
+    state: &AppState,
+    conn: &mut PgConnection,
+    session: &SessionRow,
+    role: Role,
+) -> Result<AuthTokens> {
     let refresh = tokens::new_token();
     store::insert_refresh_token(conn, &tokens::hash(&refresh), session.id).await?;
     let access = token::issue_access_token(
@@ -231,7 +248,11 @@ fn session_to_pb(s: &SessionRow, active: bool, current: Uuid) -> pb::Session {
         revoke_time: s.revoked_at.map(timestamp),
         ip_address: s.ip_address.clone().unwrap_or_default(),
         user_agent: s.user_agent.clone().unwrap_or_default(),
-        auth_methods: s.auth_methods.iter().map(|m| auth_method(m) as i32).collect(),
+        auth_methods: s
+            .auth_methods
+            .iter()
+            .map(|m| auth_method(m) as i32)
+            .collect(),
         current: s.id == current,
         active,
     }
@@ -250,7 +271,11 @@ struct FailureOutcome {
 /// Counts a failed attempt on the account key and the source key. Each counter moves in one
 /// atomic statement on its own (auto-committed), so that the count survives the failed login
 /// and parallel attempts are all counted.
-async fn count_failure(state: &AppState, account_key: &str, source_key: Option<&str>) -> Result<FailureOutcome> {
+async fn count_failure(
+    state: &AppState,
+    account_key: &str,
+    source_key: Option<&str>,
+) -> Result<FailureOutcome> {
     let policy = throttle_policy(&state.settings);
     let mut conn = state.pool.acquire().await?;
     let row = store::record_failure(&mut conn, account_key, throttle::ACCOUNT_WINDOW_SECS).await?;
@@ -323,7 +348,10 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
                 retry_after: throttle::retry_after(until, after.now),
             });
         }
-        let until = after.account_locked_until.or(account_lock).unwrap_or(after.now);
+        let until = after
+            .account_locked_until
+            .or(account_lock)
+            .unwrap_or(after.now);
         return Err(IdentityError::Locked {
             retry_after: throttle::retry_after(until, after.now),
         });
@@ -340,7 +368,10 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             let after = count_failure(state, &account_key, source_key.as_deref()).await?;
             if after.source_locked_until.is_some() {
                 return Err(IdentityError::RateLimited {
-                    retry_after: throttle::retry_after(after.source_locked_until.unwrap_or(after.now), after.now),
+                    retry_after: throttle::retry_after(
+                        after.source_locked_until.unwrap_or(after.now),
+                        after.now,
+                    ),
                 });
             }
             return Err(IdentityError::InvalidCredentials);
@@ -368,17 +399,27 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             expire_time: Some(timestamp(expires_at)),
         })
     } else {
-        login_response::Result::Tokens(open_session(state, &mut tx, &cred, &["pwd"], &caller, None).await?)
+        login_response::Result::Tokens(
+            open_session(state, &mut tx, &cred, &["pwd"], &caller, None).await?,
+        )
     };
     tx.commit().await?;
-    Ok(LoginResponse { result: Some(result) })
+    Ok(LoginResponse {
+        result: Some(result),
+    })
 }
 
-pub async fn complete_mfa_challenge(state: &AppState, req: Request<CompleteMfaChallengeRequest>) -> Reply<AuthTokens> {
+pub async fn complete_mfa_challenge(
+    state: &AppState,
+    req: Request<CompleteMfaChallengeRequest>,
+) -> Reply<AuthTokens> {
     Ok(Response::new(complete_mfa_inner(state, req).await?))
 }
 
-async fn complete_mfa_inner(state: &AppState, req: Request<CompleteMfaChallengeRequest>) -> Result<AuthTokens> {
+async fn complete_mfa_inner(
+    state: &AppState,
+    req: Request<CompleteMfaChallengeRequest>,
+) -> Result<AuthTokens> {
     use complete_mfa_challenge_request::Code;
     let caller = auth::caller(&req)?;
     let r = req.into_inner();
@@ -401,7 +442,9 @@ async fn complete_mfa_inner(state: &AppState, req: Request<CompleteMfaChallengeR
     // The attempt counts (committed on its own) before the code is checked.
     let (challenge, cred) = {
         let mut conn = state.pool.acquire().await?;
-        let Some(ch) = store::attempt_mfa_challenge(&mut conn, &challenge_hash, MFA_MAX_ATTEMPTS).await? else {
+        let Some(ch) =
+            store::attempt_mfa_challenge(&mut conn, &challenge_hash, MFA_MAX_ATTEMPTS).await?
+        else {
             return Err(invalid);
         };
         let cred = store::credentials_by_id(&mut conn, ch.user_id, false).await?;
@@ -444,28 +487,35 @@ async fn complete_mfa_inner(state: &AppState, req: Request<CompleteMfaChallengeR
     Ok(tokens)
 }
 
-pub async fn refresh_session(state: &AppState, req: Request<RefreshSessionRequest>) -> Reply<AuthTokens> {
+pub async fn refresh_session(
+    state: &AppState,
+    req: Request<RefreshSessionRequest>,
+) -> Reply<AuthTokens> {
     Ok(Response::new(refresh_inner(state, req).await?))
 }
 
-async fn refresh_inner(state: &AppState, req: Request<RefreshSessionRequest>) -> Result<AuthTokens> {
+async fn refresh_inner(
+    state: &AppState,
+    req: Request<RefreshSessionRequest>,
+) -> Result<AuthTokens> {
     let r = req.into_inner();
     let mut v = FieldViolations::new();
     check_token(&mut v, "refresh_token", &r.refresh_token);
     v.finish()?;
 
     let mut tx = state.pool.begin().await?;
-    let session_id = match store::spend_refresh_token(&mut tx, &tokens::hash(&r.refresh_token)).await? {
-        Spend::Unknown => return Err(IdentityError::InvalidToken),
-        Spend::AlreadySpent(session_id) => {
-            // A spent token seen again: someone holds a copy. End the whole session.
-            revocation::revoke_session(&mut tx, session_id, "refresh_token_reused").await?;
-            tx.commit().await?;
-            tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
-            return Err(IdentityError::RefreshTokenReused);
-        }
-        Spend::Spent(session_id) => session_id,
-    };
+    let session_id =
+        match store::spend_refresh_token(&mut tx, &tokens::hash(&r.refresh_token)).await? {
+            Spend::Unknown => return Err(IdentityError::InvalidToken),
+            Spend::AlreadySpent(session_id) => {
+                // A spent token seen again: someone holds a copy. End the whole session.
+                revocation::revoke_session(&mut tx, session_id, "refresh_token_reused").await?;
+                tx.commit().await?;
+                tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
+                return Err(IdentityError::RefreshTokenReused);
+            }
+            Spend::Spent(session_id) => session_id,
+        };
     let Some(session) = store::session_for_update(&mut tx, session_id).await? else {
         return Err(IdentityError::InvalidToken);
     };
@@ -487,7 +537,10 @@ async fn refresh_inner(state: &AppState, req: Request<RefreshSessionRequest>) ->
         Some("expired")
     } else if session.last_seen_at + idle <= now {
         Some("idle_timeout")
-    } else if cred.sessions_revoked_before.is_some_and(|b| session.created_at <= b) {
+    } else if cred
+        .sessions_revoked_before
+        .is_some_and(|b| session.created_at <= b)
+    {
         Some("revoked")
     } else {
         None
@@ -533,7 +586,11 @@ pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> 
 
 fn encode_cursor(c: &store::SessionCursor) -> String {
     let (active, at, id) = c;
-    URL_SAFE_NO_PAD.encode(format!("v1|{}|{}|{id}", u8::from(*active), at.timestamp_micros()))
+    URL_SAFE_NO_PAD.encode(format!(
+        "v1|{}|{}|{id}",
+        u8::from(*active),
+        at.timestamp_micros()
+    ))
 }
 
 fn decode_cursor(token: &str) -> Option<store::SessionCursor> {
@@ -542,9 +599,13 @@ fn decode_cursor(token: &str) -> Option<store::SessionCursor> {
     }
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
     let mut parts = raw.split('|');
-    let (Some("v1"), Some(a), Some(t), Some(id), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("v1"), Some(a), Some(t), Some(id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return None;
     };
     let active = match a {
@@ -557,7 +618,10 @@ fn decode_cursor(token: &str) -> Option<store::SessionCursor> {
 }
 
 /// Page size and cursor of a PageRequest, or violations under `page.*`.
-fn check_page(v: &mut FieldViolations, page: Option<&PageRequest>) -> (i64, Option<store::SessionCursor>) {
+fn check_page(
+    v: &mut FieldViolations,
+    page: Option<&PageRequest>,
+) -> (i64, Option<store::SessionCursor>) {
     let Some(p) = page else {
         return (PAGE_DEFAULT, None);
     };
@@ -581,11 +645,17 @@ fn check_page(v: &mut FieldViolations, page: Option<&PageRequest>) -> (i64, Opti
     (size, cursor)
 }
 
-pub async fn list_sessions(state: &AppState, req: Request<ListSessionsRequest>) -> Reply<ListSessionsResponse> {
+pub async fn list_sessions(
+    state: &AppState,
+    req: Request<ListSessionsRequest>,
+) -> Reply<ListSessionsResponse> {
     Ok(Response::new(list_sessions_inner(state, req).await?))
 }
 
-async fn list_sessions_inner(state: &AppState, req: Request<ListSessionsRequest>) -> Result<ListSessionsResponse> {
+async fn list_sessions_inner(
+    state: &AppState,
+    req: Request<ListSessionsRequest>,
+) -> Result<ListSessionsResponse> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let r = req.into_inner();
@@ -599,7 +669,9 @@ async fn list_sessions_inner(state: &AppState, req: Request<ListSessionsRequest>
     let more = rows.len() > usize::try_from(size).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
     let next_page_token = match rows.last() {
-        Some(last) if more => encode_cursor(&(last.active, last.session.created_at, last.session.id)),
+        Some(last) if more => {
+            encode_cursor(&(last.active, last.session.created_at, last.session.id))
+        }
         _ => String::new(),
     };
     Ok(ListSessionsResponse {
@@ -611,11 +683,17 @@ async fn list_sessions_inner(state: &AppState, req: Request<ListSessionsRequest>
     })
 }
 
-pub async fn revoke_session(state: &AppState, req: Request<RevokeSessionRequest>) -> Reply<pb::Session> {
+pub async fn revoke_session(
+    state: &AppState,
+    req: Request<RevokeSessionRequest>,
+) -> Reply<pb::Session> {
     Ok(Response::new(revoke_session_inner(state, req).await?))
 }
 
-async fn revoke_session_inner(state: &AppState, req: Request<RevokeSessionRequest>) -> Result<pb::Session> {
+async fn revoke_session_inner(
+    state: &AppState,
+    req: Request<RevokeSessionRequest>,
+) -> Result<pb::Session> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
@@ -642,7 +720,9 @@ async fn revoke_session_inner(state: &AppState, req: Request<RevokeSessionReques
                     return Err(not_found());
                 }
                 revocation::revoke_session(conn, id, "revoked_by_user").await?;
-                let s = store::session_of_user(conn, id, user_id).await?.ok_or_else(not_found)?;
+                let s = store::session_of_user(conn, id, user_id)
+                    .await?
+                    .ok_or_else(not_found)?;
                 Ok(session_to_pb(&s, false, current))
             })
         },
@@ -653,12 +733,18 @@ async fn revoke_session_inner(state: &AppState, req: Request<RevokeSessionReques
 // ---------------------------------------------------------------------------------------------
 // Passwords
 
-pub async fn request_password_reset(state: &AppState, req: Request<RequestPasswordResetRequest>) -> Reply<()> {
+pub async fn request_password_reset(
+    state: &AppState,
+    req: Request<RequestPasswordResetRequest>,
+) -> Reply<()> {
     request_reset_inner(state, req).await?;
     Ok(Response::new(()))
 }
 
-async fn request_reset_inner(state: &AppState, req: Request<RequestPasswordResetRequest>) -> Result<()> {
+async fn request_reset_inner(
+    state: &AppState,
+    req: Request<RequestPasswordResetRequest>,
+) -> Result<()> {
     let key = idempotency::key_of(&req)?;
     let mut v = FieldViolations::new();
     let email = validation::check_email(&mut v, "email", &req.get_ref().email);
@@ -757,7 +843,9 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
             Box::pin(async move {
                 let user_id = store::consume_password_reset(conn, &token_hash)
                     .await?
-                    .ok_or(IdentityError::CodeInvalid { field: "reset_token" })?;
+                    .ok_or(IdentityError::CodeInvalid {
+                        field: "reset_token",
+                    })?;
                 let phc = hash_password(&hasher, new_password).await?;
                 store::set_password(conn, user_id, &phc).await?;
                 revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
@@ -789,13 +877,21 @@ pub async fn change_password(state: &AppState, req: Request<ChangePasswordReques
     Ok(Response::new(()))
 }
 
-async fn change_password_inner(state: &AppState, req: Request<ChangePasswordRequest>) -> Result<()> {
+async fn change_password_inner(
+    state: &AppState,
+    req: Request<ChangePasswordRequest>,
+) -> Result<()> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let key = idempotency::key_of(&req)?;
     let r = req.get_ref();
     let mut v = FieldViolations::new();
-    check_secret(&mut v, "current_password", &r.current_password, PASSWORD_MAX);
+    check_secret(
+        &mut v,
+        "current_password",
+        &r.current_password,
+        PASSWORD_MAX,
+    );
     check_new_password(&mut v, "new_password", &r.new_password);
     if !r.new_password.is_empty() && r.new_password == r.current_password {
         v.add("new_password", "must differ from current_password");
@@ -815,13 +911,22 @@ async fn change_password_inner(state: &AppState, req: Request<ChangePasswordRequ
                 let cred = store::credentials_by_id(conn, user_id, true)
                     .await?
                     .ok_or(IdentityError::SessionExpired)?;
-                if !hasher.verify_async(current, Some(cred.password_hash.clone())).await {
+                if !hasher
+                    .verify_async(current, Some(cred.password_hash.clone()))
+                    .await
+                {
                     return Err(IdentityError::InvalidCredentials);
                 }
                 let phc = hash_password(&hasher, new).await?;
                 store::set_password(conn, user_id, &phc).await?;
                 store::clear_session_password_change(conn, session_id).await?;
-                revocation::revoke_user_sessions(conn, user_id, "password_changed", Some(session_id)).await?;
+                revocation::revoke_user_sessions(
+                    conn,
+                    user_id,
+                    "password_changed",
+                    Some(session_id),
+                )
+                .await?;
                 Ok(())
             })
         },
@@ -835,7 +940,10 @@ async fn change_password_inner(state: &AppState, req: Request<ChangePasswordRequ
 // ---------------------------------------------------------------------------------------------
 // TOTP
 
-pub async fn enroll_totp(state: &AppState, req: Request<EnrollTotpRequest>) -> Reply<EnrollTotpResponse> {
+pub async fn enroll_totp(
+    state: &AppState,
+    req: Request<EnrollTotpRequest>,
+) -> Reply<EnrollTotpResponse> {
     Ok(Response::new(enroll_totp_inner(state, req).await?))
 }
 
@@ -847,7 +955,10 @@ fn conflict(kind: &'static str, user_id: Uuid, description: &str) -> IdentityErr
     }
 }
 
-async fn enroll_totp_inner(state: &AppState, req: Request<EnrollTotpRequest>) -> Result<EnrollTotpResponse> {
+async fn enroll_totp_inner(
+    state: &AppState,
+    req: Request<EnrollTotpRequest>,
+) -> Result<EnrollTotpResponse> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let mut tx = state.pool.begin().await?;
@@ -855,7 +966,11 @@ async fn enroll_totp_inner(state: &AppState, req: Request<EnrollTotpRequest>) ->
         .await?
         .ok_or(IdentityError::SessionExpired)?;
     if cred.totp_secret.is_some() {
-        return Err(conflict("MFA_ENABLED", user.user_id, "TOTP is already enabled; disable it first"));
+        return Err(conflict(
+            "MFA_ENABLED",
+            user.user_id,
+            "TOTP is already enabled; disable it first",
+        ));
     }
     let secret = totp::generate_secret();
     store::set_pending_totp(&mut tx, user.user_id, &secret).await?;
@@ -866,11 +981,17 @@ async fn enroll_totp_inner(state: &AppState, req: Request<EnrollTotpRequest>) ->
     })
 }
 
-pub async fn confirm_totp(state: &AppState, req: Request<ConfirmTotpRequest>) -> Reply<ConfirmTotpResponse> {
+pub async fn confirm_totp(
+    state: &AppState,
+    req: Request<ConfirmTotpRequest>,
+) -> Reply<ConfirmTotpResponse> {
     Ok(Response::new(confirm_totp_inner(state, req).await?))
 }
 
-async fn confirm_totp_inner(state: &AppState, req: Request<ConfirmTotpRequest>) -> Result<ConfirmTotpResponse> {
+async fn confirm_totp_inner(
+    state: &AppState,
+    req: Request<ConfirmTotpRequest>,
+) -> Result<ConfirmTotpResponse> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let r = req.into_inner();
@@ -882,19 +1003,34 @@ async fn confirm_totp_inner(state: &AppState, req: Request<ConfirmTotpRequest>) 
         .await?
         .ok_or(IdentityError::SessionExpired)?;
     let Some(pending) = cred.totp_pending_secret else {
-        return Err(conflict("TOTP_NOT_ENROLLED", user.user_id, "call EnrollTotp first"));
+        return Err(conflict(
+            "TOTP_NOT_ENROLLED",
+            user.user_id,
+            "call EnrollTotp first",
+        ));
     };
     let step = totp::verify(&pending, &r.totp_code, Utc::now().timestamp(), None)
         .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
     if !store::activate_totp(&mut tx, user.user_id, step).await? {
-        return Err(conflict("TOTP_NOT_ENROLLED", user.user_id, "call EnrollTotp first"));
+        return Err(conflict(
+            "TOTP_NOT_ENROLLED",
+            user.user_id,
+            "call EnrollTotp first",
+        ));
     }
-    let codes: Vec<String> = (0..tokens::RECOVERY_CODE_COUNT).map(|_| tokens::new_recovery_code()).collect();
-    let hashes: Vec<Vec<u8>> = codes.iter().filter_map(|c| tokens::hash_recovery_code(c)).collect();
+    let codes: Vec<String> = (0..tokens::RECOVERY_CODE_COUNT)
+        .map(|_| tokens::new_recovery_code())
+        .collect();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .filter_map(|c| tokens::hash_recovery_code(c))
+        .collect();
     store::replace_recovery_codes(&mut tx, user.user_id, &hashes).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "totp enabled");
-    Ok(ConfirmTotpResponse { recovery_codes: codes })
+    Ok(ConfirmTotpResponse {
+        recovery_codes: codes,
+    })
 }
 
 pub async fn disable_totp(state: &AppState, req: Request<DisableTotpRequest>) -> Reply<()> {
@@ -909,7 +1045,12 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
     let key = idempotency::key_of(&req)?;
     let r = req.get_ref();
     let mut v = FieldViolations::new();
-    check_secret(&mut v, "current_password", &r.current_password, PASSWORD_MAX);
+    check_secret(
+        &mut v,
+        "current_password",
+        &r.current_password,
+        PASSWORD_MAX,
+    );
     match &r.code {
         None => v.add("totp_code", "a totp_code or a recovery_code is required"),
         Some(Code::TotpCode(c)) => check_totp_code(&mut v, "totp_code", c),
@@ -936,22 +1077,29 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
                 let Some(secret) = cred.totp_secret.clone() else {
                     return Err(conflict("MFA_NOT_ENABLED", user_id, "TOTP is not enabled"));
                 };
-                if !hasher.verify_async(password, Some(cred.password_hash.clone())).await {
+                if !hasher
+                    .verify_async(password, Some(cred.password_hash.clone()))
+                    .await
+                {
                     return Err(IdentityError::InvalidCredentials);
                 }
                 match code {
                     Code::TotpCode(c) => {
-                        let step = totp::verify(&secret, &c, Utc::now().timestamp(), cred.totp_last_step)
-                            .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
+                        let step =
+                            totp::verify(&secret, &c, Utc::now().timestamp(), cred.totp_last_step)
+                                .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
                         if !store::advance_totp_step(conn, user_id, step).await? {
                             return Err(IdentityError::CodeInvalid { field: "totp_code" });
                         }
                     }
                     Code::RecoveryCode(c) => {
-                        let invalid = IdentityError::CodeInvalid { field: "recovery_code" };
-                        let hash = tokens::hash_recovery_code(&c).ok_or(IdentityError::CodeInvalid {
+                        let invalid = IdentityError::CodeInvalid {
                             field: "recovery_code",
-                        })?;
+                        };
+                        let hash =
+                            tokens::hash_recovery_code(&c).ok_or(IdentityError::CodeInvalid {
+                                field: "recovery_code",
+                            })?;
                         if !store::use_recovery_code(conn, user_id, &hash).await? {
                             return Err(invalid);
                         }
@@ -970,11 +1118,17 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
 // ---------------------------------------------------------------------------------------------
 // Device PINs
 
-pub async fn enroll_device_pin(state: &AppState, req: Request<EnrollDevicePinRequest>) -> Reply<EnrollDevicePinResponse> {
+pub async fn enroll_device_pin(
+    state: &AppState,
+    req: Request<EnrollDevicePinRequest>,
+) -> Reply<EnrollDevicePinResponse> {
     Ok(Response::new(enroll_pin_inner(state, req).await?))
 }
 
-async fn enroll_pin_inner(state: &AppState, req: Request<EnrollDevicePinRequest>) -> Result<EnrollDevicePinResponse> {
+async fn enroll_pin_inner(
+    state: &AppState,
+    req: Request<EnrollDevicePinRequest>,
+) -> Result<EnrollDevicePinResponse> {
     let caller = auth::caller(&req)?;
     let user = user_of(&caller)?;
     let r = req.into_inner();
@@ -989,8 +1143,15 @@ async fn enroll_pin_inner(state: &AppState, req: Request<EnrollDevicePinRequest>
     let device_id = Uuid::now_v7();
     let secret = tokens::new_token();
     let mut tx = state.pool.begin().await?;
-    store::insert_device_pin(&mut tx, device_id, user.user_id, r.device_name.trim(), &tokens::hash(&secret), &pin_hash)
-        .await?;
+    store::insert_device_pin(
+        &mut tx,
+        device_id,
+        user.user_id,
+        r.device_name.trim(),
+        &tokens::hash(&secret),
+        &pin_hash,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, device_id = %device_id, "device pin enrolled");
     Ok(EnrollDevicePinResponse {
@@ -999,7 +1160,10 @@ async fn enroll_pin_inner(state: &AppState, req: Request<EnrollDevicePinRequest>
     })
 }
 
-pub async fn unlock_with_pin(state: &AppState, req: Request<UnlockWithPinRequest>) -> Reply<AuthTokens> {
+pub async fn unlock_with_pin(
+    state: &AppState,
+    req: Request<UnlockWithPinRequest>,
+) -> Reply<AuthTokens> {
     Ok(Response::new(unlock_inner(state, req).await?))
 }
 
@@ -1053,7 +1217,10 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
 // ---------------------------------------------------------------------------------------------
 // Keys and revocations
 
-pub async fn list_signing_keys(state: &AppState, _req: Request<ListSigningKeysRequest>) -> Reply<ListSigningKeysResponse> {
+pub async fn list_signing_keys(
+    state: &AppState,
+    _req: Request<ListSigningKeysRequest>,
+) -> Reply<ListSigningKeysResponse> {
     let keys = state
         .keys
         .published()
@@ -1070,11 +1237,17 @@ pub async fn list_signing_keys(state: &AppState, _req: Request<ListSigningKeysRe
     Ok(Response::new(ListSigningKeysResponse { keys }))
 }
 
-pub async fn list_revocations(state: &AppState, req: Request<ListRevocationsRequest>) -> Reply<ListRevocationsResponse> {
+pub async fn list_revocations(
+    state: &AppState,
+    req: Request<ListRevocationsRequest>,
+) -> Reply<ListRevocationsResponse> {
     Ok(Response::new(list_revocations_inner(state, req).await?))
 }
 
-async fn list_revocations_inner(state: &AppState, req: Request<ListRevocationsRequest>) -> Result<ListRevocationsResponse> {
+async fn list_revocations_inner(
+    state: &AppState,
+    req: Request<ListRevocationsRequest>,
+) -> Result<ListRevocationsResponse> {
     let r = req.into_inner();
     let mut v = FieldViolations::new();
     let since = match r.since {

@@ -37,12 +37,16 @@ impl ThrottlePolicy {
         let exp = n - self.free_attempts;
         let secs = if exp >= 63 { u64::MAX } else { 1u64 << exp };
         let secs = secs.min(self.max_delay_secs).max(1);
-        Some(Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+        Some(Duration::seconds(
+            i64::try_from(secs).unwrap_or(i64::MAX / 1000),
+        ))
     }
 
     /// Until when an account is locked after a failure that left it with `c`.
     pub fn account_lock(&self, c: &Counters, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let delay = self.consecutive_delay(c.consecutive_failures).map(|d| now + d);
+        let delay = self
+            .consecutive_delay(c.consecutive_failures)
+            .map(|d| now + d);
         let hourly = (c.window_failures >= cap(self.max_failures_per_hour))
             .then(|| c.window_start + Duration::seconds(ACCOUNT_WINDOW_SECS));
         later(delay, hourly)
@@ -149,7 +153,10 @@ mod tests {
             ..c
         };
         assert_eq!(p.source_lock(&c), Some(now + Duration::seconds(60)));
-        assert_eq!(retry_after(now + Duration::milliseconds(1500), now).as_secs(), 2);
+        assert_eq!(
+            retry_after(now + Duration::milliseconds(1500), now).as_secs(),
+            2
+        );
         assert_eq!(retry_after(now - Duration::seconds(5), now).as_secs(), 1);
     }
 }

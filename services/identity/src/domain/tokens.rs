@@ -108,8 +108,14 @@ mod tests {
     fn recovery_codes() {
         let c = new_recovery_code();
         assert_eq!(c.len(), 11);
-        assert_eq!(normalize_recovery_code(&c.to_uppercase()).unwrap(), c.replace('-', ""));
-        assert_eq!(hash_recovery_code(&c), hash_recovery_code(&c.replace('-', " ")));
+        assert_eq!(
+            normalize_recovery_code(&c.to_uppercase()).unwrap(),
+            c.replace('-', "")
+        );
+        assert_eq!(
+            hash_recovery_code(&c),
+            hash_recovery_code(&c.replace('-', " "))
+        );
         assert!(normalize_recovery_code("short").is_none());
         assert!(normalize_recovery_code("0000000000").is_none());
     }

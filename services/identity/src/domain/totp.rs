@@ -60,7 +60,11 @@ pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
         | (u32::from(digest[offset + 2]) << 8)
         | u32::from(digest[offset + 3]);
     let modulus = 10u64.pow(digits);
-    format!("{:0width$}", u64::from(binary) % modulus, width = digits as usize)
+    format!(
+        "{:0width$}",
+        u64::from(binary) % modulus,
+        width = digits as usize
+    )
 }
 
 /// The time step of a unix time.
@@ -70,7 +74,11 @@ pub fn step_of(unix_secs: i64) -> i64 {
 
 /// The 6-digit code of `unix_secs`.
 pub fn code_at(secret: &[u8], unix_secs: i64) -> String {
-    hotp(secret, u64::try_from(step_of(unix_secs)).unwrap_or(0), DIGITS)
+    hotp(
+        secret,
+        u64::try_from(step_of(unix_secs)).unwrap_or(0),
+        DIGITS,
+    )
 }
 
 /// Whether `code` looks like a TOTP code (exactly 6 ASCII digits).

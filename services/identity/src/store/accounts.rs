@@ -580,3 +580,13 @@ pub async fn create_user_direct(
     tx.commit().await?;
     Ok((account, one_time))
 }
+
+/// How many accounts of `role` exist (any status); for bootstrapping the first admin.
+pub async fn count_by_role(pool: &PgPool, role: Role) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE role = $1")
+            .bind(role.as_str())
+            .fetch_one(pool)
+            .await?,
+    )
+}
