@@ -53,7 +53,6 @@ pub enum IdentityError {
 
 pub type Result<T> = std::result::Result<T, IdentityError>;
 
-
 impl From<IdentityError> for Status {
     fn from(e: IdentityError) -> Status {
         match e {
@@ -110,7 +109,11 @@ impl From<IdentityError> for Status {
             ),
             IdentityError::CodeInvalid { field } => {
                 let mut v = errors::FieldViolations::new();
-                v.add_with_reason(field, "is wrong, expired or already used", ErrorReason::CodeInvalid);
+                v.add_with_reason(
+                    field,
+                    "is wrong, expired or already used",
+                    ErrorReason::CodeInvalid,
+                );
                 v.into_status()
             }
             IdentityError::NotFound { what, id } => errors::not_found(what, &id),

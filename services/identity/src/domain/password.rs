@@ -1,6 +1,8 @@
 //! Password policy and argon2id hashing.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 pub const MIN_LEN: usize = 12;
@@ -71,7 +73,10 @@ impl PasswordHasher {
         let Ok(parsed) = PasswordHash::new(target) else {
             return false;
         };
-        let ok = self.argon2.verify_password(secret.as_bytes(), &parsed).is_ok();
+        let ok = self
+            .argon2
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok();
         ok && real
     }
 
@@ -99,10 +104,16 @@ mod tests {
 
     #[test]
     fn policy() {
-        assert_eq!(policy_violation("short"), Some("must be at least 12 characters"));
+        assert_eq!(
+            policy_violation("short"),
+            Some("must be at least 12 characters")
+        );
         assert!(policy_violation(&"x".repeat(129)).is_some());
         assert!(policy_violation(&"Ab1!".repeat(32)).is_none());
-        assert_eq!(policy_violation("Password1234"), Some("is too common; choose another"));
+        assert_eq!(
+            policy_violation("Password1234"),
+            Some("is too common; choose another")
+        );
         assert!(policy_violation("correct horse battery staple").is_none());
     }
 

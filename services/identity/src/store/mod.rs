@@ -1,7 +1,6 @@
 //! All of identity's SQL. Functions take a `&mut PgConnection` (a transaction's or a pool
 //! connection's) and return domain types.
 
-pub mod bootstrap;
+pub mod accounts;
 pub mod revocation;
 pub mod sessions;
-pub mod accounts;
