@@ -24,7 +24,9 @@ pub struct CreateArgs {
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let role = carehub_platform::auth::Role::parse(&args.role)
         .filter(|r| *r != carehub_platform::auth::Role::Patient)
-        .context("--role must be one of admin, provider, staff, billing (patients register themselves)")?;
+        .context(
+            "--role must be one of admin, provider, staff, billing (patients register themselves)",
+        )?;
     let cfg = crate::load_identity(&args.config)?;
     let pool = carehub_platform::db::connect(&cfg.server.database)
         .await
@@ -54,7 +56,9 @@ pub async fn bootstrap_first_admin(
     state: &carehub_identity::AppState,
 ) -> anyhow::Result<Option<(String, String)>> {
     const EMAIL: &str = "admin@carehub.local";
-    Ok(carehub_identity::bootstrap::first_admin(&state.pool, &state.hasher, EMAIL)
-        .await?
-        .map(|p| (EMAIL.to_owned(), p)))
+    Ok(
+        carehub_identity::bootstrap::first_admin(&state.pool, &state.hasher, EMAIL)
+            .await?
+            .map(|p| (EMAIL.to_owned(), p)),
+    )
 }

@@ -8,9 +8,9 @@ mod up;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use carehub_identity::config::IdentityConfig;
 use carehub_platform::config;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -121,13 +121,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => match args.service {
             Service::Identity => {
                 let cfg = load_identity(&args.config)?;
-                let telemetry = carehub_platform::telemetry::init("identity", &cfg.server.telemetry)?;
+                let telemetry =
+                    carehub_platform::telemetry::init("identity", &cfg.server.telemetry)?;
                 let drain = std::time::Duration::from_secs(cfg.server.limits.drain_timeout_secs);
                 let identity =
-                    carehub_identity::serve(cfg, carehub_platform::server::shutdown_signal()).await?;
+                    carehub_identity::serve(cfg, carehub_platform::server::shutdown_signal())
+                        .await?;
                 tracing::info!(grpc = %identity.server.grpc_addr, admin = %identity.server.admin_addr, "identity serving");
                 let result = identity.server.wait().await;
-                telemetry.shutdown_with_timeout(drain.min(std::time::Duration::from_secs(5))).await;
+                telemetry
+                    .shutdown_with_timeout(drain.min(std::time::Duration::from_secs(5)))
+                    .await;
                 result
             }
         },

@@ -20,7 +20,11 @@ pub struct PgCluster {
 /// Finds `initdb` and `pg_ctl`: next to each other on PATH, else the newest /usr/lib/postgresql/N/bin.
 fn find_bin_dir() -> anyhow::Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.sort();
     candidates.reverse();
@@ -91,9 +95,13 @@ impl PgCluster {
             )?;
         }
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]);
+        cmd.arg("-D").arg(&self.data_dir).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+        ]);
         self.run(cmd, "initdb")
     }
 

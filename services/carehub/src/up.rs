@@ -44,7 +44,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let certs = data_dir.join("certs");
     if !certs.join("ca.pem").exists() {
         carehub_platform::devcerts::generate_dev_pki(&certs, "carehub.local", DEV_WORKLOADS)?;
-        println!("created development CA and certificates in {}", certs.display());
+        println!(
+            "created development CA and certificates in {}",
+            certs.display()
+        );
     }
     let signing_key = data_dir.join("keys/identity-signing.pem");
     if SigningKeys::generate_file_if_missing(&signing_key)? {
@@ -83,17 +86,25 @@ async fn run_services(
     let certs = data_dir.join("certs");
 
     // identity
-    db::create_database_if_missing(&db::url_with_database(&admin_url, "postgres")?, "carehub_identity").await?;
+    db::create_database_if_missing(
+        &db::url_with_database(&admin_url, "postgres")?,
+        "carehub_identity",
+    )
+    .await?;
     let mut cfg = IdentityConfig::default();
     cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], args.grpc_port));
     cfg.server.admin_listen = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     cfg.server.tls.cert_file = certs.join("identity.pem");
     cfg.server.tls.key_file = certs.join("identity-key.pem");
     cfg.server.tls.ca_file = certs.join("ca.pem");
-    cfg.server.database.url = Some(SecretString::from(db::url_with_database(&admin_url, "carehub_identity")?));
+    cfg.server.database.url = Some(SecretString::from(db::url_with_database(
+        &admin_url,
+        "carehub_identity",
+    )?));
     cfg.server.database.migrate_on_start = true;
     cfg.server.telemetry.log_format = LogFormat::Pretty;
-    cfg.server.telemetry.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    cfg.server.telemetry.log_filter =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     cfg.identity.signing_key_file = data_dir.join("keys/identity-signing.pem");
     cfg.identity.notifier = NotifierKind::LogSandbox;
 
@@ -105,11 +116,24 @@ async fn run_services(
 
     println!();
     println!("carehub is up (development mode: sandbox notifier, development certificates)");
-    println!("  identity  grpc (mTLS) https://{}   admin http://{}", identity.server.grpc_addr, identity.server.admin_addr);
-    println!("            JWKS        http://{}/.well-known/jwks.json", identity.server.admin_addr);
-    println!("  certificates  {}  (client: gateway.pem / gateway-key.pem, CA: ca.pem)", certs.display());
+    println!(
+        "  identity  grpc (mTLS) https://{}   admin http://{}",
+        identity.server.grpc_addr, identity.server.admin_addr
+    );
+    println!(
+        "            JWKS        http://{}/.well-known/jwks.json",
+        identity.server.admin_addr
+    );
+    println!(
+        "  certificates  {}  (client: gateway.pem / gateway-key.pem, CA: ca.pem)",
+        certs.display()
+    );
     match cluster {
-        Some(c) => println!("  postgres  127.0.0.1:{} (private cluster in {})", c.port, data_dir.join("postgres").display()),
+        Some(c) => println!(
+            "  postgres  127.0.0.1:{} (private cluster in {})",
+            c.port,
+            data_dir.join("postgres").display()
+        ),
         None => println!("  postgres  {}", redact(&admin_url)),
     }
     if let Some((email, otp)) = first_admin {
@@ -121,7 +145,9 @@ async fn run_services(
     println!("Ctrl-C stops everything.");
 
     let result = identity.server.wait().await;
-    telemetry.shutdown_with_timeout(Duration::from_secs(5)).await;
+    telemetry
+        .shutdown_with_timeout(Duration::from_secs(5))
+        .await;
     result
 }
 

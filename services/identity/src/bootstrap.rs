@@ -17,10 +17,17 @@ pub async fn create_account(
     given_name: &str,
     family_name: &str,
 ) -> anyhow::Result<(Uuid, String)> {
-    let (account, password) =
-        store::accounts::create_user_direct(pool, hasher, email, role, given_name, family_name, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", tonic::Status::from(e).message()))?;
+    let (account, password) = store::accounts::create_user_direct(
+        pool,
+        hasher,
+        email,
+        role,
+        given_name,
+        family_name,
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", tonic::Status::from(e).message()))?;
     let password = password.ok_or_else(|| anyhow::anyhow!("no one-time password was generated"))?;
     Ok((account.id, password))
 }

@@ -106,15 +106,24 @@ impl Validate for IdentityConfig {
             "identity.max_failures_per_hour must be within 1..=100",
         );
         need(
-            s.argon2_memory_kib >= 19 * 1024 && s.argon2_iterations >= 2 && s.argon2_parallelism >= 1,
+            s.argon2_memory_kib >= 19 * 1024
+                && s.argon2_iterations >= 2
+                && s.argon2_parallelism >= 1,
             "identity.argon2_* must be at least m=19456 KiB, t=2, p=1",
         );
-        need(s.verification_code_ttl_secs > 0, "identity.verification_code_ttl_secs must be > 0");
+        need(
+            s.verification_code_ttl_secs > 0,
+            "identity.verification_code_ttl_secs must be > 0",
+        );
         need(
             (1..=900).contains(&s.password_reset_ttl_secs),
             "identity.password_reset_ttl_secs must be within 1..=900",
         );
-        for role in s.idle_timeout_secs.keys().chain(s.password_max_age_days.keys()) {
+        for role in s
+            .idle_timeout_secs
+            .keys()
+            .chain(s.password_max_age_days.keys())
+        {
             if carehub_platform::auth::Role::parse(role).is_none() {
                 problems.push(format!(
                     "identity: unknown role {role:?} (patient, provider, staff, billing, admin)"

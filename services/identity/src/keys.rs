@@ -41,8 +41,12 @@ impl SigningKeys {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read signing key {}: {e}", path.display()))?;
-        let key = SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("signing key {} is not an Ed25519 PKCS#8 PEM: {e}", path.display()))?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+            anyhow::anyhow!(
+                "signing key {} is not an Ed25519 PKCS#8 PEM: {e}",
+                path.display()
+            )
+        })?;
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .map(DateTime::<Utc>::from)

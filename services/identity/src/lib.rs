@@ -62,10 +62,16 @@ pub async fn serve(
     }
     let keys = Arc::new(SigningKeys::load(&config.identity.signing_key_file)?);
     let s = &config.identity;
-    let hasher = PasswordHasher::new(s.argon2_memory_kib, s.argon2_iterations, s.argon2_parallelism)?;
+    let hasher = PasswordHasher::new(
+        s.argon2_memory_kib,
+        s.argon2_iterations,
+        s.argon2_parallelism,
+    )?;
     let (notifier, sandbox): (Arc<dyn Notifier>, _) = match s.notifier {
         NotifierKind::LogSandbox => {
-            tracing::warn!("identity uses the LOG SANDBOX notifier: codes are logged, nothing is delivered");
+            tracing::warn!(
+                "identity uses the LOG SANDBOX notifier: codes are logged, nothing is delivered"
+            );
             (Arc::new(LogSandboxNotifier), None)
         }
         NotifierKind::MemorySandbox => {

@@ -70,7 +70,11 @@ impl MemorySandboxNotifier {
     /// The newest verification code sent to `user_id` on `channel`.
     pub fn last_code(&self, user_id: Uuid, channel: Channel) -> Option<String> {
         self.sent().into_iter().rev().find_map(|n| match n.kind {
-            NotificationKind::VerificationCode { code } if n.user_id == user_id && n.channel == channel => Some(code),
+            NotificationKind::VerificationCode { code }
+                if n.user_id == user_id && n.channel == channel =>
+            {
+                Some(code)
+            }
             _ => None,
         })
     }

@@ -250,7 +250,8 @@ impl Authorizer {
             caller.client_ip = header("x-forwarded-for")
                 .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
                 .filter(|s| !s.is_empty() && s.len() <= 64);
-            caller.user_agent = header("x-forwarded-user-agent").map(|ua| ua.chars().take(256).collect());
+            caller.user_agent =
+                header("x-forwarded-user-agent").map(|ua| ua.chars().take(256).collect());
         }
 
         if INFRASTRUCTURE_PREFIXES.iter().any(|p| path.starts_with(p)) {
@@ -434,28 +435,50 @@ mod tests {
         let a = authorizer(vec![Role::Patient]);
         let mut h = http::HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.1".parse().unwrap());
-        let c = a.authorize("/s.S/Open", Some(&peer("gateway")), &h).await.unwrap();
+        let c = a
+            .authorize("/s.S/Open", Some(&peer("gateway")), &h)
+            .await
+            .unwrap();
         assert_eq!(c.client_ip.as_deref(), Some("203.0.113.9"));
         // Forwarded headers from a non-gateway workload are ignored; workload not listed: denied.
-        let e = a.authorize("/s.S/Open", Some(&peer("billing")), &h).await.unwrap_err();
+        let e = a
+            .authorize("/s.S/Open", Some(&peer("billing")), &h)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         // Unknown RPC: denied by default.
-        let e = a.authorize("/s.S/Nope", Some(&peer("gateway")), &h).await.unwrap_err();
+        let e = a
+            .authorize("/s.S/Nope", Some(&peer("gateway")), &h)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         // No token / wrong role.
-        let e = a.authorize("/s.S/Admin", Some(&peer("gateway")), &h).await.unwrap_err();
+        let e = a
+            .authorize("/s.S/Admin", Some(&peer("gateway")), &h)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         h.insert("authorization", "Bearer good".parse().unwrap());
-        let e = a.authorize("/s.S/Admin", Some(&peer("gateway")), &h).await.unwrap_err();
+        let e = a
+            .authorize("/s.S/Admin", Some(&peer("gateway")), &h)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         let a = authorizer(vec![Role::Admin]);
-        assert!(a.authorize("/s.S/Admin", Some(&peer("gateway")), &h).await.is_ok());
+        assert!(a
+            .authorize("/s.S/Admin", Some(&peer("gateway")), &h)
+            .await
+            .is_ok());
         // No certificate identity at all.
         let e = a.authorize("/s.S/Admin", None, &h).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         // Health is open to any authenticated workload.
         assert!(a
-            .authorize("/grpc.health.v1.Health/Check", Some(&peer("records")), &http::HeaderMap::new())
+            .authorize(
+                "/grpc.health.v1.Health/Check",
+                Some(&peer("records")),
+                &http::HeaderMap::new()
+            )
             .await
             .is_ok());
     }

@@ -228,7 +228,8 @@ impl Validate for PlatformConfig {
                 let url = url.expose_secret();
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     problems.push(
-                        "server.database.url must start with postgres:// or postgresql://".to_owned(),
+                        "server.database.url must start with postgres:// or postgresql://"
+                            .to_owned(),
                     );
                 }
             }
@@ -250,7 +251,9 @@ where
     for (key, value) in overrides {
         figment = figment.merge(Serialized::global(key.as_str(), value.as_str()));
     }
-    let config: T = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+    let config: T = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
     let mut problems = Vec::new();
     config.validate(&mut problems);
     if problems.is_empty() {
@@ -314,7 +317,9 @@ mod tests {
     fn unknown_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[server]\nlisen = \"127.0.0.1:7000\"\n")?;
-            let err = load::<TestConfig>(Some(Path::new("c.toml")), &[]).err().expect("must fail");
+            let err = load::<TestConfig>(Some(Path::new("c.toml")), &[])
+                .err()
+                .expect("must fail");
             assert!(err.to_string().contains("lisen"), "{err}");
             Ok(())
         });

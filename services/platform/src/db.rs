@@ -45,7 +45,9 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
 pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
     let mut conn = pool.acquire().await?;
     // Serializes concurrent migrators (several replicas starting at once) on this database.
-    sqlx::query("SELECT pg_advisory_lock(7340211)").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_lock(7340211)")
+        .execute(&mut *conn)
+        .await?;
     let result = async {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA}"))
             .execute(&mut *conn)
@@ -54,13 +56,17 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
             .execute(&mut *conn)
             .await?;
         PLATFORM_MIGRATOR.run(&mut *conn).await?;
-        sqlx::query("SET search_path TO public").execute(&mut *conn).await?;
+        sqlx::query("SET search_path TO public")
+            .execute(&mut *conn)
+            .await?;
         service.run(&mut *conn).await?;
         Ok::<(), DbError>(())
     }
     .await;
     sqlx::query("RESET search_path").execute(&mut *conn).await?;
-    sqlx::query("SELECT pg_advisory_unlock(7340211)").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock(7340211)")
+        .execute(&mut *conn)
+        .await?;
     result
 }
 

@@ -36,12 +36,7 @@ pub fn retry_after(
 
 /// FAILED_PRECONDITION naming the violated condition (`kind` like "ACCOUNT_STATUS", `subject`
 /// an id, `description` what is wrong).
-pub fn precondition(
-    reason: ErrorReason,
-    kind: &str,
-    subject: &str,
-    description: &str,
-) -> Status {
+pub fn precondition(reason: ErrorReason, kind: &str, subject: &str, description: &str) -> Status {
     let mut details = info(reason);
     details.add_precondition_failure_violation(kind, subject, description);
     Status::with_error_details(Code::FailedPrecondition, description.to_owned(), details)
@@ -192,7 +187,11 @@ mod tests {
     fn violations_carry_fields_and_reason() {
         let mut v = FieldViolations::new();
         v.require_len("", "email", 3, 254);
-        v.add_with_reason("date_of_birth", "must be 18 or older", ErrorReason::Underage);
+        v.add_with_reason(
+            "date_of_birth",
+            "must be 18 or older",
+            ErrorReason::Underage,
+        );
         let status = v.into_status();
         assert_eq!(status.code(), Code::InvalidArgument);
         let d = details_of(&status);

@@ -113,7 +113,10 @@ where
 }
 
 /// Deletes stored answers older than `max_age` (run periodically by each service).
-pub async fn purge_older_than(pool: &PgPool, max_age: std::time::Duration) -> Result<u64, sqlx::Error> {
+pub async fn purge_older_than(
+    pool: &PgPool,
+    max_age: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
     let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
     Ok(sqlx::query(
         "DELETE FROM carehub_platform.idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",

@@ -57,7 +57,11 @@ pub enum JwtError {
 }
 
 /// Signs `claims` with `key`, naming it `kid` in the header.
-pub fn sign(claims: &AccessClaims, kid: &str, key: &SigningKey) -> Result<String, serde_json::Error> {
+pub fn sign(
+    claims: &AccessClaims,
+    kid: &str,
+    key: &SigningKey,
+) -> Result<String, serde_json::Error> {
     let header = Header {
         alg: "EdDSA".to_owned(),
         typ: Some("JWT".to_owned()),
@@ -102,7 +106,8 @@ pub fn verify(
         return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
@@ -111,10 +116,9 @@ pub fn verify(
     let signature = Signature::from_slice(&sig_bytes).map_err(|_| JwtError::Malformed)?;
     key.verify(format!("{h}.{p}").as_bytes(), &signature)
         .map_err(|_| JwtError::BadSignature)?;
-    let claims: AccessClaims = serde_json::from_slice(
-        &URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::Malformed)?,
-    )
-    .map_err(|_| JwtError::Malformed)?;
+    let claims: AccessClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::Malformed)?)
+            .map_err(|_| JwtError::Malformed)?;
     if claims.iss != issuer || claims.aud != audience {
         return Err(JwtError::WrongIssuerOrAudience);
     }
@@ -164,13 +168,22 @@ mod tests {
         let other = SigningKey::generate(&mut rand::rngs::OsRng);
         let t = sign(&claims(1000), "k1", &key).unwrap();
         assert_eq!(key_id(&t).unwrap(), "k1");
-        assert_eq!(verify(&t, &key.verifying_key(), "iss", "aud", 1000).unwrap(), claims(1000));
+        assert_eq!(
+            verify(&t, &key.verifying_key(), "iss", "aud", 1000).unwrap(),
+            claims(1000)
+        );
         assert_eq!(
             verify(&t, &other.verifying_key(), "iss", "aud", 1000),
             Err(JwtError::BadSignature)
         );
         assert_eq!(
-            verify(&t, &key.verifying_key(), "iss", "aud", 1000 + 600 + LEEWAY_SECS + 1),
+            verify(
+                &t,
+                &key.verifying_key(),
+                "iss",
+                "aud",
+                1000 + 600 + LEEWAY_SECS + 1
+            ),
             Err(JwtError::Expired)
         );
         assert_eq!(

@@ -28,38 +28,70 @@ impl From<sqlx::Error> for TestError {
 
 async fn counter_db() -> TestDatabase {
     let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
-    sqlx::query("CREATE TABLE hits (n int)").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE TABLE hits (n int)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     db
 }
 
-async fn hit(db: &TestDatabase, key: Option<&str>, value: &str, fail: bool) -> Result<String, TestError> {
+async fn hit(
+    db: &TestDatabase,
+    key: Option<&str>,
+    value: &str,
+    fail: bool,
+) -> Result<String, TestError> {
     let value = value.to_owned();
-    idempotency::run(&db.pool, "/t.T/Hit", "user:1", key, &value.clone(), move |tx| {
-        Box::pin(async move {
-            sqlx::query("INSERT INTO hits VALUES (1)").execute(&mut *tx).await?;
-            if fail {
-                return Err(TestError(Status::failed_precondition("nope")));
-            }
-            Ok(format!("answer-{value}"))
-        })
-    })
+    idempotency::run(
+        &db.pool,
+        "/t.T/Hit",
+        "user:1",
+        key,
+        &value.clone(),
+        move |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO hits VALUES (1)")
+                    .execute(&mut *tx)
+                    .await?;
+                if fail {
+                    return Err(TestError(Status::failed_precondition("nope")));
+                }
+                Ok(format!("answer-{value}"))
+            })
+        },
+    )
     .await
 }
 
 async fn hits(db: &TestDatabase) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM hits").fetch_one(&db.pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM hits")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn retry_replays_and_reuse_is_rejected() {
     let db = counter_db().await;
-    assert_eq!(hit(&db, Some("key-00000001"), "a", false).await.unwrap(), "answer-a");
-    assert_eq!(hit(&db, Some("key-00000001"), "a", false).await.unwrap(), "answer-a");
+    assert_eq!(
+        hit(&db, Some("key-00000001"), "a", false).await.unwrap(),
+        "answer-a"
+    );
+    assert_eq!(
+        hit(&db, Some("key-00000001"), "a", false).await.unwrap(),
+        "answer-a"
+    );
     assert_eq!(hits(&db).await, 1, "the retry must not run again");
 
-    let err = hit(&db, Some("key-00000001"), "b", false).await.unwrap_err().0;
+    let err = hit(&db, Some("key-00000001"), "b", false)
+        .await
+        .unwrap_err()
+        .0;
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(errors::details_of(&err).reason.as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    assert_eq!(
+        errors::details_of(&err).reason.as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
     assert_eq!(hits(&db).await, 1);
 
     // Without a key every call runs.
@@ -72,10 +104,20 @@ async fn retry_replays_and_reuse_is_rejected() {
 #[tokio::test]
 async fn failed_call_stores_nothing_and_its_retry_runs() {
     let db = counter_db().await;
-    let err = hit(&db, Some("key-00000002"), "a", true).await.unwrap_err().0;
+    let err = hit(&db, Some("key-00000002"), "a", true)
+        .await
+        .unwrap_err()
+        .0;
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(hits(&db).await, 0, "the failed call's write must be rolled back");
-    assert_eq!(hit(&db, Some("key-00000002"), "a", false).await.unwrap(), "answer-a");
+    assert_eq!(
+        hits(&db).await,
+        0,
+        "the failed call's write must be rolled back"
+    );
+    assert_eq!(
+        hit(&db, Some("key-00000002"), "a", false).await.unwrap(),
+        "answer-a"
+    );
     assert_eq!(hits(&db).await, 1);
     db.drop_database().await.unwrap();
 }
@@ -97,17 +139,30 @@ async fn concurrent_calls_with_one_key_run_once() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(ok.load(Ordering::SeqCst), 16, "every caller gets the first answer");
+    assert_eq!(
+        ok.load(Ordering::SeqCst),
+        16,
+        "every caller gets the first answer"
+    );
     assert_eq!(hits(&db).await, 1, "the operation ran exactly once");
-    Arc::try_unwrap(db).ok().unwrap().drop_database().await.unwrap();
+    Arc::try_unwrap(db)
+        .ok()
+        .unwrap()
+        .drop_database()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn malformed_keys_are_refused() {
     let mut req = tonic::Request::new(());
     assert_eq!(idempotency::key_of(&req).unwrap(), None);
-    req.metadata_mut().insert(idempotency::HEADER, "short".parse().unwrap());
+    req.metadata_mut()
+        .insert(idempotency::HEADER, "short".parse().unwrap());
     let err = idempotency::key_of(&req).unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(errors::details_of(&err).field_violations[0].0, "idempotency-key");
+    assert_eq!(
+        errors::details_of(&err).field_violations[0].0,
+        "idempotency-key"
+    );
 }

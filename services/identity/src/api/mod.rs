@@ -27,104 +27,185 @@ pub struct IdentityApi {
 
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
-    async fn register_patient(&self, req: Request<RegisterPatientRequest>) -> Result<Response<User>, Status> {
+    async fn register_patient(
+        &self,
+        req: Request<RegisterPatientRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::register_patient(&self.state, req).await
     }
-    async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
+    async fn create_user(
+        &self,
+        req: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
         accounts::create_user(&self.state, req).await
     }
-    async fn send_verification_code(&self, req: Request<SendVerificationCodeRequest>) -> Result<Response<SendVerificationCodeResponse>, Status> {
+    async fn send_verification_code(
+        &self,
+        req: Request<SendVerificationCodeRequest>,
+    ) -> Result<Response<SendVerificationCodeResponse>, Status> {
         accounts::send_verification_code(&self.state, req).await
     }
-    async fn verify_contact(&self, req: Request<VerifyContactRequest>) -> Result<Response<User>, Status> {
+    async fn verify_contact(
+        &self,
+        req: Request<VerifyContactRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::verify_contact(&self.state, req).await
     }
     async fn get_profile(&self, req: Request<GetProfileRequest>) -> Result<Response<User>, Status> {
         accounts::get_profile(&self.state, req).await
     }
-    async fn update_profile(&self, req: Request<UpdateProfileRequest>) -> Result<Response<User>, Status> {
+    async fn update_profile(
+        &self,
+        req: Request<UpdateProfileRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::update_profile(&self.state, req).await
     }
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         accounts::get_user(&self.state, req).await
     }
-    async fn suspend_user(&self, req: Request<SuspendUserRequest>) -> Result<Response<User>, Status> {
+    async fn suspend_user(
+        &self,
+        req: Request<SuspendUserRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::suspend_user(&self.state, req).await
     }
-    async fn reactivate_user(&self, req: Request<ReactivateUserRequest>) -> Result<Response<User>, Status> {
+    async fn reactivate_user(
+        &self,
+        req: Request<ReactivateUserRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::reactivate_user(&self.state, req).await
     }
-    async fn terminate_user(&self, req: Request<TerminateUserRequest>) -> Result<Response<User>, Status> {
+    async fn terminate_user(
+        &self,
+        req: Request<TerminateUserRequest>,
+    ) -> Result<Response<User>, Status> {
         accounts::terminate_user(&self.state, req).await
     }
-    async fn get_consents(&self, req: Request<GetConsentsRequest>) -> Result<Response<Consents>, Status> {
+    async fn get_consents(
+        &self,
+        req: Request<GetConsentsRequest>,
+    ) -> Result<Response<Consents>, Status> {
         accounts::get_consents(&self.state, req).await
     }
-    async fn update_consents(&self, req: Request<UpdateConsentsRequest>) -> Result<Response<Consents>, Status> {
+    async fn update_consents(
+        &self,
+        req: Request<UpdateConsentsRequest>,
+    ) -> Result<Response<Consents>, Status> {
         accounts::update_consents(&self.state, req).await
     }
-    async fn get_communication_preferences(&self, req: Request<GetCommunicationPreferencesRequest>) -> Result<Response<CommunicationPreferences>, Status> {
+    async fn get_communication_preferences(
+        &self,
+        req: Request<GetCommunicationPreferencesRequest>,
+    ) -> Result<Response<CommunicationPreferences>, Status> {
         accounts::get_communication_preferences(&self.state, req).await
     }
-    async fn update_communication_preferences(&self, req: Request<UpdateCommunicationPreferencesRequest>) -> Result<Response<CommunicationPreferences>, Status> {
+    async fn update_communication_preferences(
+        &self,
+        req: Request<UpdateCommunicationPreferencesRequest>,
+    ) -> Result<Response<CommunicationPreferences>, Status> {
         accounts::update_communication_preferences(&self.state, req).await
     }
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
         sessions::login(&self.state, req).await
     }
-    async fn complete_mfa_challenge(&self, req: Request<CompleteMfaChallengeRequest>) -> Result<Response<AuthTokens>, Status> {
+    async fn complete_mfa_challenge(
+        &self,
+        req: Request<CompleteMfaChallengeRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
         sessions::complete_mfa_challenge(&self.state, req).await
     }
-    async fn refresh_session(&self, req: Request<RefreshSessionRequest>) -> Result<Response<AuthTokens>, Status> {
+    async fn refresh_session(
+        &self,
+        req: Request<RefreshSessionRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
         sessions::refresh_session(&self.state, req).await
     }
     async fn logout(&self, req: Request<LogoutRequest>) -> Result<Response<()>, Status> {
         sessions::logout(&self.state, req).await
     }
-    async fn list_sessions(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        req: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
         sessions::list_sessions(&self.state, req).await
     }
-    async fn revoke_session(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn revoke_session(
+        &self,
+        req: Request<RevokeSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         sessions::revoke_session(&self.state, req).await
     }
-    async fn request_password_reset(&self, req: Request<RequestPasswordResetRequest>) -> Result<Response<()>, Status> {
+    async fn request_password_reset(
+        &self,
+        req: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<()>, Status> {
         sessions::request_password_reset(&self.state, req).await
     }
-    async fn reset_password(&self, req: Request<ResetPasswordRequest>) -> Result<Response<()>, Status> {
+    async fn reset_password(
+        &self,
+        req: Request<ResetPasswordRequest>,
+    ) -> Result<Response<()>, Status> {
         sessions::reset_password(&self.state, req).await
     }
-    async fn change_password(&self, req: Request<ChangePasswordRequest>) -> Result<Response<()>, Status> {
+    async fn change_password(
+        &self,
+        req: Request<ChangePasswordRequest>,
+    ) -> Result<Response<()>, Status> {
         sessions::change_password(&self.state, req).await
     }
-    async fn enroll_totp(&self, req: Request<EnrollTotpRequest>) -> Result<Response<EnrollTotpResponse>, Status> {
+    async fn enroll_totp(
+        &self,
+        req: Request<EnrollTotpRequest>,
+    ) -> Result<Response<EnrollTotpResponse>, Status> {
         sessions::enroll_totp(&self.state, req).await
     }
-    async fn confirm_totp(&self, req: Request<ConfirmTotpRequest>) -> Result<Response<ConfirmTotpResponse>, Status> {
+    async fn confirm_totp(
+        &self,
+        req: Request<ConfirmTotpRequest>,
+    ) -> Result<Response<ConfirmTotpResponse>, Status> {
         sessions::confirm_totp(&self.state, req).await
     }
     async fn disable_totp(&self, req: Request<DisableTotpRequest>) -> Result<Response<()>, Status> {
         sessions::disable_totp(&self.state, req).await
     }
-    async fn enroll_device_pin(&self, req: Request<EnrollDevicePinRequest>) -> Result<Response<EnrollDevicePinResponse>, Status> {
+    async fn enroll_device_pin(
+        &self,
+        req: Request<EnrollDevicePinRequest>,
+    ) -> Result<Response<EnrollDevicePinResponse>, Status> {
         sessions::enroll_device_pin(&self.state, req).await
     }
-    async fn unlock_with_pin(&self, req: Request<UnlockWithPinRequest>) -> Result<Response<AuthTokens>, Status> {
+    async fn unlock_with_pin(
+        &self,
+        req: Request<UnlockWithPinRequest>,
+    ) -> Result<Response<AuthTokens>, Status> {
         sessions::unlock_with_pin(&self.state, req).await
     }
-    async fn list_signing_keys(&self, req: Request<ListSigningKeysRequest>) -> Result<Response<ListSigningKeysResponse>, Status> {
+    async fn list_signing_keys(
+        &self,
+        req: Request<ListSigningKeysRequest>,
+    ) -> Result<Response<ListSigningKeysResponse>, Status> {
         sessions::list_signing_keys(&self.state, req).await
     }
 }
 
 #[tonic::async_trait]
 impl IdentityInternal for IdentityApi {
-    async fn list_signing_keys(&self, req: Request<ListSigningKeysRequest>) -> Result<Response<ListSigningKeysResponse>, Status> {
+    async fn list_signing_keys(
+        &self,
+        req: Request<ListSigningKeysRequest>,
+    ) -> Result<Response<ListSigningKeysResponse>, Status> {
         sessions::list_signing_keys(&self.state, req).await
     }
-    async fn list_revocations(&self, req: Request<ListRevocationsRequest>) -> Result<Response<ListRevocationsResponse>, Status> {
+    async fn list_revocations(
+        &self,
+        req: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
         sessions::list_revocations(&self.state, req).await
     }
-    async fn lookup_user(&self, req: Request<LookupUserRequest>) -> Result<Response<UserSummary>, Status> {
+    async fn lookup_user(
+        &self,
+        req: Request<LookupUserRequest>,
+    ) -> Result<Response<UserSummary>, Status> {
         accounts::lookup_user(&self.state, req).await
     }
 }

@@ -66,14 +66,29 @@ pub fn policy() -> Policy {
     ] {
         p = p.rule(PUBLIC, m, GATEWAY, user(&[]));
     }
-    for m in ["CreateUser", "SuspendUser", "ReactivateUser", "TerminateUser"] {
+    for m in [
+        "CreateUser",
+        "SuspendUser",
+        "ReactivateUser",
+        "TerminateUser",
+    ] {
         p = p.rule(PUBLIC, m, GATEWAY_AND_ADMIN_CLI, user(&[Role::Admin]));
     }
 
     let mut internal_callers = SERVICES.to_vec();
     internal_callers.push("gateway");
-    p = p.rule(INTERNAL, "ListSigningKeys", &internal_callers, UserRule::WorkloadOnly);
-    p = p.rule(INTERNAL, "ListRevocations", SERVICES, UserRule::WorkloadOnly);
+    p = p.rule(
+        INTERNAL,
+        "ListSigningKeys",
+        &internal_callers,
+        UserRule::WorkloadOnly,
+    );
+    p = p.rule(
+        INTERNAL,
+        "ListRevocations",
+        SERVICES,
+        UserRule::WorkloadOnly,
+    );
     p = p.rule(INTERNAL, "LookupUser", SERVICES, UserRule::WorkloadOnly);
     p
 }
