@@ -19,6 +19,7 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::scope;
 use crate::api::convert::{opt_timestamp, role_from_pb, role_to_pb, timestamp};
 use crate::domain::account::{
     self, Account, AccountStatus as DomainStatus, CommPrefs, ConsentChange, ConsentState, Contact,
@@ -30,13 +31,8 @@ use crate::notify::{Channel, Notification, NotificationKind};
 use crate::store::accounts::{self as store, PrefsUpdate, ProfileUpdate};
 use crate::AppState;
 
-const SERVICE: &str = "/carehub.identity.v1.IdentityService/";
 /// Verification codes one user may request per channel per hour.
 const MAX_CODES_PER_HOUR: i64 = 10;
-
-fn scope(method: &str) -> String {
-    format!("{SERVICE}{method}")
-}
 
 /// A value that validation has vouched for (never `None` once `FieldViolations::finish` passed).
 fn checked<T>(value: Option<T>) -> Result<T, Status> {

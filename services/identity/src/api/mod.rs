@@ -19,6 +19,11 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 
+/// Idempotency scope of an IdentityService RPC: its gRPC path.
+fn scope(method: &str) -> String {
+    format!("/carehub.identity.v1.IdentityService/{method}")
+}
+
 /// Implements both generated services over the shared state.
 #[derive(Clone)]
 pub struct IdentityApi {

@@ -22,6 +22,7 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::scope;
 use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
 use crate::domain::password::{self, PasswordHasher};
@@ -36,7 +37,6 @@ use crate::AppState;
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
-const SCOPE: &str = "/carehub.identity.v1.IdentityService/";
 /// Wrong codes an MFA challenge survives.
 const MFA_MAX_ATTEMPTS: i32 = 5;
 /// Wrong PINs in a row that revoke a device credential.
@@ -52,10 +52,6 @@ const REVOCATIONS_MAX: i64 = 10_000;
 /// `as_of` lags the database clock by this much, so that a revocation whose transaction was
 /// still committing when the feed was read is not skipped by a client resuming from `as_of`.
 const REVOCATION_FEED_LAG_SECS: i64 = 5;
-
-fn scope(method: &str) -> String {
-    format!("{SCOPE}{method}")
-}
 
 fn role_of(cred: &Credentials) -> Result<Role> {
     Role::parse(&cred.role)
