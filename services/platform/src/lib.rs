@@ -9,6 +9,7 @@ pub mod devcerts;
 pub mod errors;
 pub mod idempotency;
 pub mod jwt;
+pub mod keys;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
