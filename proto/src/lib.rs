@@ -18,3 +18,9 @@ pub mod identity {
         tonic::include_proto!("carehub.identity.v1");
     }
 }
+
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("carehub.audit.v1");
+    }
+}
