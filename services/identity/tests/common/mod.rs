@@ -74,6 +74,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
                 ca_file: dir.path().join("ca.pem"),
                 trust_domain: TRUST_DOMAIN.to_owned(),
                 reload_interval_secs: 30,
+                ..TlsConfig::default()
             },
             database: DatabaseConfig {
                 url: Some(SecretString::from(db.url.expose_secret().to_owned())),
