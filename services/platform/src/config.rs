@@ -26,6 +26,7 @@ pub struct PlatformConfig {
     pub telemetry: TelemetryConfig,
     pub limits: ServerLimits,
     pub auth: AuthConfig,
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for PlatformConfig {
@@ -38,6 +39,7 @@ impl Default for PlatformConfig {
             telemetry: TelemetryConfig::default(),
             limits: ServerLimits::default(),
             auth: AuthConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -222,6 +224,7 @@ impl Validate for PlatformConfig {
             self.database.max_connections > 0,
             "server.database.max_connections must be > 0",
         );
+        self.audit.validate(problems);
         match &self.database.url {
             None => problems.push("server.database.url is required".to_owned()),
             Some(url) => {

@@ -1,6 +1,7 @@
 //! carehub-platform: the runtime every carehub service is built on (DESIGN.md §4).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -93,6 +93,7 @@ pub struct ServiceHost {
     metrics: Arc<Metrics>,
     tls: Option<Arc<TlsStore>>,
     telemetry: Option<TelemetryGuard>,
+    audit: Option<crate::audit::AuditHost>,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -117,6 +118,7 @@ impl ServiceHost {
             metrics: Metrics::new(service_name),
             tls: None,
             telemetry: None,
+            audit: None,
         }
     }
 
@@ -183,6 +185,17 @@ impl ServiceHost {
         self
     }
 
+    /// Mounts `carehub.audit.v1.AuditLog` over this service's audit trail (callable by the
+    /// `records` and `admin-cli` workloads only, whatever the service's own policy says) and
+    /// runs the checkpointer and the `[server.audit]` sink in the background.
+    pub fn with_audit(mut self, pool: sqlx::PgPool, keys: Arc<dyn crate::keys::KeySource>) -> Self {
+        let host =
+            crate::audit::AuditHost::new(self.service_name, pool, keys, self.cfg.audit.clone());
+        let server = with_message_limits!(host.api().into_server(), self.cfg.limits);
+        self.audit = Some(host);
+        self.add_service(server)
+    }
+
     /// This service's metrics, for gauges and counters of its own.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
@@ -211,6 +224,7 @@ impl ServiceHost {
             metrics,
             tls,
             telemetry,
+            audit,
         } = self;
         let limits = cfg.limits.clone();
 
@@ -263,9 +277,14 @@ impl ServiceHost {
             timeout: Duration::from_millis(limits.request_timeout_ms.max(1)),
         };
         let mut svc: BoxSvc = BoxCloneSyncService::new(limited);
+        let below_auth = svc.clone();
         if let Some(auth) = auth {
             svc = auth(svc);
         }
+        if audit.is_some() {
+            svc = crate::audit::service::route(svc, below_auth);
+        }
+        let audit_task = audit.map(|a| a.spawn_background());
         let svc = RequestIdService {
             inner: ObserveService {
                 inner: svc,
@@ -374,6 +393,9 @@ impl ServiceHost {
                 }
             };
             accept_task.abort();
+            if let Some(task) = audit_task {
+                task.abort();
+            }
             reloader.abort();
             let _ = admin_stop_tx.send(());
             let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

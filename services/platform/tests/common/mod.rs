@@ -2,6 +2,8 @@
 //! Shared helpers for the platform's integration tests: a dev PKI on disk, a config that binds
 //! port 0, a tiny `test.Whoami/Get` service answering the caller's workload, raw HTTP GET.
 
+pub mod otlp;
+
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;

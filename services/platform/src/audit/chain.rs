@@ -1,0 +1,278 @@
+//! Appending to the hash chain, in the caller's transaction.
+//!
+//! Serialization: the single `audit_chain_head` row is locked `FOR UPDATE` by the first event a
+//! transaction records and stays locked until that transaction ends, so concurrent writers
+//! take turns, sequence numbers have no gaps (a rolled-back transaction also rolls back its
+//! head update) and the chain never forks. The price is that auditing transactions commit one at
+//! a time from their first event on: record events last, just before commit.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::event::{Action, AuditEvent, ChainedEvent, InvalidEvent, Outcome, Purpose};
+
+/// `prev_hash` of the first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// Domain separation: these bytes start every hashed event.
+const EVENT_DOMAIN: &[u8] = b"carehub.audit.event.v1\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+    #[error("audit storage: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("audit row {seq} is unreadable: {reason}")]
+    Corrupt { seq: i64, reason: String },
+    #[error("audit checkpoint key: {0}")]
+    Key(#[from] crate::keys::KeyError),
+    #[error("audit sink: {0}")]
+    Sink(#[from] std::io::Error),
+}
+
+impl From<AuditError> for tonic::Status {
+    fn from(err: AuditError) -> Self {
+        match err {
+            AuditError::Invalid(e) => {
+                tracing::error!(field = e.field, "refused an invalid audit event");
+                crate::errors::internal("audit event")
+            }
+            other => {
+                tracing::error!(error = %other, "audit trail unavailable");
+                crate::errors::status(
+                    tonic::Code::Unavailable,
+                    carehub_proto::common::v1::ErrorReason::Unavailable,
+                    "the audit trail is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => buf.push(0),
+        Some(s) => {
+            buf.push(1);
+            put_str(buf, s);
+        }
+    }
+}
+
+fn put_opt_uuid(buf: &mut Vec<u8>, id: Option<Uuid>) {
+    match id {
+        None => buf.push(0),
+        Some(id) => {
+            buf.push(1);
+            buf.extend_from_slice(id.as_bytes());
+        }
+    }
+}
+
+/// The canonical encoding that is hashed: every field in a fixed order, length-prefixed, with
+/// presence bytes for optional fields, so that no two different events encode alike. The
+/// sequence number and the previous hash are part of it: moving a row breaks its link.
+pub fn canonical_bytes(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(512);
+    buf.extend_from_slice(EVENT_DOMAIN);
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(event.event_id.as_bytes());
+    buf.extend_from_slice(&event.occurred_at.timestamp_micros().to_be_bytes());
+    put_str(&mut buf, &event.kind);
+    put_str(&mut buf, event.action.as_str());
+    put_str(&mut buf, event.outcome.as_str());
+    put_opt_str(&mut buf, event.outcome_reason.as_deref());
+    put_str(&mut buf, event.purpose.as_str());
+    put_opt_uuid(&mut buf, event.actor_user_id);
+    put_opt_str(&mut buf, event.actor_role.as_deref());
+    put_opt_uuid(&mut buf, event.actor_session_id);
+    put_opt_str(&mut buf, event.actor_workload.as_deref());
+    put_str(&mut buf, &event.entity_type);
+    put_str(&mut buf, &event.entity_id);
+    put_opt_uuid(&mut buf, event.subject_id);
+    put_opt_str(&mut buf, event.source_ip.as_deref());
+    put_opt_str(&mut buf, event.user_agent.as_deref());
+    put_opt_str(&mut buf, event.request_id.as_deref());
+    put_opt_str(&mut buf, event.trace_id.as_deref());
+    put_opt_str(&mut buf, event.span_id.as_deref());
+    put_str(&mut buf, "prev");
+    buf.extend_from_slice(prev_hash);
+    buf
+}
+
+/// SHA-256 of [`canonical_bytes`].
+pub fn event_hash(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8> {
+    Sha256::digest(canonical_bytes(seq, event, prev_hash)).to_vec()
+}
+
+/// Appends `event` to the chain inside the caller's open transaction (`&mut *tx`) and returns
+/// it as stored. Committing the transaction commits the event; rolling back removes it.
+///
+/// Also emits the event on the current span (so it shows up in the trace of the RPC). Reads are
+/// recorded right after they succeed, with [`record_read`].
+pub async fn record(
+    conn: &mut PgConnection,
+    event: &AuditEvent,
+) -> Result<ChainedEvent, AuditError> {
+    event.validate()?;
+    let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as(
+        "SELECT seq, hash FROM carehub_platform.audit_chain_head WHERE one FOR UPDATE",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let seq = head_seq + 1;
+    let hash = event_hash(seq, event, &head_hash);
+    // One round trip for the row and the head; the head is already locked by this transaction.
+    sqlx::query(
+        "WITH ins AS (
+            INSERT INTO carehub_platform.audit_events (seq, event_id, occurred_at, kind, action,
+                outcome, outcome_reason, purpose, actor_user_id, actor_role, actor_session_id,
+                actor_workload, entity_type, entity_id, subject_id, source_ip, user_agent,
+                request_id, trace_id, span_id, prev_hash, hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                $18, $19, $20, $21, $22)
+         )
+         UPDATE carehub_platform.audit_chain_head SET seq = $1, hash = $22 WHERE one",
+    )
+    .bind(seq)
+    .bind(event.event_id)
+    .bind(event.occurred_at)
+    .bind(&event.kind)
+    .bind(event.action.as_str())
+    .bind(event.outcome.as_str())
+    .bind(&event.outcome_reason)
+    .bind(event.purpose.as_str())
+    .bind(event.actor_user_id)
+    .bind(&event.actor_role)
+    .bind(event.actor_session_id)
+    .bind(&event.actor_workload)
+    .bind(&event.entity_type)
+    .bind(&event.entity_id)
+    .bind(event.subject_id)
+    .bind(&event.source_ip)
+    .bind(&event.user_agent)
+    .bind(&event.request_id)
+    .bind(&event.trace_id)
+    .bind(&event.span_id)
+    .bind(&head_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    let chained = ChainedEvent {
+        seq,
+        event: event.clone(),
+        prev_hash: head_hash,
+        hash,
+    };
+    super::sink::emit_on_span(&chained);
+    Ok(chained)
+}
+
+/// Records a read (or any event that has no change to join) in a transaction of its own.
+pub async fn record_read(
+    pool: &sqlx::PgPool,
+    event: &AuditEvent,
+) -> Result<ChainedEvent, AuditError> {
+    let mut tx = pool.begin().await?;
+    let chained = record(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(chained)
+}
+
+/// Columns in the order [`from_row`] reads them.
+pub(crate) const COLUMNS: &str = "seq, event_id, occurred_at, kind, action, outcome, \
+    outcome_reason, purpose, actor_user_id, actor_role, actor_session_id, actor_workload, \
+    entity_type, entity_id, subject_id, source_ip, user_agent, request_id, trace_id, span_id, \
+    prev_hash, hash";
+
+/// Decodes a stored row; an unknown code is corruption (nobody writes one but [`record`]).
+pub(crate) fn from_row(row: &PgRow) -> Result<ChainedEvent, AuditError> {
+    let seq: i64 = row.try_get("seq")?;
+    let corrupt = |what: &str| AuditError::Corrupt {
+        seq,
+        reason: format!("unknown {what} code"),
+    };
+    let action: String = row.try_get("action")?;
+    let outcome: String = row.try_get("outcome")?;
+    let purpose: String = row.try_get("purpose")?;
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
+    Ok(ChainedEvent {
+        seq,
+        event: AuditEvent {
+            event_id: row.try_get("event_id")?,
+            occurred_at,
+            kind: row.try_get("kind")?,
+            action: Action::parse(&action).ok_or_else(|| corrupt("action"))?,
+            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome"))?,
+            outcome_reason: row.try_get("outcome_reason")?,
+            purpose: Purpose::parse(&purpose).ok_or_else(|| corrupt("purpose"))?,
+            actor_user_id: row.try_get("actor_user_id")?,
+            actor_role: row.try_get("actor_role")?,
+            actor_session_id: row.try_get("actor_session_id")?,
+            actor_workload: row.try_get("actor_workload")?,
+            entity_type: row.try_get("entity_type")?,
+            entity_id: row.try_get("entity_id")?,
+            subject_id: row.try_get("subject_id")?,
+            source_ip: row.try_get("source_ip")?,
+            user_agent: row.try_get("user_agent")?,
+            request_id: row.try_get("request_id")?,
+            trace_id: row.try_get("trace_id")?,
+            span_id: row.try_get("span_id")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// The stored event at `seq`, if there is one.
+pub async fn load(conn: &mut PgConnection, seq: i64) -> Result<Option<ChainedEvent>, AuditError> {
+    let sql = format!("SELECT {COLUMNS} FROM carehub_platform.audit_events WHERE seq = $1");
+    let row = sqlx::query(&sql).bind(seq).fetch_optional(conn).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The chain head: the last sequence number and hash.
+pub async fn head(conn: &mut PgConnection) -> Result<(i64, Vec<u8>), AuditError> {
+    Ok(
+        sqlx::query_as("SELECT seq, hash FROM carehub_platform.audit_chain_head WHERE one")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_field_and_the_position_change_the_hash() {
+        let e = AuditEvent::new("x.y", Action::Update, Purpose::Operations, "t", "1");
+        let base = event_hash(1, &e, &GENESIS_HASH);
+        assert_ne!(base, event_hash(2, &e, &GENESIS_HASH));
+        assert_ne!(base, event_hash(1, &e, &[1; 32]));
+        let mut other = e.clone();
+        other.subject_id = Some(Uuid::nil());
+        assert_ne!(base, event_hash(1, &other, &GENESIS_HASH));
+        // A value moved between adjacent fields does not collide.
+        let mut a = e.clone();
+        a.entity_type = "ab".into();
+        a.entity_id = "c".into();
+        let mut b = e.clone();
+        b.entity_type = "a".into();
+        b.entity_id = "bc".into();
+        assert_ne!(
+            event_hash(1, &a, &GENESIS_HASH),
+            event_hash(1, &b, &GENESIS_HASH)
+        );
+    }
+}

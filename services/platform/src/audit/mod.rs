@@ -1,0 +1,173 @@
+//! The audit trail (DESIGN.md §4): complete, durable, tamper-evident, linked to traces.
+//!
+//! - [`AuditEvent`] — FHIR AuditEvent-shaped: when, who (user, role, session, workload), what
+//!   ([`Action`] on an entity type and id), whose data (subject), why ([`Purpose`]), how it ended
+//!   ([`Outcome`]), from where (gateway-forwarded IP and user agent), trace and span id. Ids and
+//!   codes only, never PHI values.
+//! - [`record`] appends it to the service's `carehub_platform.audit_events` **in the caller's
+//!   transaction**: rolled back with the change, committed with it. Reads use [`record_read`]
+//!   right after they succeed. Each row has a gap-free sequence number and
+//!   `hash = SHA-256(canonical event || previous hash)`; appends are serialized per database by
+//!   the chain-head row (see [`chain`]).
+//! - [`checkpoint`] — Ed25519-signed checkpoints of the head (key `audit-checkpoint` from
+//!   [`crate::keys::KeySource`]), written in the background every `checkpoint_every` rows or
+//!   `checkpoint_interval_secs`, so that a truncated tail is detected.
+//! - [`verify::verify`] walks the chain and checkpoints and names the first broken row; used by
+//!   `carehub audit verify` and the AuditLog RPC.
+//! - [`service`] — `carehub.audit.v1.AuditLog`, mounted by [`crate::server::ServiceHost::with_audit`].
+//! - [`sink`] — each event is also an `audit.event` on the current span; committed events are
+//!   shipped as JSON lines to stdout or a file when `[server.audit] sink` says so.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod event;
+pub mod service;
+pub mod sink;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+pub use chain::{record, record_read, AuditError};
+pub use event::{Action, AuditEvent, ChainedEvent, Outcome, Purpose};
+pub use sink::{Sink, SinkKind};
+pub use verify::{verify, Problem, ProblemKind, VerifyRange, VerifyReport};
+
+use crate::keys::KeySource;
+
+/// `[server.audit]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines sink for SIEM shipping: `none`, `stdout` or `file`.
+    pub sink: SinkKind,
+    /// The file of `sink = "file"` (appended to).
+    pub sink_file: Option<PathBuf>,
+    /// Sign a checkpoint after this many new rows.
+    pub checkpoint_every: u64,
+    /// ... or once the newest unsigned rows are this old.
+    pub checkpoint_interval_secs: u64,
+    /// How often the background task looks for checkpoints and sink work.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: SinkKind::None,
+            sink_file: None,
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 60,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if self.sink == SinkKind::File && self.sink_file.is_none() {
+            problems.push(
+                "server.audit.sink_file is required when server.audit.sink = \"file\"".to_owned(),
+            );
+        }
+        if self.checkpoint_every == 0 {
+            problems.push("server.audit.checkpoint_every must be > 0".to_owned());
+        }
+        if self.checkpoint_interval_secs == 0 {
+            problems.push("server.audit.checkpoint_interval_secs must be > 0".to_owned());
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            problems.push("server.audit.poll_interval_ms must be within 10..=60000".to_owned());
+        }
+    }
+
+    /// The configured sink, if any.
+    pub fn sink(&self) -> Option<Sink> {
+        match (self.sink, &self.sink_file) {
+            (SinkKind::Stdout, _) => Some(Sink::Stdout),
+            (SinkKind::File, Some(path)) => Some(Sink::File(path.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The audit trail of one running service: the AuditLog API and the background checkpointer
+/// and sink shipper.
+#[derive(Clone)]
+pub struct AuditHost {
+    pub service: &'static str,
+    pub pool: PgPool,
+    pub keys: Arc<dyn KeySource>,
+    pub config: AuditConfig,
+}
+
+impl std::fmt::Debug for AuditHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditHost")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditHost {
+    pub fn new(
+        service: &'static str,
+        pool: PgPool,
+        keys: Arc<dyn KeySource>,
+        config: AuditConfig,
+    ) -> Self {
+        Self {
+            service,
+            pool,
+            keys,
+            config,
+        }
+    }
+
+    pub fn api(&self) -> service::AuditLogApi {
+        service::AuditLogApi {
+            pool: self.pool.clone(),
+            keys: self.keys.clone(),
+            service: self.service,
+        }
+    }
+
+    /// One round of background work: a checkpoint when due, then the sink until caught up.
+    pub async fn tick(&self) -> Result<(), AuditError> {
+        checkpoint::maybe_checkpoint(
+            &self.pool,
+            self.keys.as_ref(),
+            self.service,
+            self.config.checkpoint_every,
+            chrono::Duration::seconds(
+                i64::try_from(self.config.checkpoint_interval_secs).unwrap_or(i64::MAX / 2),
+            ),
+        )
+        .await?;
+        if let Some(sink) = self.config.sink() {
+            while sink::ship_once(&self.pool, self.service, &sink).await? > 0 {}
+        }
+        Ok(())
+    }
+
+    /// Runs [`AuditHost::tick`] every `poll_interval_ms` until aborted.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let mut interval =
+                tokio::time::interval(Duration::from_millis(host.config.poll_interval_ms.max(10)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if let Err(err) = host.tick().await {
+                    tracing::warn!(service = host.service, error = %err, "audit background work failed; retrying");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! `carehub.audit.v1.AuditLog`, mounted by every service through
+//! [`crate::server::ServiceHost::with_audit`].
+//!
+//! Its policy is the platform's, not the service's: only the `records` workload (patients'
+//! access log, accounting of disclosures) and the operators' `admin-cli` may call it, without a
+//! user token. [`route`] sends the AuditLog paths through an [`Authorizer`] with that policy
+//! and everything else through the service's own auth layer, so no service can forget or widen
+//! it; the handlers check the workload once more.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use carehub_proto::audit::v1 as pb;
+use carehub_proto::audit::v1::audit_log_server::{AuditLog, AuditLogServer};
+use carehub_proto::common::v1::{ErrorReason, PageResponse};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer as _, Service, ServiceExt as _};
+use uuid::Uuid;
+
+use super::event::{to_hex, Action, AuditEvent, ChainedEvent, Purpose};
+use super::verify::{self, VerifyRange};
+use super::{chain, record_read};
+use crate::auth::{AuthLayer, Authorizer, Policy, TokenVerifier, UserCaller, UserRule};
+use crate::errors::{self, FieldViolations};
+use crate::keys::KeySource;
+use crate::server::BoxSvc;
+use crate::tls::PeerInfo;
+
+/// The workloads that may call AuditLog.
+pub const AUDIT_CALLERS: &[&str] = &["records", "admin-cli"];
+
+const SERVICE: &str = <AuditLogServer<AuditLogApi> as tonic::server::NamedService>::NAME;
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+/// The AuditLog handlers of one service.
+#[derive(Clone)]
+pub struct AuditLogApi {
+    pub pool: PgPool,
+    pub keys: Arc<dyn KeySource>,
+    pub service: &'static str,
+}
+
+/// The policy of the AuditLog paths.
+pub fn policy() -> Policy {
+    ["ListEvents", "VerifyChain"]
+        .into_iter()
+        .fold(Policy::new(), |p, m| {
+            p.rule(SERVICE, m, AUDIT_CALLERS, UserRule::WorkloadOnly)
+        })
+}
+
+/// AuditLog takes no user tokens; a rule asking for one would be a wiring bug.
+struct NoUserTokens;
+
+#[async_trait::async_trait]
+impl TokenVerifier for NoUserTokens {
+    async fn verify(&self, _token: &str) -> Result<UserCaller, Status> {
+        Err(errors::permission_denied(
+            "the audit log takes no user tokens",
+        ))
+    }
+}
+
+/// Sends AuditLog paths through the audit policy over `inner` (the routes below any auth), and
+/// every other path to `rest` (the service's own auth over the same routes).
+pub fn route(rest: BoxSvc, inner: BoxSvc) -> BoxSvc {
+    let authorizer = Arc::new(Authorizer {
+        policy: policy(),
+        verifier: Arc::new(NoUserTokens),
+        gateway_workloads: Vec::new(),
+    });
+    let audit = BoxCloneSyncService::new(AuthLayer::new(authorizer).layer(inner));
+    BoxCloneSyncService::new(Route { audit, rest })
+}
+
+#[derive(Clone)]
+struct Route {
+    audit: BoxSvc,
+    rest: BoxSvc,
+}
+
+impl Service<Request<Body>> for Route {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness is awaited per request on the branch it takes (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        let audit = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(SERVICE))
+            .is_some_and(|p| p.starts_with('/'));
+        let svc = if audit {
+            self.audit.clone()
+        } else {
+            self.rest.clone()
+        };
+        Box::pin(svc.oneshot(req))
+    }
+}
+
+impl AuditLogApi {
+    pub fn into_server(self) -> AuditLogServer<Self> {
+        AuditLogServer::new(self)
+    }
+}
+
+fn workload_of<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.workload.clone())
+        .or_else(|| PeerInfo::of(req).and_then(|p| p.workload.clone()))
+}
+
+/// Defense in depth: the route already applied the policy.
+fn authorize<T>(req: &tonic::Request<T>) -> Result<String, Status> {
+    let workload = workload_of(req).ok_or_else(|| {
+        errors::status(
+            Code::Unauthenticated,
+            ErrorReason::WorkloadNotAllowed,
+            "the client certificate names no workload",
+        )
+    })?;
+    if AUDIT_CALLERS.contains(&workload.as_str()) {
+        Ok(workload)
+    } else {
+        Err(errors::status(
+            Code::PermissionDenied,
+            ErrorReason::WorkloadNotAllowed,
+            format!("workload {workload} may not read the audit log"),
+        ))
+    }
+}
+
+fn timestamp(
+    ts: Option<&prost_types::Timestamp>,
+    field: &str,
+    v: &mut FieldViolations,
+) -> Option<DateTime<Utc>> {
+    let ts = ts?;
+    let parsed = u32::try_from(ts.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(ts.seconds, n));
+    if parsed.is_none() {
+        v.add(field, "is not a valid timestamp");
+    }
+    parsed
+}
+
+fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn opt(s: Option<impl ToString>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// The wire form of a stored event.
+pub fn to_proto(service: &str, e: &ChainedEvent) -> pb::AuditEvent {
+    let ev = &e.event;
+    pb::AuditEvent {
+        seq: e.seq,
+        event_id: ev.event_id.to_string(),
+        occurred_at: Some(to_timestamp(ev.occurred_at)),
+        kind: ev.kind.clone(),
+        action: ev.action.as_str().to_owned(),
+        outcome: ev.outcome.as_str().to_owned(),
+        outcome_reason: opt(ev.outcome_reason.as_ref()),
+        purpose: ev.purpose.as_str().to_owned(),
+        actor_user_id: opt(ev.actor_user_id),
+        actor_role: opt(ev.actor_role.as_ref()),
+        actor_session_id: opt(ev.actor_session_id),
+        actor_workload: opt(ev.actor_workload.as_ref()),
+        entity_type: ev.entity_type.clone(),
+        entity_id: ev.entity_id.clone(),
+        subject_id: opt(ev.subject_id),
+        source_ip: opt(ev.source_ip.as_ref()),
+        user_agent: opt(ev.user_agent.as_ref()),
+        request_id: opt(ev.request_id.as_ref()),
+        trace_id: opt(ev.trace_id.as_ref()),
+        span_id: opt(ev.span_id.as_ref()),
+        hash: to_hex(&e.hash),
+        service: service.to_owned(),
+    }
+}
+
+/// A page token: the last (occurred_at, seq) returned, bound to the filter it was issued for.
+fn page_token(filter: &[u8], at: DateTime<Utc>, seq: i64) -> String {
+    let mut raw = Sha256::digest(filter)[..8].to_vec();
+    raw.extend_from_slice(&at.timestamp_micros().to_be_bytes());
+    raw.extend_from_slice(&seq.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn parse_page_token(filter: &[u8], token: &str) -> Option<(DateTime<Utc>, i64)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    if raw.len() != 24 || raw[..8] != Sha256::digest(filter)[..8] {
+        return None;
+    }
+    let micros = i64::from_be_bytes(raw[8..16].try_into().ok()?);
+    let seq = i64::from_be_bytes(raw[16..24].try_into().ok()?);
+    Some((DateTime::from_timestamp_micros(micros)?, seq))
+}
+
+#[tonic::async_trait]
+impl AuditLog for AuditLogApi {
+    async fn list_events(
+        &self,
+        request: tonic::Request<pb::ListEventsRequest>,
+    ) -> Result<tonic::Response<pb::ListEventsResponse>, Status> {
+        authorize(&request)?;
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        let (column, id) = match &req.filter {
+            Some(pb::list_events_request::Filter::SubjectId(s)) => ("subject_id", s.as_str()),
+            Some(pb::list_events_request::Filter::ActorUserId(s)) => ("actor_user_id", s.as_str()),
+            None => {
+                v.add("filter", "one of subject_id and actor_user_id is required");
+                ("", "")
+            }
+        };
+        let id = Uuid::parse_str(id).ok();
+        if id.is_none() && !column.is_empty() {
+            v.add(
+                if column == "subject_id" {
+                    "subject_id"
+                } else {
+                    "actor_user_id"
+                },
+                "must be a UUID",
+            );
+        }
+        let start = timestamp(req.start_time.as_ref(), "start_time", &mut v)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let end = timestamp(req.end_time.as_ref(), "end_time", &mut v).unwrap_or_else(Utc::now);
+        if start >= end {
+            v.add("end_time", "must be after start_time");
+        }
+        let page = req.page.unwrap_or_default();
+        v.check(
+            page.page_size >= 0,
+            "page.page_size",
+            "must not be negative",
+        );
+        let size = match i64::from(page.page_size) {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let filter = format!(
+            "{column}:{}:{}:{}",
+            opt(id),
+            start.timestamp_micros(),
+            end.timestamp_micros()
+        );
+        let after = if page.page_token.is_empty() {
+            None
+        } else {
+            let parsed = parse_page_token(filter.as_bytes(), &page.page_token);
+            if parsed.is_none() {
+                v.add("page.page_token", "is not a token issued for this filter");
+            }
+            parsed
+        };
+        if !v.is_empty() {
+            return Err(v.into_status());
+        }
+        let (after_at, after_seq) = after.unwrap_or((DateTime::<Utc>::MIN_UTC, 0));
+        let sql = format!(
+            "SELECT {} FROM carehub_platform.audit_events
+             WHERE {column} = $1 AND occurred_at >= $2 AND occurred_at < $3
+               AND (occurred_at, seq) > ($4, $5)
+             ORDER BY occurred_at, seq LIMIT $6",
+            chain::COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .bind(start)
+            .bind(end)
+            .bind(after_at)
+            .bind(after_seq)
+            .bind(size + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(chain::AuditError::from)?;
+        let mut events = rows
+            .iter()
+            .map(chain::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = events.len() as i64 > size;
+        events.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next_page_token = match events.last() {
+            Some(last) if more => page_token(filter.as_bytes(), last.event.occurred_at, last.seq),
+            _ => String::new(),
+        };
+        // Reading the audit log is itself an access to be accounted for.
+        let mut read = AuditEvent::new(
+            "audit.events.list",
+            Action::Read,
+            Purpose::Operations,
+            "audit_log",
+            opt(id),
+        );
+        if let Some(caller) = &caller {
+            read = read.caller(caller);
+        }
+        if column == "subject_id" {
+            if let Some(id) = id {
+                read = read.subject(id);
+            }
+        }
+        record_read(&self.pool, &read).await?;
+        Ok(tonic::Response::new(pb::ListEventsResponse {
+            events: events.iter().map(|e| to_proto(self.service, e)).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn verify_chain(
+        &self,
+        request: tonic::Request<pb::VerifyChainRequest>,
+    ) -> Result<tonic::Response<pb::VerifyChainResponse>, Status> {
+        authorize(&request)?;
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        v.check(req.from_seq >= 0, "from_seq", "must not be negative");
+        v.check(req.to_seq >= 0, "to_seq", "must not be negative");
+        if req.to_seq > 0 && req.from_seq > req.to_seq {
+            v.add("to_seq", "must not be below from_seq");
+        }
+        let range = VerifyRange {
+            from_seq: (req.from_seq > 0).then_some(req.from_seq),
+            to_seq: (req.to_seq > 0).then_some(req.to_seq),
+            from_time: timestamp(req.start_time.as_ref(), "start_time", &mut v),
+            to_time: timestamp(req.end_time.as_ref(), "end_time", &mut v),
+        };
+        if !v.is_empty() {
+            return Err(v.into_status());
+        }
+        let report = verify::verify(&self.pool, self.keys.as_ref(), self.service, &range).await?;
+        Ok(tonic::Response::new(pb::VerifyChainResponse {
+            intact: report.is_intact(),
+            service: report.service.clone(),
+            from_seq: report.from_seq,
+            to_seq: report.to_seq,
+            rows_checked: i64::try_from(report.rows_checked).unwrap_or(i64::MAX),
+            checkpoints_checked: i64::try_from(report.checkpoints_checked).unwrap_or(i64::MAX),
+            head_seq: report.head_seq,
+            last_checkpoint_seq: report.last_checkpoint_seq.unwrap_or(0),
+            broken: report.problem.map(|p| pb::BrokenLink {
+                seq: p.seq,
+                kind: serde_json::to_value(p.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                detail: p.detail,
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_their_filter() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let t = page_token(b"subject_id:x", at, 42);
+        assert_eq!(parse_page_token(b"subject_id:x", &t), Some((at, 42)));
+        assert_eq!(parse_page_token(b"subject_id:y", &t), None);
+        assert_eq!(parse_page_token(b"subject_id:x", "garbage"), None);
+    }
+
+    #[test]
+    fn only_records_and_admin_cli_are_allowed() {
+        let p = policy();
+        let rule = p.get("/carehub.audit.v1.AuditLog/ListEvents").unwrap();
+        assert_eq!(
+            rule.workloads,
+            vec!["records".to_owned(), "admin-cli".to_owned()]
+        );
+        assert!(p.get("/carehub.audit.v1.AuditLog/Other").is_none());
+    }
+}

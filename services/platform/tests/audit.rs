@@ -1,0 +1,459 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The audit trail against a real PostgreSQL: events commit and roll back with the change they
+//! describe; deleting, editing, reordering or truncating rows is found by the verifier, which
+//! names the row; 20 concurrent writers keep one gap-free chain; checkpoints and the JSON-lines
+//! sink.
+
+use std::sync::Arc;
+
+use carehub_platform::audit::{
+    self, checkpoint, Action, AuditEvent, Outcome, ProblemKind, Purpose, Sink, VerifyRange,
+};
+use carehub_platform::db::TestDatabase;
+use carehub_platform::keys::{KeySource, StaticKeys};
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+/// A service with no tables of its own: only the platform schema.
+static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+
+const SERVICE: &str = "records";
+
+async fn db() -> TestDatabase {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id uuid PRIMARY KEY, patient uuid NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db
+}
+
+fn event(patient: Uuid, note: Uuid) -> AuditEvent {
+    AuditEvent::new(
+        "records.note.create",
+        Action::Create,
+        Purpose::Treatment,
+        "note",
+        note,
+    )
+    .subject(patient)
+    .actor_user(Uuid::now_v7())
+    .actor_role("provider")
+}
+
+/// A change and its audit event, in one transaction.
+async fn create_note(pool: &sqlx::PgPool, patient: Uuid, commit: bool) -> Uuid {
+    let note = Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES ($1, $2)")
+        .bind(note)
+        .bind(patient)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    audit::record(&mut tx, &event(patient, note)).await.unwrap();
+    if commit {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+    note
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn verify_all(pool: &sqlx::PgPool, keys: &dyn KeySource) -> audit::VerifyReport {
+    audit::verify(pool, keys, SERVICE, &VerifyRange::default())
+        .await
+        .unwrap()
+}
+
+/// A database with `n` committed notes and their events.
+async fn filled(n: usize) -> (TestDatabase, StaticKeys) {
+    let db = db().await;
+    let patient = Uuid::now_v7();
+    for _ in 0..n {
+        create_note(&db.pool, patient, true).await;
+    }
+    (db, StaticKeys::generate())
+}
+
+#[tokio::test]
+async fn a_rolled_back_change_leaves_no_event_and_a_committed_one_exactly_one() {
+    let db = db().await;
+    let keys = StaticKeys::generate();
+    let patient = Uuid::now_v7();
+
+    let rolled_back = create_note(&db.pool, patient, false).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM notes").await, 0);
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM carehub_platform.audit_events"
+        )
+        .await,
+        0
+    );
+    // The head did not move either: the next event gets seq 1, no gap.
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT seq FROM carehub_platform.audit_chain_head"
+        )
+        .await,
+        0
+    );
+
+    let committed = create_note(&db.pool, patient, true).await;
+    let rows: Vec<(i64, String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT seq, entity_id, subject_id FROM carehub_platform.audit_events ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(1, committed.to_string(), Some(patient))]);
+    assert!(!rows.iter().any(|r| r.1 == rolled_back.to_string()));
+
+    // A failed statement after the event (the change itself fails) takes the event with it.
+    let mut tx = db.pool.begin().await.unwrap();
+    audit::record(&mut tx, &event(patient, committed))
+        .await
+        .unwrap();
+    let dup = sqlx::query("INSERT INTO notes VALUES ($1, $2)")
+        .bind(committed)
+        .bind(patient)
+        .execute(&mut *tx)
+        .await;
+    assert!(dup.is_err(), "duplicate key must fail");
+    drop(tx); // rolled back
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM carehub_platform.audit_events"
+        )
+        .await,
+        1
+    );
+
+    let report = verify_all(&db.pool, &keys).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows_checked, 1);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_without_ids_only_are_refused() {
+    let db = db().await;
+    let mut e = event(Uuid::now_v7(), Uuid::now_v7());
+    e.entity_id = "Jane Doe, DOB 1970-01-01".into();
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = audit::record(&mut tx, &e).await.unwrap_err();
+    assert!(err.to_string().contains("entity_id"), "{err}");
+    drop(tx);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_row_is_detected_and_named() {
+    let (db, keys) = filled(6).await;
+    assert!(verify_all(&db.pool, &keys).await.is_intact());
+    sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq = 3")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (3, ProblemKind::Missing),
+        "{problem}"
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn editing_a_row_is_detected_and_named() {
+    let (db, keys) = filled(6).await;
+    // Someone hides who read the chart.
+    sqlx::query("UPDATE carehub_platform.audit_events SET actor_user_id = $1 WHERE seq = 4")
+        .bind(Uuid::now_v7())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (4, ProblemKind::Altered),
+        "{problem}"
+    );
+
+    // Editing a row and recomputing its own hash breaks the next link instead.
+    let (db2, keys2) = filled(6).await;
+    let e = fetch(&db2.pool, 2).await;
+    let mut edited = e.event.clone();
+    edited.outcome = Outcome::MinorFailure;
+    let new_hash = audit::chain::event_hash(2, &edited, &e.prev_hash);
+    sqlx::query("UPDATE carehub_platform.audit_events SET outcome = 'minor_failure', hash = $1 WHERE seq = 2")
+        .bind(&new_hash)
+        .execute(&db2.pool)
+        .await
+        .unwrap();
+    let problem = verify_all(&db2.pool, &keys2).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (3, ProblemKind::BrokenLink),
+        "{problem}"
+    );
+    db.drop_database().await.unwrap();
+    db2.drop_database().await.unwrap();
+}
+
+async fn fetch(pool: &sqlx::PgPool, seq: i64) -> audit::ChainedEvent {
+    let mut conn = pool.acquire().await.unwrap();
+    audit::chain::load(&mut conn, seq).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn reordering_rows_is_detected_and_named() {
+    let (db, keys) = filled(6).await;
+    // Swap rows 2 and 5 (their positions), keeping every row's own content and hash.
+    let mut tx = db.pool.begin().await.unwrap();
+    for (from, to) in [(2, 1000), (5, 2), (1000, 5)] {
+        sqlx::query("UPDATE carehub_platform.audit_events SET seq = $2 WHERE seq = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|_| panic!("move {from} -> {to}"));
+    }
+    tx.commit().await.unwrap();
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(problem.seq, 2, "{problem}");
+    assert_eq!(problem.kind, ProblemKind::Altered, "{problem}");
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn truncating_the_tail_is_detected_by_the_head_and_by_checkpoints() {
+    let (db, keys) = filled(8).await;
+    // Only the rows are cut: the chain head still points at 8.
+    sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 6")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (7, ProblemKind::Truncated),
+        "{problem}"
+    );
+
+    // A careful attacker also rewinds the head; the signed checkpoint at 10 still tells.
+    let (db2, keys2) = filled(10).await;
+    let cp = checkpoint::checkpoint_now(&db2.pool, &keys2, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 10);
+    assert!(verify_all(&db2.pool, &keys2).await.is_intact());
+    let h7: Vec<u8> =
+        sqlx::query_scalar("SELECT hash FROM carehub_platform.audit_events WHERE seq = 7")
+            .fetch_one(&db2.pool)
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 7")
+        .execute(&db2.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE carehub_platform.audit_chain_head SET seq = 7, hash = $1")
+        .bind(&h7)
+        .execute(&db2.pool)
+        .await
+        .unwrap();
+    let problem = verify_all(&db2.pool, &keys2).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (8, ProblemKind::Truncated),
+        "{problem}"
+    );
+    assert!(problem.detail.contains("8..=10"), "{problem}");
+
+    // A forged checkpoint (signed with another key) is refused.
+    sqlx::query("DELETE FROM carehub_platform.audit_checkpoints")
+        .execute(&db2.pool)
+        .await
+        .unwrap();
+    let forger = StaticKeys::generate();
+    checkpoint::checkpoint_now(&db2.pool, &forger, SERVICE)
+        .await
+        .unwrap();
+    let problem = verify_all(&db2.pool, &keys2).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (7, ProblemKind::BadCheckpoint),
+        "{problem}"
+    );
+    db.drop_database().await.unwrap();
+    db2.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn ranges_verify_their_part_and_its_link_in() {
+    let (db, keys) = filled(12).await;
+    checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap();
+    let range = VerifyRange {
+        from_seq: Some(4),
+        to_seq: Some(9),
+        ..VerifyRange::default()
+    };
+    let report = audit::verify(&db.pool, &keys, SERVICE, &range)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows_checked, 6);
+    // Tampering outside the range is not this range's business; inside it is.
+    sqlx::query("UPDATE carehub_platform.audit_events SET kind = 'x.y' WHERE seq IN (11, 6)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = audit::verify(&db.pool, &keys, SERVICE, &range)
+        .await
+        .unwrap();
+    assert_eq!(report.problem.unwrap().seq, 6);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_writers_make_one_gap_free_chain() {
+    let db = db().await;
+    let keys = StaticKeys::generate();
+    let per_writer = 15;
+    let mut writers = Vec::new();
+    for _ in 0..20 {
+        let pool = db.pool.clone();
+        writers.push(tokio::spawn(async move {
+            let patient = Uuid::now_v7();
+            for i in 0..per_writer {
+                // Every third transaction rolls back: its events must leave no gap.
+                create_note(&pool, patient, i % 3 != 2).await;
+            }
+        }));
+    }
+    // A checkpointer runs alongside, as in production.
+    let cp_pool = db.pool.clone();
+    let cp_keys = keys.clone();
+    let checkpointer = tokio::spawn(async move {
+        for _ in 0..20 {
+            checkpoint::checkpoint_now(&cp_pool, &cp_keys, SERVICE)
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    checkpointer.await.unwrap();
+    let committed = 20 * (0..per_writer).filter(|i| i % 3 != 2).count() as i64;
+    let (n, min, max, distinct): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), min(seq), max(seq), count(DISTINCT prev_hash) FROM carehub_platform.audit_events",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((n, min, max), (committed, 1, committed), "gap-free 1..=n");
+    assert_eq!(
+        distinct, committed,
+        "no two rows share a predecessor: no fork"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM notes").await,
+        committed
+    );
+    let report = verify_all(&db.pool, &keys).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows_checked, committed as u64);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sink_ships_committed_events_once_in_order_with_checkpoints() {
+    let (db, keys) = filled(3).await;
+    create_note(&db.pool, Uuid::now_v7(), false).await; // never shipped
+    checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let sink = Sink::File(path.clone());
+    assert_eq!(
+        audit::sink::ship_once(&db.pool, SERVICE, &sink)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        audit::sink::ship_once(&db.pool, SERVICE, &sink)
+            .await
+            .unwrap(),
+        0
+    );
+    create_note(&db.pool, Uuid::now_v7(), true).await;
+    assert_eq!(
+        audit::sink::ship_once(&db.pool, SERVICE, &sink)
+            .await
+            .unwrap(),
+        1
+    );
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<_> = lines
+        .iter()
+        .filter(|l| l["type"] == "audit_event")
+        .collect();
+    let seqs: Vec<i64> = events.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(events[0]["service"], SERVICE);
+    assert_eq!(events[0]["action"], "create");
+    assert_eq!(events[0]["purpose"], "treatment");
+    assert_eq!(events[0]["hash"].as_str().unwrap().len(), 64);
+    let cps: Vec<_> = lines
+        .iter()
+        .filter(|l| l["type"] == "audit_checkpoint")
+        .collect();
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0]["seq"], 3);
+    assert_eq!(cps[0]["signature"].as_str().unwrap().len(), 128);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_background_task_checkpoints_after_checkpoint_every_rows() {
+    let (db, keys) = filled(5).await;
+    let host = audit::AuditHost::new(
+        SERVICE,
+        db.pool.clone(),
+        Arc::new(keys.clone()),
+        audit::AuditConfig {
+            checkpoint_every: 5,
+            checkpoint_interval_secs: 3600,
+            ..audit::AuditConfig::default()
+        },
+    );
+    host.tick().await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(checkpoint::latest(&mut conn).await.unwrap().unwrap().seq, 5);
+    create_note(&db.pool, Uuid::now_v7(), true).await;
+    host.tick().await.unwrap();
+    // One new row is neither `checkpoint_every` rows nor an hour old.
+    assert_eq!(checkpoint::latest(&mut conn).await.unwrap().unwrap().seq, 5);
+    drop(conn);
+    db.drop_database().await.unwrap();
+}
