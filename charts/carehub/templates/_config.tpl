@@ -1,0 +1,78 @@
+{{/*
+The service's TOML configuration (mounted at /etc/carehub/config.toml). Key names are the
+binary's (services/platform/src/config.rs and the fixed [server.keys] / [server.vault] /
+[server.tls] / [server.audit] names); secrets never appear here: the database URL comes from
+its Secret as CAREHUB_SERVER__DATABASE__URL, Vault credentials from mounted files.
+*/}}
+{{- define "carehub.service.configToml" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- $paths := include "carehub.paths" . | fromYaml -}}
+{{- $v := $root.Values -}}
+{{- $tls := dict "trust_domain" $v.trustDomain "reload_interval_secs" $v.tls.reloadIntervalSecs -}}
+{{- if eq $v.tls.source "vaultPki" -}}
+{{- $_ := set $tls "source" "vault_pki" -}}
+{{- $_ := set $tls "pki_role" (printf "carehub-%s" $name) -}}
+{{- $_ := set $tls "pki_ttl_secs" $v.tls.vaultPki.ttlSecs -}}
+{{- else -}}
+{{- $_ := set $tls "source" "files" -}}
+{{- $_ := set $tls "cert_file" (printf "%s/tls.crt" $paths.tls) -}}
+{{- $_ := set $tls "key_file" (printf "%s/tls.key" $paths.tls) -}}
+{{- $_ := set $tls "ca_file" (printf "%s/ca.crt" $paths.tls) -}}
+{{- end -}}
+{{- $telemetry := dict "sample_ratio" $v.telemetry.sampleRatio "log_format" $v.telemetry.logFormat "log_filter" $v.telemetry.logFilter -}}
+{{- if $v.telemetry.otlpEndpoint -}}{{- $_ := set $telemetry "otlp_endpoint" $v.telemetry.otlpEndpoint -}}{{- end -}}
+{{- $auth := dict "issuer" $v.auth.issuer "audience" $v.auth.audience "gateway_workloads" $v.auth.gatewayWorkloads -}}
+{{- if ne $name "identity" -}}
+{{- $_ := set $auth "identity_endpoint" (printf "https://carehub-identity:%d" (int $v.ports.grpc)) -}}
+{{- end -}}
+{{- $keys := dict "provider" $v.keys.provider "production" $v.keys.production "refresh_interval_secs" $v.keys.refreshIntervalSecs "max_staleness_secs" $v.keys.maxStalenessSecs -}}
+{{- if eq $v.keys.provider "file" -}}{{- $_ := set $keys "file" $paths.keysFile -}}{{- end -}}
+{{- $server := dict
+  "listen" (printf "0.0.0.0:%d" (int $v.ports.grpc))
+  "admin_listen" (printf "0.0.0.0:%d" (int $v.ports.admin))
+  "tls" $tls
+  "database" (dict "max_connections" $svc.database.maxConnections "migrate_on_start" false)
+  "telemetry" $telemetry
+  "limits" (dict "drain_timeout_secs" $svc.drainTimeoutSecs)
+  "auth" $auth
+  "keys" $keys
+  "audit" (dict "sink" $v.audit.sink "checkpoint_every" $v.audit.checkpointEvery)
+-}}
+{{- if include "carehub.vaultUsed" $root -}}
+{{- $method := $v.vault.auth.method -}}
+{{- $vauth := dict "method" $method "mount" ($v.vault.auth.mount | default $method) -}}
+{{- if eq $method "kubernetes" -}}
+{{- $_ := set $vauth "role" (printf "carehub-%s" $name) -}}
+{{- $_ := set $vauth "jwt_file" $paths.vaultToken -}}
+{{- else if eq $method "approle" -}}
+{{- $_ := set $vauth "role_id" (index $v.vault.auth.approle.roleIds $name) -}}
+{{- $_ := set $vauth "secret_id_file" $paths.approleSecretId -}}
+{{- end -}}
+{{- $vault := dict "addr" $v.vault.addr "kv_mount" $v.vault.kvMount "kv_version" $v.vault.kvVersion "pki_mount" $v.vault.pkiMount "auth" $vauth -}}
+{{- if $v.vault.caSecret -}}{{- $_ := set $vault "ca_file" $paths.vaultCa -}}{{- end -}}
+{{- if $v.vault.namespace -}}{{- $_ := set $vault "namespace" $v.vault.namespace -}}{{- end -}}
+{{- $_ := set $server "vault" $vault -}}
+{{- end -}}
+{{- $server = mergeOverwrite $server (deepCopy ($svc.server | default dict)) -}}
+# carehub {{ $name }}: rendered by the Helm chart; edit values, not this file.
+{{ include "carehub.tomlTable" (dict "path" "server" "table" $server) }}
+{{- if $svc.settings }}
+
+{{ include "carehub.tomlTable" (dict "path" $name "table" $svc.settings) }}
+{{- end }}
+{{- end }}
+
+{{- define "carehub.service.configmap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "carehub.fullname" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "carehub.labels" . | nindent 4 }}
+data:
+  config.toml: |
+    {{- include "carehub.service.configToml" . | nindent 4 }}
+{{- end }}

@@ -1,0 +1,150 @@
+{{/*
+Shared helpers. Every per-service object comes from a `carehub.service.*` helper taking
+(dict "root" $ "name" "<service>"), so a service's template file is a list of includes.
+Object names are fixed (carehub-<service>): Vault's Kubernetes auth role is bound to the
+ServiceAccount carehub-<service>, so one release per namespace.
+*/}}
+
+{{- define "carehub.chart" -}}
+{{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "carehub.fullname" -}}
+carehub-{{ .name }}
+{{- end }}
+
+{{/* The service's values: serviceDefaults overlaid with its own block. */}}
+{{- define "carehub.values" -}}
+{{- $own := index .root.Values.services .name | default dict -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.serviceDefaults) (deepCopy $own)) -}}
+{{- end }}
+
+{{- define "carehub.selectorLabels" -}}
+app.kubernetes.io/name: carehub
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end }}
+
+{{- define "carehub.labels" -}}
+{{ include "carehub.selectorLabels" . }}
+app.kubernetes.io/part-of: carehub
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "carehub.chart" .root }}
+{{- end }}
+
+{{- define "carehub.image" -}}
+{{- $img := .Values.image -}}
+{{- if $img.digest -}}
+{{ $img.repository }}@{{ $img.digest }}
+{{- else -}}
+{{ $img.repository }}:{{ $img.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* Services enabled in values, sorted, as a YAML list. */}}
+{{- define "carehub.enabledServices" -}}
+{{- $out := list -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if (kindIs "map" $svc) -}}{{- if (hasKey $svc "enabled" | ternary $svc.enabled true) -}}
+{{- $out = append $out $name -}}
+{{- end -}}{{- end -}}
+{{- end -}}
+{{- toYaml (sortAlpha $out) -}}
+{{- end }}
+
+{{- define "carehub.vaultUsed" -}}
+{{- if or (eq .Values.keys.provider "vault") (eq .Values.tls.source "vaultPki") -}}true{{- end -}}
+{{- end }}
+
+{{/* Fails the render with a message naming the setting (for rules JSON Schema cannot say well). */}}
+{{- define "carehub.require" -}}
+{{- if not .value -}}{{- fail (printf "carehub: %s is required %s" .key .why) -}}{{- end -}}
+{{- end }}
+
+{{- define "carehub.checkValues" -}}
+{{- if include "carehub.vaultUsed" . -}}
+{{- include "carehub.require" (dict "key" "vault.addr" "value" .Values.vault.addr "why" "(keys.provider=vault or tls.source=vaultPki)") -}}
+{{- end -}}
+{{- if eq .Values.keys.provider "file" -}}
+{{- include "carehub.require" (dict "key" "keys.fileSecret" "value" .Values.keys.fileSecret "why" "(keys.provider=file)") -}}
+{{- if .Values.keys.production -}}{{- fail "carehub: keys.provider=file refuses to start with keys.production=true; use Vault in production" -}}{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.vault.auth.method "approle") (include "carehub.vaultUsed" .) -}}
+{{- range $name := include "carehub.enabledServices" . | fromYamlArray -}}
+{{- include "carehub.require" (dict "key" (printf "vault.auth.approle.roleIds.%s" $name) "value" (index $.Values.vault.auth.approle.roleIds $name) "why" "(vault.auth.method=approle)") -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.vault.auth.method "token") (include "carehub.vaultUsed" .) -}}
+{{- include "carehub.require" (dict "key" "vault.auth.token.secret" "value" .Values.vault.auth.token.secret "why" "(vault.auth.method=token)") -}}
+{{- end -}}
+{{- if and .Values.tests.enabled (ne .Values.tls.source "certManager") -}}
+{{- include "carehub.require" (dict "key" "tests.tlsSecret" "value" .Values.tests.tlsSecret "why" "when tests.enabled and tls.source is not certManager (the helm-test client certificate)") -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Minimal TOML writer for the service configuration: (dict "path" "server" "table" $map).
+Scalars and arrays of scalars first, then sub-tables. Integral numbers are written as
+integers (Helm reads every YAML number as a float; the service's u64 keys need integers).
+*/}}
+{{- define "carehub.tomlValue" -}}
+{{- $v := . -}}
+{{- if kindIs "string" $v -}}{{ toJson $v }}
+{{- else if kindIs "bool" $v -}}{{ $v }}
+{{- else if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) -}}
+{{- if eq (float64 (int64 $v)) (float64 $v) -}}{{ int64 $v }}{{- else -}}{{ $v }}{{- end -}}
+{{- else if kindIs "slice" $v -}}[{{- range $i, $e := $v -}}{{- if $i -}}, {{ end -}}{{ include "carehub.tomlValue" $e }}{{- end -}}]
+{{- else -}}{{- fail (printf "carehub: cannot write %v (%s) as a TOML value" $v (kindOf $v)) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "carehub.tomlTable" -}}
+{{- $path := .path -}}
+{{- $table := .table -}}
+[{{ $path }}]
+{{- range $k := keys $table | sortAlpha }}
+{{- $v := index $table $k }}
+{{- if and (not (kindIs "map" $v)) (not (kindIs "invalid" $v)) }}
+{{ $k }} = {{ include "carehub.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k := keys $table | sortAlpha }}
+{{- $v := index $table $k }}
+{{- if kindIs "map" $v }}
+
+{{ include "carehub.tomlTable" (dict "path" (printf "%s.%s" $path $k) "table" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Mount points inside the container. */}}
+{{- define "carehub.paths" -}}
+config: /etc/carehub/config.toml
+tls: /etc/carehub/tls
+vaultCa: /etc/carehub/vault-ca/ca.crt
+vaultToken: /var/run/secrets/carehub/vault/token
+approleSecretId: /etc/carehub/approle/secret-id
+keysFile: /etc/carehub/keys/keys.json
+{{- end }}
+
+{{/* Pod Security "restricted": the same contexts for every pod the chart makes. */}}
+{{- define "carehub.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurity.runAsUser }}
+runAsGroup: {{ .Values.podSecurity.runAsGroup }}
+fsGroup: {{ .Values.podSecurity.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "carehub.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

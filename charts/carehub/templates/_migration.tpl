@@ -1,0 +1,59 @@
+{{/*
+Migration Job of a service: `carehub migrate <service>` before every install and upgrade
+(Helm hook), so new pods never start against an old schema. Hooks run before the release's
+ordinary objects exist, so the Job needs nothing of them: the database URL comes from the
+service's existing Secret and every other setting keeps its default. Migrations are
+expand-only (old pods keep working against the new schema), which is what makes a rolling
+upgrade and `helm rollback` safe.
+*/}}
+{{- define "carehub.service.migrationJob" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- if $v.migrations.enabled }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ include "carehub.fullname" . }}-migrate
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "carehub.labels" (dict "root" $root "name" "migrate") | nindent 4 }}
+    carehub.io/service: {{ .name }}
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-weight: "0"
+    # Failed Jobs stay for `kubectl logs`; the next attempt replaces them.
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+spec:
+  backoffLimit: {{ $v.migrations.backoffLimit }}
+  activeDeadlineSeconds: {{ $v.migrations.activeDeadlineSeconds }}
+  template:
+    metadata:
+      labels:
+        {{- include "carehub.selectorLabels" (dict "root" $root "name" "migrate") | nindent 8 }}
+        carehub.io/service: {{ .name }}
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext:
+        {{- include "carehub.podSecurityContext" $root | nindent 8 }}
+      {{- with $v.image.pullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: migrate
+          image: {{ include "carehub.image" $root }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          args: ["migrate", {{ .name | quote }}]
+          env:
+            {{- include "carehub.service.secretEnv" . | nindent 12 }}
+            - name: CAREHUB_SERVER__TELEMETRY__LOG_FORMAT
+              value: json
+          resources:
+            requests: {cpu: 50m, memory: 64Mi}
+            limits: {memory: 256Mi}
+          securityContext:
+            {{- include "carehub.containerSecurityContext" $root | nindent 12 }}
+{{- end }}
+{{- end }}

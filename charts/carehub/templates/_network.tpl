@@ -1,0 +1,103 @@
+{{/*
+NetworkPolicy of a service: ingress only from its callers (the services whose `calls` name it,
+DESIGN.md §1), the gateway on its gatewayPorts, the helm-test pods, and metrics scrapers on
+the admin port; egress only to the services it calls, DNS, Postgres, Vault and OTLP.
+Kubelet probes come from the node, which NetworkPolicy implementations let through.
+*/}}
+{{- define "carehub.service.networkpolicy" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $v := $root.Values -}}
+{{- if $v.networkPolicy.enabled }}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- $callers := list -}}
+{{- range $other := include "carehub.enabledServices" $root | fromYamlArray -}}
+{{- $o := include "carehub.values" (dict "root" $root "name" $other) | fromYaml -}}
+{{- if has $name ($o.calls | default list) -}}{{- $callers = append $callers $other -}}{{- end -}}
+{{- end -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "carehub.fullname" . }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "carehub.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "carehub.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    {{- if $callers }}
+    - from:
+        - podSelector:
+            matchExpressions:
+              - {key: app.kubernetes.io/instance, operator: In, values: [{{ $root.Release.Name | quote }}]}
+              - {key: app.kubernetes.io/component, operator: In, values: {{ toJson (sortAlpha $callers) }}}
+      ports:
+        - {port: grpc, protocol: TCP}
+    {{- end }}
+    {{- if and $svc.gatewayPorts $v.networkPolicy.gateway }}
+    - from:
+        {{- toYaml $v.networkPolicy.gateway | nindent 8 }}
+      ports:
+        {{- range $svc.gatewayPorts }}
+        - {port: {{ . }}, protocol: TCP}
+        {{- end }}
+    {{- end }}
+    {{- if $v.tests.enabled }}
+    - from:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/instance: {{ $root.Release.Name }}
+              app.kubernetes.io/component: helm-test
+      ports:
+        - {port: grpc, protocol: TCP}
+    {{- end }}
+    {{- if $v.networkPolicy.metrics }}
+    - from:
+        {{- toYaml $v.networkPolicy.metrics | nindent 8 }}
+      ports:
+        - {port: admin, protocol: TCP}
+    {{- end }}
+  egress:
+    {{- include "carehub.egress.dns" $root | nindent 4 }}
+    {{- if $svc.calls }}
+    - to:
+        - podSelector:
+            matchExpressions:
+              - {key: app.kubernetes.io/instance, operator: In, values: [{{ $root.Release.Name | quote }}]}
+              - {key: app.kubernetes.io/component, operator: In, values: {{ toJson (sortAlpha $svc.calls) }}}
+      ports:
+        - {port: {{ $v.ports.grpc }}, protocol: TCP}
+    {{- end }}
+    {{- include "carehub.egress.postgres" $root | nindent 4 }}
+    {{- if include "carehub.vaultUsed" $root }}
+    - to:
+        {{- toYaml $v.networkPolicy.vault.to | nindent 8 }}
+      ports:
+        - {port: {{ $v.networkPolicy.vault.port }}, protocol: TCP}
+    {{- end }}
+    {{- if $v.telemetry.otlpEndpoint }}
+    - to:
+        {{- toYaml $v.networkPolicy.otlp.to | nindent 8 }}
+      ports:
+        - {port: {{ $v.networkPolicy.otlp.port }}, protocol: TCP}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "carehub.egress.dns" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.dns | nindent 4 }}
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end }}
+
+{{- define "carehub.egress.postgres" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.postgres.to | nindent 4 }}
+  ports:
+    - {port: {{ .Values.networkPolicy.postgres.port }}, protocol: TCP}
+{{- end }}

@@ -1,0 +1,323 @@
+"""Offline checks of charts/carehub and k8s/ (run by scripts/check-chart.sh).
+
+Renders and lints with the `helm` binary when it is installed, else with helm-python-sdk
+(Helm's Go SDK as a library); validates every object with kubernetes-validate (strict) for
+Kubernetes 1.30 and the newest version it knows; checks the invariants in invariants.py; proves
+that bad values and weakened templates are refused; shows that a new service renders complete
+from the shared helpers alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+import invariants
+import k8s_checks
+
+RELEASE = "carehub"
+NAMESPACE = "carehub"
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
+failures: list[str] = []
+
+
+def fail(msg: str) -> None:
+    failures.append(msg)
+    print(f"FAIL {msg}")
+
+
+def ok(msg: str) -> None:
+    print(f"ok   {msg}")
+
+
+class RenderError(Exception):
+    pass
+
+
+def merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base.get(k), v) if k in base else v
+        return out
+    return copy.deepcopy(over)
+
+
+def coalesce(defaults: Any, over: Any) -> Any:
+    """Helm's merge of user values over the chart's: null removes a key."""
+    if isinstance(defaults, dict) and isinstance(over, dict):
+        out = dict(defaults)
+        for k, v in over.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = coalesce(defaults.get(k), v)
+        return out
+    return copy.deepcopy(over)
+
+
+class Helm:
+    """`helm` when installed, else helm-python-sdk; same answers either way."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("helm")
+        if not self.binary:
+            import helm_python
+
+            self.sdk = helm_python
+        print(f"renderer: {self.binary or 'helm-python-sdk ' + self.sdk.__version__ + ' (Helm SDK ' + self.sdk.helm_sdk_version() + ')'}")
+
+    def _values_file(self, values: dict, tmp: pathlib.Path) -> pathlib.Path:
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    def render(self, chart: pathlib.Path, values: dict) -> list[dict]:
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.binary:
+                r = subprocess.run(
+                    [self.binary, "template", RELEASE, str(chart), "-n", NAMESPACE, "--kube-version", "1.30.0",
+                     "-f", str(self._values_file(values, pathlib.Path(tmp)))],
+                    capture_output=True, text=True)
+                if r.returncode:
+                    raise RenderError(r.stderr.strip())
+                texts = [r.stdout]
+            else:
+                try:
+                    with self.sdk.Chart.load(str(chart)) as c:
+                        out = c.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+                except self.sdk.HelmError as e:
+                    raise RenderError(str(e)) from e
+                texts = [v for k, v in sorted(out.items()) if not k.endswith("NOTES.txt")]
+        docs = []
+        for text in texts:
+            docs += [d for d in yaml.safe_load_all(text) if d]
+        return docs
+
+    def lint(self, chart: pathlib.Path, values: dict) -> list[str]:
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.binary:
+                r = subprocess.run(
+                    [self.binary, "lint", "--strict", "--kube-version", "1.30.0", str(chart),
+                     "-f", str(self._values_file(values, pathlib.Path(tmp)))],
+                    capture_output=True, text=True)
+                return [] if r.returncode == 0 else [r.stdout.strip() + r.stderr.strip()]
+        report = self.sdk.lint(str(chart), values, strict=True, kube_version="v1.30.0")
+        return [f"{m.get('path')}: {m.get('error')}" for m in report.get("messages", []) if m.get("severity", 0) >= 2] + list(report.get("errors") or [])
+
+
+def validate_objects(docs: list[dict], where: str) -> int:
+    """kubernetes-validate, strict, for every Kubernetes version we support; CRDs by k8s_checks."""
+    bad = 0
+    for d in docs:
+        name = invariants.name_of(d)
+        if k8s_checks.is_crd_object(d):
+            for p in k8s_checks.check_crd_object(d):
+                fail(f"{where}: {p}")
+                bad += 1
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                fail(f"{where}: {name} is not a valid Kubernetes {version} object: {path}: {e.message}")
+                bad += 1
+            except kubernetes_validate.SchemaNotFoundError:
+                fail(f"{where}: {name}: no Kubernetes {version} schema for {d.get('apiVersion')} {d.get('kind')}")
+                bad += 1
+    return bad
+
+
+def canary_validator() -> None:
+    """The validator must reject a broken object, or every "ok" below means nothing."""
+    broken = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "canary"},
+              "spec": {"replicas": "two", "selector": {}, "template": {}, "bogus": 1}}
+    try:
+        kubernetes_validate.validate(broken, KUBE_VERSIONS[0], strict=True)
+        fail("kubernetes-validate accepted a broken Deployment: validation is not working")
+    except kubernetes_validate.ValidationError:
+        ok(f"kubernetes-validate {kubernetes_validate.__version__} rejects a broken object (strict, {', '.join(KUBE_VERSIONS)})")
+
+
+def check_values_file(helm: Helm, chart: pathlib.Path, label: str, user: dict, defaults: dict) -> list[dict]:
+    try:
+        docs = helm.render(chart, user)
+    except RenderError as e:
+        fail(f"{label}: render failed: {' '.join(str(e).split())}")
+        return []
+    lint = helm.lint(chart, user)
+    for msg in lint:
+        fail(f"{label}: helm lint --strict: {msg}")
+    bad = validate_objects(docs, label)
+    problems = invariants.check_release(docs, coalesce(defaults, user), RELEASE)
+    for p in problems:
+        fail(f"{label}: {p}")
+    if not lint and not bad and not problems:
+        kinds = sorted({d["kind"] for d in docs})
+        ok(f"{label}: {len(docs)} objects ({', '.join(kinds)}) render, lint, validate and keep the invariants")
+    return docs
+
+
+# Values that must be refused, with the words the refusal must contain.
+BAD_VALUES = [
+    ("wrong type", {"services": {"identity": {"replicas": "two"}}}, "/services/identity/replicas"),
+    ("wrong type at the top", {"trustDomain": 7}, "/trustDomain"),
+    ("unknown top-level key", {"replica": 3}, "'replica' not allowed"),
+    ("unknown key in a service", {"services": {"identity": {"replicaCount": 3}}}, "'replicaCount' not allowed"),
+    ("missing required database secret", {"services": {"identity": {"database": {"existingSecret": None}}}}, "existingSecret"),
+    ("missing required image repository", {"image": {"repository": None}}, "repository"),
+    ("value outside its enum", {"tls": {"source": "acme"}}, "/tls/source"),
+    ("sample ratio above 1", {"telemetry": {"sampleRatio": 2}}, "/telemetry/sampleRatio"),
+    ("file keys without their Secret", {"keys": {"provider": "file", "production": False}}, "keys.fileSecret is required"),
+    ("file keys in production", {"keys": {"provider": "file", "fileSecret": "k"}}, "refuses to start with keys.production=true"),
+    ("AppRole without a role_id", {"vault": {"auth": {"method": "approle"}}}, "vault.auth.approle.roleIds.identity is required"),
+    ("Vault keys without an address", {"vault": {"addr": ""}}, "vault.addr is required"),
+]
+
+
+def check_bad_values(helm: Helm, chart: pathlib.Path) -> None:
+    for label, values, expect in BAD_VALUES:
+        try:
+            helm.render(chart, values)
+            fail(f"bad values ({label}) were accepted: {values}")
+        except RenderError as e:
+            if expect in str(e):
+                reason = " ".join(str(e).split())[-110:]
+                ok(f"bad values refused ({label}): ...{reason}")
+            else:
+                fail(f"bad values ({label}) refused without naming {expect!r}: {e}")
+    # Lint must see the same: otherwise a green lint above proves nothing.
+    if not helm.lint(chart, BAD_VALUES[0][1]):
+        fail("helm lint --strict passed values with a wrong type")
+    else:
+        ok("helm lint --strict fails on values with a wrong type")
+
+
+def scratch_copy(chart: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
+    dst = tmp / "carehub"
+    shutil.copytree(chart, dst)
+    return dst
+
+
+def check_new_service(helm: Helm, chart: pathlib.Path, prod: dict) -> None:
+    """A dummy service: one values block plus one template file calling the shared helper."""
+    with tempfile.TemporaryDirectory() as tmp:
+        c = scratch_copy(chart, pathlib.Path(tmp))
+        src = (c / "templates/identity.yaml").read_text()
+        (c / "templates/dummy.yaml").write_text(src.replace('"identity"', '"dummy"').replace("identity:", "dummy:"))
+        user = merge(prod, {"services": {
+            "dummy": {"calls": ["identity"], "gatewayPorts": ["grpc"], "database": {"existingSecret": "carehub-dummy-db"},
+                      "settings": {"greeting_ttl_secs": 5}},
+        }, "vault": {"auth": {"approle": {"roleIds": {"dummy": "x"}}}}})
+        try:
+            docs = helm.render(c, user)
+        except RenderError as e:
+            fail(f"new service: a dummy service block + template does not render: {e}")
+            return
+        mine = sorted(invariants.name_of(d) for d in docs if "dummy" in d["metadata"]["name"])
+        problems = invariants.check_release(docs, coalesce(yaml.safe_load((c / "values.yaml").read_text()), user), RELEASE)
+        problems = [p for p in problems if "services.dummy.calls" not in p]
+        validate_objects(docs, "new service")
+        want = {"ConfigMap", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+                "NetworkPolicy", "Certificate", "Job", "Pod"}
+        got = {d["kind"] for d in docs if "dummy" in d["metadata"]["name"]}
+        if want - got:
+            problems.append(f"dummy service lacks {sorted(want - got)}")
+        idnp = next(d for d in docs if invariants.name_of(d) == "NetworkPolicy/carehub-identity")
+        if "dummy" not in json.dumps(idnp["spec"]["ingress"]):
+            problems.append("identity's NetworkPolicy does not admit its new caller dummy")
+        for p in problems:
+            fail(f"new service: {p}")
+        if not problems:
+            ok(f"new service: one values block + templates/dummy.yaml render {', '.join(mine)}; identity admits dummy")
+
+
+# Template edits that must make the invariants fail: (label, file, pattern, replacement, expected problem).
+WEAKENINGS = [
+    ("dropping the liveness probe", "templates/_service.tpl", r"      livenessProbe:\n(        .*\n)+?(?=      readinessProbe:)", "", "livenessProbe is missing"),
+    ("dropping the readiness probe", "templates/_service.tpl", r"      readinessProbe:\n(        .*\n)+?(?=      lifecycle:)", "", "readinessProbe is missing"),
+    ("dropping the container securityContext", "templates/_service.tpl",
+     r"      securityContext:\n        \{\{- include \"carehub.containerSecurityContext\" \$root \| nindent 8 \}\}\n", "", "securityContext is missing"),
+    ("dropping the pod securityContext", "templates/_service.tpl",
+     r"  securityContext:\n    \{\{- include \"carehub.podSecurityContext\" \$root \| nindent 4 \}\}\n", "", "runAsNonRoot must be true"),
+    ("allowing privilege escalation", "templates/_helpers.tpl", r"allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "allowPrivilegeEscalation must be false"),
+    ("a writable root filesystem", "templates/_helpers.tpl", r"readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "readOnlyRootFilesystem must be true"),
+    ("dropping the PodDisruptionBudget", "templates/_service.tpl", r'"pdb" ', "", "no PodDisruptionBudget"),
+    ("dropping the NetworkPolicy", "templates/_service.tpl", r'"networkpolicy" ', "", "no NetworkPolicy"),
+    ("opening identity to every service", "templates/_network.tpl",
+     r"\{\{- if has \$name \(\$o\.calls \| default list\) -\}\}", "{{- if true -}}", "the call graph says"),
+    ("inlining the database URL", "templates/_service.tpl",
+     r"- name: CAREHUB_SERVER__DATABASE__URL\n  valueFrom:\n    secretKeyRef:\n      name: .*\n      key: .*\n",
+     "- name: CAREHUB_SERVER__DATABASE__URL\n  value: postgres://carehub:hunter2@db/identity\n", "secret inlined"),
+]
+
+
+def check_weakened_templates(helm: Helm, chart: pathlib.Path, prod: dict, defaults: dict) -> None:
+    for label, rel, pattern, repl, expect in WEAKENINGS:
+        with tempfile.TemporaryDirectory() as tmp:
+            c = scratch_copy(chart, pathlib.Path(tmp))
+            f = c / rel
+            text, n = re.subn(pattern, repl, f.read_text())
+            if n == 0:
+                fail(f"weakened template ({label}): the pattern no longer matches {rel}; update WEAKENINGS")
+                continue
+            f.write_text(text)
+            try:
+                docs = helm.render(c, prod)
+            except RenderError as e:
+                fail(f"weakened template ({label}) does not even render: {e}")
+                continue
+            problems = invariants.check_release(docs, coalesce(defaults, prod), RELEASE)
+            hit = [p for p in problems if expect in p]
+            if hit:
+                ok(f"weakened template refused ({label}): {hit[0]}")
+            else:
+                fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chart", type=pathlib.Path, required=True)
+    ap.add_argument("--k8s", type=pathlib.Path, required=True)
+    ap.add_argument("values", nargs="*", type=pathlib.Path, help="more values files to check")
+    args = ap.parse_args()
+    helm = Helm()
+    canary_validator()
+    chart = args.chart.resolve()
+    defaults = yaml.safe_load((chart / "values.yaml").read_text())
+    files = sorted((chart / "ci").glob("*-values.yaml")) + args.values
+    if not files:
+        fail(f"no ci/*-values.yaml in {chart}")
+    check_values_file(helm, chart, "values.yaml (defaults)", {}, defaults)
+    user_by_file = {}
+    for f in files:
+        user_by_file[f.name] = yaml.safe_load(f.read_text()) or {}
+        check_values_file(helm, chart, f.name, user_by_file[f.name], defaults)
+    prod = user_by_file.get("production-values.yaml", {})
+    check_bad_values(helm, chart)
+    check_new_service(helm, chart, prod)
+    check_weakened_templates(helm, chart, prod, defaults)
+    for p in k8s_checks.check_k8s_dir(args.k8s.resolve(), validate_objects):
+        fail(p)
+    print()
+    if failures:
+        print(f"check-chart: {len(failures)} problem(s)")
+        return 1
+    print("check-chart: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""What every carehub manifest must satisfy, beyond the Kubernetes schemas.
+
+Each check returns a list of problems (strings naming the object and the field); an empty
+list means the manifests pass. Nothing here knows how the manifests were rendered.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any
+
+Obj = dict[str, Any]
+
+# DESIGN.md §1, "calls" column: the only service-to-service edges the NetworkPolicies allow.
+CALL_GRAPH: dict[str, set[str]] = {
+    "identity": set(),
+    "scheduling": {"identity", "records", "messaging", "billing"},
+    "messaging": {"identity"},
+    "records": {"identity"},
+    "billing": {"identity"},
+}
+
+# Env names that carry secrets: they must come from a Secret (valueFrom), never a literal.
+SECRET_ENV = re.compile(r"(PASSWORD|TOKEN|SECRET|DATABASE__URL|_KEY$|CREDENTIAL)", re.I)
+# TOML keys that would be a secret inlined into a ConfigMap.
+SECRET_TOML_KEYS = {"url", "token", "password", "secret_id", "secret"}
+
+
+def name_of(obj: Obj) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    kind = obj.get("kind")
+    if kind == "Pod":
+        return obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return obj.get("spec", {}).get("template", {}).get("spec", {})
+    return None
+
+
+def check_pod_security(obj: Obj) -> list[str]:
+    """Pod Security "restricted" and our own rules, for every pod the chart makes."""
+    spec = pod_spec(obj)
+    if spec is None:
+        return []
+    where = name_of(obj)
+    problems = []
+    psc = spec.get("securityContext") or {}
+    if psc.get("runAsNonRoot") is not True:
+        problems.append(f"{where}: pod securityContext.runAsNonRoot must be true")
+    if not isinstance(psc.get("runAsUser"), int) or psc.get("runAsUser", 0) <= 0:
+        problems.append(f"{where}: pod securityContext.runAsUser must be a non-zero uid")
+    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: pod securityContext.seccompProfile.type must be RuntimeDefault")
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}: automountServiceAccountToken must be false")
+    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+        problems.append(f"{where}: host namespaces are not allowed")
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        cw = f"{where} container {c.get('name')}"
+        sc = c.get("securityContext")
+        if not sc:
+            problems.append(f"{cw}: securityContext is missing")
+            continue
+        if sc.get("runAsNonRoot") is not True:
+            problems.append(f"{cw}: securityContext.runAsNonRoot must be true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cw}: securityContext.allowPrivilegeEscalation must be false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{cw}: securityContext.readOnlyRootFilesystem must be true")
+        if sc.get("privileged"):
+            problems.append(f"{cw}: must not be privileged")
+        if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+            problems.append(f"{cw}: securityContext.capabilities.drop must contain ALL")
+        if (sc.get("capabilities") or {}).get("add"):
+            problems.append(f"{cw}: no capability may be added")
+        if (sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{cw}: securityContext.seccompProfile.type must be RuntimeDefault")
+        res = c.get("resources") or {}
+        req = res.get("requests") or {}
+        if not req.get("cpu") or not req.get("memory"):
+            problems.append(f"{cw}: resources.requests.cpu and .memory are required")
+        if not (res.get("limits") or {}).get("memory"):
+            problems.append(f"{cw}: resources.limits.memory is required")
+        for env in c.get("env") or []:
+            if SECRET_ENV.search(env.get("name", "")) and "value" in env:
+                problems.append(f"{cw}: env {env['name']} is a secret inlined as a literal; use valueFrom.secretKeyRef")
+    return problems
+
+
+def check_deployment(obj: Obj, drain_secs: int | None) -> list[str]:
+    where = name_of(obj)
+    spec = pod_spec(obj) or {}
+    problems = []
+    for c in spec.get("containers", []):
+        cw = f"{where} container {c.get('name')}"
+        for probe in ("livenessProbe", "readinessProbe"):
+            if not c.get(probe):
+                problems.append(f"{cw}: {probe} is missing")
+        pre = ((c.get("lifecycle") or {}).get("preStop") or {})
+        if not pre:
+            problems.append(f"{cw}: lifecycle.preStop is missing (endpoints must drain before the listener closes)")
+        sleep = (pre.get("sleep") or {}).get("seconds", 0)
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        if drain_secs is not None and grace < sleep + drain_secs:
+            problems.append(f"{where}: terminationGracePeriodSeconds {grace} < preStop {sleep} + drain {drain_secs}")
+    keys = {t.get("topologyKey") for t in spec.get("topologySpreadConstraints") or []}
+    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+        if key not in keys:
+            problems.append(f"{where}: no topologySpreadConstraint on {key}")
+    return problems
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        val = labels.get(e["key"])
+        if e["operator"] == "In" and val not in e.get("values", []):
+            return False
+        if e["operator"] == "NotIn" and val in e.get("values", []):
+            return False
+        if e["operator"] == "Exists" and val is None:
+            return False
+    return True
+
+
+def components_selected(peers: list[Obj], release: str) -> set[str]:
+    """Which carehub components a list of podSelector-only peers admits."""
+    out = set()
+    for peer in peers:
+        sel = peer.get("podSelector")
+        if sel is None or "namespaceSelector" in peer:
+            continue
+        for comp in list(CALL_GRAPH) + ["dummy", "helm-test", "migrate"]:
+            if selects(sel, {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": comp}):
+                out.add(comp)
+        for e in sel.get("matchExpressions") or []:
+            if e["key"] == "app.kubernetes.io/component" and e["operator"] == "In":
+                out |= set(e["values"])
+    return out
+
+
+def check_call_graph(name: str, netpol: Obj, enabled: list[str], calls: dict[str, list[str]], release: str) -> list[str]:
+    """Ingress on gRPC from exactly the callers, egress to exactly the callees."""
+    where = name_of(netpol)
+    problems = []
+    if name in CALL_GRAPH and set(calls.get(name, [])) != CALL_GRAPH[name]:
+        problems.append(f"services.{name}.calls is {sorted(calls.get(name, []))}, DESIGN.md §1 says {sorted(CALL_GRAPH[name])}")
+    spec = netpol.get("spec", {})
+    if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
+        problems.append(f"{where}: policyTypes must be [Ingress, Egress]")
+    want_in = {s for s in enabled if name in calls.get(s, [])}
+    got_in: set[str] = set()
+    for rule in spec.get("ingress") or []:
+        got_in |= components_selected(rule.get("from") or [], release)
+    got_in.discard("helm-test")
+    if got_in != want_in:
+        problems.append(f"{where}: admits {sorted(got_in)} from the suite, the call graph says {sorted(want_in)}")
+    got_out: set[str] = set()
+    for rule in spec.get("egress") or []:
+        got_out |= components_selected(rule.get("to") or [], release)
+    if got_out != set(calls.get(name, [])):
+        problems.append(f"{where}: egress to {sorted(got_out)}, the call graph says {sorted(calls.get(name, []))}")
+    for rule in (spec.get("ingress") or []) + (spec.get("egress") or []):
+        peers = rule.get("from") or rule.get("to")
+        if not peers:
+            problems.append(f"{where}: a rule without peers admits everything")
+        if not rule.get("ports"):
+            problems.append(f"{where}: a rule without ports admits every port")
+    return problems
+
+
+def secret_toml_keys(table: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(table, dict):
+        for k, v in table.items():
+            p = f"{path}.{k}" if path else k
+            if k in SECRET_TOML_KEYS and not isinstance(v, dict):
+                found.append(p)
+            found += secret_toml_keys(v, p)
+    return found
+
+
+def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
+    """Everything a rendered release must contain and satisfy, given its merged values."""
+    problems: list[str] = []
+    by_kind: dict[tuple[str, str], Obj] = {}
+    for d in docs:
+        by_kind[(d["kind"], d["metadata"]["name"])] = d
+        problems += check_pod_security(d)
+        if d["kind"] == "Secret":
+            problems.append(f"{name_of(d)}: the chart must not render Secrets (values would inline secret data)")
+    services = values.get("services") or {}
+    enabled = sorted(n for n, s in services.items() if isinstance(s, dict) and s.get("enabled", True))
+    defaults = values.get("serviceDefaults") or {}
+    calls = {n: (services[n].get("calls") if services[n].get("calls") is not None else defaults.get("calls", [])) for n in enabled}
+    tls_source = values["tls"]["source"]
+    for name in enabled:
+        svc = {**defaults, **services[name]}
+        autoscaling = {**(defaults.get("autoscaling") or {}), **(services[name].get("autoscaling") or {})}
+        full = f"carehub-{name}"
+        want = ["Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"]
+        if autoscaling.get("enabled"):
+            want.append("HorizontalPodAutoscaler")
+        if tls_source == "certManager":
+            want.append("Certificate")
+        for kind in want:
+            if (kind, full) not in by_kind:
+                problems.append(f"service {name}: no {kind}/{full}")
+        if values.get("migrations", {}).get("enabled", True):
+            job = by_kind.get(("Job", f"{full}-migrate"))
+            hooks = (job or {}).get("metadata", {}).get("annotations", {}).get("helm.sh/hook", "")
+            if not job or set(hooks.split(",")) != {"pre-install", "pre-upgrade"}:
+                problems.append(f"service {name}: no migration Job {full}-migrate as a pre-install,pre-upgrade hook")
+        if values.get("tests", {}).get("enabled", True) and ("Pod", f"carehub-helm-test-{name}") not in by_kind:
+            problems.append(f"service {name}: no helm test pod carehub-helm-test-{name}")
+        dep = by_kind.get(("Deployment", full))
+        cm = by_kind.get(("ConfigMap", full))
+        drain = None
+        if cm:
+            try:
+                cfg = tomllib.loads(cm["data"]["config.toml"])
+                drain = cfg["server"]["limits"]["drain_timeout_secs"]
+                for key in secret_toml_keys(cfg):
+                    problems.append(f"{name_of(cm)}: config.toml inlines the secret {key}")
+            except (tomllib.TOMLDecodeError, KeyError) as e:
+                problems.append(f"{name_of(cm)}: config.toml is not the expected TOML: {e}")
+        if dep:
+            problems += check_deployment(dep, drain)
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            if autoscaling.get("enabled") and "replicas" in dep["spec"]:
+                problems.append(f"{name_of(dep)}: sets replicas although an HPA owns them")
+            for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
+                o = by_kind.get((kind, full))
+                if not o:
+                    continue
+                sel = o["spec"].get("selector") if kind != "NetworkPolicy" else o["spec"].get("podSelector")
+                sel = sel if kind != "Service" else {"matchLabels": sel}
+                if not sel or not selects(sel, labels):
+                    problems.append(f"{kind}/{full}: does not select the Deployment's pods")
+            hpa = by_kind.get(("HorizontalPodAutoscaler", full))
+            if hpa and hpa["spec"]["scaleTargetRef"]["name"] != full:
+                problems.append(f"{name_of(hpa)}: scales {hpa['spec']['scaleTargetRef']['name']}, not {full}")
+            if dep["spec"]["template"]["spec"].get("serviceAccountName") != full:
+                problems.append(f"{name_of(dep)}: must run as ServiceAccount {full} (Vault's Kubernetes auth role is bound to it)")
+        netpol = by_kind.get(("NetworkPolicy", full))
+        if netpol:
+            problems += check_call_graph(name, netpol, enabled, calls, release)
+    return problems

@@ -1,0 +1,158 @@
+"""Checks of k8s/: the kustomization's objects, CRD objects kubernetes-validate has no schema
+for, and the Vault policies' least privilege."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import subprocess
+from typing import Any, Callable
+
+import yaml
+
+SERVICES = ["identity", "scheduling", "messaging", "records", "billing"]
+
+# kubernetes-validate knows only built-in kinds. For these CRDs we check the fields carehub
+# relies on, by the field lists of cert-manager v1 and CloudNativePG v1 (not their full schemas).
+CRD_FIELDS: dict[tuple[str, str], dict[str, Any]] = {
+    ("cert-manager.io/v1", "Certificate"): {
+        "required": ["secretName", "issuerRef"],
+        "allowed": {"secretName", "issuerRef", "dnsNames", "uris", "usages", "privateKey", "duration", "renewBefore",
+                    "isCA", "commonName", "ipAddresses", "emailAddresses", "subject", "secretTemplate",
+                    "revisionHistoryLimit", "keystores", "literalSubject", "encodeUsagesInRequest", "additionalOutputFormats"},
+    },
+    ("cert-manager.io/v1", "Issuer"): {
+        "required": [],
+        "one_of": ["selfSigned", "ca", "vault", "acme", "venafi"],
+        "allowed": {"selfSigned", "ca", "vault", "acme", "venafi"},
+    },
+    ("cert-manager.io/v1", "ClusterIssuer"): {
+        "required": [],
+        "one_of": ["selfSigned", "ca", "vault", "acme", "venafi"],
+        "allowed": {"selfSigned", "ca", "vault", "acme", "venafi"},
+    },
+    ("postgresql.cnpg.io/v1", "Cluster"): {
+        "required": ["instances", "storage"],
+        "allowed": {"instances", "imageName", "primaryUpdateStrategy", "bootstrap", "storage", "walStorage", "postgresql",
+                    "resources", "affinity", "monitoring", "backup", "description", "enableSuperuserAccess",
+                    "managed", "minSyncReplicas", "maxSyncReplicas", "certificates", "inheritedMetadata"},
+    },
+}
+USAGES = {"server auth", "client auth", "digital signature", "key encipherment", "cert sign"}
+
+
+def is_crd_object(obj: dict) -> bool:
+    return "." in obj.get("apiVersion", "").split("/")[0] and not obj.get("apiVersion", "").split("/")[0].endswith("k8s.io")
+
+
+def check_crd_object(obj: dict) -> list[str]:
+    where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+    rules = CRD_FIELDS.get((obj.get("apiVersion"), obj.get("kind")))
+    if rules is None:
+        return [f"{where}: {obj.get('apiVersion')} {obj.get('kind')} is neither a Kubernetes kind nor a known CRD"]
+    problems = []
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj.get("metadata", {}).get("name", "")):
+        problems.append(f"{where}: metadata.name is not a DNS subdomain")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return problems + [f"{where}: spec must be an object"]
+    for key in rules["required"]:
+        if key not in spec:
+            problems.append(f"{where}: spec.{key} is required")
+    for key in set(spec) - rules["allowed"]:
+        problems.append(f"{where}: spec.{key} is not a field carehub expects here")
+    if "one_of" in rules and sum(k in spec for k in rules["one_of"]) != 1:
+        problems.append(f"{where}: exactly one of spec.{'/'.join(rules['one_of'])}")
+    if obj["kind"] == "Certificate":
+        ref = spec.get("issuerRef") or {}
+        if not ref.get("name") or ref.get("kind") not in ("Issuer", "ClusterIssuer"):
+            problems.append(f"{where}: spec.issuerRef needs a name and kind Issuer or ClusterIssuer")
+        for u in spec.get("usages") or []:
+            if u not in USAGES:
+                problems.append(f"{where}: spec.usages {u!r} is not a cert-manager key usage")
+        for d in ("duration", "renewBefore"):
+            if d in spec and not re.fullmatch(r"([0-9]+(h|m|s))+", str(spec[d])):
+                problems.append(f"{where}: spec.{d} {spec[d]!r} is not a Go duration")
+    if obj["kind"] == "Cluster":
+        if not isinstance(spec.get("instances"), int) or spec["instances"] < 1:
+            problems.append(f"{where}: spec.instances must be an integer >= 1")
+    return problems
+
+
+POLICY_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{\s*capabilities\s*=\s*\[([^\]]*)\]\s*\}', re.S)
+
+
+def policy_paths(text: str) -> dict[str, set[str]]:
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    found = {m.group(1): set(re.findall(r'"([a-z]+)"', m.group(2))) for m in POLICY_BLOCK.finditer(body)}
+    # Anything that is not a comment or a recognised block is a policy we do not understand.
+    rest = POLICY_BLOCK.sub("", body).strip()
+    if rest:
+        found["<unparsed>"] = {rest[:60]}
+    return found
+
+
+def check_vault(vault_dir: pathlib.Path) -> list[str]:
+    problems = []
+    for s in SERVICES:
+        f = vault_dir / f"carehub-{s}.hcl"
+        if not f.exists():
+            problems.append(f"{f}: missing")
+            continue
+        want = {f"secret/data/carehub/{s}/*": {"read"}, f"pki/issue/carehub-{s}": {"update"}}
+        got = policy_paths(f.read_text())
+        if got != want:
+            problems.append(f"{f.name}: grants {sorted((p, sorted(c)) for p, c in got.items())}; least privilege is {sorted((p, sorted(c)) for p, c in want.items())}")
+    f = vault_dir / "carehub-operator.hcl"
+    got = policy_paths(f.read_text()) if f.exists() else {}
+    for path, caps in got.items():
+        if not path.startswith(("secret/data/carehub/", "secret/metadata/carehub/")):
+            problems.append(f"{f.name}: path {path} is outside carehub's keys")
+        if caps & {"delete", "sudo", "deny"} or caps - {"create", "read", "update", "list", "patch"}:
+            problems.append(f"{f.name}: {path} grants {sorted(caps)}; the operator may not delete or destroy keys")
+    if not got:
+        problems.append(f"{f}: missing or empty")
+    setup = vault_dir / "setup.sh"
+    if not setup.exists() or subprocess.run(["bash", "-n", str(setup)]).returncode:
+        problems.append(f"{setup}: missing or not valid bash")
+    return problems
+
+
+def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int]) -> list[str]:
+    problems: list[str] = []
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        r = subprocess.run([kubectl, "kustomize", str(k8s)], capture_output=True, text=True)
+        if r.returncode:
+            return [f"kubectl kustomize {k8s}: {r.stderr.strip()}"]
+        docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+        how = "kubectl kustomize k8s/"
+    else:
+        # Without kubectl: the kustomization's resources as written (no transformers applied).
+        kust = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+        docs = []
+        for res in kust.get("resources", []):
+            docs += [d for d in yaml.safe_load_all((k8s / res).read_text()) if d]
+        for d in docs:
+            d.setdefault("metadata", {}).setdefault("namespace", kust.get("namespace"))
+        how = "k8s/ resources (kubectl not installed: kustomize output not checked)"
+    before = validate(docs, how)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    ns = next((d for d in docs if d["kind"] == "Namespace"), None)
+    labels = (ns or {}).get("metadata", {}).get("labels", {})
+    for mode in ("enforce", "audit", "warn"):
+        if labels.get(f"pod-security.kubernetes.io/{mode}") != "restricted":
+            problems.append(f"{how}: the namespace lacks pod-security.kubernetes.io/{mode}=restricted")
+    deny = [d for d in docs if d["kind"] == "NetworkPolicy" and d["spec"].get("podSelector") == {}
+            and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not d["spec"].get("ingress") and not d["spec"].get("egress")]
+    if not deny:
+        problems.append(f"{how}: no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)")
+    for want in (("Issuer", "carehub-ca"), ("Cluster", "carehub-identity-db")):
+        if want not in kinds:
+            problems.append(f"{how}: no {want[0]}/{want[1]}")
+    problems += check_vault(k8s / "vault")
+    if not problems and not before:
+        print(f"ok   {how}: {len(docs)} objects validate; namespace restricted, default deny; Vault policies least-privilege")
+    return problems
