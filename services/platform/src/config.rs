@@ -13,6 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::keys::config::{
+    KeyProvider, KeysConfig, TlsSource, VaultAuthConfig, VaultAuthMethod, VaultConfig,
+};
+
 /// What every service needs from its configuration, under the `[server]` table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +30,8 @@ pub struct PlatformConfig {
     pub telemetry: TelemetryConfig,
     pub limits: ServerLimits,
     pub auth: AuthConfig,
+    pub keys: KeysConfig,
+    pub vault: VaultConfig,
     pub audit: crate::audit::AuditConfig,
 }
 
@@ -39,6 +45,8 @@ impl Default for PlatformConfig {
             telemetry: TelemetryConfig::default(),
             limits: ServerLimits::default(),
             auth: AuthConfig::default(),
+            keys: KeysConfig::default(),
+            vault: VaultConfig::default(),
             audit: crate::audit::AuditConfig::default(),
         }
     }
@@ -56,6 +64,12 @@ pub struct TlsConfig {
     pub trust_domain: String,
     /// How often the files are checked for changes.
     pub reload_interval_secs: u64,
+    /// `files` (the PEM files above) or `vault_pki` (issued by `<vault.pki_mount>/issue/<pki_role>`).
+    pub source: TlsSource,
+    /// Vault PKI role; defaults to `carehub-<service>`.
+    pub pki_role: Option<String>,
+    /// Requested certificate lifetime; renewed at two thirds of it.
+    pub pki_ttl_secs: u64,
 }
 
 impl Default for TlsConfig {
@@ -66,6 +80,9 @@ impl Default for TlsConfig {
             ca_file: PathBuf::from("certs/ca.pem"),
             trust_domain: "carehub.local".to_owned(),
             reload_interval_secs: 30,
+            source: TlsSource::Files,
+            pki_role: None,
+            pki_ttl_secs: 86_400,
         }
     }
 }
@@ -219,6 +236,16 @@ impl Validate for PlatformConfig {
         need(
             self.auth.revocation_poll_secs > 0 && self.auth.revocation_poll_secs <= 30,
             "server.auth.revocation_poll_secs must be within 1..=30 (revocations must reach every service within 60 s)",
+        );
+        crate::keys::config::validate(&self.keys, &self.vault, self.tls.source, problems);
+        let mut need = |ok: bool, msg: &str| {
+            if !ok {
+                problems.push(msg.to_owned());
+            }
+        };
+        need(
+            self.tls.source != TlsSource::VaultPki || self.tls.pki_ttl_secs >= 60,
+            "server.tls.pki_ttl_secs must be at least 60",
         );
         need(
             self.database.max_connections > 0,

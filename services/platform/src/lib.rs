@@ -14,3 +14,5 @@ pub mod keys;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+#[cfg(feature = "test-support")]
+pub mod vault_double;

@@ -10,6 +10,12 @@
 //! `{"current": "<n>", "v1": "<base64 32 bytes>", "v2": ...}`. All versions live in one secret so
 //! that KV v1 and v2 behave the same and a rotated key still decrypts what it encrypted.
 
+pub mod config;
+pub mod file;
+pub mod pki;
+pub mod vault;
+pub mod vault_keys;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -100,7 +106,10 @@ impl KeyVersions {
         KeyVersions { current: 1, keys }
     }
 
-    pub fn from_versions(current: u32, keys: BTreeMap<u32, Arc<SecretKey>>) -> Result<Self, KeyError> {
+    pub fn from_versions(
+        current: u32,
+        keys: BTreeMap<u32, Arc<SecretKey>>,
+    ) -> Result<Self, KeyError> {
         if !keys.contains_key(&current) {
             return Err(KeyError::Malformed(format!(
                 "current version {current} is not among the stored versions"
@@ -211,6 +220,106 @@ pub trait KeySource: Send + Sync + 'static {
             .get(version)
             .ok_or(KeyError::UnknownVersion { name, version })
     }
+
+    /// How fresh the keys are, for readiness and metrics. Sources that never refresh are
+    /// always serving.
+    fn status(&self) -> KeyStatus {
+        KeyStatus::default()
+    }
+}
+
+/// The health of a [`KeySource`]: whether it answers, and how old its keys are.
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    /// `vault`, `file` or `static`.
+    pub provider: &'static str,
+    /// False once the keys are older than the maximum staleness (lookups fail closed).
+    pub serving: bool,
+    /// Time since the last successful refresh (None: never refreshed, never stale).
+    pub age: Option<std::time::Duration>,
+    pub max_staleness: Option<std::time::Duration>,
+    /// Why the last refresh failed, if it did.
+    pub last_error: Option<String>,
+}
+
+impl Default for KeyStatus {
+    fn default() -> Self {
+        KeyStatus {
+            provider: "static",
+            serving: true,
+            age: None,
+            max_staleness: None,
+            last_error: None,
+        }
+    }
+}
+
+/// The key source a service's configuration names: the Vault provider (keys fetched now,
+/// refreshed in the background) or the development key file.
+pub async fn from_config(
+    service: &str,
+    cfg: &crate::config::PlatformConfig,
+) -> anyhow::Result<Arc<dyn KeySource>> {
+    from_parts(service, &cfg.keys, &cfg.vault).await
+}
+
+/// [`from_config`] from the two configuration tables it reads.
+pub async fn from_parts(
+    service: &str,
+    keys: &config::KeysConfig,
+    vault_cfg: &config::VaultConfig,
+) -> anyhow::Result<Arc<dyn KeySource>> {
+    use anyhow::Context as _;
+    match keys.provider {
+        config::KeyProvider::File => Ok(file::FileKeys::load(service, keys)?),
+        config::KeyProvider::Vault => {
+            let conn = vault::VaultConn::connect(service, vault_cfg)
+                .await
+                .context("connecting to Vault for keys")?;
+            let source = vault_keys::VaultKeys::start(service, keys, conn)
+                .await
+                .with_context(|| format!("loading {service}'s keys from Vault"))?;
+            Ok(source)
+        }
+    }
+}
+
+/// A readiness check for [`crate::server::ServiceHost::readiness`]: not ready once the keys are
+/// past their maximum staleness.
+pub fn readiness(source: Arc<dyn KeySource>) -> crate::admin::ReadinessCheck {
+    Arc::new(move || source.status().serving)
+}
+
+/// Publishes `carehub_key_cache_age_seconds` and `carehub_key_cache_serving` every `every`
+/// until `source` is dropped elsewhere.
+pub fn spawn_metrics(
+    source: &Arc<dyn KeySource>,
+    metrics: Arc<crate::admin::Metrics>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(source);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+        loop {
+            ticker.tick().await;
+            let Some(source) = weak.upgrade() else { break };
+            publish_metrics(source.as_ref(), &metrics);
+        }
+    })
+}
+
+/// Sets the key-cache gauges once.
+pub fn publish_metrics(source: &dyn KeySource, metrics: &crate::admin::Metrics) {
+    let status = source.status();
+    let labels = [("provider", status.provider)];
+    if let Some(age) = status.age {
+        metrics.set_gauge("carehub_key_cache_age_seconds", &labels, age.as_secs_f64());
+    }
+    metrics.set_gauge(
+        "carehub_key_cache_serving",
+        &labels,
+        if status.serving { 1.0 } else { 0.0 },
+    );
 }
 
 /// Keys held in memory and never refreshed: for tests, and the base the providers build on.
@@ -237,7 +346,10 @@ impl StaticKeys {
 
 impl KeySource for StaticKeys {
     fn versions(&self, name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
-        self.keys.get(&name).cloned().ok_or(KeyError::Unavailable(name))
+        self.keys
+            .get(&name)
+            .cloned()
+            .ok_or(KeyError::Unavailable(name))
     }
 }
 
@@ -260,12 +372,27 @@ mod tests {
     #[test]
     fn malformed_secrets_are_refused() {
         let mut data = HashMap::from([("current".to_string(), "2".to_string())]);
-        data.insert("v1".into(), base64::engine::general_purpose::STANDARD.encode([0u8; 32]));
-        assert!(matches!(KeyVersions::from_kv_data(&data), Err(KeyError::Malformed(_))));
+        data.insert(
+            "v1".into(),
+            base64::engine::general_purpose::STANDARD.encode([0u8; 32]),
+        );
+        assert!(matches!(
+            KeyVersions::from_kv_data(&data),
+            Err(KeyError::Malformed(_))
+        ));
         data.insert("v2".into(), "not base64!".into());
-        assert!(matches!(KeyVersions::from_kv_data(&data), Err(KeyError::Malformed(_))));
-        data.insert("v2".into(), base64::engine::general_purpose::STANDARD.encode([0u8; 16]));
-        assert!(matches!(KeyVersions::from_kv_data(&data), Err(KeyError::Malformed(_))));
+        assert!(matches!(
+            KeyVersions::from_kv_data(&data),
+            Err(KeyError::Malformed(_))
+        ));
+        data.insert(
+            "v2".into(),
+            base64::engine::general_purpose::STANDARD.encode([0u8; 16]),
+        );
+        assert!(matches!(
+            KeyVersions::from_kv_data(&data),
+            Err(KeyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Service certificates from Vault PKI.
