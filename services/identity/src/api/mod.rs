@@ -1,13 +1,32 @@
 //! The gRPC surface of identity: proto <-> domain, authorization, idempotency. No SQL here.
 //!
 //! The generated service traits are implemented once, below, by delegating each RPC to the
-//! module that owns it: `accounts` (registration, profile, consents, admin actions) and
-//! `sessions` (login, MFA, PIN, tokens, sessions, passwords, keys). `policy` says who may call
-//! what.
+//! module that owns it:
+//! - accounts: `registration` (self-registration, contact verification codes), `profile` (own
+//!   profile, consents, communication preferences), `admin` (admin-created users, reading any
+//!   account, suspension/reactivation/termination); `accounts` holds what they share;
+//! - credentials: `login` (password login, throttling, lockout, device PINs), `mfa` (TOTP,
+//!   recovery codes, the login challenge), `password` (reset, change), `sessions` (opening,
+//!   refresh, logout, listing, revocation); `credentials` holds what they share;
+//! - `internal`: what other services ask for (signing keys, revocations, user lookup).
+//!
+//! `policy` says who may call what; `convert` holds shared proto encodings.
+//!
+//! RPCs whose answer carries a secret (tokens, TOTP secrets, recovery codes, device secrets) run
+//! in a plain transaction: an idempotency record would keep that secret in clear. The other
+//! mutating RPCs go through `idempotency::run`.
 
 pub mod accounts;
+pub mod admin;
 pub mod convert;
+pub mod credentials;
+pub mod internal;
+pub mod login;
+pub mod mfa;
+pub mod password;
 pub mod policy;
+pub mod profile;
+pub mod registration;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -36,88 +55,88 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<RegisterPatientRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::register_patient(&self.state, req).await
+        registration::register_patient(&self.state, req).await
     }
     async fn create_user(
         &self,
         req: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        accounts::create_user(&self.state, req).await
+        admin::create_user(&self.state, req).await
     }
     async fn send_verification_code(
         &self,
         req: Request<SendVerificationCodeRequest>,
     ) -> Result<Response<SendVerificationCodeResponse>, Status> {
-        accounts::send_verification_code(&self.state, req).await
+        registration::send_verification_code(&self.state, req).await
     }
     async fn verify_contact(
         &self,
         req: Request<VerifyContactRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::verify_contact(&self.state, req).await
+        registration::verify_contact(&self.state, req).await
     }
     async fn get_profile(&self, req: Request<GetProfileRequest>) -> Result<Response<User>, Status> {
-        accounts::get_profile(&self.state, req).await
+        profile::get_profile(&self.state, req).await
     }
     async fn update_profile(
         &self,
         req: Request<UpdateProfileRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::update_profile(&self.state, req).await
+        profile::update_profile(&self.state, req).await
     }
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        accounts::get_user(&self.state, req).await
+        admin::get_user(&self.state, req).await
     }
     async fn suspend_user(
         &self,
         req: Request<SuspendUserRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::suspend_user(&self.state, req).await
+        admin::suspend_user(&self.state, req).await
     }
     async fn reactivate_user(
         &self,
         req: Request<ReactivateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::reactivate_user(&self.state, req).await
+        admin::reactivate_user(&self.state, req).await
     }
     async fn terminate_user(
         &self,
         req: Request<TerminateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        accounts::terminate_user(&self.state, req).await
+        admin::terminate_user(&self.state, req).await
     }
     async fn get_consents(
         &self,
         req: Request<GetConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        accounts::get_consents(&self.state, req).await
+        profile::get_consents(&self.state, req).await
     }
     async fn update_consents(
         &self,
         req: Request<UpdateConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        accounts::update_consents(&self.state, req).await
+        profile::update_consents(&self.state, req).await
     }
     async fn get_communication_preferences(
         &self,
         req: Request<GetCommunicationPreferencesRequest>,
     ) -> Result<Response<CommunicationPreferences>, Status> {
-        accounts::get_communication_preferences(&self.state, req).await
+        profile::get_communication_preferences(&self.state, req).await
     }
     async fn update_communication_preferences(
         &self,
         req: Request<UpdateCommunicationPreferencesRequest>,
     ) -> Result<Response<CommunicationPreferences>, Status> {
-        accounts::update_communication_preferences(&self.state, req).await
+        profile::update_communication_preferences(&self.state, req).await
     }
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        sessions::login(&self.state, req).await
+        login::login(&self.state, req).await
     }
     async fn complete_mfa_challenge(
         &self,
         req: Request<CompleteMfaChallengeRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        sessions::complete_mfa_challenge(&self.state, req).await
+        mfa::complete_mfa_challenge(&self.state, req).await
     }
     async fn refresh_session(
         &self,
@@ -144,52 +163,52 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
-        sessions::request_password_reset(&self.state, req).await
+        password::request_password_reset(&self.state, req).await
     }
     async fn reset_password(
         &self,
         req: Request<ResetPasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        sessions::reset_password(&self.state, req).await
+        password::reset_password(&self.state, req).await
     }
     async fn change_password(
         &self,
         req: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        sessions::change_password(&self.state, req).await
+        password::change_password(&self.state, req).await
     }
     async fn enroll_totp(
         &self,
         req: Request<EnrollTotpRequest>,
     ) -> Result<Response<EnrollTotpResponse>, Status> {
-        sessions::enroll_totp(&self.state, req).await
+        mfa::enroll_totp(&self.state, req).await
     }
     async fn confirm_totp(
         &self,
         req: Request<ConfirmTotpRequest>,
     ) -> Result<Response<ConfirmTotpResponse>, Status> {
-        sessions::confirm_totp(&self.state, req).await
+        mfa::confirm_totp(&self.state, req).await
     }
     async fn disable_totp(&self, req: Request<DisableTotpRequest>) -> Result<Response<()>, Status> {
-        sessions::disable_totp(&self.state, req).await
+        mfa::disable_totp(&self.state, req).await
     }
     async fn enroll_device_pin(
         &self,
         req: Request<EnrollDevicePinRequest>,
     ) -> Result<Response<EnrollDevicePinResponse>, Status> {
-        sessions::enroll_device_pin(&self.state, req).await
+        login::enroll_device_pin(&self.state, req).await
     }
     async fn unlock_with_pin(
         &self,
         req: Request<UnlockWithPinRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        sessions::unlock_with_pin(&self.state, req).await
+        login::unlock_with_pin(&self.state, req).await
     }
     async fn list_signing_keys(
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        sessions::list_signing_keys(&self.state, req).await
+        internal::list_signing_keys(&self.state, req).await
     }
 }
 
@@ -199,18 +218,18 @@ impl IdentityInternal for IdentityApi {
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        sessions::list_signing_keys(&self.state, req).await
+        internal::list_signing_keys(&self.state, req).await
     }
     async fn list_revocations(
         &self,
         req: Request<ListRevocationsRequest>,
     ) -> Result<Response<ListRevocationsResponse>, Status> {
-        sessions::list_revocations(&self.state, req).await
+        internal::list_revocations(&self.state, req).await
     }
     async fn lookup_user(
         &self,
         req: Request<LookupUserRequest>,
     ) -> Result<Response<UserSummary>, Status> {
-        accounts::lookup_user(&self.state, req).await
+        internal::lookup_user(&self.state, req).await
     }
 }

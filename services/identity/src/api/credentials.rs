@@ -1,0 +1,80 @@
+//! What the login, MFA, password and session handlers share: checks of credential fields
+//! (passwords, tokens, ids), the signed-in caller, and password hashing.
+
+use carehub_platform::auth::{self, Caller};
+use carehub_platform::errors::FieldViolations;
+use sqlx::PgConnection;
+use tonic::{Response, Status};
+use uuid::Uuid;
+
+use crate::domain::password::{self, PasswordHasher};
+use crate::domain::tokens;
+use crate::error::{IdentityError, Result};
+use crate::store::sessions::{self as store, Credentials};
+
+pub(super) type Reply<T> = std::result::Result<Response<T>, Status>;
+
+pub(super) const PASSWORD_MAX: usize = password::MAX_LEN;
+
+pub(super) fn is_active(cred: &Credentials) -> bool {
+    cred.status == "active"
+}
+
+/// Configured seconds as the i64 the database and chrono take; saturates instead of wrapping.
+pub(super) fn secs(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX / 1000)
+}
+
+pub(super) fn check_secret(v: &mut FieldViolations, field: &str, value: &str, max: usize) {
+    v.require_len(value, field, 1, max);
+}
+
+pub(super) fn check_token(v: &mut FieldViolations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if value.len() > tokens::MAX_TOKEN_LEN {
+        v.add(
+            field,
+            format!("must be at most {} characters", tokens::MAX_TOKEN_LEN),
+        );
+    } else if !tokens::is_token_format(value) {
+        v.add(field, "is malformed");
+    }
+}
+
+pub(super) fn check_uuid(v: &mut FieldViolations, field: &str, value: &str) -> Option<Uuid> {
+    if value.is_empty() {
+        v.add(field, "is required");
+        return None;
+    }
+    match Uuid::parse_str(value) {
+        Ok(id) if value.len() <= 36 => Some(id),
+        _ => {
+            v.add(field, "must be a UUID");
+            None
+        }
+    }
+}
+
+/// The signed-in caller (UNAUTHENTICATED without an access token).
+pub(super) fn signed_in(caller: &Caller) -> Result<auth::UserCaller> {
+    Ok(caller.user()?.clone())
+}
+
+pub(super) async fn hash_password(hasher: &PasswordHasher, secret: String) -> Result<String> {
+    hasher
+        .hash_async(secret)
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))
+}
+
+/// The signed-in user's credentials, locked until the commit so that concurrent credential
+/// changes serialize. SESSION_EXPIRED when the account is gone: the token outlived it.
+pub(super) async fn lock_own_credentials(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<Credentials> {
+    store::credentials_by_id(conn, user_id, true)
+        .await?
+        .ok_or(IdentityError::SessionExpired)
+}

@@ -1,0 +1,113 @@
+//! IdentityInternal: what other carehub services ask identity for — token-signing keys (also on
+//! IdentityService), the revocation feed, and a user's summary.
+
+use carehub_platform::errors::FieldViolations;
+use carehub_proto::identity::v1 as pb;
+use carehub_proto::identity::v1::*;
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response};
+
+use super::accounts::checked;
+use super::credentials::{secs, Reply};
+use crate::api::convert::{role_to_pb, status_to_pb, timestamp};
+use crate::domain::validation as val;
+use crate::error::{IdentityError, Result};
+use crate::store::accounts as account_store;
+use crate::store::sessions as store;
+use crate::AppState;
+
+/// Most revocations one ListRevocations answer carries.
+const REVOCATIONS_MAX: i64 = 10_000;
+/// `as_of` lags the database clock by this much, so that a revocation whose transaction was
+/// still committing when the feed was read is not skipped by a client resuming from `as_of`.
+const REVOCATION_FEED_LAG_SECS: i64 = 5;
+
+pub async fn list_signing_keys(
+    state: &AppState,
+    _req: Request<ListSigningKeysRequest>,
+) -> Reply<ListSigningKeysResponse> {
+    let keys = state
+        .keys
+        .published()
+        .iter()
+        .map(|k| pb::SigningKey {
+            kid: k.kid.clone(),
+            kty: "OKP".to_owned(),
+            crv: "Ed25519".to_owned(),
+            x: carehub_platform::jwt::jwk_x(&k.key),
+            alg: "EdDSA".to_owned(),
+            not_before_time: Some(timestamp(k.not_before)),
+        })
+        .collect();
+    Ok(Response::new(ListSigningKeysResponse { keys }))
+}
+
+pub async fn list_revocations(
+    state: &AppState,
+    req: Request<ListRevocationsRequest>,
+) -> Reply<ListRevocationsResponse> {
+    Ok(Response::new(list_revocations_inner(state, req).await?))
+}
+
+async fn list_revocations_inner(
+    state: &AppState,
+    req: Request<ListRevocationsRequest>,
+) -> Result<ListRevocationsResponse> {
+    let r = req.into_inner();
+    let mut v = FieldViolations::new();
+    let since = match r.since {
+        None => None,
+        Some(ts) => {
+            let t = u32::try_from(ts.nanos)
+                .ok()
+                .filter(|n| *n < 1_000_000_000)
+                .and_then(|n| DateTime::<Utc>::from_timestamp(ts.seconds, n));
+            if t.is_none() {
+                v.add("since", "is not a valid timestamp");
+            }
+            t
+        }
+    };
+    v.finish()?;
+    let mut conn = state.pool.acquire().await?;
+    let now = store::db_now(&mut conn).await?;
+    let lookback = secs(state.settings.access_token_ttl_secs) + carehub_platform::jwt::LEEWAY_SECS;
+    let since = since.unwrap_or(now - chrono::Duration::seconds(lookback));
+    let rows = store::revocations_since(&mut conn, since, REVOCATIONS_MAX).await?;
+    let revocations = rows
+        .into_iter()
+        .filter_map(|row| {
+            let target = match (row.session_id, row.user_id) {
+                (Some(s), _) => pb::revocation::Target::SessionId(s.to_string()),
+                (None, Some(u)) => pb::revocation::Target::UserId(u.to_string()),
+                (None, None) => return None,
+            };
+            Some(pb::Revocation {
+                target: Some(target),
+                revoke_time: Some(timestamp(row.revoked_at)),
+            })
+        })
+        .collect();
+    let as_of = (now - chrono::Duration::seconds(REVOCATION_FEED_LAG_SECS)).max(since);
+    Ok(ListRevocationsResponse {
+        revocations,
+        as_of: Some(timestamp(as_of)),
+    })
+}
+
+pub async fn lookup_user(state: &AppState, req: Request<LookupUserRequest>) -> Reply<UserSummary> {
+    let r = req.into_inner();
+    let mut v = FieldViolations::new();
+    let id = val::check_uuid(&mut v, "user_id", &r.user_id);
+    v.finish()?;
+    let id = checked(id)?;
+    let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
+    let a = account_store::require_user(&mut conn, id).await?;
+    Ok(Response::new(UserSummary {
+        user_id: a.id.to_string(),
+        roles: vec![role_to_pb(a.role) as i32],
+        status: status_to_pb(a.status) as i32,
+        display_name: a.display_name(),
+        time_zone: a.time_zone,
+    }))
+}

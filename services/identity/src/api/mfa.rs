@@ -1,0 +1,291 @@
+//! MFA: TOTP enrollment, confirmation (which hands out recovery codes) and disabling, and the
+//! challenge that completes a login of an account with TOTP.
+
+use carehub_platform::auth;
+use carehub_platform::errors::FieldViolations;
+use carehub_platform::idempotency;
+use carehub_proto::identity::v1::*;
+use chrono::Utc;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use tonic::{Request, Response};
+use uuid::Uuid;
+
+use super::credentials::{
+    check_secret, check_token, is_active, lock_own_credentials, signed_in, Reply, PASSWORD_MAX,
+};
+use super::scope;
+use super::sessions::open_session;
+use crate::domain::{tokens, totp};
+use crate::error::{IdentityError, Result};
+use crate::store::sessions as store;
+use crate::AppState;
+
+/// Wrong codes an MFA challenge survives.
+const MFA_MAX_ATTEMPTS: i32 = 5;
+
+fn check_totp_code(v: &mut FieldViolations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if !totp::is_code_format(value) {
+        v.add(field, "must be exactly 6 digits");
+    }
+}
+
+fn check_recovery_code(v: &mut FieldViolations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if value.len() > 64 || tokens::normalize_recovery_code(value).is_none() {
+        v.add(field, "is not a recovery code (xxxxx-xxxxx)");
+    }
+}
+
+fn conflict(kind: &'static str, user_id: Uuid, description: &str) -> IdentityError {
+    IdentityError::Conflict {
+        kind,
+        subject: user_id.to_string(),
+        description: description.to_owned(),
+    }
+}
+
+pub async fn complete_mfa_challenge(
+    state: &AppState,
+    req: Request<CompleteMfaChallengeRequest>,
+) -> Reply<AuthTokens> {
+    Ok(Response::new(complete_mfa_inner(state, req).await?))
+}
+
+async fn complete_mfa_inner(
+    state: &AppState,
+    req: Request<CompleteMfaChallengeRequest>,
+) -> Result<AuthTokens> {
+    use complete_mfa_challenge_request::Code;
+    let caller = auth::caller(&req)?;
+    let r = req.into_inner();
+    let mut v = FieldViolations::new();
+    check_token(&mut v, "challenge_token", &r.challenge_token);
+    match &r.code {
+        None => v.add("totp_code", "a totp_code or a recovery_code is required"),
+        Some(Code::TotpCode(c)) => check_totp_code(&mut v, "totp_code", c),
+        Some(Code::RecoveryCode(c)) => check_recovery_code(&mut v, "recovery_code", c),
+    }
+    v.finish()?;
+    let Some(code) = r.code else {
+        return Err(IdentityError::Internal("validated code missing".into()));
+    };
+    let challenge_hash = tokens::hash(&r.challenge_token);
+    let invalid = IdentityError::CodeInvalid {
+        field: "challenge_token",
+    };
+
+    // The attempt counts (committed on its own) before the code is checked.
+    let (challenge, cred) = {
+        let mut conn = state.pool.acquire().await?;
+        let Some(ch) =
+            store::attempt_mfa_challenge(&mut conn, &challenge_hash, MFA_MAX_ATTEMPTS).await?
+        else {
+            return Err(invalid);
+        };
+        let cred = store::credentials_by_id(&mut conn, ch.user_id, false).await?;
+        (ch, cred)
+    };
+    let Some(cred) = cred else {
+        return Err(invalid);
+    };
+    if !is_active(&cred) {
+        return Err(IdentityError::AccountDisabled);
+    }
+    let Some(secret) = cred.totp_secret.clone() else {
+        return Err(invalid);
+    };
+
+    let mut tx = state.pool.begin().await?;
+    let amr: [&str; 2] = match &code {
+        Code::TotpCode(c) => {
+            let step = totp::verify(&secret, c, Utc::now().timestamp(), cred.totp_last_step)
+                .ok_or(IdentityError::MfaCodeWrong)?;
+            if !store::advance_totp_step(&mut tx, cred.id, step).await? {
+                return Err(IdentityError::MfaCodeWrong);
+            }
+            ["pwd", "otp"]
+        }
+        Code::RecoveryCode(c) => {
+            let hash = tokens::hash_recovery_code(c).ok_or(IdentityError::MfaCodeWrong)?;
+            if !store::use_recovery_code(&mut tx, cred.id, &hash).await? {
+                return Err(IdentityError::MfaCodeWrong);
+            }
+            ["pwd", "rc"]
+        }
+    };
+    if !store::consume_mfa_challenge(&mut tx, &challenge_hash).await? {
+        return Err(invalid);
+    }
+    let tokens = open_session(state, &mut tx, &cred, &amr, &caller, None).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %challenge.user_id, attempts = challenge.attempts, "mfa challenge completed");
+    Ok(tokens)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TOTP
+
+pub async fn enroll_totp(
+    state: &AppState,
+    req: Request<EnrollTotpRequest>,
+) -> Reply<EnrollTotpResponse> {
+    Ok(Response::new(enroll_totp_inner(state, req).await?))
+}
+
+async fn enroll_totp_inner(
+    state: &AppState,
+    req: Request<EnrollTotpRequest>,
+) -> Result<EnrollTotpResponse> {
+    let caller = auth::caller(&req)?;
+    let user = signed_in(&caller)?;
+    let mut tx = state.pool.begin().await?;
+    let cred = lock_own_credentials(&mut tx, user.user_id).await?;
+    if cred.totp_secret.is_some() {
+        return Err(conflict(
+            "MFA_ENABLED",
+            user.user_id,
+            "TOTP is already enabled; disable it first",
+        ));
+    }
+    let secret = totp::generate_secret();
+    store::set_pending_totp(&mut tx, user.user_id, &secret).await?;
+    tx.commit().await?;
+    Ok(EnrollTotpResponse {
+        secret: totp::encode_secret(&secret),
+        otpauth_uri: totp::otpauth_uri(&secret, &user.user_id.to_string()),
+    })
+}
+
+pub async fn confirm_totp(
+    state: &AppState,
+    req: Request<ConfirmTotpRequest>,
+) -> Reply<ConfirmTotpResponse> {
+    Ok(Response::new(confirm_totp_inner(state, req).await?))
+}
+
+async fn confirm_totp_inner(
+    state: &AppState,
+    req: Request<ConfirmTotpRequest>,
+) -> Result<ConfirmTotpResponse> {
+    let caller = auth::caller(&req)?;
+    let user = signed_in(&caller)?;
+    let r = req.into_inner();
+    let mut v = FieldViolations::new();
+    check_totp_code(&mut v, "totp_code", &r.totp_code);
+    v.finish()?;
+    let mut tx = state.pool.begin().await?;
+    let cred = lock_own_credentials(&mut tx, user.user_id).await?;
+    let Some(pending) = cred.totp_pending_secret else {
+        return Err(conflict(
+            "TOTP_NOT_ENROLLED",
+            user.user_id,
+            "call EnrollTotp first",
+        ));
+    };
+    let step = totp::verify(&pending, &r.totp_code, Utc::now().timestamp(), None)
+        .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
+    if !store::activate_totp(&mut tx, user.user_id, step).await? {
+        return Err(conflict(
+            "TOTP_NOT_ENROLLED",
+            user.user_id,
+            "call EnrollTotp first",
+        ));
+    }
+    let codes: Vec<String> = (0..tokens::RECOVERY_CODE_COUNT)
+        .map(|_| tokens::new_recovery_code())
+        .collect();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .filter_map(|c| tokens::hash_recovery_code(c))
+        .collect();
+    store::replace_recovery_codes(&mut tx, user.user_id, &hashes).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user.user_id, "totp enabled");
+    Ok(ConfirmTotpResponse {
+        recovery_codes: codes,
+    })
+}
+
+pub async fn disable_totp(state: &AppState, req: Request<DisableTotpRequest>) -> Reply<()> {
+    disable_totp_inner(state, req).await?;
+    Ok(Response::new(()))
+}
+
+async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) -> Result<()> {
+    use disable_totp_request::Code;
+    let caller = auth::caller(&req)?;
+    let user = signed_in(&caller)?;
+    let key = idempotency::key_of(&req)?;
+    let r = req.get_ref();
+    let mut v = FieldViolations::new();
+    check_secret(
+        &mut v,
+        "current_password",
+        &r.current_password,
+        PASSWORD_MAX,
+    );
+    match &r.code {
+        None => v.add("totp_code", "a totp_code or a recovery_code is required"),
+        Some(Code::TotpCode(c)) => check_totp_code(&mut v, "totp_code", c),
+        Some(Code::RecoveryCode(c)) => check_recovery_code(&mut v, "recovery_code", c),
+    }
+    v.finish()?;
+    let Some(code) = r.code.clone() else {
+        return Err(IdentityError::Internal("validated code missing".into()));
+    };
+    let password = r.current_password.clone();
+    let hasher = state.hasher.clone();
+    let user_id = user.user_id;
+    idempotency::run(
+        &state.pool,
+        &scope("DisableTotp"),
+        &caller.actor_key(),
+        key.as_deref(),
+        req.get_ref(),
+        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                let cred = lock_own_credentials(conn, user_id).await?;
+                let Some(secret) = cred.totp_secret.clone() else {
+                    return Err(conflict("MFA_NOT_ENABLED", user_id, "TOTP is not enabled"));
+                };
+                if !hasher
+                    .verify_async(password, Some(cred.password_hash.clone()))
+                    .await
+                {
+                    return Err(IdentityError::InvalidCredentials);
+                }
+                match code {
+                    Code::TotpCode(c) => {
+                        let step =
+                            totp::verify(&secret, &c, Utc::now().timestamp(), cred.totp_last_step)
+                                .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
+                        if !store::advance_totp_step(conn, user_id, step).await? {
+                            return Err(IdentityError::CodeInvalid { field: "totp_code" });
+                        }
+                    }
+                    Code::RecoveryCode(c) => {
+                        let invalid = IdentityError::CodeInvalid {
+                            field: "recovery_code",
+                        };
+                        let hash =
+                            tokens::hash_recovery_code(&c).ok_or(IdentityError::CodeInvalid {
+                                field: "recovery_code",
+                            })?;
+                        if !store::use_recovery_code(conn, user_id, &hash).await? {
+                            return Err(invalid);
+                        }
+                    }
+                }
+                store::disable_totp(conn, user_id).await?;
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    tracing::info!(user_id = %user_id, "totp disabled");
+    Ok(())
+}

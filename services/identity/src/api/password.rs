@@ -1,0 +1,228 @@
+//! Passwords: reset by emailed token, and change by the signed-in user. Either revokes sessions.
+
+use std::sync::{Arc, Mutex};
+
+use carehub_platform::auth;
+use carehub_platform::errors::FieldViolations;
+use carehub_platform::idempotency;
+use carehub_proto::common::v1::ErrorReason;
+use carehub_proto::identity::v1::*;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use tonic::{Request, Response};
+use uuid::Uuid;
+
+use super::credentials::{
+    check_secret, check_token, hash_password, is_active, lock_own_credentials, secs, signed_in,
+    Reply, PASSWORD_MAX,
+};
+use super::scope;
+use crate::domain::{password, tokens, validation};
+use crate::error::{IdentityError, Result};
+use crate::notify::{Channel, Notification, NotificationKind};
+use crate::store::revocation;
+use crate::store::sessions as store;
+use crate::AppState;
+
+fn check_new_password(v: &mut FieldViolations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if let Some(why) = password::policy_violation(value) {
+        v.add_with_reason(field, why, ErrorReason::PasswordPolicy);
+    }
+}
+
+pub async fn request_password_reset(
+    state: &AppState,
+    req: Request<RequestPasswordResetRequest>,
+) -> Reply<()> {
+    request_reset_inner(state, req).await?;
+    Ok(Response::new(()))
+}
+
+async fn request_reset_inner(
+    state: &AppState,
+    req: Request<RequestPasswordResetRequest>,
+) -> Result<()> {
+    let key = idempotency::key_of(&req)?;
+    let mut v = FieldViolations::new();
+    let email = validation::check_email(&mut v, "email", &req.get_ref().email);
+    v.finish()?;
+    let email = email.unwrap_or_default();
+    let ttl = secs(state.settings.password_reset_ttl_secs);
+    // The token leaves the transaction only to be sent after the commit; a replayed request
+    // sends nothing again.
+    let outbox: Arc<Mutex<Option<Notification>>> = Arc::default();
+    let slot = outbox.clone();
+    idempotency::run(
+        &state.pool,
+        &scope("RequestPasswordReset"),
+        "anon",
+        key.as_deref(),
+        req.get_ref(),
+        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                let Some(cred) = store::credentials_by_email(conn, &email).await? else {
+                    return Ok(());
+                };
+                if !is_active(&cred) {
+                    return Ok(());
+                }
+                let token = tokens::new_token();
+                store::insert_password_reset(conn, &tokens::hash(&token), cred.id, ttl).await?;
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(Notification {
+                        user_id: cred.id,
+                        channel: Channel::Email,
+                        destination: cred.email.clone(),
+                        kind: NotificationKind::PasswordReset { token },
+                    });
+                }
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    let pending = outbox.lock().ok().and_then(|mut s| s.take());
+    if let Some(n) = pending {
+        let user_id = n.user_id;
+        if let Err(e) = state.notifier.send(n).await {
+            tracing::warn!(user_id = %user_id, error = %e, "password-reset notification not sent");
+        }
+    }
+    Ok(())
+}
+
+async fn notify_password_changed(state: &AppState, user_id: Uuid) {
+    let email = match state.pool.acquire().await {
+        Ok(mut conn) => store::credentials_by_id(&mut conn, user_id, false)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.email),
+        Err(_) => None,
+    };
+    if let Some(destination) = email {
+        let n = Notification {
+            user_id,
+            channel: Channel::Email,
+            destination,
+            kind: NotificationKind::PasswordChanged,
+        };
+        if let Err(e) = state.notifier.send(n).await {
+            tracing::warn!(user_id = %user_id, error = %e, "password-changed notification not sent");
+        }
+    }
+}
+
+pub async fn reset_password(state: &AppState, req: Request<ResetPasswordRequest>) -> Reply<()> {
+    reset_password_inner(state, req).await?;
+    Ok(Response::new(()))
+}
+
+async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordRequest>) -> Result<()> {
+    let key = idempotency::key_of(&req)?;
+    let r = req.get_ref();
+    let mut v = FieldViolations::new();
+    check_token(&mut v, "reset_token", &r.reset_token);
+    check_new_password(&mut v, "new_password", &r.new_password);
+    v.finish()?;
+    let token_hash = tokens::hash(&r.reset_token);
+    let new_password = r.new_password.clone();
+    let hasher = state.hasher.clone();
+    let changed: Arc<Mutex<Option<Uuid>>> = Arc::default();
+    let slot = changed.clone();
+    idempotency::run(
+        &state.pool,
+        &scope("ResetPassword"),
+        "anon",
+        key.as_deref(),
+        req.get_ref(),
+        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                let user_id = store::consume_password_reset(conn, &token_hash)
+                    .await?
+                    .ok_or(IdentityError::CodeInvalid {
+                        field: "reset_token",
+                    })?;
+                let phc = hash_password(&hasher, new_password).await?;
+                store::set_password(conn, user_id, &phc).await?;
+                revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(user_id);
+                }
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    let user = changed.lock().ok().and_then(|mut s| s.take());
+    if let Some(user_id) = user {
+        tracing::info!(user_id = %user_id, "password reset; every session revoked");
+        notify_password_changed(state, user_id).await;
+    }
+    Ok(())
+}
+
+pub async fn change_password(state: &AppState, req: Request<ChangePasswordRequest>) -> Reply<()> {
+    change_password_inner(state, req).await?;
+    Ok(Response::new(()))
+}
+
+async fn change_password_inner(
+    state: &AppState,
+    req: Request<ChangePasswordRequest>,
+) -> Result<()> {
+    let caller = auth::caller(&req)?;
+    let user = signed_in(&caller)?;
+    let key = idempotency::key_of(&req)?;
+    let r = req.get_ref();
+    let mut v = FieldViolations::new();
+    check_secret(
+        &mut v,
+        "current_password",
+        &r.current_password,
+        PASSWORD_MAX,
+    );
+    check_new_password(&mut v, "new_password", &r.new_password);
+    if !r.new_password.is_empty() && r.new_password == r.current_password {
+        v.add("new_password", "must differ from current_password");
+    }
+    v.finish()?;
+    let (current, new) = (r.current_password.clone(), r.new_password.clone());
+    let hasher = state.hasher.clone();
+    let (user_id, session_id) = (user.user_id, user.session_id);
+    idempotency::run(
+        &state.pool,
+        &scope("ChangePassword"),
+        &caller.actor_key(),
+        key.as_deref(),
+        req.get_ref(),
+        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                let cred = lock_own_credentials(conn, user_id).await?;
+                if !hasher
+                    .verify_async(current, Some(cred.password_hash.clone()))
+                    .await
+                {
+                    return Err(IdentityError::InvalidCredentials);
+                }
+                let phc = hash_password(&hasher, new).await?;
+                store::set_password(conn, user_id, &phc).await?;
+                store::clear_session_password_change(conn, session_id).await?;
+                revocation::revoke_user_sessions(
+                    conn,
+                    user_id,
+                    "password_changed",
+                    Some(session_id),
+                )
+                .await?;
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    tracing::info!(user_id = %user_id, "password changed; other sessions revoked");
+    notify_password_changed(state, user_id).await;
+    Ok(())
+}
