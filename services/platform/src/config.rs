@@ -175,6 +175,10 @@ pub struct AuthConfig {
     pub identity_endpoint: Option<String>,
     /// How often revoked sessions are fetched from identity (must stay well under 60 s).
     pub revocation_poll_secs: u64,
+    /// After this long without a successful poll of the revocation feed, user tokens are refused
+    /// (UNAVAILABLE) rather than trusted blindly. With identity's 5 s feed lag, a revocation
+    /// reaches every service within this + 5 s; at most 55 keeps the 60 s promise.
+    pub revocation_max_staleness_secs: u64,
     /// Workloads whose `x-forwarded-for` / `x-forwarded-user-agent` are trusted.
     pub gateway_workloads: Vec<String>,
 }
@@ -186,6 +190,7 @@ impl Default for AuthConfig {
             audience: "carehub".to_owned(),
             identity_endpoint: None,
             revocation_poll_secs: 15,
+            revocation_max_staleness_secs: 50,
             gateway_workloads: vec!["gateway".to_owned()],
         }
     }
@@ -236,6 +241,11 @@ impl Validate for PlatformConfig {
         need(
             self.auth.revocation_poll_secs > 0 && self.auth.revocation_poll_secs <= 30,
             "server.auth.revocation_poll_secs must be within 1..=30 (revocations must reach every service within 60 s)",
+        );
+        need(
+            self.auth.revocation_max_staleness_secs > self.auth.revocation_poll_secs
+                && self.auth.revocation_max_staleness_secs <= 55,
+            "server.auth.revocation_max_staleness_secs must be above revocation_poll_secs and at most 55",
         );
         crate::keys::config::validate(&self.keys, &self.vault, self.tls.source, problems);
         let mut need = |ok: bool, msg: &str| {

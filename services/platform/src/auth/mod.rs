@@ -6,6 +6,9 @@
 //! service's [`Policy`] before the handler runs and leaves a [`Caller`] in the extensions.
 //! Anything without a rule is denied.
 
+pub mod remote;
+pub use remote::RemoteVerifier;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;

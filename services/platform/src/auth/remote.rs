@@ -1,0 +1,321 @@
+//! Verifies identity's access tokens in every other service, without a call to identity on the
+//! request path.
+//!
+//! * Signing keys come from `IdentityInternal.ListSigningKeys` and are cached; a token whose key
+//!   id is unknown triggers one refetch (at most one every [`KEY_REFETCH_MIN_INTERVAL`], so a
+//!   flood of made-up key ids cannot turn into a flood of calls to identity).
+//! * Revoked sessions and accounts come from `IdentityInternal.ListRevocations`, polled every
+//!   `server.auth.revocation_poll_secs`. If the feed could not be read for longer than
+//!   `server.auth.revocation_max_staleness_secs`, user tokens are refused with UNAVAILABLE:
+//!   a suspended account must not keep working just because identity is unreachable
+//!   (the platform promises that suspension reaches every service within 60 seconds).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use carehub_proto::common::v1::ErrorReason;
+use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
+use carehub_proto::identity::v1::{revocation, ListRevocationsRequest, ListSigningKeysRequest};
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinHandle;
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use super::{user_from_claims, TokenVerifier, UserCaller};
+use crate::client::ServiceChannel;
+use crate::config::{AuthConfig, PlatformConfig};
+use crate::errors;
+use crate::jwt::{self, JwtError, LEEWAY_SECS};
+use crate::tls::TlsStore;
+
+/// Refetching keys more often than this on unknown key ids is pointless: identity publishes a
+/// key well before it signs with it.
+pub const KEY_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest lifetime of an access token identity issues (10 minutes) plus clock leeway: after
+/// that a revocation entry can no longer match a valid token and is dropped.
+const REVOCATION_RETENTION_SECS: i64 = 600 + 2 * LEEWAY_SECS;
+
+/// A [`TokenVerifier`] backed by identity's internal API. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: IdentityInternalClient<ServiceChannel>,
+    issuer: String,
+    audience: String,
+    poll_interval: Duration,
+    max_staleness: Duration,
+    keys: RwLock<HashMap<String, VerifyingKey>>,
+    /// Serializes refetches; holds when the last one happened.
+    key_fetch: AsyncMutex<Option<Instant>>,
+    feed: RwLock<RevocationState>,
+    /// Serializes polls (the background task and [`RemoteVerifier::refresh_revocations`]).
+    poll_lock: AsyncMutex<()>,
+}
+
+#[derive(Default)]
+struct RevocationState {
+    /// Revoked session id → when it was revoked (unix seconds).
+    sessions: HashMap<Uuid, i64>,
+    /// User id → the latest instant (unix seconds) at or before which all tokens are invalid.
+    users: HashMap<Uuid, i64>,
+    /// `as_of` of the last successful poll, passed back as `since`.
+    since: Option<prost_types::Timestamp>,
+    last_success: Option<Instant>,
+}
+
+impl RemoteVerifier {
+    /// A verifier talking to identity over `channel` (mTLS, our own workload certificate).
+    /// Nothing is fetched yet: call [`Self::refresh_keys`] / [`Self::refresh_revocations`] or
+    /// [`Self::spawn_refresher`]; until the first successful poll, user tokens get UNAVAILABLE.
+    pub fn new(channel: ServiceChannel, cfg: &AuthConfig) -> Self {
+        Self::with_intervals(
+            channel,
+            cfg,
+            Duration::from_secs(cfg.revocation_poll_secs),
+            Duration::from_secs(cfg.revocation_max_staleness_secs),
+        )
+    }
+
+    /// The verifier of a service configured with `server.auth.identity_endpoint`: connects to
+    /// identity (lazily, so services may start in any order) with this service's own mTLS
+    /// certificate; identity's certificate must name `identity`.
+    pub fn from_config(cfg: &PlatformConfig, tls: &Arc<TlsStore>) -> anyhow::Result<Self> {
+        let endpoint = cfg.auth.identity_endpoint.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("server.auth.identity_endpoint must be set to verify access tokens")
+        })?;
+        let channel = crate::client::connect_lazy(endpoint, tls, "identity")?;
+        Ok(Self::new(channel, &cfg.auth))
+    }
+
+    /// Like [`Self::new`] with explicit intervals (tests use sub-second ones).
+    pub fn with_intervals(
+        channel: ServiceChannel,
+        cfg: &AuthConfig,
+        poll_interval: Duration,
+        max_staleness: Duration,
+    ) -> Self {
+        RemoteVerifier {
+            inner: Arc::new(Inner {
+                client: IdentityInternalClient::new(channel),
+                issuer: cfg.issuer.clone(),
+                audience: cfg.audience.clone(),
+                poll_interval,
+                max_staleness,
+                keys: RwLock::new(HashMap::new()),
+                key_fetch: AsyncMutex::new(None),
+                feed: RwLock::new(RevocationState::default()),
+                poll_lock: AsyncMutex::new(()),
+            }),
+        }
+    }
+
+    /// True once keys and a fresh revocation feed are held: the service may take user traffic.
+    pub fn is_ready(&self) -> bool {
+        let has_keys = read(&self.inner.keys)
+            .map(|k| !k.is_empty())
+            .unwrap_or(false);
+        has_keys && self.feed_is_fresh()
+    }
+
+    fn feed_is_fresh(&self) -> bool {
+        read(&self.inner.feed)
+            .ok()
+            .and_then(|f| f.last_success)
+            .is_some_and(|t| t.elapsed() <= self.inner.max_staleness)
+    }
+
+    /// Replaces the cached keys with identity's published ones.
+    pub async fn refresh_keys(&self) -> Result<usize, Status> {
+        let mut last = self.inner.key_fetch.lock().await;
+        let count = self.fetch_keys().await?;
+        *last = Some(Instant::now());
+        Ok(count)
+    }
+
+    async fn fetch_keys(&self) -> Result<usize, Status> {
+        let mut client = self.inner.client.clone();
+        let published = client
+            .list_signing_keys(ListSigningKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
+        let mut keys = HashMap::with_capacity(published.len());
+        for key in published {
+            if key.kty != "OKP" || key.crv != "Ed25519" || key.alg != "EdDSA" {
+                tracing::warn!(kid = %key.kid, "identity published a key that is not Ed25519; ignored");
+                continue;
+            }
+            match jwt::key_from_jwk_x(&key.x) {
+                Some(vk) => {
+                    keys.insert(key.kid, vk);
+                }
+                None => {
+                    tracing::warn!(kid = %key.kid, "identity published a malformed key; ignored")
+                }
+            }
+        }
+        let count = keys.len();
+        if let Ok(mut cached) = self.inner.keys.write() {
+            *cached = keys;
+        }
+        Ok(count)
+    }
+
+    /// The key for `kid`, refetching once when it is unknown (rate-limited).
+    async fn key_for(&self, kid: &str) -> Result<VerifyingKey, Status> {
+        if let Some(key) = read(&self.inner.keys)?.get(kid) {
+            return Ok(*key);
+        }
+        {
+            let mut last = self.inner.key_fetch.lock().await;
+            // Another request may have refetched while we waited for the lock.
+            if let Some(key) = read(&self.inner.keys)?.get(kid) {
+                return Ok(*key);
+            }
+            if last.is_none_or(|t| t.elapsed() >= KEY_REFETCH_MIN_INTERVAL) {
+                *last = Some(Instant::now());
+                if let Err(status) = self.fetch_keys().await {
+                    tracing::warn!(code = ?status.code(), "could not refetch identity's signing keys");
+                }
+            }
+        }
+        read(&self.inner.keys)?
+            .get(kid)
+            .copied()
+            .ok_or_else(|| bad_token("access token is signed by an unknown key"))
+    }
+
+    /// Reads revocations published since the last poll.
+    pub async fn refresh_revocations(&self) -> Result<usize, Status> {
+        let _one_at_a_time = self.inner.poll_lock.lock().await;
+        let since = read(&self.inner.feed)?.since;
+        let mut client = self.inner.client.clone();
+        let page = client
+            .list_revocations(ListRevocationsRequest { since })
+            .await?
+            .into_inner();
+        let now = chrono::Utc::now().timestamp();
+        let mut feed = self
+            .inner
+            .feed
+            .write()
+            .map_err(|_| errors::internal("revocation cache poisoned"))?;
+        let count = page.revocations.len();
+        for r in page.revocations {
+            let at = r.revoke_time.map(|t| t.seconds).unwrap_or(now);
+            match r.target {
+                Some(revocation::Target::SessionId(id)) => {
+                    if let Ok(id) = Uuid::parse_str(&id) {
+                        feed.sessions.insert(id, at);
+                    }
+                }
+                Some(revocation::Target::UserId(id)) => {
+                    if let Ok(id) = Uuid::parse_str(&id) {
+                        let entry = feed.users.entry(id).or_insert(at);
+                        *entry = (*entry).max(at);
+                    }
+                }
+                None => {}
+            }
+        }
+        let horizon = now - REVOCATION_RETENTION_SECS;
+        feed.sessions.retain(|_, at| *at >= horizon);
+        feed.users.retain(|_, at| *at >= horizon);
+        if page.as_of.is_some() {
+            feed.since = page.as_of;
+        }
+        feed.last_success = Some(Instant::now());
+        Ok(count)
+    }
+
+    /// Polls revocations every poll interval and refreshes keys every ten polls, until the
+    /// returned task is aborted. Failures are logged and retried on the next tick.
+    pub fn spawn_refresher(&self) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.inner.poll_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut polls: u64 = 0;
+            loop {
+                tick.tick().await;
+                if polls.is_multiple_of(10) {
+                    if let Err(status) = this.refresh_keys().await {
+                        tracing::warn!(code = ?status.code(), "could not fetch identity's signing keys");
+                    }
+                }
+                polls = polls.wrapping_add(1);
+                if let Err(status) = this.refresh_revocations().await {
+                    tracing::warn!(code = ?status.code(), "could not poll identity's revocation feed");
+                }
+            }
+        })
+    }
+
+    fn check_revocation(&self, user: &UserCaller) -> Result<(), Status> {
+        let feed = read(&self.inner.feed)?;
+        let fresh = feed
+            .last_success
+            .is_some_and(|t| t.elapsed() <= self.inner.max_staleness);
+        if !fresh {
+            return Err(errors::status(
+                Code::Unavailable,
+                ErrorReason::Unavailable,
+                "cannot confirm that the session is still valid: identity's revocation feed is unavailable",
+            ));
+        }
+        if feed.sessions.contains_key(&user.session_id) {
+            return Err(bad_token("the access token's session has been revoked"));
+        }
+        // `iat` has whole seconds: a token from the same second as the revocation may predate it,
+        // so it is refused too (the client refreshes and gets a token from a later second).
+        if feed
+            .users
+            .get(&user.user_id)
+            .is_some_and(|revoked_at| user.issued_at <= *revoked_at)
+        {
+            return Err(bad_token("the access token's session has been revoked"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for RemoteVerifier {
+    async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
+        let kid = jwt::key_id(token).map_err(|e| bad_token(&e.to_string()))?;
+        let key = self.key_for(&kid).await?;
+        let claims = jwt::verify(
+            token,
+            &key,
+            &self.inner.issuer,
+            &self.inner.audience,
+            chrono::Utc::now().timestamp(),
+        )
+        .map_err(|e| match e {
+            JwtError::Expired => bad_token("access token has expired"),
+            other => bad_token(&other.to_string()),
+        })?;
+        let user = user_from_claims(&claims)?;
+        self.check_revocation(&user)?;
+        Ok(user)
+    }
+}
+
+fn bad_token(message: &str) -> Status {
+    errors::status(
+        Code::Unauthenticated,
+        ErrorReason::UnauthenticatedToken,
+        message,
+    )
+}
+
+fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, Status> {
+    lock.read()
+        .map_err(|_| errors::internal("token verifier cache poisoned"))
+}
