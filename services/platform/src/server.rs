@@ -344,6 +344,34 @@ impl ServiceHost {
         admin_state.serving.store(true, Ordering::SeqCst);
         tracing::info!(service = service_name, %grpc_addr, %admin_addr, "serving gRPC (mTLS) and admin");
 
+        // gRPC health follows the readiness check too (keys past their maximum staleness, ...),
+        // so Kubernetes' native gRPC probes see what /readyz sees.
+        let readiness_watch = admin_state.readiness.clone().map(|check| {
+            let health = health.clone();
+            let names = service_names.clone();
+            tokio::spawn(async move {
+                let mut ready = true;
+                let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    ticker.tick().await;
+                    let now = check();
+                    if now == ready {
+                        continue;
+                    }
+                    ready = now;
+                    let status = if now {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    for name in &names {
+                        health.set_service_status(*name, status).await;
+                    }
+                    health.set_service_status("", status).await;
+                }
+            })
+        });
+
         let (trigger_tx, trigger_rx) = oneshot::channel::<()>();
         let drain = Duration::from_secs(limits.drain_timeout_secs);
         let health_handle = health.clone();
@@ -353,6 +381,9 @@ impl ServiceHost {
                 _ = trigger_rx => None,
                 res = &mut server_task => Some(res),
             };
+            if let Some(watch) = readiness_watch {
+                watch.abort();
+            }
             admin_state.serving.store(false, Ordering::SeqCst);
             for name in &service_names {
                 health_handle
