@@ -2,6 +2,7 @@
 //! databases and carries the operator commands.
 
 mod admin;
+mod health;
 mod pgcluster;
 mod up;
 
@@ -39,6 +40,8 @@ enum Command {
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Ask a running service for its gRPC health over mTLS; exits 0 only when SERVING.
+    Health(health::HealthArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Up(args) => up::run(args).await,
         Command::Admin(AdminCommand::Create(args)) => admin::create(args).await,
+        Command::Health(args) => health::run(&args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;
             println!(

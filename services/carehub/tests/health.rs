@@ -1,0 +1,141 @@
+//! `carehub health` against a real carehub gRPC server (the platform's server, which every
+//! service runs, with its mTLS-only port): the binary exits 0 only on SERVING and names the
+//! reason otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+
+use carehub_platform::config::{PlatformConfig, TlsConfig};
+use carehub_platform::devcerts::DevPki;
+use carehub_platform::server::{RunningServer, ServiceHost};
+use tonic_health::ServingStatus;
+
+const TRUST_DOMAIN: &str = "carehub.local";
+
+struct Fixture {
+    server: RunningServer,
+    dir: tempfile::TempDir,
+}
+
+/// A server named `identity` on 127.0.0.1:0 with a fresh dev PKI; the client certificate
+/// is a `helm-test` workload's, as the chart's test pod has.
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    pki.write_to(dir.path(), &["identity", "helm-test"])
+        .unwrap();
+    let cfg = PlatformConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: TlsConfig {
+            cert_file: dir.path().join("identity.pem"),
+            key_file: dir.path().join("identity-key.pem"),
+            ca_file: dir.path().join("ca.pem"),
+            trust_domain: TRUST_DOMAIN.to_owned(),
+            ..TlsConfig::default()
+        },
+        ..PlatformConfig::default()
+    };
+    let server = ServiceHost::new("identity", &cfg)
+        .start(std::future::pending())
+        .await
+        .unwrap();
+    Fixture { server, dir }
+}
+
+fn health(dir: &Path, addr: &str, extra: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_carehub"))
+        .arg("health")
+        .args(["--service", "identity", "--addr", addr])
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("helm-test.pem"))
+        .arg("--key")
+        .arg(dir.join("helm-test-key.pem"))
+        .args(extra)
+        // The flags must win over whatever a developer's shell exports.
+        .env_remove("CAREHUB_SERVER__TLS__CA_FILE")
+        .env_remove("CAREHUB_SERVER__TLS__CERT_FILE")
+        .env_remove("CAREHUB_SERVER__TLS__KEY_FILE")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serving_exits_zero_and_not_serving_names_the_status() {
+    let f = start().await;
+    let addr = f.server.grpc_addr.to_string();
+
+    let out = health(f.dir.path(), &addr, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("identity at"), "{}", text(&out));
+    assert!(text(&out).contains("SERVING"), "{}", text(&out));
+
+    // What the server reports while draining, or when its keys went stale.
+    f.server
+        .health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let out = health(f.dir.path(), &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("NOT_SERVING"), "{}", text(&out));
+
+    // A gRPC service the server does not know.
+    let out = health(f.dir.path(), &addr, &["--grpc-service", "no.such.Service"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("NotFound"), "{}", text(&out));
+
+    f.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_ca_a_wrong_server_name_and_a_closed_port_fail_with_the_reason() {
+    let f = start().await;
+    let addr = f.server.grpc_addr.to_string();
+
+    // Our client certificate from another CA: the server refuses the handshake.
+    let other = tempfile::tempdir().unwrap();
+    DevPki::new(TRUST_DOMAIN)
+        .unwrap()
+        .write_to(other.path(), &["helm-test"])
+        .unwrap();
+    std::fs::copy(f.dir.path().join("ca.pem"), other.path().join("ca.pem")).unwrap();
+    let out = health(other.path(), &addr, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("identity at"), "{}", text(&out));
+
+    // The server's certificate does not carry the name we expect.
+    let out = health(f.dir.path(), &addr, &["--server-name", "billing"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot connect over mTLS"),
+        "{}",
+        text(&out)
+    );
+
+    f.server.shutdown().await.unwrap();
+
+    // Nothing listens any more.
+    let out = health(f.dir.path(), &addr, &["--timeout-secs", "3"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("identity at"), "{}", text(&out));
+}
+
+#[test]
+fn missing_certificate_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = health(dir.path(), "127.0.0.1:1", &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("client certificate"), "{}", text(&out));
+}
