@@ -155,9 +155,10 @@ fn timestamp(
     let ts = ts?;
     let parsed = u32::try_from(ts.nanos)
         .ok()
-        .and_then(|n| DateTime::from_timestamp(ts.seconds, n));
+        .and_then(|n| DateTime::from_timestamp(ts.seconds, n))
+        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)));
     if parsed.is_none() {
-        v.add(field, "is not a valid timestamp");
+        v.add(field, "is not a valid timestamp within the years 1 to 9999");
     }
     parsed
 }
@@ -200,6 +201,11 @@ pub fn to_proto(service: &str, e: &ChainedEvent) -> pb::AuditEvent {
         hash: to_hex(&e.hash),
         service: service.to_owned(),
     }
+}
+
+/// Year 1: the earliest instant both chrono and Postgres represent.
+fn earliest() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or_default()
 }
 
 /// A page token: the last (occurred_at, seq) returned, bound to the filter it was issued for.
@@ -252,7 +258,7 @@ impl AuditLog for AuditLogApi {
             );
         }
         let start = timestamp(req.start_time.as_ref(), "start_time", &mut v)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            .unwrap_or(earliest());
         let end = timestamp(req.end_time.as_ref(), "end_time", &mut v).unwrap_or_else(Utc::now);
         if start >= end {
             v.add("end_time", "must be after start_time");
@@ -267,11 +273,12 @@ impl AuditLog for AuditLogApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
+        // The filter as the client gave it: a defaulted end ("now") moves between pages.
         let filter = format!(
-            "{column}:{}:{}:{}",
+            "{column}:{}:{:?}:{:?}",
             opt(id),
-            start.timestamp_micros(),
-            end.timestamp_micros()
+            req.start_time.as_ref().map(|t| (t.seconds, t.nanos)),
+            req.end_time.as_ref().map(|t| (t.seconds, t.nanos))
         );
         let after = if page.page_token.is_empty() {
             None
@@ -285,7 +292,7 @@ impl AuditLog for AuditLogApi {
         if !v.is_empty() {
             return Err(v.into_status());
         }
-        let (after_at, after_seq) = after.unwrap_or((DateTime::<Utc>::MIN_UTC, 0));
+        let (after_at, after_seq) = after.unwrap_or((earliest(), 0));
         let sql = format!(
             "SELECT {} FROM carehub_platform.audit_events
              WHERE {column} = $1 AND occurred_at >= $2 AND occurred_at < $3
@@ -313,9 +320,15 @@ impl AuditLog for AuditLogApi {
             Some(last) if more => page_token(filter.as_bytes(), last.event.occurred_at, last.seq),
             _ => String::new(),
         };
-        // Reading the audit log is itself an access to be accounted for.
+        // Reading the audit log is itself an access to be accounted for. Not filed under the
+        // subject: the patient's own access log would otherwise grow with every look at it.
+        let kind = if column == "subject_id" {
+            "audit.events.list_by_subject"
+        } else {
+            "audit.events.list_by_actor"
+        };
         let mut read = AuditEvent::new(
-            "audit.events.list",
+            kind,
             Action::Read,
             Purpose::Operations,
             "audit_log",
@@ -323,11 +336,6 @@ impl AuditLog for AuditLogApi {
         );
         if let Some(caller) = &caller {
             read = read.caller(caller);
-        }
-        if column == "subject_id" {
-            if let Some(id) = id {
-                read = read.subject(id);
-            }
         }
         record_read(&self.pool, &read).await?;
         Ok(tonic::Response::new(pb::ListEventsResponse {

@@ -2,6 +2,7 @@
 //! Shared helpers for the platform's integration tests: a dev PKI on disk, a config that binds
 //! port 0, a tiny `test.Whoami/Get` service answering the caller's workload, raw HTTP GET.
 
+pub mod audited;
 pub mod otlp;
 
 use std::convert::Infallible;
