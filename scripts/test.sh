@@ -67,6 +67,9 @@ if [ -n "${VAULT_ADDR:-}" ] && [ -n "${VAULT_TOKEN:-}" ]; then
   log "VAULT_ADDR is set: live Vault tests will run against $VAULT_ADDR"
 fi
 
+log "Helm chart and k8s/ (offline: render, lint, validate, invariants)"
+bash scripts/check-chart.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -23,6 +23,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
+import image_check
 import invariants
 import k8s_checks
 
@@ -311,6 +312,11 @@ def main() -> int:
     check_weakened_templates(helm, chart, prod, defaults)
     for p in k8s_checks.check_k8s_dir(args.k8s.resolve(), validate_objects):
         fail(p)
+    image = image_check.check_dockerfile(chart.parent.parent, defaults["ports"])
+    for p in image:
+        fail(p)
+    if not image:
+        ok("Dockerfile: multi-stage, distroless runtime with only the carehub binary, numeric non-root USER, chart ports exposed")
     print()
     if failures:
         print(f"check-chart: {len(failures)} problem(s)")
