@@ -13,7 +13,9 @@ use carehub_platform::auth::{Authorizer, Policy, RemoteVerifier, Role, TokenVeri
 use carehub_platform::client::ServiceChannel;
 use carehub_platform::jwt::{self, AccessClaims};
 use carehub_platform::tls::{PeerInfo, TlsStore};
-use carehub_proto::identity::v1::{LogoutRequest, SuspendUserRequest};
+use carehub_proto::identity::v1::{
+    revocation, ListRevocationsRequest, LogoutRequest, SuspendUserRequest,
+};
 use common::{TestApp, PASSWORD, TRUST_DOMAIN};
 use tonic::Code;
 
@@ -256,5 +258,50 @@ async fn tokens_are_refused_once_the_revocation_feed_is_stale() {
 
     refresher.abort();
     identity.state.pool.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_revocation_page_resumes_where_it_stopped() {
+    let app = common::spawn().await;
+    // More revocations than one answer carries, spread over the last minute.
+    sqlx::query(
+        "INSERT INTO revocations (session_id, revoked_at)
+         SELECT gen_random_uuid(), now() - interval '60 seconds' + i * interval '1 millisecond'
+         FROM generate_series(1, 10050) AS i",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let mut internal = app.internal("records").await;
+    let first = internal
+        .list_revocations(ListRevocationsRequest { since: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.revocations.len(), 10_000);
+    let last_time = first.revocations.last().unwrap().revoke_time;
+    assert_eq!(first.as_of, last_time, "resume from the last row sent");
+    let rest = internal
+        .list_revocations(ListRevocationsRequest { since: first.as_of })
+        .await
+        .unwrap()
+        .into_inner();
+    // The boundary row comes again (`since` is inclusive); nothing is skipped.
+    let seen: std::collections::HashSet<String> = first
+        .revocations
+        .iter()
+        .chain(rest.revocations.iter())
+        .filter_map(|r| match &r.target {
+            Some(revocation::Target::SessionId(id)) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen.len(), 10_050);
+
+    // The verifier reads on past a full page before it calls its feed fresh.
+    let verifier = verifier(&app, Duration::from_secs(1), Duration::from_secs(10)).await;
+    let read = verifier.refresh_revocations().await.unwrap();
+    assert!(read > 10_000, "read {read}");
     app.shutdown().await;
 }

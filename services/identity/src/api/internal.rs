@@ -74,6 +74,13 @@ async fn list_revocations_inner(
     let lookback = secs(state.settings.access_token_ttl_secs) + carehub_platform::jwt::LEEWAY_SECS;
     let since = since.unwrap_or(now - chrono::Duration::seconds(lookback));
     let rows = store::revocations_since(&mut conn, since, REVOCATIONS_MAX).await?;
+    let lagged = (now - chrono::Duration::seconds(REVOCATION_FEED_LAG_SECS)).max(since);
+    // A full page may have left rows out: the client must resume from the last row it got, not
+    // from "now", or those rows would never reach it.
+    let as_of = match rows.last() {
+        Some(last) if rows.len() as i64 >= REVOCATIONS_MAX => last.revoked_at.min(lagged),
+        _ => lagged,
+    };
     let revocations = rows
         .into_iter()
         .filter_map(|row| {
@@ -88,7 +95,6 @@ async fn list_revocations_inner(
             })
         })
         .collect();
-    let as_of = (now - chrono::Duration::seconds(REVOCATION_FEED_LAG_SECS)).max(since);
     Ok(ListRevocationsResponse {
         revocations,
         as_of: Some(timestamp(as_of)),

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
-use carehub_proto::identity::v1::{revocation, ListRevocationsRequest, ListSigningKeysRequest};
+use carehub_proto::identity::v1::{
+    revocation, ListRevocationsRequest, ListRevocationsResponse, ListSigningKeysRequest,
+};
 use ed25519_dalek::VerifyingKey;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
@@ -37,6 +39,11 @@ pub const KEY_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest lifetime of an access token identity issues (10 minutes) plus clock leeway: after
 /// that a revocation entry can no longer match a valid token and is dropped.
 const REVOCATION_RETENTION_SECS: i64 = 600 + 2 * LEEWAY_SECS;
+
+/// Identity's largest ListRevocations answer: a page this full may have more behind it.
+const FEED_PAGE_MAX: usize = 10_000;
+/// Pages read in one poll before giving up until the next tick (the feed then stays stale).
+const MAX_PAGES_PER_POLL: usize = 20;
 
 /// A [`TokenVerifier`] backed by identity's internal API. Cheap to clone.
 #[derive(Clone)]
@@ -194,19 +201,39 @@ impl RemoteVerifier {
     /// Reads revocations published since the last poll.
     pub async fn refresh_revocations(&self) -> Result<usize, Status> {
         let _one_at_a_time = self.inner.poll_lock.lock().await;
-        let since = read(&self.inner.feed)?.since;
-        let mut client = self.inner.client.clone();
-        let page = client
-            .list_revocations(ListRevocationsRequest { since })
-            .await?
-            .into_inner();
+        let mut total = 0;
+        // A full page means identity stopped early; keep reading until caught up, and only
+        // then call the feed fresh.
+        for _ in 0..MAX_PAGES_PER_POLL {
+            let since = read(&self.inner.feed)?.since;
+            let mut client = self.inner.client.clone();
+            let page = client
+                .list_revocations(ListRevocationsRequest { since })
+                .await?
+                .into_inner();
+            let count = page.revocations.len();
+            total += count;
+            self.apply(page)?;
+            if count < FEED_PAGE_MAX {
+                let mut feed = self
+                    .inner
+                    .feed
+                    .write()
+                    .map_err(|_| errors::internal("revocation cache poisoned"))?;
+                feed.last_success = Some(Instant::now());
+                return Ok(total);
+            }
+        }
+        Ok(total)
+    }
+
+    fn apply(&self, page: ListRevocationsResponse) -> Result<(), Status> {
         let now = chrono::Utc::now().timestamp();
         let mut feed = self
             .inner
             .feed
             .write()
             .map_err(|_| errors::internal("revocation cache poisoned"))?;
-        let count = page.revocations.len();
         for r in page.revocations {
             let at = r.revoke_time.map(|t| t.seconds).unwrap_or(now);
             match r.target {
@@ -230,8 +257,7 @@ impl RemoteVerifier {
         if page.as_of.is_some() {
             feed.since = page.as_of;
         }
-        feed.last_success = Some(Instant::now());
-        Ok(count)
+        Ok(())
     }
 
     /// Polls revocations every poll interval and refreshes keys every ten polls, until the
