@@ -2,6 +2,7 @@
 //! databases and carries the operator commands.
 
 mod admin;
+mod audit_cmd;
 mod health;
 mod pgcluster;
 mod up;
@@ -42,6 +43,9 @@ enum Command {
     Dev(DevCommand),
     /// Ask a running service for its gRPC health over mTLS; exits 0 only when SERVING.
     Health(health::HealthArgs),
+    /// Audit trail operations (verify a service's hash chain and checkpoints).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Admin(AdminCommand::Create(args)) => admin::create(args).await,
         Command::Health(args) => health::run(&args).await,
+        Command::Audit(cmd) => audit_cmd::run(cmd).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;
             println!(

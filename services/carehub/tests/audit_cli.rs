@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `carehub audit verify` as an operator runs it, against a real PostgreSQL and a development
+//! key file: exit 0 on an intact trail; exit 3 naming the row when a row was deleted or edited,
+//! rows were reordered, or the tail was cut off (head rewound; the signed checkpoint tells).
+
+use std::path::Path;
+use std::process::Output;
+
+use carehub_platform::audit::{self, checkpoint, Action, AuditEvent, Purpose};
+use carehub_platform::config::KeysConfig;
+use carehub_platform::db::TestDatabase;
+use carehub_platform::keys::file::{write_dev_key_file, FileKeys};
+use secrecy::ExposeSecret as _;
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+
+fn carehub_verify(db: &TestDatabase, key_file: &Path, extra: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_carehub"))
+        .args(["audit", "verify", "--service", "identity"])
+        .arg("--set")
+        .arg(format!("server.database.url={}", db.url.expose_secret()))
+        .arg("--set")
+        .arg(format!("server.keys.file={}", key_file.display()))
+        .args(extra)
+        .env_remove("CAREHUB_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A database with 10 identity events and a checkpoint at 10, and the key file that signed it.
+async fn trail(dir: &Path) -> (TestDatabase, std::path::PathBuf) {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    let key_file = dir.join("dev-keys.json");
+    write_dev_key_file(&key_file).unwrap();
+    let keys = FileKeys::load(
+        "identity",
+        &KeysConfig {
+            file: key_file.clone(),
+            ..KeysConfig::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let user = Uuid::now_v7();
+        let event = AuditEvent::new(
+            "identity.login",
+            Action::Execute,
+            Purpose::Security,
+            "user",
+            user,
+        )
+        .actor_user(user)
+        .subject(user);
+        audit::record_read(&db.pool, &event).await.unwrap();
+    }
+    checkpoint::checkpoint_now(&db.pool, keys.as_ref(), "identity")
+        .await
+        .unwrap()
+        .unwrap();
+    (db, key_file)
+}
+
+async fn exec(db: &TestDatabase, sql: &str) {
+    sqlx::query(sql).execute(&db.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn verify_exits_zero_on_an_intact_trail_and_three_naming_the_row_when_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let (db, keys) = trail(dir.path()).await;
+    let ok = carehub_verify(&db, &keys, &[]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&ok),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout(&ok).contains("intact: 10 row(s)"), "{}", stdout(&ok));
+    let json = carehub_verify(&db, &keys, &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["rows_checked"], 10);
+    assert_eq!(report["last_checkpoint_seq"], 10);
+
+    // Deleted.
+    exec(
+        &db,
+        "DELETE FROM carehub_platform.audit_events WHERE seq = 4",
+    )
+    .await;
+    let out = carehub_verify(&db, &keys, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stdout(&out).contains("TAMPERED at row 4"),
+        "{}",
+        stdout(&out)
+    );
+    db.drop_database().await.unwrap();
+
+    // Edited.
+    let (db, keys) = trail(dir.path()).await;
+    exec(
+        &db,
+        "UPDATE carehub_platform.audit_events SET outcome = 'minor_failure' WHERE seq = 6",
+    )
+    .await;
+    let out = carehub_verify(&db, &keys, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stdout(&out).contains("TAMPERED at row 6"),
+        "{}",
+        stdout(&out)
+    );
+    db.drop_database().await.unwrap();
+
+    // Reordered.
+    let (db, keys) = trail(dir.path()).await;
+    for (from, to) in [(7, 1000), (8, 7), (1000, 8)] {
+        exec(
+            &db,
+            &format!("UPDATE carehub_platform.audit_events SET seq = {to} WHERE seq = {from}"),
+        )
+        .await;
+    }
+    let out = carehub_verify(&db, &keys, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stdout(&out).contains("TAMPERED at row 7"),
+        "{}",
+        stdout(&out)
+    );
+    db.drop_database().await.unwrap();
+
+    // Tail cut off and the head rewound to match: the checkpoint at 10 names the gap.
+    let (db, keys) = trail(dir.path()).await;
+    exec(
+        &db,
+        "DELETE FROM carehub_platform.audit_events WHERE seq > 8",
+    )
+    .await;
+    exec(
+        &db,
+        "UPDATE carehub_platform.audit_chain_head SET seq = 8,
+            hash = (SELECT hash FROM carehub_platform.audit_events WHERE seq = 8)",
+    )
+    .await;
+    let out = carehub_verify(&db, &keys, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = stdout(&out);
+    assert!(
+        text.contains("TAMPERED at row 9") && text.contains("9..=10"),
+        "{text}"
+    );
+
+    // A time range that ends before the damage verifies what it covers.
+    let out = carehub_verify(&db, &keys, &["--to", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A bad instant is a usage error, not a verdict.
+    let out = carehub_verify(&db, &keys, &["--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn verify_fails_without_a_verdict_when_the_database_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("dev-keys.json");
+    write_dev_key_file(&key_file).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carehub"))
+        .args(["audit", "verify", "--service", "identity"])
+        .args([
+            "--set",
+            "server.database.url=postgres://postgres@127.0.0.1:1/none",
+        ])
+        .arg("--set")
+        .arg(format!("server.keys.file={}", key_file.display()))
+        .env("CAREHUB_SERVER__DATABASE__ACQUIRE_TIMEOUT_SECS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("identity's database"), "{stderr}");
+}
