@@ -150,6 +150,9 @@ pub struct ServerLimits {
     /// How long in-flight requests may finish after shutdown begins.
     pub drain_timeout_secs: u64,
     pub handshake_timeout_ms: u64,
+    /// TLS handshakes in progress at once; connections beyond it are closed at once, so a flood
+    /// of slow or bogus handshakes cannot eat the CPU that established connections need.
+    pub max_concurrent_handshakes: usize,
 }
 
 impl Default for ServerLimits {
@@ -160,6 +163,7 @@ impl Default for ServerLimits {
             max_message_bytes: 4 * 1024 * 1024,
             drain_timeout_secs: 20,
             handshake_timeout_ms: 5_000,
+            max_concurrent_handshakes: 256,
         }
     }
 }
@@ -221,6 +225,10 @@ impl Validate for PlatformConfig {
         need(
             self.limits.concurrency_limit > 0,
             "server.limits.concurrency_limit must be > 0",
+        );
+        need(
+            self.limits.max_concurrent_handshakes > 0,
+            "server.limits.max_concurrent_handshakes must be > 0",
         );
         need(
             self.limits.request_timeout_ms > 0,

@@ -301,7 +301,12 @@ impl ServiceHost {
             listener,
             tokio_rustls::TlsAcceptor::from(tls_config),
             store.clone(),
-            Duration::from_millis(limits.handshake_timeout_ms.max(1)),
+            Handshakes {
+                timeout: Duration::from_millis(limits.handshake_timeout_ms.max(1)),
+                permits: Arc::new(tokio::sync::Semaphore::new(
+                    limits.max_concurrent_handshakes.max(1),
+                )),
+            },
             conn_tx,
             kill,
         ));
@@ -544,11 +549,17 @@ pub async fn shutdown_signal() {
 
 type Kill = Shared<oneshot::Receiver<()>>;
 
+/// How TLS handshakes are bounded: each in time, all together in number.
+struct Handshakes {
+    timeout: Duration,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     store: Arc<TlsStore>,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
     tx: mpsc::Sender<TlsConn>,
     kill: Kill,
 ) {
@@ -565,13 +576,23 @@ async fn accept_loop(
                 }
             },
         };
+        // Shed rather than queue: a queued handshake would mostly time out anyway, and the
+        // accept loop must stay free for the connections that can be served.
+        let Ok(permit) = Arc::clone(&handshakes.permits).try_acquire_owned() else {
+            tracing::debug!(peer = %remote, "too many TLS handshakes in progress; connection closed");
+            drop(tcp);
+            continue;
+        };
+        let handshake_timeout = handshakes.timeout;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let store = store.clone();
         let tx = tx.clone();
         let kill = kill.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(tls)) => {
                     let workload = tls
                         .get_ref()

@@ -381,3 +381,47 @@ async fn shutdown_turns_health_not_serving_before_the_listener_closes() {
         "admin port still open"
     );
 }
+
+#[tokio::test]
+async fn handshakes_beyond_the_limit_are_shed_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let mut cfg = config_with_pki(dir.path(), &pki, "identity");
+    cfg.limits.max_concurrent_handshakes = 1;
+    cfg.limits.handshake_timeout_ms = 30_000;
+    let running = ServiceHost::new("identity", &cfg)
+        .add_service(Whoami)
+        .start(pending_forever())
+        .await
+        .unwrap();
+    let addr = running.grpc_addr;
+    let gateway = pki.issue("gateway").unwrap();
+    let config = TlsStore::from_pem(
+        &gateway.cert_pem,
+        &gateway.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap()
+    .client_config()
+    .unwrap();
+
+    // A client that connects and never says hello holds the only handshake slot.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = check_with(addr, config.clone()).await;
+    assert!(refused.is_err(), "a second handshake was queued: {refused:?}");
+
+    // Once it leaves, the slot is free again.
+    drop(silent);
+    let mut served = Err(String::new());
+    for _ in 0..50 {
+        served = check_with(addr, config.clone()).await;
+        if served.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served.unwrap(), ServingStatus::Serving as i32);
+    running.shutdown().await.unwrap();
+}
