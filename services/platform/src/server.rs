@@ -230,7 +230,8 @@ impl ServiceHost {
 
         let store = match tls {
             Some(store) => store,
-            None => TlsStore::from_config(&cfg.tls)?,
+            // PEM files, or a certificate from Vault PKI kept renewed while the server runs.
+            None => crate::keys::pki::tls_store(service_name, &cfg).await?,
         };
         let reloader =
             store.spawn_reloader(Duration::from_secs(cfg.tls.reload_interval_secs.max(1)));

@@ -289,6 +289,19 @@ impl TlsStore {
         Ok(true)
     }
 
+    /// Swaps in new material from PEM strings (a certificate renewed through Vault PKI). On error
+    /// the previous material stays in use.
+    pub fn replace_pem(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
+        let material = build_material(
+            &self.provider,
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            ca_pem.as_bytes(),
+        )?;
+        self.state.write().unwrap_or_else(|e| e.into_inner()).material = material;
+        Ok(())
+    }
+
     /// Checks the files every `interval` until the store is dropped.
     pub fn spawn_reloader(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
