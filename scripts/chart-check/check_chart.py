@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -152,12 +153,35 @@ def canary_validator() -> None:
         ok(f"kubernetes-validate {kubernetes_validate.__version__} rejects a broken object (strict, {', '.join(KUBE_VERSIONS)})")
 
 
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "services/carehub/tests/chart-config"
+
+
+def check_golden_config(label: str, docs: list[dict]) -> None:
+    """The TOML each service gets is kept in services/carehub/tests/chart-config/, where a Rust
+    test loads it with the binary's own config loader: chart keys and code keys cannot drift."""
+    stem = label.split(" ")[0].removesuffix(".yaml").removesuffix("-values").replace("values", "defaults")
+    update = os.environ.get("CAREHUB_UPDATE_GOLDEN") == "1"
+    for d in docs:
+        if d["kind"] != "ConfigMap" or not d["metadata"]["name"].startswith("carehub-"):
+            continue
+        service = d["metadata"]["name"].removeprefix("carehub-")
+        path = GOLDEN / f"{stem}-{service}.toml"
+        text = d["data"]["config.toml"]
+        if update:
+            GOLDEN.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            fail(f"{label}: the rendered config of {service} differs from {path.relative_to(GOLDEN.parents[3])}; "
+                 "run CAREHUB_UPDATE_GOLDEN=1 scripts/check-chart.sh and commit it (a Rust test loads it)")
+
+
 def check_values_file(helm: Helm, chart: pathlib.Path, label: str, user: dict, defaults: dict) -> list[dict]:
     try:
         docs = helm.render(chart, user)
     except RenderError as e:
         fail(f"{label}: render failed: {' '.join(str(e).split())}")
         return []
+    check_golden_config(label, docs)
     lint = helm.lint(chart, user)
     for msg in lint:
         fail(f"{label}: helm lint --strict: {msg}")

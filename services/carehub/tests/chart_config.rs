@@ -1,0 +1,99 @@
+//! The configuration the Helm chart renders for each service (kept in tests/chart-config/ by
+//! scripts/check-chart.sh, which fails when the chart's output drifts from these files) must
+//! load with the binary's own loader: unknown keys, wrong types and invalid values fail here,
+//! so the chart and the code cannot disagree on a key name.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use carehub_identity::config::IdentityConfig;
+use carehub_platform::config::{self, KeyProvider, TlsSource};
+
+fn rendered() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The database URL comes from a Secret as CAREHUB_SERVER__DATABASE__URL in the pod.
+fn overrides() -> Vec<(String, String)> {
+    vec![(
+        "server.database.url".to_owned(),
+        "postgres://identity@db/identity".to_owned(),
+    )]
+}
+
+#[test]
+fn every_rendered_config_loads_with_the_binarys_loader() {
+    let files = rendered();
+    // Defaults plus ci/minimal, ci/production and ci/vault-pki, at the least.
+    assert!(files.len() >= 4, "{files:?}");
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let service = name.trim_end_matches(".toml").rsplit('-').next().unwrap();
+        match service {
+            "identity" => {
+                let cfg = config::load::<IdentityConfig>(Some(file), &overrides())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(cfg.server.listen.port(), 50051, "{name}");
+                assert_eq!(cfg.server.admin_listen.port(), 9051, "{name}");
+                assert!(!cfg.server.database.migrate_on_start, "{name}");
+            }
+            other => panic!("{name}: no loader for service {other:?}; add it to this test"),
+        }
+    }
+}
+
+#[test]
+fn the_ci_variants_mean_what_they_say() {
+    let load = |name: &str| {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chart-config")
+            .join(name);
+        config::load::<IdentityConfig>(Some(&file), &overrides()).unwrap()
+    };
+    let prod = load("production-identity.toml");
+    assert_eq!(prod.server.keys.provider, KeyProvider::Vault);
+    assert!(prod.server.keys.production);
+    assert_eq!(prod.server.tls.source, TlsSource::Files);
+    assert_eq!(
+        prod.server.vault.auth.jwt_file,
+        Path::new("/var/run/secrets/carehub/vault/token")
+    );
+    assert_eq!(
+        prod.server.vault.auth.role.as_deref(),
+        Some("carehub-identity")
+    );
+    assert!(prod.server.telemetry.otlp_endpoint.is_some());
+
+    let pki = load("vault-pki-identity.toml");
+    assert_eq!(pki.server.tls.source, TlsSource::VaultPki);
+    assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-identity"));
+    assert_eq!(pki.server.vault.kv_version, 1);
+
+    let minimal = load("minimal-identity.toml");
+    assert_eq!(minimal.server.keys.provider, KeyProvider::File);
+    assert!(!minimal.server.keys.production);
+}
+
+#[test]
+fn a_key_the_code_does_not_know_is_refused() {
+    // The guard the test above relies on: deny_unknown_fields is in force.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/production-identity.toml"),
+    )
+    .unwrap()
+    .replace("[server.keys]\n", "[server.keys]\nrefresh_every = 5\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<IdentityConfig>(Some(&file), &overrides())
+        .err()
+        .expect("an unknown key must fail");
+    assert!(err.to_string().contains("refresh_every"), "{err}");
+}
