@@ -4,6 +4,7 @@
 mod admin;
 mod audit_cmd;
 mod health;
+mod keys_cmd;
 mod pgcluster;
 mod up;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Audit trail operations (verify a service's hash chain and checkpoints).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Keys in Vault: init, rotate, status, rewrap.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Create(args)) => admin::create(args).await,
         Command::Health(args) => health::run(&args).await,
         Command::Audit(cmd) => audit_cmd::run(cmd).await,
+        Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;
             println!(
