@@ -93,7 +93,6 @@ fn a_key_the_code_does_not_know_is_refused() {
     .replace("[server.keys]\n", "[server.keys]\nrefresh_every = 5\n");
     std::fs::write(&file, text).unwrap();
     let err = config::load::<IdentityConfig>(Some(&file), &overrides())
-        .err()
-        .expect("an unknown key must fail");
+        .expect_err("an unknown key must fail");
     assert!(err.to_string().contains("refresh_every"), "{err}");
 }
