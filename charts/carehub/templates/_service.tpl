@@ -128,6 +128,7 @@ spec:
 
 {{- define "carehub.service.volumeMounts" -}}
 {{- $v := .root.Values -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
 - name: config
   mountPath: /etc/carehub/config.toml
   subPath: config.toml
@@ -162,10 +163,16 @@ spec:
   mountPath: /etc/carehub/keys
   readOnly: true
 {{- end }}
+{{- range $svc.extraSecretMounts }}
+- name: extra-{{ .name }}
+  mountPath: {{ .mountPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{- define "carehub.service.volumes" -}}
 {{- $v := .root.Values -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
 - name: config
   configMap:
     name: {{ include "carehub.fullname" . }}
@@ -213,6 +220,12 @@ spec:
     defaultMode: 0440
     items:
       - {key: keys.json, path: keys.json}
+{{- end }}
+{{- range $svc.extraSecretMounts }}
+- name: extra-{{ .name }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
 {{- end }}
 {{- end }}
 
