@@ -327,10 +327,22 @@ def main() -> int:
         fail(f"no ci/*-values.yaml in {chart}")
     check_values_file(helm, chart, "values.yaml (defaults)", {}, defaults)
     user_by_file = {}
+    docs_by_file = {}
     for f in files:
         user_by_file[f.name] = yaml.safe_load(f.read_text()) or {}
-        check_values_file(helm, chart, f.name, user_by_file[f.name], defaults)
+        docs_by_file[f.name] = check_values_file(helm, chart, f.name, user_by_file[f.name], defaults)
     prod = user_by_file.get("production-values.yaml", {})
+    # The production-like install is the one the issue names: every service complete, with HPA.
+    prod_docs = docs_by_file.get("production-values.yaml", [])
+    have = {(d["kind"], d["metadata"]["name"]) for d in prod_docs}
+    services = coalesce(defaults, prod).get("services", {})
+    for name in sorted(n for n, v in services.items() if v.get("enabled", True)):
+        for kind, obj in [("Deployment", f"carehub-{name}"), ("Service", f"carehub-{name}"),
+                          ("ServiceAccount", f"carehub-{name}"), ("PodDisruptionBudget", f"carehub-{name}"),
+                          ("HorizontalPodAutoscaler", f"carehub-{name}"), ("NetworkPolicy", f"carehub-{name}"),
+                          ("Job", f"carehub-{name}-migrate")]:
+            if (kind, obj) not in have:
+                fail(f"production-values.yaml: no {kind}/{obj}")
     check_bad_values(helm, chart)
     check_new_service(helm, chart, prod)
     check_weakened_templates(helm, chart, prod, defaults)

@@ -2,8 +2,9 @@
 One helper per Kubernetes object of a service; each takes (dict "root" $ "name" "<service>").
 
 Probes: HTTP on the admin port, not native gRPC probes. The gRPC port accepts only mTLS with a
-client certificate of our CA, and kubelet's gRPC probe speaks plaintext h2c (it has no TLS
-settings at all), so a native gRPC probe could only ever fail. /healthz (liveness) answers
+client certificate of our CA, and kubelet's gRPC probe never presents a client certificate (in
+Kubernetes 1.30 it is plaintext only; the later `mode: TLS` does not verify and sends no client
+certificate), so a native gRPC probe could only ever fail. /healthz (liveness) answers
 while the process runs; /readyz (readiness) answers 200 only while the server is SERVING —
 it turns 503 together with gRPC health at shutdown and when the keys are stale — so the
 readiness probe tracks the same state as grpc.health.v1. `helm test` checks the real gRPC
