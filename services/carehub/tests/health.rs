@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 
+use std::sync::Arc;
+
+use carehub_platform::auth::{AuthLayer, Authorizer, Policy, TokenVerifier, UserCaller};
 use carehub_platform::config::{PlatformConfig, TlsConfig};
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::server::{RunningServer, ServiceHost};
@@ -14,13 +17,24 @@ use tonic_health::ServingStatus;
 
 const TRUST_DOMAIN: &str = "carehub.local";
 
+/// Every service runs behind the auth layer; health must pass it with a workload certificate
+/// and no user token.
+struct NoUsers;
+
+#[tonic::async_trait]
+impl TokenVerifier for NoUsers {
+    async fn verify(&self, _token: &str) -> Result<UserCaller, tonic::Status> {
+        Err(tonic::Status::unauthenticated("no users in this test"))
+    }
+}
+
 struct Fixture {
     server: RunningServer,
     dir: tempfile::TempDir,
 }
 
-/// A server named `identity` on 127.0.0.1:0 with a fresh dev PKI; the client certificate
-/// is a `helm-test` workload's, as the chart's test pod has.
+/// A server named `identity` on 127.0.0.1:0 behind the auth layer, with a fresh dev PKI; the
+/// client certificate is a `helm-test` workload's, as the chart's test pod has.
 async fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let pki = DevPki::new(TRUST_DOMAIN).unwrap();
@@ -38,7 +52,13 @@ async fn start() -> Fixture {
         },
         ..PlatformConfig::default()
     };
+    let authorizer = Arc::new(Authorizer {
+        policy: Policy::new(),
+        verifier: Arc::new(NoUsers),
+        gateway_workloads: vec!["gateway".to_owned()],
+    });
     let server = ServiceHost::new("identity", &cfg)
+        .with_auth(AuthLayer::new(authorizer))
         .start(std::future::pending())
         .await
         .unwrap();
