@@ -209,6 +209,7 @@ BAD_VALUES = [
     ("file keys in production", {"keys": {"provider": "file", "fileSecret": "k"}}, "refuses to start with keys.production=true"),
     ("AppRole without a role_id", {"vault": {"auth": {"method": "approle"}}}, "vault.auth.approle.roleIds.identity is required"),
     ("Vault keys without an address", {"vault": {"addr": ""}}, "vault.addr is required"),
+    ("no service enabled", {"services": {"identity": {"enabled": False}}}, "no service is enabled"),
 ]
 
 

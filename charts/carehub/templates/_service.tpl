@@ -384,7 +384,6 @@ Every object of one service, in order. A service's template file is just
 {{- fail (printf "carehub: templates/%s.yaml exists but values have no services.%s block" .name .name) -}}
 {{- end -}}
 {{- if (hasKey $own "enabled" | ternary $own.enabled true) -}}
-{{- include "carehub.checkValues" .root -}}
 {{- range $kind := list "configmap" "serviceaccount" "service" "deployment" "pdb" "hpa" "networkpolicy" "certificate" "migrationJob" }}
 {{- $doc := include (printf "carehub.service.%s" $kind) $ | trim }}
 {{- if $doc }}
