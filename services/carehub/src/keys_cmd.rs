@@ -295,7 +295,11 @@ async fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
     .context("rewrapping data keys")?;
     println!(
         "{service}: rewrap {}: {} data key(s) now under KEK v{}",
-        if done.done { "complete" } else { "interrupted (run again to resume)" },
+        if done.done {
+            "complete"
+        } else {
+            "interrupted (run again to resume)"
+        },
         done.rewrapped,
         done.target_kek_version
     );

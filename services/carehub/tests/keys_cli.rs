@@ -46,7 +46,9 @@ async fn envelope(double: &VaultDouble, pool: sqlx::PgPool) -> Envelope {
         provider: KeyProvider::Vault,
         ..KeysConfig::default()
     };
-    let source = keys::from_parts("identity", &keys_cfg, &vault).await.unwrap();
+    let source = keys::from_parts("identity", &keys_cfg, &vault)
+        .await
+        .unwrap();
     Envelope::new("identity", pool, source, CryptoConfig::default()).unwrap()
 }
 
@@ -56,31 +58,61 @@ async fn init_rotate_status_rewrap_against_the_vault_double() {
 
     let first = stdout(&carehub(&double, None, &["keys", "init"]).await);
     assert!(first.contains("16 created, 0 already present"), "{first}");
-    assert!(first.contains("carehub/identity/signing: created"), "{first}");
+    assert!(
+        first.contains("carehub/identity/signing: created"),
+        "{first}"
+    );
     let again = stdout(&carehub(&double, None, &["keys", "init"]).await);
     assert!(again.contains("0 created, 16 already present"), "{again}");
 
     // Data encrypted under KEK v1.
-    let db = TestDatabase::new(&carehub_identity::MIGRATOR).await.unwrap();
+    let db = TestDatabase::new(&carehub_identity::MIGRATOR)
+        .await
+        .unwrap();
     let url = db.url.expose_secret().to_owned();
     let before = envelope(&double, db.pool.clone()).await;
     let field = Field::new("accounts", "email", "row-1", "subject-1");
-    let ciphertext = before.encrypt(&field, b"patient@example.org").await.unwrap();
+    let ciphertext = before
+        .encrypt(&field, b"patient@example.org")
+        .await
+        .unwrap();
 
-    let rotated = stdout(&carehub(&double, None, &["keys", "rotate", "--service", "identity"]).await);
-    assert!(rotated.contains("carehub/identity/kek: version 2 is now current (was 1)"), "{rotated}");
+    let rotated =
+        stdout(&carehub(&double, None, &["keys", "rotate", "--service", "identity"]).await);
+    assert!(
+        rotated.contains("carehub/identity/kek: version 2 is now current (was 1)"),
+        "{rotated}"
+    );
     let status = stdout(
-        &carehub(&double, Some(&url), &["keys", "status", "--service", "identity"]).await,
+        &carehub(
+            &double,
+            Some(&url),
+            &["keys", "status", "--service", "identity"],
+        )
+        .await,
     );
     assert!(status.contains("current v2 (versions 1, 2)"), "{status}");
     assert!(status.contains("under KEK v1: 1"), "{status}");
 
     let rewrap = stdout(
-        &carehub(&double, Some(&url), &["keys", "rewrap", "--service", "identity"]).await,
+        &carehub(
+            &double,
+            Some(&url),
+            &["keys", "rewrap", "--service", "identity"],
+        )
+        .await,
     );
-    assert!(rewrap.contains("rewrap complete: 1 data key(s) now under KEK v2"), "{rewrap}");
+    assert!(
+        rewrap.contains("rewrap complete: 1 data key(s) now under KEK v2"),
+        "{rewrap}"
+    );
     let status = stdout(
-        &carehub(&double, Some(&url), &["keys", "status", "--service", "identity"]).await,
+        &carehub(
+            &double,
+            Some(&url),
+            &["keys", "status", "--service", "identity"],
+        )
+        .await,
     );
     assert!(status.contains("under KEK v2: 1"), "{status}");
     assert!(!status.contains("under KEK v1"), "{status}");
@@ -91,9 +123,17 @@ async fn init_rotate_status_rewrap_against_the_vault_double() {
     assert_eq!(&plain[..], b"patient@example.org");
     // Rewrapping again finds nothing to do.
     let rewrap = stdout(
-        &carehub(&double, Some(&url), &["keys", "rewrap", "--service", "identity"]).await,
+        &carehub(
+            &double,
+            Some(&url),
+            &["keys", "rewrap", "--service", "identity"],
+        )
+        .await,
     );
-    assert!(rewrap.contains("rewrap complete: 0 data key(s)"), "{rewrap}");
+    assert!(
+        rewrap.contains("rewrap complete: 0 data key(s)"),
+        "{rewrap}"
+    );
 
     // Signing keys belong to identity only.
     let out = carehub(

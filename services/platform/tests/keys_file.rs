@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 //! The development key file provider and the keys/Vault configuration checks.
 
 use carehub_platform::config::{
@@ -8,13 +8,14 @@ use carehub_platform::keys::file::write_dev_key_file;
 use carehub_platform::keys::{self, KeyName};
 
 fn file_config(path: &std::path::Path) -> PlatformConfig {
-    let mut cfg = PlatformConfig::default();
-    cfg.keys = KeysConfig {
-        provider: KeyProvider::File,
-        file: path.to_owned(),
-        ..KeysConfig::default()
-    };
-    cfg
+    PlatformConfig {
+        keys: KeysConfig {
+            provider: KeyProvider::File,
+            file: path.to_owned(),
+            ..KeysConfig::default()
+        },
+        ..PlatformConfig::default()
+    }
 }
 
 #[tokio::test]
@@ -31,7 +32,11 @@ async fn dev_key_file_is_created_once_and_loaded_per_service() {
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the key file is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the key file is readable by others: {mode:o}"
+        );
     }
 
     let cfg = file_config(&path);
@@ -49,7 +54,10 @@ async fn dev_key_file_is_created_once_and_loaded_per_service() {
     );
 
     let err = keys::from_config("unknown", &cfg).await.err().unwrap();
-    assert!(format!("{err:#}").contains("carehub keys init --dev"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("carehub keys init --dev"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +76,9 @@ async fn file_provider_refuses_the_production_flag() {
     let mut problems = Vec::new();
     cfg.validate(&mut problems);
     assert!(
-        problems.iter().any(|p| p.contains("server.keys.production")),
+        problems
+            .iter()
+            .any(|p| p.contains("server.keys.production")),
         "{problems:?}"
     );
 }
@@ -77,7 +87,11 @@ async fn file_provider_refuses_the_production_flag() {
 async fn a_corrupt_key_file_is_refused_without_quoting_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dev-keys.json");
-    std::fs::write(&path, "{\"identity\": {\"kek\": \"c2VjcmV0LWtleS1tYXRlcmlhbA==\"").unwrap();
+    std::fs::write(
+        &path,
+        "{\"identity\": {\"kek\": \"c2VjcmV0LWtleS1tYXRlcmlhbA==\"",
+    )
+    .unwrap();
     let err = keys::from_config("identity", &file_config(&path))
         .await
         .err()
@@ -92,7 +106,10 @@ fn vault_settings_are_checked_only_when_vault_is_used() {
     let mut cfg = PlatformConfig::default();
     let mut problems = Vec::new();
     cfg.validate(&mut problems);
-    assert!(!problems.iter().any(|p| p.contains("server.vault")), "{problems:?}");
+    assert!(
+        !problems.iter().any(|p| p.contains("server.vault")),
+        "{problems:?}"
+    );
 
     cfg.keys.provider = KeyProvider::Vault;
     cfg.vault.kv_version = 3;
@@ -118,7 +135,9 @@ fn vault_settings_are_checked_only_when_vault_is_used() {
     let mut problems = Vec::new();
     cfg.validate(&mut problems);
     assert!(
-        problems.iter().any(|p| p.contains("server.vault.addr must start with https://")),
+        problems
+            .iter()
+            .any(|p| p.contains("server.vault.addr must start with https://")),
         "{problems:?}"
     );
 }
@@ -142,8 +161,9 @@ fn keys_and_vault_tables_load_from_toml_and_env() {
                 self.server.validate(problems);
             }
         }
-        let cfg: Wrapper = carehub_platform::config::load(Some(std::path::Path::new("c.toml")), &[])
-            .map_err(|e| e.to_string())?;
+        let cfg: Wrapper =
+            carehub_platform::config::load(Some(std::path::Path::new("c.toml")), &[])
+                .map_err(|e| e.to_string())?;
         let s = cfg.server;
         assert_eq!(s.keys.provider, KeyProvider::Vault);
         assert_eq!(s.vault.kv_version, 1);

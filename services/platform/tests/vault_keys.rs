@@ -40,7 +40,11 @@ async fn fetch_and_cache(vault: &TestVault, version: u8) {
         keys.current(KeyName::Kek).unwrap();
         keys.version(KeyName::BlindIndex, 1).unwrap();
     }
-    assert_eq!(conn.requests(), before_conn, "key lookups made Vault requests");
+    assert_eq!(
+        conn.requests(),
+        before_conn,
+        "key lookups made Vault requests"
+    );
     assert_eq!(
         vault.double.as_ref().map(|d| d.requests()),
         before_server,
@@ -55,8 +59,16 @@ async fn kv2_body(vault: &TestVault) {
 async fn kv1_body(vault: &TestVault) {
     fetch_and_cache(vault, 1).await;
 }
-both_backends!(kv2_keys_are_fetched_and_cached_double, kv2_keys_are_fetched_and_cached_live, kv2_body);
-both_backends!(kv1_keys_are_fetched_and_cached_double, kv1_keys_are_fetched_and_cached_live, kv1_body);
+both_backends!(
+    kv2_keys_are_fetched_and_cached_double,
+    kv2_keys_are_fetched_and_cached_live,
+    kv2_body
+);
+both_backends!(
+    kv1_keys_are_fetched_and_cached_double,
+    kv1_keys_are_fetched_and_cached_live,
+    kv1_body
+);
 
 async fn denied_body(vault: &TestVault) {
     let mount = vault.enable_kv(2).await;
@@ -74,9 +86,16 @@ async fn denied_body(vault: &TestVault) {
     assert!(matches!(err, VaultError::Denied { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("permission denied"), "{msg}");
-    assert!(msg.contains(&format!("{mount}/data/carehub/billing/kek")), "{msg}");
+    assert!(
+        msg.contains(&format!("{mount}/data/carehub/billing/kek")),
+        "{msg}"
+    );
 }
-both_backends!(denied_path_is_named_double, denied_path_is_named_live, denied_body);
+both_backends!(
+    denied_path_is_named_double,
+    denied_path_is_named_live,
+    denied_body
+);
 
 async fn missing_body(vault: &TestVault) {
     let mount = vault.enable_kv(2).await;
@@ -91,7 +110,11 @@ async fn missing_body(vault: &TestVault) {
     assert!(matches!(err, VaultError::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("carehub keys init"), "{err}");
 }
-both_backends!(missing_keys_point_to_keys_init_double, missing_keys_point_to_keys_init_live, missing_body);
+both_backends!(
+    missing_keys_point_to_keys_init_double,
+    missing_keys_point_to_keys_init_live,
+    missing_body
+);
 
 async fn approle_body(vault: &TestVault) {
     let mount = vault.enable_kv(2).await;
@@ -122,9 +145,16 @@ async fn approle_body(vault: &TestVault) {
     std::fs::write(&secret_file, "not-the-secret-id").unwrap();
     let err = VaultConn::connect("scheduling", &cfg).await.unwrap_err();
     assert!(matches!(err, VaultError::Login { .. }), "{err:?}");
-    assert!(err.to_string().contains(&format!("auth/{auth_mount}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("auth/{auth_mount}")),
+        "{err}"
+    );
 }
-both_backends!(approle_login_and_renewal_double, approle_login_and_renewal_live, approle_body);
+both_backends!(
+    approle_login_and_renewal_double,
+    approle_login_and_renewal_live,
+    approle_body
+);
 
 async fn token_renewal_body(vault: &TestVault) {
     let mount = vault.enable_kv(2).await;
@@ -146,7 +176,11 @@ async fn token_renewal_body(vault: &TestVault) {
         .unwrap_err();
     assert!(matches!(err, VaultError::Denied { .. }), "{err:?}");
 }
-both_backends!(token_lookup_and_renewal_double, token_lookup_and_renewal_live, token_renewal_body);
+both_backends!(
+    token_lookup_and_renewal_double,
+    token_lookup_and_renewal_live,
+    token_renewal_body
+);
 
 async fn rotation_body(vault: &TestVault) {
     let mount = vault.enable_kv(2).await;
@@ -168,13 +202,20 @@ async fn rotation_body(vault: &TestVault) {
     // The background refresh (every second) picks the new version up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while keys.current(KeyName::Kek).unwrap().0 != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "rotation never picked up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation never picked up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(keys.version(KeyName::Kek, 1).unwrap().as_bytes(), &old[..]);
     assert_ne!(keys.current(KeyName::Kek).unwrap().1.as_bytes(), &old[..]);
 }
-both_backends!(rotation_is_picked_up_double, rotation_is_picked_up_live, rotation_body);
+both_backends!(
+    rotation_is_picked_up_double,
+    rotation_is_picked_up_live,
+    rotation_body
+);
 
 /// Kubernetes login cannot run against a dev Vault (it needs a Kubernetes API): double only.
 #[tokio::test]

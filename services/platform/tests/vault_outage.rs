@@ -20,10 +20,7 @@ use tonic_health::pb::HealthCheckRequest;
 use vault_support::{keys_config, TestVault};
 
 /// gRPC health of the whole server, as a Kubernetes gRPC probe asks it.
-async fn grpc_health(
-    addr: std::net::SocketAddr,
-    pki: &carehub_platform::devcerts::DevPki,
-) -> i32 {
+async fn grpc_health(addr: std::net::SocketAddr, pki: &carehub_platform::devcerts::DevPki) -> i32 {
     let probe = pki.issue("kubelet").unwrap();
     let store = carehub_platform::tls::TlsStore::from_pem(
         &probe.cert_pem,
@@ -32,9 +29,10 @@ async fn grpc_health(
         common::TRUST_DOMAIN,
     )
     .unwrap();
-    let channel = carehub_platform::client::connect(&format!("https://{addr}"), &store, "localhost")
-        .await
-        .unwrap();
+    let channel =
+        carehub_platform::client::connect(&format!("https://{addr}"), &store, "localhost")
+            .await
+            .unwrap();
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -53,7 +51,10 @@ async fn wait_for_health(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while grpc_health(addr, pki).await != want as i32 {
-        assert!(tokio::time::Instant::now() < deadline, "gRPC health never became {want:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gRPC health never became {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -93,7 +94,10 @@ async fn stopped_vault_within_staleness_keeps_serving_and_recovers() {
     assert!(matches!(err, VaultError::Unreachable { .. }), "{err:?}");
     assert!(err.is_transient());
     // Still serving from the cache, and saying why the refresh failed.
-    assert_eq!(keys.current(KeyName::Kek).unwrap().1.as_bytes(), &before[..]);
+    assert_eq!(
+        keys.current(KeyName::Kek).unwrap().1.as_bytes(),
+        &before[..]
+    );
     let status = keys.status();
     assert!(status.serving);
     assert!(status.last_error.unwrap().contains("unreachable"));
@@ -149,33 +153,54 @@ async fn beyond_max_staleness_fails_closed_and_reports_not_ready_until_vault_ret
     let metrics = host.metrics();
     let running = host.start(common::pending_forever()).await.unwrap();
     assert_eq!(common::http_get(running.admin_addr, "/readyz").await.0, 200);
-    assert_eq!(grpc_health(running.grpc_addr, &pki).await, ServingStatus::Serving as i32);
+    assert_eq!(
+        grpc_health(running.grpc_addr, &pki).await,
+        ServingStatus::Serving as i32
+    );
     keys::publish_metrics(source.as_ref(), &metrics);
     let (_, text) = common::http_get(running.admin_addr, "/metrics").await;
-    assert!(text.contains("carehub_key_cache_age_seconds{service=\"records\",provider=\"vault\"}"), "{text}");
-    assert!(text.contains("carehub_key_cache_serving{service=\"records\",provider=\"vault\"} 1"), "{text}");
+    assert!(
+        text.contains("carehub_key_cache_age_seconds{service=\"records\",provider=\"vault\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("carehub_key_cache_serving{service=\"records\",provider=\"vault\"} 1"),
+        "{text}"
+    );
 
     double.stop();
     // Wait (bounded) until the cache is past its maximum staleness.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while source.status().serving {
-        assert!(tokio::time::Instant::now() < deadline, "keys never became stale");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keys never became stale"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let err = source.current(KeyName::Kek).unwrap_err();
-    assert!(matches!(err, KeyError::Stale { max_secs: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, KeyError::Stale { max_secs: 2, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("stale"), "{err}");
     assert_eq!(common::http_get(running.admin_addr, "/readyz").await.0, 503);
     wait_for_health(running.grpc_addr, &pki, ServingStatus::NotServing).await;
     keys::publish_metrics(source.as_ref(), &metrics);
     let (_, text) = common::http_get(running.admin_addr, "/metrics").await;
-    assert!(text.contains("carehub_key_cache_serving{service=\"records\",provider=\"vault\"} 0"), "{text}");
+    assert!(
+        text.contains("carehub_key_cache_serving{service=\"records\",provider=\"vault\"} 0"),
+        "{text}"
+    );
 
     // Vault is back: the next background refresh makes the service ready again.
     double.restart().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !source.status().serving {
-        assert!(tokio::time::Instant::now() < deadline, "keys never recovered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keys never recovered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(source.current(KeyName::Kek).is_ok());

@@ -26,7 +26,11 @@ const TRUST_DOMAIN: &str = "carehub.test";
 async fn setup_pki(vault: &TestVault) -> String {
     let mount = format!("{}-pki", vault.prefix);
     vault
-        .admin("POST", &format!("sys/mounts/{mount}"), json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}))
+        .admin(
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+        )
         .await;
     vault
         .admin(
@@ -59,20 +63,30 @@ async fn setup_pki(vault: &TestVault) -> String {
 
 async fn pki_token(vault: &TestVault, mount: &str, service: &str) -> String {
     let name = format!("{}-{service}-pki", vault.prefix);
-    let hcl = format!("path \"{mount}/issue/carehub-{service}\" {{\n  capabilities = [\"update\"]\n}}\n");
+    let hcl =
+        format!("path \"{mount}/issue/carehub-{service}\" {{\n  capabilities = [\"update\"]\n}}\n");
     vault
-        .admin("PUT", &format!("sys/policies/acl/{name}"), json!({ "policy": hcl }))
+        .admin(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            json!({ "policy": hcl }),
+        )
         .await;
     vault.token(&[&name], "1h").await
 }
 
-async fn health(addr: std::net::SocketAddr, client_store: &std::sync::Arc<TlsStore>) -> Result<i32, String> {
+async fn health(
+    addr: std::net::SocketAddr,
+    client_store: &std::sync::Arc<TlsStore>,
+) -> Result<i32, String> {
     let channel = client::connect(&format!("https://{addr}"), client_store, "identity")
         .await
         .map_err(|e| format!("{e:#}"))?;
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
-        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }),
+        HealthClient::new(channel).check(HealthCheckRequest {
+            service: String::new(),
+        }),
     )
     .await
     .map_err(|_| "timed out".to_owned())?
@@ -103,9 +117,13 @@ async fn pki_body(vault: &TestVault) {
         )
         .await
         .unwrap();
-    let client_store =
-        TlsStore::from_pem(&issued.certificate, &issued.private_key, &issued.issuing_ca, TRUST_DOMAIN)
-            .unwrap();
+    let client_store = TlsStore::from_pem(
+        &issued.certificate,
+        &issued.private_key,
+        &issued.issuing_ca,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
 
     // identity's server: certificate from Vault PKI with a 4-second lifetime.
     let identity_token = pki_token(vault, &mount, "identity").await;
@@ -140,7 +158,10 @@ async fn pki_body(vault: &TestVault) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut seen = vec![first.clone()];
     while seen.len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "certificate never renewed: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "certificate never renewed: {seen:?}"
+        );
         let now = serial_of(&running.tls);
         if seen.last() != Some(&now) {
             seen.push(now);
@@ -168,9 +189,17 @@ async fn pki_body(vault: &TestVault) {
         .await
         .unwrap_err();
     assert!(matches!(err, VaultError::Denied { .. }), "{err:?}");
-    assert!(err.to_string().contains(&format!("{mount}/issue/carehub-gateway")), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{mount}/issue/carehub-gateway")),
+        "{err}"
+    );
 }
-both_backends!(pki_certificate_is_issued_served_and_renewed_double, pki_certificate_is_issued_served_and_renewed_live, pki_body);
+both_backends!(
+    pki_certificate_is_issued_served_and_renewed_double,
+    pki_certificate_is_issued_served_and_renewed_live,
+    pki_body
+);
 
 #[tokio::test]
 async fn pki_role_refuses_another_services_spiffe_id() {
@@ -191,8 +220,13 @@ async fn pki_role_refuses_another_services_spiffe_id() {
         .await
         .unwrap_err();
     match err {
-        VaultError::Api { code: 400, errors, .. } => {
-            assert!(errors.join(" ").contains("URI Subject Alternative Names"), "{errors:?}")
+        VaultError::Api {
+            code: 400, errors, ..
+        } => {
+            assert!(
+                errors.join(" ").contains("URI Subject Alternative Names"),
+                "{errors:?}"
+            )
         }
         other => panic!("{other:?}"),
     }

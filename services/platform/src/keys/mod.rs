@@ -14,6 +14,7 @@ pub mod config;
 pub mod file;
 pub mod pki;
 pub mod vault;
+mod vault_error;
 pub mod vault_keys;
 
 use std::collections::{BTreeMap, HashMap};

@@ -57,8 +57,7 @@ impl Token {
     }
 
     fn remaining(&self) -> u64 {
-        self.ttl
-            .saturating_sub(self.renewed.elapsed().as_secs())
+        self.ttl.saturating_sub(self.renewed.elapsed().as_secs())
     }
 
     fn auth_block(&self) -> Value {
@@ -157,7 +156,9 @@ pub(crate) fn try_login(state: &mut State, req: &Req) -> Option<Reply> {
                 .get(&(mount.to_owned(), role_name.clone()))
                 .cloned()
             else {
-                return Some(Reply::bad_request(format!("invalid role name \"{role_name}\"")));
+                return Some(Reply::bad_request(format!(
+                    "invalid role name \"{role_name}\""
+                )));
             };
             match state.kube_jwts.get(jwt).cloned() {
                 Some((sa, ns))
@@ -236,7 +237,11 @@ pub(crate) fn route(state: &mut State, req: &Req, rest: &str, caller: &Token) ->
             return Reply::bad_request("root tokens may not be created without root");
         }
         let ttl = req.duration("ttl").unwrap_or(32 * 86_400);
-        let renewable = req.body.get("renewable").and_then(Value::as_bool).unwrap_or(true);
+        let renewable = req
+            .body
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
         let name = req.str("display_name").unwrap_or("token").to_owned();
         let token = Token::new(policies, ttl, renewable, "auth/token/create", &name);
         return issue(state, token);

@@ -78,7 +78,10 @@ pub(crate) fn route(
 
 fn v1(secrets: &mut HashMap<String, Secret>, req: &Req, path: &str) -> Reply {
     match req.method {
-        Method::GET => match secrets.get(path).and_then(|s| s.versions.values().next_back()) {
+        Method::GET => match secrets
+            .get(path)
+            .and_then(|s| s.versions.values().next_back())
+        {
             Some(v) => Reply::DataWithLease(Value::Object(v.data.clone()), KV1_LEASE_SECS),
             None => Reply::not_found(),
         },

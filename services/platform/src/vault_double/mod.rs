@@ -33,6 +33,7 @@ mod auth;
 mod kv;
 mod pki;
 mod policy;
+mod sys;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -328,7 +329,9 @@ impl Reply {
     pub fn unsupported(path: &str) -> Reply {
         Reply::Error(
             StatusCode::NOT_FOUND,
-            vec![format!("no handler for route \"{path}\". route entry not found.")],
+            vec![format!(
+                "no handler for route \"{path}\". route entry not found."
+            )],
         )
     }
 
@@ -440,16 +443,23 @@ fn parse_and_dispatch(
 fn dispatch(state: &mut State, req: &Req) -> Reply {
     let path = req.path.as_str();
     if path == "sys/health" {
-        return health(state, req);
+        return sys::health(state, req);
     }
     if state.sealed {
-        return Reply::Error(StatusCode::SERVICE_UNAVAILABLE, vec!["Vault is sealed".into()]);
+        return Reply::Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec!["Vault is sealed".into()],
+        );
     }
     // Logins need no token; everything else does.
     if let Some(reply) = auth::try_login(state, req) {
         return reply;
     }
-    let Some(token) = req.token.as_deref().and_then(|t| auth::live_token(state, t)) else {
+    let Some(token) = req
+        .token
+        .as_deref()
+        .and_then(|t| auth::live_token(state, t))
+    else {
         return Reply::Error(StatusCode::FORBIDDEN, vec!["permission denied".into()]);
     };
     // The default policy lets every token look itself up and renew itself.
@@ -468,7 +478,7 @@ fn dispatch(state: &mut State, req: &Req) -> Reply {
         return Reply::denied();
     }
     if let Some(rest) = path.strip_prefix("sys/") {
-        return sys(state, req, rest);
+        return sys::route(state, req, rest);
     }
     if let Some(rest) = path.strip_prefix("auth/") {
         return auth::route(state, req, rest, &token);
@@ -495,107 +505,4 @@ fn find_mount(state: &State, path: &str) -> Option<(String, String)> {
             let rest = path[m.len()..].trim_start_matches('/').to_owned();
             (m.clone(), rest)
         })
-}
-
-fn health(state: &State, req: &Req) -> Reply {
-    let status = if state.sealed {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if state.standby && !req.query.get("standbyok").is_some_and(|v| v == "true") {
-        StatusCode::TOO_MANY_REQUESTS
-    } else {
-        StatusCode::OK
-    };
-    Reply::Raw(
-        status,
-        json!({
-            "initialized": true,
-            "sealed": state.sealed,
-            "standby": state.standby,
-            "performance_standby": false,
-            "replication_performance_mode": "disabled",
-            "replication_dr_mode": "disabled",
-            "server_time_utc": chrono::Utc::now().timestamp(),
-            "version": "1.17.0+double",
-            "enterprise": false,
-            "cluster_name": "vault-double",
-            "cluster_id": "00000000-0000-0000-0000-000000000000",
-            "echo_duration_ms": 0,
-            "clock_skew_ms": 0,
-        }),
-    )
-}
-
-fn sys(state: &mut State, req: &Req, rest: &str) -> Reply {
-    if let Some(name) = rest.strip_prefix("mounts/") {
-        if req.method != Method::POST && req.method != Method::PUT {
-            return Reply::unsupported(&req.path);
-        }
-        let name = name.trim_matches('/').to_owned();
-        if state.mounts.contains_key(&name) {
-            return Reply::bad_request(format!(
-                "path is already in use at {name}/"
-            ));
-        }
-        let mount = match req.str("type") {
-            Some("kv") | Some("kv-v2") => {
-                let version = match req
-                    .body
-                    .pointer("/options/version")
-                    .and_then(Value::as_str)
-                {
-                    Some("2") => 2,
-                    _ if req.str("type") == Some("kv-v2") => 2,
-                    _ => 1,
-                };
-                Mount::Kv {
-                    version,
-                    secrets: HashMap::new(),
-                }
-            }
-            Some("pki") => Mount::Pki(Box::default()),
-            Some(other) => {
-                return Reply::bad_request(format!(
-                    "plugin not found in the catalog: {other}"
-                ))
-            }
-            None => return Reply::bad_request("backend type must be specified as a string"),
-        };
-        state.mounts.insert(name, mount);
-        return Reply::Empty;
-    }
-    if let Some(name) = rest.strip_prefix("auth/") {
-        let name = name.trim_matches('/').to_owned();
-        return match req.str("type") {
-            Some(kind @ ("approle" | "kubernetes")) => {
-                if state.auth_mounts.contains_key(&name) {
-                    return Reply::bad_request(format!("path is already in use at {name}/"));
-                }
-                state.auth_mounts.insert(name, kind.to_owned());
-                Reply::Empty
-            }
-            _ => Reply::bad_request("the double supports auth types approle and kubernetes"),
-        };
-    }
-    if let Some(name) = rest.strip_prefix("policies/acl/") {
-        return match req.method {
-            Method::POST | Method::PUT => {
-                let Some(text) = req.str("policy") else {
-                    return Reply::bad_request("'policy' parameter not supplied or empty");
-                };
-                match policy::Policy::parse(text) {
-                    Ok(p) => {
-                        state.policies.insert(name.to_owned(), p);
-                        Reply::Empty
-                    }
-                    Err(e) => Reply::bad_request(format!("failed to parse policy: {e}")),
-                }
-            }
-            Method::DELETE => {
-                state.policies.remove(name);
-                Reply::Empty
-            }
-            _ => Reply::unsupported(&req.path),
-        };
-    }
-    Reply::unsupported(&req.path)
 }

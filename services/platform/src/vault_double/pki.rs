@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use axum::http::Method;
 use rand::RngCore as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -79,10 +79,26 @@ pub(crate) fn route(pki: &mut Pki, req: &Req, rest: &str) -> Reply {
     if let Some(name) = rest.strip_prefix("roles/") {
         let role = Role {
             allowed_domains: req.list("allowed_domains"),
-            allow_bare_domains: req.body.get("allow_bare_domains").and_then(Value::as_bool).unwrap_or(false),
-            allow_subdomains: req.body.get("allow_subdomains").and_then(Value::as_bool).unwrap_or(false),
-            allow_localhost: req.body.get("allow_localhost").and_then(Value::as_bool).unwrap_or(true),
-            allow_any_name: req.body.get("allow_any_name").and_then(Value::as_bool).unwrap_or(false),
+            allow_bare_domains: req
+                .body
+                .get("allow_bare_domains")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            allow_subdomains: req
+                .body
+                .get("allow_subdomains")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            allow_localhost: req
+                .body
+                .get("allow_localhost")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            allow_any_name: req
+                .body
+                .get("allow_any_name")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             allowed_uri_sans: req.list("allowed_uri_sans"),
             ttl: req.duration("ttl"),
             max_ttl: req.duration("max_ttl"),
@@ -149,9 +165,7 @@ fn issue(pki: &Pki, req: &Req, role_name: &str) -> Reply {
         return Reply::bad_request(format!("unknown role: {role_name}"));
     };
     let Some(ca) = &pki.ca else {
-        return Reply::bad_request(
-            "no default issuer currently configured on this mount",
-        );
+        return Reply::bad_request("no default issuer currently configured on this mount");
     };
     let Some(cn) = req.str("common_name").filter(|c| !c.is_empty()) else {
         return Reply::bad_request(

@@ -114,12 +114,30 @@ mod tests {
 
     #[test]
     fn globs_match_like_vault() {
-        assert!(glob_matches("secret/data/carehub/identity/*", "secret/data/carehub/identity/kek"));
-        assert!(!glob_matches("secret/data/carehub/identity/*", "secret/data/carehub/billing/kek"));
-        assert!(glob_matches("secret/data/carehub/+/kek", "secret/data/carehub/billing/kek"));
-        assert!(glob_matches("pki/issue/carehub-identity", "pki/issue/carehub-identity"));
-        assert!(!glob_matches("pki/issue/carehub-identity", "pki/issue/carehub-identity2"));
-        assert!(glob_matches("secret/data/carehub/id*", "secret/data/carehub/identity/kek"));
+        assert!(glob_matches(
+            "secret/data/carehub/identity/*",
+            "secret/data/carehub/identity/kek"
+        ));
+        assert!(!glob_matches(
+            "secret/data/carehub/identity/*",
+            "secret/data/carehub/billing/kek"
+        ));
+        assert!(glob_matches(
+            "secret/data/carehub/+/kek",
+            "secret/data/carehub/billing/kek"
+        ));
+        assert!(glob_matches(
+            "pki/issue/carehub-identity",
+            "pki/issue/carehub-identity"
+        ));
+        assert!(!glob_matches(
+            "pki/issue/carehub-identity",
+            "pki/issue/carehub-identity2"
+        ));
+        assert!(glob_matches(
+            "secret/data/carehub/id*",
+            "secret/data/carehub/identity/kek"
+        ));
     }
 
     #[test]

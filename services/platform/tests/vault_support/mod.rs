@@ -213,13 +213,21 @@ impl TestVault {
         )
         .await;
         let role_id = self
-            .admin("GET", &format!("auth/{mount}/role/{role}/role-id"), json!(null))
+            .admin(
+                "GET",
+                &format!("auth/{mount}/role/{role}/role-id"),
+                json!(null),
+            )
             .await["data"]["role_id"]
             .as_str()
             .unwrap()
             .to_owned();
         let secret_id = self
-            .admin("POST", &format!("auth/{mount}/role/{role}/secret-id"), json!({}))
+            .admin(
+                "POST",
+                &format!("auth/{mount}/role/{role}/secret-id"),
+                json!({}),
+            )
             .await["data"]["secret_id"]
             .as_str()
             .unwrap()
