@@ -284,3 +284,28 @@ async fn keys_of_one_service_are_shared_by_reference_not_refetched() {
     let b = keys.versions(KeyName::Signing).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+async fn background_renewal_body(vault: &TestVault) {
+    let mount = vault.enable_kv(2).await;
+    vault.seed_service(&mount, 2, "scheduling").await;
+    let policy = vault.service_policy(&mount, 2, "scheduling").await;
+    // A 4-second token: without renewal it expires long before the end of this test.
+    let token = vault.token(&[&policy], "4s").await;
+    let conn = VaultConn::connect("scheduling", &vault.config(&mount, 2, &token))
+        .await
+        .unwrap();
+    let keys = VaultKeys::start("scheduling", &keys_config(1, 3600), conn.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // The background refresh renewed the token past half its TTL, so Vault still answers it.
+    keys.refresh_now().await.unwrap();
+    assert!(keys.status().last_error.is_none());
+    let (renewable, left) = conn.token_ttl();
+    assert!(renewable && left > Duration::ZERO);
+}
+both_backends!(
+    token_is_renewed_in_the_background_double,
+    token_is_renewed_in_the_background_live,
+    background_renewal_body
+);
