@@ -82,9 +82,19 @@ fn put_opt_uuid(buf: &mut Vec<u8>, id: Option<Uuid>) {
 /// presence bytes for optional fields, so that no two different events encode alike. The
 /// sequence number and the previous hash are part of it: moving a row breaks its link.
 pub fn canonical_bytes(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(512);
+    let body = body_bytes(event);
+    let mut buf = Vec::with_capacity(EVENT_DOMAIN.len() + 8 + body.len() + prev_hash.len());
     buf.extend_from_slice(EVENT_DOMAIN);
     buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&body);
+    buf.extend_from_slice(prev_hash);
+    buf
+}
+
+/// The part of [`canonical_bytes`] between the sequence number and the previous hash: what the
+/// event itself says. [`record`] sends it to Postgres, which wraps it while it holds the head.
+fn body_bytes(event: &AuditEvent) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(512);
     buf.extend_from_slice(event.event_id.as_bytes());
     buf.extend_from_slice(&event.occurred_at.timestamp_micros().to_be_bytes());
     put_str(&mut buf, &event.kind);
@@ -105,7 +115,6 @@ pub fn canonical_bytes(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8
     put_opt_str(&mut buf, event.trace_id.as_deref());
     put_opt_str(&mut buf, event.span_id.as_deref());
     put_str(&mut buf, "prev");
-    buf.extend_from_slice(prev_hash);
     buf
 }
 
@@ -124,26 +133,30 @@ pub async fn record(
     event: &AuditEvent,
 ) -> Result<ChainedEvent, AuditError> {
     event.validate()?;
-    let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as(
-        "SELECT seq, hash FROM carehub_platform.audit_chain_head WHERE one FOR UPDATE",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let seq = head_seq + 1;
-    let hash = event_hash(seq, event, &head_hash);
-    // One round trip for the row and the head; the head is already locked by this transaction.
-    sqlx::query(
-        "WITH ins AS (
+    // One statement, one round trip: lock the head (held until the transaction ends), link the
+    // new row to it, move it. Postgres hashes what Rust encoded around the seq and previous
+    // hash it alone knows at that moment (`int8send` is the big-endian encoding used here).
+    let (seq, prev_hash, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "WITH head AS (
+            SELECT seq + 1 AS seq, hash AS prev
+              FROM carehub_platform.audit_chain_head WHERE one FOR UPDATE
+         ), new AS (
+            SELECT seq, prev, sha256($1 || int8send(seq) || $2 || prev) AS hash FROM head
+         ), ins AS (
             INSERT INTO carehub_platform.audit_events (seq, event_id, occurred_at, kind, action,
                 outcome, outcome_reason, purpose, actor_user_id, actor_role, actor_session_id,
                 actor_workload, entity_type, entity_id, subject_id, source_ip, user_agent,
                 request_id, trace_id, span_id, prev_hash, hash)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, $20, $21, $22)
+            SELECT seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                $19, $20, $21, prev, hash FROM new
+            RETURNING seq, prev_hash, hash
          )
-         UPDATE carehub_platform.audit_chain_head SET seq = $1, hash = $22 WHERE one",
+         UPDATE carehub_platform.audit_chain_head h SET seq = ins.seq, hash = ins.hash
+           FROM ins WHERE h.one
+         RETURNING ins.seq, ins.prev_hash, ins.hash",
     )
-    .bind(seq)
+    .bind(EVENT_DOMAIN)
+    .bind(body_bytes(event))
     .bind(event.event_id)
     .bind(event.occurred_at)
     .bind(&event.kind)
@@ -163,14 +176,19 @@ pub async fn record(
     .bind(&event.request_id)
     .bind(&event.trace_id)
     .bind(&event.span_id)
-    .bind(&head_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    // The verifier recomputes hashes in Rust: refuse to commit a row it would call altered.
+    if event_hash(seq, event, &prev_hash) != hash {
+        return Err(AuditError::Corrupt {
+            seq,
+            reason: "the database hashed the event differently from the verifier".to_owned(),
+        });
+    }
     let chained = ChainedEvent {
         seq,
         event: event.clone(),
-        prev_hash: head_hash,
+        prev_hash,
         hash,
     };
     super::sink::emit_on_span(&chained);
