@@ -119,24 +119,46 @@ def check_vault(vault_dir: pathlib.Path) -> list[str]:
     return problems
 
 
-def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int]) -> list[str]:
-    problems: list[str] = []
+def kustomize(path: pathlib.Path, label: str) -> tuple[list[dict], str]:
     kubectl = shutil.which("kubectl")
     if kubectl:
-        r = subprocess.run([kubectl, "kustomize", str(k8s)], capture_output=True, text=True)
+        r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
         if r.returncode:
-            return [f"kubectl kustomize {k8s}: {r.stderr.strip()}"]
-        docs = [d for d in yaml.safe_load_all(r.stdout) if d]
-        how = "kubectl kustomize k8s/"
-    else:
-        # Without kubectl: the kustomization's resources as written (no transformers applied).
-        kust = yaml.safe_load((k8s / "kustomization.yaml").read_text())
-        docs = []
-        for res in kust.get("resources", []):
-            docs += [d for d in yaml.safe_load_all((k8s / res).read_text()) if d]
-        for d in docs:
-            d.setdefault("metadata", {}).setdefault("namespace", kust.get("namespace"))
-        how = "k8s/ resources (kubectl not installed: kustomize output not checked)"
+            raise ValueError(f"kubectl kustomize {label}: {r.stderr.strip()}")
+        return [d for d in yaml.safe_load_all(r.stdout) if d], f"kubectl kustomize {label}"
+    # Without kubectl: the kustomization's resources as written (no transformers applied).
+    kust = yaml.safe_load((path / "kustomization.yaml").read_text())
+    docs = []
+    for res in kust.get("resources", []):
+        docs += [d for d in yaml.safe_load_all((path / res).read_text()) if d]
+    for d in docs:
+        d.setdefault("metadata", {}).setdefault("namespace", kust.get("namespace"))
+    return docs, f"{label} resources (kubectl not installed: kustomize output not checked)"
+
+
+def check_gateway(gateway: pathlib.Path, validate: Callable[[list[dict], str], int]) -> list[str]:
+    import envoy_check
+    import invariants
+
+    try:
+        docs, how = kustomize(gateway, "k8s/gateway/")
+    except ValueError as e:
+        return [str(e)]
+    bad = validate(docs, how)
+    problems = [p for d in docs for p in invariants.check_pod_security(d)]
+    problems += [p for d in docs if d["kind"] == "Deployment" for p in invariants.check_deployment(d, None)]
+    problems += envoy_check.check_envoy(gateway)
+    if not problems and not bad:
+        print(f"ok   {how}: {len(docs)} objects validate and keep the pod invariants; Envoy config parses as Envoy's API")
+    return problems
+
+
+def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int]) -> list[str]:
+    problems: list[str] = []
+    try:
+        docs, how = kustomize(k8s, "k8s/")
+    except ValueError as e:
+        return [str(e)]
     before = validate(docs, how)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     ns = next((d for d in docs if d["kind"] == "Namespace"), None)
@@ -153,6 +175,7 @@ def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int])
         if want not in kinds:
             problems.append(f"{how}: no {want[0]}/{want[1]}")
     problems += check_vault(k8s / "vault")
+    problems += check_gateway(k8s / "gateway", validate)
     if not problems and not before:
         print(f"ok   {how}: {len(docs)} objects validate; namespace restricted, default deny; Vault policies least-privilege")
     return problems
