@@ -31,8 +31,13 @@ fn wipe(layout: &mut FileLayout) {
 }
 
 fn read_layout(path: &Path) -> anyhow::Result<FileLayout> {
-    let mut text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the development key file {}", path.display()))?;
+    let mut text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the development key file {} (create it with `carehub keys init --dev {}`)",
+            path.display(),
+            path.display()
+        )
+    })?;
     let parsed = serde_json::from_str::<FileLayout>(&text)
         .map_err(|e| {
             anyhow::anyhow!(
