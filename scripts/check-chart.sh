@@ -25,6 +25,11 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
   $sudo_cmd apt-get install -y -qq python3 python3-venv >/dev/null
 fi
 
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "check-chart: needs Python 3.11 or newer (tomllib); found $(python3 --version 2>&1)" >&2
+  exit 1
+fi
+
 # Reinstall when the pinned set changes (the stamp holds the requirements' hash).
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.carehub-requirements" 2>/dev/null)" != "$want" ]; then
