@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use carehub_platform::config::{self, PlatformConfig, Validate};
 use carehub_platform::keys::file::{write_dev_key_file, SERVICES};
-use carehub_platform::keys::vault::{VaultConn, VaultError};
+use carehub_platform::keys::vault::{KvSecret, VaultConn, VaultError};
 use carehub_platform::keys::vault_keys::required_keys;
 use carehub_platform::keys::{KeyName, KeyVersions};
 use clap::{Args, Subcommand, ValueEnum};
@@ -207,8 +207,16 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{path} is not in carehub's key layout"))?;
     let previous = keys.current_version();
     let next = keys.rotate();
+    // Fields other than `current` and `vN` (bookkeeping such as identity's publication times)
+    // are carried over untouched.
+    // (A KvSecret wipes its values when dropped.)
+    let mut merged = KvSecret {
+        data: secret.data.clone(),
+        version: None,
+    };
+    merged.data.extend(keys.to_kv_data());
     // KV v2: only if nobody rotated in between; KV v1 has no check-and-set.
-    conn.write_kv(&path, &keys.to_kv_data(), secret.version)
+    conn.write_kv(&path, &merged.data, secret.version)
         .await
         .with_context(|| format!("writing {path}"))?;
     println!("{path}: version {next} is now current (was {previous}); older versions kept");

@@ -10,6 +10,7 @@ use carehub_platform::config::{KeyProvider, KeysConfig, VaultConfig};
 use carehub_platform::crypto::{CryptoConfig, Envelope, Field};
 use carehub_platform::db::TestDatabase;
 use carehub_platform::keys;
+use carehub_platform::keys::vault::VaultConn;
 use carehub_platform::vault_double::VaultDouble;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -134,6 +135,43 @@ async fn init_rotate_status_rewrap_against_the_vault_double() {
         rewrap.contains("rewrap complete: 0 data key(s)"),
         "{rewrap}"
     );
+
+    // Rotation keeps fields it does not own (identity's signing-key bookkeeping).
+    let mut vault_cfg = VaultConfig {
+        addr: Some(double.addr()),
+        ..VaultConfig::default()
+    };
+    vault_cfg.auth.token = Some(SecretString::from(double.root_token()));
+    let conn = VaultConn::connect("operator", &vault_cfg).await.unwrap();
+    let signing = conn.read_kv("carehub/identity/signing").await.unwrap();
+    let mut data = signing.data.clone();
+    data.insert("published_until_1".into(), "1700000000".into());
+    conn.write_kv("carehub/identity/signing", &data, signing.version)
+        .await
+        .unwrap();
+    let rotated = stdout(
+        &carehub(
+            &double,
+            None,
+            &[
+                "keys",
+                "rotate",
+                "--service",
+                "identity",
+                "--key",
+                "signing",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        rotated.contains("signing: version 2 is now current"),
+        "{rotated}"
+    );
+    let after = conn.read_kv("carehub/identity/signing").await.unwrap();
+    assert_eq!(after.data["published_until_1"], "1700000000");
+    assert_eq!(after.data["current"], "2");
+    assert!(after.data.contains_key("v1") && after.data.contains_key("v2"));
 
     // Signing keys belong to identity only.
     let out = carehub(
