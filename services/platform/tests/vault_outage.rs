@@ -208,3 +208,40 @@ async fn beyond_max_staleness_fails_closed_and_reports_not_ready_until_vault_ret
     wait_for_health(running.grpc_addr, &pki, ServingStatus::Serving).await;
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn sys_health_answers_active_standby_and_sealed_like_vault() {
+    let vault = TestVault::double().await;
+    let double = vault.double.as_ref().unwrap();
+    let (status, body) = vault.call("GET", "sys/health", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["sealed"], false);
+    // vaultrs parses the double's answer as it parses Vault's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(vault.addr.clone())
+            .token(vault.root_token.clone())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let health = vaultrs::sys::health(&client).await.unwrap();
+    assert!(health.initialized && !health.sealed && !health.standby);
+
+    double.set_standby(true);
+    assert_eq!(vault.call("GET", "sys/health", None).await.0, 429);
+    assert_eq!(
+        vault.call("GET", "sys/health?standbyok=true", None).await.0,
+        200
+    );
+    double.set_standby(false);
+
+    double.seal();
+    let (status, body) = vault.call("GET", "sys/health", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["sealed"], true);
+    let (status, body) = vault.call("GET", "secret/data/anything", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["errors"][0], "Vault is sealed");
+}
