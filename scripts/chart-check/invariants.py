@@ -200,7 +200,6 @@ def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
     calls = {n: (services[n].get("calls") if services[n].get("calls") is not None else defaults.get("calls", [])) for n in enabled}
     tls_source = values["tls"]["source"]
     for name in enabled:
-        svc = {**defaults, **services[name]}
         autoscaling = {**(defaults.get("autoscaling") or {}), **(services[name].get("autoscaling") or {})}
         full = f"carehub-{name}"
         want = ["Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"]
