@@ -298,7 +298,10 @@ impl TlsStore {
             key_pem.as_bytes(),
             ca_pem.as_bytes(),
         )?;
-        self.state.write().unwrap_or_else(|e| e.into_inner()).material = material;
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .material = material;
         Ok(())
     }
 
