@@ -59,6 +59,7 @@ where
         + Send
         + 'static,
 {
+    let crypto = state.crypto.clone();
     idempotency::run(
         &state.pool,
         &scope(method),
@@ -67,7 +68,7 @@ where
         request,
         move |tx| {
             Box::pin(async move {
-                let account = store::lock_user(tx, user_id)
+                let account = store::lock_user(tx, &crypto, user_id)
                     .await?
                     .ok_or_else(|| user_not_found(user_id))?;
                 op(tx, account).await

@@ -81,6 +81,7 @@ pub async fn create_user(
     };
     let ran = Arc::new(AtomicBool::new(false));
     let ran_in = ran.clone();
+    let crypto = state.crypto.clone();
     // The stored (replayable) answer never holds the one-time password: it is a credential.
     let mut resp = idempotency::run(
         &state.pool,
@@ -90,7 +91,7 @@ pub async fn create_user(
         &r,
         move |tx| {
             Box::pin(async move {
-                let a = store::insert_user(tx, &new).await?;
+                let a = store::insert_user(tx, &crypto, &new).await?;
                 store::insert_consents(tx, a.id, &ConsentChange::default()).await?;
                 store::insert_prefs(tx, a.id, false).await?;
                 ran_in.store(true, Ordering::SeqCst);
@@ -140,7 +141,7 @@ pub async fn get_user(
         .into());
     }
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::require_user(&mut conn, target).await?;
+    let a = store::require_user(&mut conn, &state.crypto, target).await?;
     Ok(Response::new(user_to_pb(&a)))
 }
 
@@ -181,6 +182,7 @@ async fn change_status<Req: Message>(
         }
         .into());
     }
+    let crypto = state.crypto.clone();
     let user = on_locked_account(
         state,
         method,
@@ -197,7 +199,7 @@ async fn change_status<Req: Message>(
                         subject: target.to_string(),
                         description: why.to_owned(),
                     })?;
-                let a = store::set_status(tx, target, next, &reason, admin).await?;
+                let a = store::set_status(tx, &crypto, target, next, &reason, admin).await?;
                 if action.revokes_sessions() {
                     crate::store::revocation::revoke_user_sessions(
                         tx,

@@ -108,7 +108,7 @@ pub async fn lookup_user(state: &AppState, req: Request<LookupUserRequest>) -> R
     v.finish()?;
     let id = checked(id)?;
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = account_store::require_user(&mut conn, id).await?;
+    let a = account_store::require_user(&mut conn, &state.crypto, id).await?;
     Ok(Response::new(UserSummary {
         user_id: a.id.to_string(),
         roles: vec![role_to_pb(a.role) as i32],

@@ -109,7 +109,8 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
     v.finish()?;
     let email = email.unwrap_or_default();
 
-    let account_key = tokens::account_throttle_key(&email);
+    let account_key = crate::store::sealed::account_throttle_key(&state.crypto, &email)?;
+    let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
     let source_key = caller.client_ip.as_deref().map(tokens::source_throttle_key);
 
     // Locks first: a locked account or a throttled source is refused without a password check,
@@ -122,7 +123,7 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         };
         let account_lock = store::active_lock(&mut conn, &account_key).await?;
         let cred = if source_lock.is_none() && account_lock.is_none() {
-            store::credentials_by_email(&mut conn, &email).await?
+            store::credentials_by_email(&mut conn, &email_index).await?
         } else {
             None
         };

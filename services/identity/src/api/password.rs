@@ -49,6 +49,7 @@ async fn request_reset_inner(
     let email = validation::check_email(&mut v, "email", &req.get_ref().email);
     v.finish()?;
     let email = email.unwrap_or_default();
+    let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
     let ttl = secs(state.settings.password_reset_ttl_secs);
     // The token leaves the transaction only to be sent after the commit; a replayed request
     // sends nothing again.
@@ -62,7 +63,7 @@ async fn request_reset_inner(
         req.get_ref(),
         move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
             Box::pin(async move {
-                let Some(cred) = store::credentials_by_email(conn, &email).await? else {
+                let Some(cred) = store::credentials_by_email(conn, &email_index).await? else {
                     return Ok(());
                 };
                 if !is_active(&cred) {
@@ -74,7 +75,8 @@ async fn request_reset_inner(
                     *s = Some(Notification {
                         user_id: cred.id,
                         channel: Channel::Email,
-                        destination: cred.email.clone(),
+                        // The address asked for: the account was found by its blind index.
+                        destination: email.clone(),
                         kind: NotificationKind::PasswordReset { token },
                     });
                 }
@@ -95,11 +97,11 @@ async fn request_reset_inner(
 
 async fn notify_password_changed(state: &AppState, user_id: Uuid) {
     let email = match state.pool.acquire().await {
-        Ok(mut conn) => store::credentials_by_id(&mut conn, user_id, false)
+        Ok(mut conn) => crate::store::accounts::get_user(&mut conn, &state.crypto, user_id)
             .await
             .ok()
             .flatten()
-            .map(|c| c.email),
+            .map(|a| a.email),
         Err(_) => None,
     };
     if let Some(destination) = email {

@@ -80,7 +80,7 @@ pub async fn get_profile(
     let caller = caller(&req)?;
     let user_id = caller_user_id(&caller)?;
     let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::require_user(&mut conn, user_id).await?;
+    let a = store::require_user(&mut conn, &state.crypto, user_id).await?;
     Ok(Response::new(user_to_pb(&a)))
 }
 
@@ -126,6 +126,7 @@ pub async fn update_profile(
     let ttl = state.settings.verification_code_ttl_secs;
     let outbox = Outbox::default();
     let out = outbox.clone();
+    let crypto = state.crypto.clone();
     let user = on_locked_account(
         state,
         "UpdateProfile",
@@ -135,16 +136,25 @@ pub async fn update_profile(
         user_id,
         move |tx, before| {
             Box::pin(async move {
-                let after = store::update_profile(tx, user_id, &update).await?;
+                let after = store::update_profile(tx, &crypto, user_id, &update).await?;
                 if after.email != before.email {
                     store::expire_codes(tx, user_id, Contact::Email).await?;
-                    issue_code(tx, &out, user_id, Contact::Email, &after.email, ttl).await?;
+                    issue_code(
+                        tx,
+                        &crypto,
+                        &out,
+                        user_id,
+                        Contact::Email,
+                        &after.email,
+                        ttl,
+                    )
+                    .await?;
                 }
                 if after.phone != before.phone {
                     store::expire_codes(tx, user_id, Contact::Phone).await?;
                     match &after.phone {
                         Some(p) => {
-                            issue_code(tx, &out, user_id, Contact::Phone, p, ttl).await?;
+                            issue_code(tx, &crypto, &out, user_id, Contact::Phone, p, ttl).await?;
                         }
                         None => {
                             // No phone, no SMS consent.

@@ -28,6 +28,7 @@ const MAX_CODES_PER_HOUR: i64 = 10;
 /// Creates a verification code for `channel` of `account` (its current address) and queues it.
 pub(super) async fn issue_code(
     conn: &mut PgConnection,
+    crypto: &carehub_platform::crypto::Envelope,
     outbox: &Outbox,
     user_id: Uuid,
     channel: Contact,
@@ -37,6 +38,7 @@ pub(super) async fn issue_code(
     let code = account::new_verification_code();
     let expires = store::insert_verification_code(
         conn,
+        crypto,
         user_id,
         channel,
         destination,
@@ -139,6 +141,7 @@ pub async fn register_patient(
     let outbox = Outbox::default();
     let out = outbox.clone();
     let actor = format!("anon:{}", caller.workload);
+    let crypto = state.crypto.clone();
     let user = idempotency::run(
         &state.pool,
         &scope("RegisterPatient"),
@@ -147,12 +150,12 @@ pub async fn register_patient(
         &r,
         move |tx| {
             Box::pin(async move {
-                let a = store::insert_user(tx, &new).await?;
+                let a = store::insert_user(tx, &crypto, &new).await?;
                 store::insert_consents(tx, a.id, &change).await?;
                 store::insert_prefs(tx, a.id, sms).await?;
-                issue_code(tx, &out, a.id, Contact::Email, &a.email, ttl).await?;
+                issue_code(tx, &crypto, &out, a.id, Contact::Email, &a.email, ttl).await?;
                 if let Some(p) = &a.phone {
-                    issue_code(tx, &out, a.id, Contact::Phone, p, ttl).await?;
+                    issue_code(tx, &crypto, &out, a.id, Contact::Phone, p, ttl).await?;
                 }
                 Ok::<_, IdentityError>(user_to_pb(&a))
             })
@@ -181,6 +184,7 @@ pub async fn send_verification_code(
     let ttl = state.settings.verification_code_ttl_secs;
     let outbox = Outbox::default();
     let out = outbox.clone();
+    let crypto = state.crypto.clone();
     let resp = on_locked_account(
         state,
         "SendVerificationCode",
@@ -203,7 +207,8 @@ pub async fn send_verification_code(
                         retry_after: std::time::Duration::from_secs(3600),
                     });
                 }
-                let expires = issue_code(tx, &out, user_id, channel, &destination, ttl).await?;
+                let expires =
+                    issue_code(tx, &crypto, &out, user_id, channel, &destination, ttl).await?;
                 Ok(SendVerificationCodeResponse {
                     expire_time: Some(timestamp(expires)),
                 })
@@ -232,6 +237,7 @@ pub async fn verify_contact(
     // A wrong code rolls the transaction back; its attempt is counted afterwards.
     let wrong: Arc<Mutex<Option<Uuid>>> = Arc::default();
     let wrong_in = wrong.clone();
+    let crypto = state.crypto.clone();
     let result = idempotency::run(
         &state.pool,
         &scope("VerifyContact"),
@@ -241,7 +247,7 @@ pub async fn verify_contact(
         move |tx| {
             Box::pin(async move {
                 let invalid = || IdentityError::CodeInvalid { field: "code" };
-                let code = store::lock_live_code(tx, user_id, channel)
+                let code = store::lock_live_code(tx, &crypto, user_id, channel)
                     .await?
                     .ok_or_else(invalid)?;
                 if code.attempts >= MAX_CODE_ATTEMPTS {
@@ -257,7 +263,7 @@ pub async fn verify_contact(
                     return Err(invalid());
                 }
                 // The address must still be the one the code was sent to.
-                let a = store::mark_verified(tx, user_id, channel, &code.destination)
+                let a = store::mark_verified(tx, &crypto, user_id, channel, &code.destination)
                     .await?
                     .ok_or_else(invalid)?;
                 Ok(user_to_pb(&a))
