@@ -37,8 +37,11 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
         s.argon2_iterations,
         s.argon2_parallelism,
     )?;
+    let keys = carehub_platform::keys::from_config("identity", &cfg.server).await?;
+    let crypto = carehub_identity::envelope(&pool, keys, s)?;
     let (user_id, password) = carehub_identity::bootstrap::create_account(
         &pool,
+        &crypto,
         &hasher,
         role,
         &args.email,
@@ -57,7 +60,7 @@ pub async fn bootstrap_first_admin(
 ) -> anyhow::Result<Option<(String, String)>> {
     const EMAIL: &str = "admin@carehub.local";
     Ok(
-        carehub_identity::bootstrap::first_admin(&state.pool, &state.hasher, EMAIL)
+        carehub_identity::bootstrap::first_admin(&state.pool, &state.crypto, &state.hasher, EMAIL)
             .await?
             .map(|p| (EMAIL.to_owned(), p)),
     )

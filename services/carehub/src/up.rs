@@ -10,7 +10,6 @@ use futures::FutureExt as _;
 use secrecy::SecretString;
 
 use carehub_identity::config::{IdentityConfig, NotifierKind};
-use carehub_identity::keys::SigningKeys;
 use carehub_platform::config::LogFormat;
 use carehub_platform::db;
 
@@ -49,9 +48,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             certs.display()
         );
     }
-    let signing_key = data_dir.join("keys/identity-signing.pem");
-    if SigningKeys::generate_file_if_missing(&signing_key)? {
-        println!("created development signing key {}", signing_key.display());
+    let dev_keys = data_dir.join("keys/dev-keys.json");
+    let added = carehub_platform::keys::file::write_dev_key_file(&dev_keys)?;
+    if added > 0 {
+        println!("created {added} development keys in {}", dev_keys.display());
     }
 
     let cluster = match &args.database_url {
@@ -105,7 +105,7 @@ async fn run_services(
     cfg.server.telemetry.log_format = LogFormat::Pretty;
     cfg.server.telemetry.log_filter =
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    cfg.identity.signing_key_file = data_dir.join("keys/identity-signing.pem");
+    cfg.server.keys.file = data_dir.join("keys/dev-keys.json");
     cfg.identity.notifier = NotifierKind::LogSandbox;
 
     let telemetry = carehub_platform::telemetry::init("up", &cfg.server.telemetry)?;

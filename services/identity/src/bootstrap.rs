@@ -1,6 +1,7 @@
 //! The first admin of a fresh install, created from the command line rather than the API.
 
 use carehub_platform::auth::Role;
+use carehub_platform::crypto::Envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -11,6 +12,7 @@ use crate::store;
 /// Returns its id and the password (shown once).
 pub async fn create_account(
     pool: &PgPool,
+    crypto: &Envelope,
     hasher: &PasswordHasher,
     role: Role,
     email: &str,
@@ -19,6 +21,7 @@ pub async fn create_account(
 ) -> anyhow::Result<(Uuid, String)> {
     let (account, password) = store::accounts::create_user_direct(
         pool,
+        crypto,
         hasher,
         email,
         role,
@@ -35,6 +38,7 @@ pub async fn create_account(
 /// Creates `email` as admin when identity has no admin yet; `None` when one exists.
 pub async fn first_admin(
     pool: &PgPool,
+    crypto: &Envelope,
     hasher: &PasswordHasher,
     email: &str,
 ) -> anyhow::Result<Option<String>> {
@@ -44,7 +48,15 @@ pub async fn first_admin(
     if admins > 0 {
         return Ok(None);
     }
-    let (_, password) =
-        create_account(pool, hasher, Role::Admin, email, "Carehub", "Administrator").await?;
+    let (_, password) = create_account(
+        pool,
+        crypto,
+        hasher,
+        Role::Admin,
+        email,
+        "Carehub",
+        "Administrator",
+    )
+    .await?;
     Ok(Some(password))
 }

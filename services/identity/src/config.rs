@@ -26,8 +26,16 @@ pub enum NotifierKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentitySettings {
-    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. From Vault once the keys issue lands.
-    pub signing_key_file: PathBuf,
+    /// No longer read: signing keys come from `server.keys` (Vault `carehub/identity/signing`
+    /// or the development key file). Accepted so that older configs still load; warned about.
+    pub signing_key_file: Option<PathBuf>,
+    /// How long a new signing-key version is published before it signs: at least the JWKS
+    /// cache lifetime (300 s) plus `server.keys.refresh_interval_secs`.
+    pub signing_key_lead_secs: u64,
+    /// How often the replica records newly seen signing-key versions and reloads the schedule.
+    pub signing_key_sync_secs: u64,
+    /// Envelope encryption of PHI (data-key use limit, reservation batch, key cache).
+    pub crypto: carehub_platform::crypto::CryptoConfig,
     /// Access-token lifetime, at most 600 s.
     pub access_token_ttl_secs: u64,
     /// Absolute session lifetime.
@@ -64,7 +72,10 @@ impl Default for IdentitySettings {
             ("admin", 900),
         ];
         Self {
-            signing_key_file: PathBuf::from("keys/identity-signing.pem"),
+            signing_key_file: None,
+            signing_key_lead_secs: 600,
+            signing_key_sync_secs: 30,
+            crypto: carehub_platform::crypto::CryptoConfig::default(),
             access_token_ttl_secs: 600,
             session_lifetime_secs: 12 * 3600,
             idle_timeout_secs: idle.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect(),
@@ -102,6 +113,10 @@ impl Validate for IdentityConfig {
             "identity.session_lifetime_secs must be at least the access-token lifetime",
         );
         need(
+            s.signing_key_sync_secs > 0,
+            "identity.signing_key_sync_secs must be > 0",
+        );
+        need(
             (1..=100).contains(&s.max_failures_per_hour),
             "identity.max_failures_per_hour must be within 1..=100",
         );
@@ -129,6 +144,9 @@ impl Validate for IdentityConfig {
                     "identity: unknown role {role:?} (patient, provider, staff, billing, admin)"
                 ));
             }
+        }
+        if let Err(e) = s.crypto.validate() {
+            problems.push(format!("identity.crypto: {e}"));
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum IdentityError {
     Status(#[from] Status),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// Encrypting or decrypting PHI failed (keys unavailable, a shredded or tampered value).
+    #[error("encrypted field: {0}")]
+    Crypto(#[from] carehub_platform::crypto::CryptoError),
     #[error("invalid credentials")]
     InvalidCredentials,
     #[error("account locked")]
@@ -74,6 +77,11 @@ impl From<IdentityError> for Status {
                 }
                 tracing::error!(error = %err, "database error");
                 errors::internal("database")
+            }
+            IdentityError::Crypto(err) => {
+                // Ids, tables and key versions only: CryptoError never carries plaintext.
+                tracing::error!(error = %err, "encrypted field");
+                err.to_status()
             }
             IdentityError::InvalidCredentials => errors::status(
                 Code::Unauthenticated,

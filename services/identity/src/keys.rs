@@ -1,86 +1,88 @@
-//! Token-signing keys. Today one Ed25519 key from a local PKCS#8 PEM file; Vault replaces the
-//! file with the keys issue (rotation publishes a key before it signs).
+//! Token-signing keys: Ed25519 seeds from the key source (Vault `carehub/identity/signing`, or
+//! the development key file), every version kept.
+//!
+//! Rotation is safe for verifiers that cache the published keys (gateways read the JWKS with
+//! `max-age`, other services cache `ListSigningKeys`):
+//! - a new version is **published at once** but **signs only after the lead time**
+//!   (`identity.signing_key_lead_secs`, at least the JWKS cache lifetime plus the key refresh
+//!   interval), counted from when the first replica saw it (`signing_key_versions`, shared by
+//!   all replicas through the database);
+//! - a replaced version **stays published** until every token it signed has expired (the
+//!   longest token lifetime plus the verifiers' clock leeway after it stopped signing).
+//!
+//! The very first version signs at once: no verifier can hold an older set.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
-use chrono::{DateTime, Utc};
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use carehub_platform::keys::{KeyError, KeyName, KeySource};
 
 /// A published verification key.
 #[derive(Clone, Debug)]
 pub struct PublishedKey {
     pub kid: String,
     pub key: VerifyingKey,
+    /// When it was first published.
     pub not_before: DateTime<Utc>,
 }
 
-/// The key that signs now, and every key whose tokens may still be alive.
-pub struct SigningKeys {
-    current_kid: String,
-    current: SigningKey,
-    published: Vec<PublishedKey>,
+/// The key that signs now.
+pub struct Signer {
+    pub version: u32,
+    pub kid: String,
+    pub key: SigningKey,
 }
 
-impl SigningKeys {
-    pub fn from_key(key: SigningKey, not_before: DateTime<Utc>) -> Self {
-        let kid = key_id(&key.verifying_key());
-        Self {
-            published: vec![PublishedKey {
-                kid: kid.clone(),
-                key: key.verifying_key(),
-                not_before,
-            }],
-            current_kid: kid,
-            current: key,
-        }
-    }
+/// Which version signs and which are published, at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub signing: Option<u32>,
+    pub published: Vec<u32>,
+}
 
-    /// Loads a PKCS#8 PEM Ed25519 private key.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read signing key {}: {e}", path.display()))?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "signing key {} is not an Ed25519 PKCS#8 PEM: {e}",
-                path.display()
-            )
-        })?;
-        let modified = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map(DateTime::<Utc>::from)
-            .unwrap_or_else(|_| Utc::now());
-        Ok(Self::from_key(key, modified))
-    }
-
-    /// Writes a new random key (mode 0600) unless `path` exists; for development setups.
-    pub fn generate_file_if_missing(path: &Path) -> anyhow::Result<bool> {
-        if path.exists() {
-            return Ok(false);
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let pem = key
-            .to_pkcs8_pem(Default::default())
-            .map_err(|e| anyhow::anyhow!("encoding signing key: {e}"))?;
-        write_private(path, pem.as_bytes())?;
-        Ok(true)
-    }
-
-    pub fn current(&self) -> (&str, &SigningKey) {
-        (&self.current_kid, &self.current)
-    }
-
-    pub fn published(&self) -> &[PublishedKey] {
-        &self.published
-    }
-
-    pub fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.published.iter().find(|k| k.kid == kid).map(|k| &k.key)
-    }
+/// The rotation rule, as a pure function of what is held, when each version was first seen,
+/// and the clock (see the module docs).
+pub fn plan(
+    held: &[u32],
+    first_seen: &BTreeMap<u32, DateTime<Utc>>,
+    now: DateTime<Utc>,
+    lead: Duration,
+    retire_after: Duration,
+) -> Plan {
+    let seen: BTreeMap<u32, DateTime<Utc>> = held
+        .iter()
+        .filter_map(|v| first_seen.get(v).map(|t| (*v, *t)))
+        .collect();
+    let ready = |v: &u32| seen.get(v).is_some_and(|t| *t + lead <= now);
+    let signing = seen
+        .keys()
+        .copied()
+        .filter(ready)
+        .max()
+        .or_else(|| seen.keys().next().copied());
+    let published = held
+        .iter()
+        .copied()
+        .filter(|v| {
+            let Some(signing) = signing else { return true };
+            if *v >= signing || !seen.contains_key(v) {
+                return true;
+            }
+            // Replaced when the first newer version became ready to sign.
+            let replaced = seen
+                .iter()
+                .filter(|(w, t)| **w > *v && **t + lead <= now)
+                .map(|(_, t)| *t + lead)
+                .min();
+            replaced.is_none_or(|at| now < at + retire_after)
+        })
+        .collect();
+    Plan { signing, published }
 }
 
 /// `kid`: the first 16 hex digits of SHA-256 of the public key (stable, reveals nothing).
@@ -89,14 +91,227 @@ pub fn key_id(key: &VerifyingKey) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
+/// The signing keys of this replica: the key source's versions plus the shared publication
+/// schedule, refreshed by [`SigningKeys::sync`].
+pub struct SigningKeys {
+    source: Arc<dyn KeySource>,
+    lead: Duration,
+    retire_after: Duration,
+    first_seen: RwLock<BTreeMap<u32, DateTime<Utc>>>,
+    derived: Mutex<BTreeMap<u32, Arc<Signer>>>,
+}
+
+impl SigningKeys {
+    /// `lead`: how long a new version is published before it signs; `retire_after`: the
+    /// longest token lifetime plus clock leeway.
+    pub fn new(source: Arc<dyn KeySource>, lead: Duration, retire_after: Duration) -> Self {
+        SigningKeys {
+            source,
+            lead,
+            retire_after,
+            first_seen: RwLock::new(BTreeMap::new()),
+            derived: Mutex::new(BTreeMap::new()),
+        }
     }
-    opts.open(path)?.write_all(bytes)
+
+    fn signer(&self, version: u32) -> Result<Arc<Signer>, KeyError> {
+        let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = derived.get(&version) {
+            return Ok(Arc::clone(s));
+        }
+        let seed = self.source.version(KeyName::Signing, version)?;
+        let key = SigningKey::from_bytes(seed.as_bytes());
+        let signer = Arc::new(Signer {
+            version,
+            kid: key_id(&key.verifying_key()),
+            key,
+        });
+        derived.insert(version, Arc::clone(&signer));
+        Ok(signer)
+    }
+
+    /// Records versions this replica sees for the first time and reloads when every version
+    /// was first seen by any replica. Runs at start and then periodically.
+    pub async fn sync(&self, pool: &PgPool) -> anyhow::Result<()> {
+        let versions = self.source.versions(KeyName::Signing)?;
+        let known: Vec<u32> = self
+            .first_seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for version in versions.versions().filter(|v| !known.contains(v)) {
+            let kid = self.signer(version)?.kid.clone();
+            sqlx::query(
+                "INSERT INTO signing_key_versions (version, kid) VALUES ($1, $2)
+                 ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(i32::try_from(version)?)
+            .bind(kid)
+            .execute(pool)
+            .await?;
+        }
+        let rows: Vec<(i32, DateTime<Utc>)> =
+            sqlx::query_as("SELECT version, first_seen_at FROM signing_key_versions")
+                .fetch_all(pool)
+                .await?;
+        let loaded = rows
+            .into_iter()
+            .filter_map(|(v, t)| u32::try_from(v).ok().map(|v| (v, t)))
+            .collect();
+        *self.first_seen.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(())
+    }
+
+    fn plan_now(&self) -> Result<Plan, KeyError> {
+        let versions = self.source.versions(KeyName::Signing)?;
+        let held: Vec<u32> = versions.versions().collect();
+        let first_seen = self.first_seen.read().unwrap_or_else(|e| e.into_inner());
+        Ok(plan(
+            &held,
+            &first_seen,
+            Utc::now(),
+            self.lead,
+            self.retire_after,
+        ))
+    }
+
+    /// The key that signs new tokens now.
+    pub fn current(&self) -> Result<Arc<Signer>, KeyError> {
+        let version = self
+            .plan_now()?
+            .signing
+            .ok_or(KeyError::Unavailable(KeyName::Signing))?;
+        self.signer(version)
+    }
+
+    /// Every key whose tokens may be alive, and any key about to sign.
+    pub fn published(&self) -> Vec<PublishedKey> {
+        let Ok(plan) = self.plan_now() else {
+            return Vec::new();
+        };
+        let first_seen = self
+            .first_seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        plan.published
+            .into_iter()
+            .filter_map(|v| {
+                let signer = self.signer(v).ok()?;
+                Some(PublishedKey {
+                    kid: signer.kid.clone(),
+                    key: signer.key.verifying_key(),
+                    not_before: first_seen.get(&v).copied().unwrap_or_else(Utc::now),
+                })
+            })
+            .collect()
+    }
+
+    /// The published key with this id.
+    pub fn verifying_key(&self, kid: &str) -> Option<VerifyingKey> {
+        self.published()
+            .into_iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn first_version_signs_at_once() {
+        let seen = BTreeMap::from([(1, at(0))]);
+        let p = plan(
+            &[1],
+            &seen,
+            at(1),
+            Duration::seconds(600),
+            Duration::seconds(660),
+        );
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(1),
+                published: vec![1]
+            }
+        );
+    }
+
+    #[test]
+    fn rotation_publishes_first_signs_after_the_lead_and_retires_after_token_lifetime() {
+        let lead = Duration::seconds(600);
+        let retire = Duration::seconds(660);
+        let seen = BTreeMap::from([(1, at(0)), (2, at(10_000))]);
+        // Held but not yet recorded by any replica: published, not signing.
+        let p = plan(
+            &[1, 2],
+            &BTreeMap::from([(1, at(0))]),
+            at(9_000),
+            lead,
+            retire,
+        );
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(1),
+                published: vec![1, 2]
+            }
+        );
+        // Recorded, within the lead time: still version 1 signs, both published.
+        let p = plan(&[1, 2], &seen, at(10_599), lead, retire);
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(1),
+                published: vec![1, 2]
+            }
+        );
+        // Lead time over: version 2 signs, version 1 stays published for its tokens.
+        let p = plan(&[1, 2], &seen, at(10_600), lead, retire);
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(2),
+                published: vec![1, 2]
+            }
+        );
+        let p = plan(&[1, 2], &seen, at(11_259), lead, retire);
+        assert_eq!(p.published, vec![1, 2]);
+        // Every token version 1 signed has expired: no longer published.
+        let p = plan(&[1, 2], &seen, at(11_260), lead, retire);
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(2),
+                published: vec![2]
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_recorded_means_nothing_signs() {
+        let p = plan(
+            &[1],
+            &BTreeMap::new(),
+            at(0),
+            Duration::zero(),
+            Duration::zero(),
+        );
+        assert_eq!(
+            p,
+            Plan {
+                signing: None,
+                published: vec![1]
+            }
+        );
+    }
 }

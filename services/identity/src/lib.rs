@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use carehub_platform::auth::{AuthLayer, Authorizer};
 use carehub_platform::config::AuthConfig;
+use carehub_platform::crypto::Envelope;
+use carehub_platform::keys::KeySource;
 use carehub_platform::server::{RunningServer, ServiceHost};
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternalServer;
 use carehub_proto::identity::v1::identity_service_server::IdentityServiceServer;
@@ -37,7 +39,12 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: IdentitySettings,
     pub auth: AuthConfig,
+    /// Token-signing keys (versions from `key_source`, publication schedule in the database).
     pub keys: Arc<SigningKeys>,
+    /// Every key of the service (KEK, blind index, audit checkpoint, signing), in memory.
+    pub key_source: Arc<dyn KeySource>,
+    /// Envelope encryption of PHI (names, date of birth, email, phone).
+    pub crypto: Envelope,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
 }
@@ -50,18 +57,57 @@ pub struct Identity {
     pub sandbox: Option<MemorySandboxNotifier>,
 }
 
-/// Connects to the database (migrating it when configured), loads keys and starts serving until
-/// `shutdown` resolves.
+/// Identity's envelope encryption over `pool` with the service's keys.
+pub fn envelope(
+    pool: &PgPool,
+    keys: Arc<dyn KeySource>,
+    settings: &IdentitySettings,
+) -> anyhow::Result<Envelope> {
+    Ok(Envelope::new(
+        "identity",
+        pool.clone(),
+        keys,
+        settings.crypto.clone(),
+    )?)
+}
+
+/// Connects to the database (migrating it when configured), loads keys from `server.keys`
+/// (Vault, or the development key file) and starts serving until `shutdown` resolves.
 pub async fn serve(
     config: IdentityConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Identity> {
+    let keys = carehub_platform::keys::from_config("identity", &config.server).await?;
+    serve_with_keys(config, keys, shutdown).await
+}
+
+/// [`serve`] with a key source given by the caller (tests rotate keys through it).
+pub async fn serve_with_keys(
+    config: IdentityConfig,
+    key_source: Arc<dyn KeySource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Identity> {
     let pool = carehub_platform::db::connect(&config.server.database).await?;
     if config.server.database.migrate_on_start {
         carehub_platform::db::migrate(&pool, &MIGRATOR).await?;
     }
-    let keys = Arc::new(SigningKeys::load(&config.identity.signing_key_file)?);
+    if config.identity.signing_key_file.is_some() {
+        tracing::warn!(
+            "identity.signing_key_file is no longer read: signing keys come from server.keys \
+             (Vault carehub/identity/signing or the development key file)"
+        );
+    }
     let s = &config.identity;
+    let token_lifetime =
+        i64::try_from(s.access_token_ttl_secs).unwrap_or(600) + carehub_platform::jwt::LEEWAY_SECS;
+    let keys = Arc::new(SigningKeys::new(
+        key_source.clone(),
+        chrono::Duration::seconds(i64::try_from(s.signing_key_lead_secs).unwrap_or(600)),
+        chrono::Duration::seconds(token_lifetime),
+    ));
+    keys.sync(&pool).await?;
+    spawn_signing_key_sync(&keys, pool.clone(), s.signing_key_sync_secs);
+    let crypto = envelope(&pool, key_source.clone(), s)?;
     let hasher = PasswordHasher::new(
         s.argon2_memory_kib,
         s.argon2_iterations,
@@ -84,6 +130,8 @@ pub async fn serve(
         settings: config.identity.clone(),
         auth: config.server.auth.clone(),
         keys,
+        key_source,
+        crypto,
         notifier,
         hasher,
     });
@@ -109,6 +157,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .with_auth(AuthLayer::new(authorizer))
+        .with_audit(state.pool.clone(), state.key_source.clone())
         .admin_routes(token::jwks_router(state.clone()))
         .start(shutdown)
         .await?;
@@ -117,4 +166,21 @@ pub async fn serve(
         state,
         sandbox,
     })
+}
+
+/// Picks up rotated signing keys (recording when this replica first saw them) until the keys
+/// are dropped with the server's state.
+fn spawn_signing_key_sync(keys: &Arc<SigningKeys>, pool: PgPool, every_secs: u64) {
+    let weak = Arc::downgrade(keys);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(every_secs.max(1)));
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(keys) = weak.upgrade() else { break };
+            if let Err(e) = keys.sync(&pool).await {
+                tracing::warn!(error = %e, "signing keys not synchronized; retrying");
+            }
+        }
+    });
 }

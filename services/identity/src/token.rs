@@ -69,8 +69,11 @@ pub fn issue_access_token(
         jti: Uuid::new_v4().to_string(),
         pcr: s.password_change_required,
     };
-    let (kid, key) = state.keys.current();
-    let token = jwt::sign(&claims, kid, key)
+    let signer = state
+        .keys
+        .current()
+        .map_err(|e| IdentityError::Internal(format!("no signing key: {e}")))?;
+    let token = jwt::sign(&claims, &signer.kid, &signer.key)
         .map_err(|e| IdentityError::Internal(format!("signing access token: {e}")))?;
     Ok(IssuedToken { token, expires_at })
 }
@@ -104,7 +107,7 @@ impl LocalVerifier {
         let auth = &self.state.auth;
         jwt::verify(
             token,
-            key,
+            &key,
             &auth.issuer,
             &auth.audience,
             Utc::now().timestamp(),

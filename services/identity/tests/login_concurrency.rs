@@ -3,7 +3,6 @@
 
 mod common;
 
-use carehub_identity::domain::tokens;
 use carehub_proto::identity::v1::*;
 use common::{assert_status, PASSWORD};
 use tonic::Code;
@@ -37,7 +36,13 @@ async fn fifty_parallel_wrong_logins_are_all_counted_and_lock_the_account() {
     let (consecutive, total, window): (i32, i64, i32) = sqlx::query_as(
         "SELECT consecutive_failures, total_failures, window_failures FROM login_throttle WHERE key = $1",
     )
-    .bind(tokens::account_throttle_key("racer@example.org"))
+    .bind(
+        carehub_identity::store::sealed::account_throttle_key(
+            &app.state().crypto,
+            "racer@example.org",
+        )
+        .unwrap(),
+    )
     .fetch_one(app.pool())
     .await
     .unwrap();

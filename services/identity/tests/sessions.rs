@@ -57,7 +57,7 @@ fn claims(app: &TestApp, token: &str) -> jwt::AccessClaims {
     let key = state.keys.verifying_key(&kid).unwrap();
     jwt::verify(
         token,
-        key,
+        &key,
         &state.auth.issuer,
         &state.auth.audience,
         chrono::Utc::now().timestamp(),
@@ -211,9 +211,13 @@ async fn wrong_password_and_unknown_email_look_alike() {
     app.login("bob@example.org", PASSWORD).await;
     let n: i32 =
         sqlx::query_scalar("SELECT consecutive_failures FROM login_throttle WHERE key = $1")
-            .bind(carehub_identity::domain::tokens::account_throttle_key(
-                "bob@example.org",
-            ))
+            .bind(
+                carehub_identity::store::sealed::account_throttle_key(
+                    &app.state().crypto,
+                    "bob@example.org",
+                )
+                .unwrap(),
+            )
             .fetch_one(app.pool())
             .await
             .unwrap();
@@ -250,9 +254,13 @@ async fn lockout_hourly_cap_and_source_throttle() {
     );
     let (total, window): (i64, i32) =
         sqlx::query_as("SELECT total_failures, window_failures FROM login_throttle WHERE key = $1")
-            .bind(carehub_identity::domain::tokens::account_throttle_key(
-                "cat@example.org",
-            ))
+            .bind(
+                carehub_identity::store::sealed::account_throttle_key(
+                    &app.state().crypto,
+                    "cat@example.org",
+                )
+                .unwrap(),
+            )
             .fetch_one(app.pool())
             .await
             .unwrap();

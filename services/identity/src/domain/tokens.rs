@@ -71,14 +71,6 @@ pub fn hash_recovery_code(code: &str) -> Option<Vec<u8>> {
     normalize_recovery_code(code).map(|c| hash(&c))
 }
 
-/// Throttle key of an account: `acct:` + hex SHA-256 of the lower-cased email, used whether or
-/// not the account exists (so that lockout reveals nothing, and no email is stored there).
-pub fn account_throttle_key(email: &str) -> String {
-    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("acct:{hex}")
-}
-
 /// Throttle key of a source address.
 pub fn source_throttle_key(ip: &str) -> String {
     format!("src:{ip}")
@@ -122,10 +114,6 @@ mod tests {
 
     #[test]
     fn throttle_keys() {
-        let k = account_throttle_key("Alice@Example.org");
-        assert_eq!(k, account_throttle_key("alice@example.org"));
-        assert!(k.starts_with("acct:") && k.len() == 5 + 64);
-        assert!(!k.contains("alice"));
         assert_eq!(source_throttle_key("203.0.113.9"), "src:203.0.113.9");
     }
 }

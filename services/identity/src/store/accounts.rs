@@ -1,8 +1,9 @@
 //! SQL of accounts: users, verification codes, consents, communication preferences.
 
 use carehub_platform::auth::Role;
+use carehub_platform::crypto::Envelope;
 use carehub_platform::errors::FieldViolations;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -12,6 +13,7 @@ use crate::domain::account::{
 use crate::domain::password::PasswordHasher;
 use crate::domain::validation;
 use crate::error::{IdentityError, Result};
+use crate::store::sealed;
 
 const USER_COLUMNS: &str = "id, role, status, email, email_verified_at, phone, phone_verified_at, \
     given_name, family_name, date_of_birth, time_zone, (totp_secret IS NOT NULL) AS mfa_enabled, \
@@ -22,13 +24,13 @@ struct UserRow {
     id: Uuid,
     role: String,
     status: String,
-    email: String,
+    email: Vec<u8>,
     email_verified_at: Option<DateTime<Utc>>,
-    phone: Option<String>,
+    phone: Option<Vec<u8>>,
     phone_verified_at: Option<DateTime<Utc>>,
-    given_name: String,
-    family_name: String,
-    date_of_birth: Option<NaiveDate>,
+    given_name: Vec<u8>,
+    family_name: Vec<u8>,
+    date_of_birth: Option<Vec<u8>>,
     time_zone: String,
     mfa_enabled: bool,
     password_change_required: bool,
@@ -36,80 +38,105 @@ struct UserRow {
     updated_at: DateTime<Utc>,
 }
 
-impl TryFrom<UserRow> for Account {
-    type Error = IdentityError;
-    fn try_from(r: UserRow) -> Result<Account> {
-        Ok(Account {
-            id: r.id,
-            role: Role::parse(&r.role).ok_or_else(|| {
-                IdentityError::Internal(format!("user {} has an unknown role", r.id))
-            })?,
-            status: AccountStatus::parse(&r.status).ok_or_else(|| {
-                IdentityError::Internal(format!("user {} has an unknown status", r.id))
-            })?,
-            email: r.email,
-            email_verified_at: r.email_verified_at,
-            phone: r.phone,
-            phone_verified_at: r.phone_verified_at,
-            given_name: r.given_name,
-            family_name: r.family_name,
-            date_of_birth: r.date_of_birth,
-            time_zone: r.time_zone,
-            mfa_enabled: r.mfa_enabled,
-            password_change_required: r.password_change_required,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
+/// Decrypts a user row into the domain type.
+async fn account(crypto: &Envelope, r: UserRow) -> Result<Account> {
+    let id = r.id;
+    Ok(Account {
+        id,
+        role: Role::parse(&r.role)
+            .ok_or_else(|| IdentityError::Internal(format!("user {id} has an unknown role")))?,
+        status: AccountStatus::parse(&r.status)
+            .ok_or_else(|| IdentityError::Internal(format!("user {id} has an unknown status")))?,
+        email: sealed::open_user(crypto, id, "email", &r.email).await?,
+        email_verified_at: r.email_verified_at,
+        phone: sealed::open_user_opt(crypto, id, "phone", r.phone.as_deref()).await?,
+        phone_verified_at: r.phone_verified_at,
+        given_name: sealed::open_user(crypto, id, "given_name", &r.given_name).await?,
+        family_name: sealed::open_user(crypto, id, "family_name", &r.family_name).await?,
+        date_of_birth: sealed::open_date(crypto, id, "date_of_birth", r.date_of_birth.as_deref())
+            .await?,
+        time_zone: r.time_zone,
+        mfa_enabled: r.mfa_enabled,
+        password_change_required: r.password_change_required,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+async fn account_opt(crypto: &Envelope, row: Option<UserRow>) -> Result<Option<Account>> {
+    match row {
+        Some(r) => Ok(Some(account(crypto, r).await?)),
+        None => Ok(None),
     }
 }
 
-/// Inserts a user (ALREADY_EXISTS through the email's unique index).
-pub async fn insert_user(conn: &mut PgConnection, new: &NewAccount) -> Result<Account> {
+/// Inserts a user (ALREADY_EXISTS through the unique blind index of the email).
+pub async fn insert_user(
+    conn: &mut PgConnection,
+    crypto: &Envelope,
+    new: &NewAccount,
+) -> Result<Account> {
+    let id = new.id;
+    let email = sealed::seal_user(crypto, id, "email", &new.email).await?;
+    let email_bidx = sealed::email_index(crypto, &new.email)?;
+    let phone = sealed::seal_user_opt(crypto, id, "phone", new.phone.as_deref()).await?;
+    let given = sealed::seal_user(crypto, id, "given_name", &new.given_name).await?;
+    let family = sealed::seal_user(crypto, id, "family_name", &new.family_name).await?;
+    let dob = sealed::seal_date(crypto, id, "date_of_birth", new.date_of_birth).await?;
     let row: UserRow = sqlx::query_as(&format!(
-        "INSERT INTO users (id, role, email, phone, given_name, family_name, date_of_birth,
-                            time_zone, password_hash, password_change_required)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO users (id, role, email, email_bidx, phone, given_name, family_name,
+                            date_of_birth, time_zone, password_hash, password_change_required)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          RETURNING {USER_COLUMNS}"
     ))
-    .bind(new.id)
+    .bind(id)
     .bind(new.role.as_str())
-    .bind(&new.email)
-    .bind(&new.phone)
-    .bind(&new.given_name)
-    .bind(&new.family_name)
-    .bind(new.date_of_birth)
+    .bind(email)
+    .bind(email_bidx)
+    .bind(phone)
+    .bind(given)
+    .bind(family)
+    .bind(dob)
     .bind(&new.time_zone)
     .bind(&new.password_hash)
     .bind(new.password_change_required)
     .fetch_one(&mut *conn)
     .await?;
-    row.try_into()
+    account(crypto, row).await
 }
 
 /// The user, if any.
-pub async fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
+pub async fn get_user(
+    conn: &mut PgConnection,
+    crypto: &Envelope,
+    id: Uuid,
+) -> Result<Option<Account>> {
     let row: Option<UserRow> =
         sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
-    row.map(Account::try_from).transpose()
+    account_opt(crypto, row).await
 }
 
 /// The user, locked for update until the transaction ends.
-pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>> {
+pub async fn lock_user(
+    conn: &mut PgConnection,
+    crypto: &Envelope,
+    id: Uuid,
+) -> Result<Option<Account>> {
     let row: Option<UserRow> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(Account::try_from).transpose()
+    account_opt(crypto, row).await
 }
 
 /// The user or NOT_FOUND.
-pub async fn require_user(conn: &mut PgConnection, id: Uuid) -> Result<Account> {
-    get_user(conn, id)
+pub async fn require_user(conn: &mut PgConnection, crypto: &Envelope, id: Uuid) -> Result<Account> {
+    get_user(conn, crypto, id)
         .await?
         .ok_or_else(|| IdentityError::NotFound {
             what: "user",
@@ -128,40 +155,67 @@ pub struct ProfileUpdate {
     pub email: Option<String>,
 }
 
-/// Applies `u`; a changed email or phone loses its verified mark.
+/// Applies `u`; a changed email or phone loses its verified mark. The comparison with the
+/// current values happens here, on the decrypted row locked for the transaction.
 pub async fn update_profile(
     conn: &mut PgConnection,
+    crypto: &Envelope,
     id: Uuid,
     u: &ProfileUpdate,
 ) -> Result<Account> {
+    let current = lock_user(conn, crypto, id)
+        .await?
+        .ok_or_else(|| IdentityError::NotFound {
+            what: "user",
+            id: id.to_string(),
+        })?;
+    let email_changed = u.email.as_ref().is_some_and(|e| *e != current.email);
+    let phone_changed = u.phone.as_ref().is_some_and(|p| *p != current.phone);
+    let email = match (&u.email, email_changed) {
+        (Some(e), true) => Some((
+            sealed::seal_user(crypto, id, "email", e).await?,
+            sealed::email_index(crypto, e)?,
+        )),
+        _ => None,
+    };
+    let phone = match (&u.phone, phone_changed) {
+        (Some(p), true) => Some(sealed::seal_user_opt(crypto, id, "phone", p.as_deref()).await?),
+        _ => None,
+    };
+    let given = sealed::seal_user_opt(crypto, id, "given_name", u.given_name.as_deref()).await?;
+    let family = sealed::seal_user_opt(crypto, id, "family_name", u.family_name.as_deref()).await?;
+    let (email_ct, email_bidx) = email.unzip();
     let row: UserRow = sqlx::query_as(&format!(
         "UPDATE users SET
             given_name = COALESCE($2, given_name),
             family_name = COALESCE($3, family_name),
-            phone_verified_at = CASE WHEN $4 AND phone IS DISTINCT FROM $5 THEN NULL ELSE phone_verified_at END,
+            phone_verified_at = CASE WHEN $4 THEN NULL ELSE phone_verified_at END,
             phone = CASE WHEN $4 THEN $5 ELSE phone END,
             time_zone = COALESCE($6, time_zone),
-            email_verified_at = CASE WHEN $7::text IS NOT NULL AND email <> $7 THEN NULL ELSE email_verified_at END,
+            email_verified_at = CASE WHEN $7::bytea IS NOT NULL THEN NULL ELSE email_verified_at END,
             email = COALESCE($7, email),
+            email_bidx = COALESCE($8, email_bidx),
             updated_at = now()
          WHERE id = $1
          RETURNING {USER_COLUMNS}"
     ))
     .bind(id)
-    .bind(&u.given_name)
-    .bind(&u.family_name)
-    .bind(u.phone.is_some())
-    .bind(u.phone.clone().flatten())
+    .bind(given)
+    .bind(family)
+    .bind(phone.is_some())
+    .bind(phone.flatten())
     .bind(&u.time_zone)
-    .bind(&u.email)
+    .bind(email_ct)
+    .bind(email_bidx)
     .fetch_one(&mut *conn)
     .await?;
-    row.try_into()
+    account(crypto, row).await
 }
 
 /// Sets the status (with who, why and when).
 pub async fn set_status(
     conn: &mut PgConnection,
+    crypto: &Envelope,
     id: Uuid,
     status: AccountStatus,
     reason: &str,
@@ -179,32 +233,42 @@ pub async fn set_status(
     .bind(by)
     .fetch_one(&mut *conn)
     .await?;
-    row.try_into()
+    account(crypto, row).await
 }
 
 /// Marks `channel` verified when it still holds `destination`. Returns the user.
 pub async fn mark_verified(
     conn: &mut PgConnection,
+    crypto: &Envelope,
     id: Uuid,
     channel: Contact,
     destination: &str,
 ) -> Result<Option<Account>> {
+    let Some(current) = lock_user(conn, crypto, id).await? else {
+        return Ok(None);
+    };
+    let holds = match channel {
+        Contact::Email => current.email == destination,
+        Contact::Phone => current.phone.as_deref() == Some(destination),
+    };
+    if !holds {
+        return Ok(None);
+    }
     let sql = match channel {
         Contact::Email => format!(
             "UPDATE users SET email_verified_at = now(), updated_at = now()
-             WHERE id = $1 AND email = $2 RETURNING {USER_COLUMNS}"
+             WHERE id = $1 RETURNING {USER_COLUMNS}"
         ),
         Contact::Phone => format!(
             "UPDATE users SET phone_verified_at = now(), updated_at = now()
-             WHERE id = $1 AND phone = $2 RETURNING {USER_COLUMNS}"
+             WHERE id = $1 RETURNING {USER_COLUMNS}"
         ),
     };
     let row: Option<UserRow> = sqlx::query_as(&sql)
         .bind(id)
-        .bind(destination)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(Account::try_from).transpose()
+    account_opt(crypto, row).await
 }
 
 // ---- verification codes ----
@@ -212,6 +276,7 @@ pub async fn mark_verified(
 /// Stores a code's hash for `destination`, valid `ttl_secs`; returns its expiry.
 pub async fn insert_verification_code(
     conn: &mut PgConnection,
+    crypto: &Envelope,
     user_id: Uuid,
     channel: Contact,
     destination: &str,
@@ -219,12 +284,22 @@ pub async fn insert_verification_code(
     ttl_secs: u64,
 ) -> Result<DateTime<Utc>> {
     let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2);
+    let id = Uuid::now_v7();
+    let destination = sealed::seal(
+        crypto,
+        "verification_codes",
+        "destination",
+        id,
+        user_id,
+        destination,
+    )
+    .await?;
     let expires: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO verification_codes (id, user_id, channel, destination, code_hash, expires_at)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision))
          RETURNING expires_at",
     )
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(user_id)
     .bind(channel.as_str())
     .bind(destination)
@@ -252,7 +327,7 @@ pub async fn codes_sent_last_hour(
 }
 
 /// The newest code of `user_id` on `channel` that can still be used, locked.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct LiveCode {
     pub id: Uuid,
     pub destination: String,
@@ -262,10 +337,11 @@ pub struct LiveCode {
 
 pub async fn lock_live_code(
     conn: &mut PgConnection,
+    crypto: &Envelope,
     user_id: Uuid,
     channel: Contact,
 ) -> Result<Option<LiveCode>> {
-    Ok(sqlx::query_as(
+    let row: Option<(Uuid, Vec<u8>, Vec<u8>, i32)> = sqlx::query_as(
         "SELECT id, destination, code_hash, attempts FROM verification_codes
          WHERE user_id = $1 AND channel = $2 AND used_at IS NULL AND expires_at > now()
          ORDER BY created_at DESC, id DESC LIMIT 1
@@ -274,7 +350,25 @@ pub async fn lock_live_code(
     .bind(user_id)
     .bind(channel.as_str())
     .fetch_optional(&mut *conn)
-    .await?)
+    .await?;
+    let Some((id, destination, code_hash, attempts)) = row else {
+        return Ok(None);
+    };
+    let destination = sealed::open(
+        crypto,
+        "verification_codes",
+        "destination",
+        id,
+        user_id,
+        &destination,
+    )
+    .await?;
+    Ok(Some(LiveCode {
+        id,
+        destination,
+        code_hash,
+        attempts,
+    }))
 }
 
 /// Marks a code used; false when it already was.
@@ -532,6 +626,7 @@ pub async fn update_prefs(
 /// Errors: INVALID_ARGUMENT for a bad email/name/password, ALREADY_EXISTS for a taken email.
 pub async fn create_user_direct(
     pool: &PgPool,
+    crypto: &Envelope,
     hasher: &PasswordHasher,
     email: &str,
     role: Role,
@@ -574,7 +669,7 @@ pub async fn create_user_direct(
         password_change_required: one_time.is_some(),
     };
     let mut tx = pool.begin().await?;
-    let account = insert_user(&mut tx, &new).await?;
+    let account = insert_user(&mut tx, crypto, &new).await?;
     insert_consents(&mut tx, account.id, &ConsentChange::default()).await?;
     insert_prefs(&mut tx, account.id, false).await?;
     tx.commit().await?;

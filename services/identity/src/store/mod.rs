@@ -3,4 +3,5 @@
 
 pub mod accounts;
 pub mod revocation;
+pub mod sealed;
 pub mod sessions;

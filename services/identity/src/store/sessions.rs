@@ -5,13 +5,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-/// What login and credential checks need of a user.
+/// What login and credential checks need of a user (no PHI: nothing to decrypt on login).
 #[derive(Clone, Debug, FromRow)]
 pub struct Credentials {
     pub id: Uuid,
     pub role: String,
     pub status: String,
-    pub email: String,
     pub password_hash: String,
     pub password_changed_at: DateTime<Utc>,
     pub password_change_required: bool,
@@ -21,17 +20,19 @@ pub struct Credentials {
     pub sessions_revoked_before: Option<DateTime<Utc>>,
 }
 
-const CREDENTIAL_COLUMNS: &str = "id, role, status, email, password_hash, password_changed_at, \
+const CREDENTIAL_COLUMNS: &str = "id, role, status, password_hash, password_changed_at, \
      password_change_required, totp_secret, totp_pending_secret, totp_last_step, sessions_revoked_before";
 
+/// The user whose email has one of these blind indexes
+/// ([`crate::store::sealed::email_candidates`]: one per held blind-index key version).
 pub async fn credentials_by_email(
     conn: &mut PgConnection,
-    email: &str,
+    email_index: &[Vec<u8>],
 ) -> Result<Option<Credentials>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {CREDENTIAL_COLUMNS} FROM users WHERE email = lower($1)"
+        "SELECT {CREDENTIAL_COLUMNS} FROM users WHERE email_bidx = ANY($1)"
     ))
-    .bind(email)
+    .bind(email_index)
     .fetch_optional(conn)
     .await
 }

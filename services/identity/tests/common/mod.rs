@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use carehub_identity::config::{IdentityConfig, IdentitySettings, NotifierKind};
 use carehub_identity::domain::account::Account;
-use carehub_identity::keys::SigningKeys;
 use carehub_identity::notify::{Channel as NotifyChannel, MemorySandboxNotifier};
 use carehub_identity::{AppState, Identity};
 use carehub_platform::auth::Role;
@@ -54,6 +53,21 @@ pub async fn spawn() -> TestApp {
 
 /// Like [`spawn`], with a chance to adjust the configuration first.
 pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
+    spawn_keyed(None, adjust).await
+}
+
+/// Like [`spawn_with`], with keys the test holds (to rotate them) instead of the key file.
+pub async fn spawn_with_keys(
+    keys: Arc<dyn carehub_platform::keys::KeySource>,
+    adjust: impl FnOnce(&mut IdentityConfig),
+) -> TestApp {
+    spawn_keyed(Some(keys), adjust).await
+}
+
+async fn spawn_keyed(
+    keys: Option<Arc<dyn carehub_platform::keys::KeySource>>,
+    adjust: impl FnOnce(&mut IdentityConfig),
+) -> TestApp {
     let db = TestDatabase::new(&carehub_identity::MIGRATOR)
         .await
         .expect("test database");
@@ -61,8 +75,9 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
     let pki = DevPki::new(TRUST_DOMAIN).expect("dev pki");
     pki.write_to(dir.path(), &["identity"])
         .expect("writing certs");
-    let signing_key_file = dir.path().join("identity-signing.pem");
-    SigningKeys::generate_file_if_missing(&signing_key_file).expect("signing key");
+    // The development key file, as `carehub up` makes it (KEK, blind-index, signing keys).
+    let key_file = dir.path().join("dev-keys.json");
+    carehub_platform::keys::file::write_dev_key_file(&key_file).expect("dev key file");
 
     let mut config = IdentityConfig {
         server: PlatformConfig {
@@ -82,10 +97,13 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
                 acquire_timeout_secs: 5,
                 migrate_on_start: false,
             },
+            keys: carehub_platform::config::KeysConfig {
+                file: key_file,
+                ..Default::default()
+            },
             ..PlatformConfig::default()
         },
         identity: IdentitySettings {
-            signing_key_file,
             notifier: NotifierKind::MemorySandbox,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -94,9 +112,11 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
         },
     };
     adjust(&mut config);
-    let identity = carehub_identity::serve(config, std::future::pending())
-        .await
-        .expect("identity starts");
+    let identity = match keys {
+        Some(keys) => carehub_identity::serve_with_keys(config, keys, std::future::pending()).await,
+        None => carehub_identity::serve(config, std::future::pending()).await,
+    }
+    .expect("identity starts");
     TestApp {
         grpc_addr: identity.server.grpc_addr,
         admin_addr: identity.server.admin_addr,
@@ -213,6 +233,7 @@ impl TestApp {
         let state = self.state();
         let (account, _) = carehub_identity::store::accounts::create_user_direct(
             &self.pool,
+            &state.crypto,
             &state.hasher,
             email,
             role,
@@ -262,10 +283,15 @@ impl TestApp {
     /// The account of a user id (for [`TestApp::token_for`] after RegisterPatient).
     pub async fn account(&self, user_id: &str) -> Account {
         let mut conn = self.pool.acquire().await.unwrap();
-        carehub_identity::store::accounts::get_user(&mut conn, Uuid::parse_str(user_id).unwrap())
-            .await
-            .unwrap()
-            .expect("user exists")
+        let crypto = self.state().crypto.clone();
+        carehub_identity::store::accounts::get_user(
+            &mut conn,
+            &crypto,
+            Uuid::parse_str(user_id).unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("user exists")
     }
 
     /// An admin (admin@carehub.test / [`PASSWORD`]) inserted directly through the store.
