@@ -70,13 +70,35 @@ async fn account_opt(crypto: &Envelope, row: Option<UserRow>) -> Result<Option<A
     }
 }
 
-/// Inserts a user (ALREADY_EXISTS through the unique blind index of the email).
+/// Whether another user holds this email under any blind-index key version. The unique index
+/// covers the current version (and concurrent inserts); this covers rows written before the
+/// blind-index key was rotated.
+async fn email_taken(
+    conn: &mut PgConnection,
+    crypto: &Envelope,
+    email: &str,
+    id: Uuid,
+) -> Result<bool> {
+    let candidates = sealed::email_candidates(crypto, email)?;
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE email_bidx = ANY($1) AND id <> $2)",
+    )
+    .bind(candidates)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Inserts a user (ALREADY_EXISTS when the email is taken).
 pub async fn insert_user(
     conn: &mut PgConnection,
     crypto: &Envelope,
     new: &NewAccount,
 ) -> Result<Account> {
     let id = new.id;
+    if email_taken(conn, crypto, &new.email, id).await? {
+        return Err(IdentityError::EmailTaken);
+    }
     let email = sealed::seal_user(crypto, id, "email", &new.email).await?;
     let email_bidx = sealed::email_index(crypto, &new.email)?;
     let phone = sealed::seal_user_opt(crypto, id, "phone", new.phone.as_deref()).await?;
@@ -172,6 +194,9 @@ pub async fn update_profile(
     let email_changed = u.email.as_ref().is_some_and(|e| *e != current.email);
     let phone_changed = u.phone.as_ref().is_some_and(|p| *p != current.phone);
     let email = match (&u.email, email_changed) {
+        (Some(e), true) if email_taken(conn, crypto, e, id).await? => {
+            return Err(IdentityError::EmailTaken)
+        }
         (Some(e), true) => Some((
             sealed::seal_user(crypto, id, "email", e).await?,
             sealed::email_index(crypto, e)?,

@@ -1,0 +1,186 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Identity's PHI at rest: the database holds no plaintext name, date of birth, email or phone
+//! (raw rows read back), login and uniqueness by email work through the blind index, also
+//! after the blind-index key is rotated, and a ciphertext moved to another user's row is
+//! refused.
+
+mod common;
+
+use std::sync::{Arc, RwLock};
+
+use carehub_platform::keys::{KeyError, KeyName, KeySource, KeyVersions, StaticKeys};
+use carehub_proto::identity::v1::*;
+use common::{assert_status, patient_request, PASSWORD};
+use tonic::Code;
+
+/// A key source the test can rotate while identity runs.
+#[derive(Default)]
+pub struct RotatingKeys(RwLock<StaticKeys>);
+
+impl RotatingKeys {
+    pub fn new() -> Arc<Self> {
+        Arc::new(RotatingKeys(RwLock::new(StaticKeys::generate())))
+    }
+
+    pub fn rotate(&self, name: KeyName) -> u32 {
+        let mut keys = self.0.write().unwrap();
+        let mut versions: KeyVersions = keys.versions(name).unwrap().as_ref().clone();
+        let next = versions.rotate();
+        *keys = keys.clone().with(name, versions);
+        next
+    }
+}
+
+impl KeySource for RotatingKeys {
+    fn versions(&self, name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
+        self.0.read().unwrap().versions(name)
+    }
+}
+
+#[tokio::test]
+async fn the_database_holds_no_plaintext_phi() {
+    let app = common::spawn().await;
+    let mut req = patient_request("Zelda.Quill@Example.org", PASSWORD);
+    req.given_name = "Zelda".into();
+    req.family_name = "Quillfeather".into();
+    req.phone = "+15550104477".into();
+    let user = app
+        .public("gateway")
+        .await
+        .register_patient(req)
+        .await
+        .unwrap()
+        .into_inner();
+    // Through the API everything reads back in clear.
+    assert_eq!(user.email, "zelda.quill@example.org");
+    assert_eq!(user.family_name, "Quillfeather");
+    assert_eq!(user.phone, "+15550104477");
+
+    // Every column of every identity table, as Postgres text.
+    let mut dump = String::new();
+    for table in ["users", "verification_codes", "login_throttle", "sessions"] {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
+                .fetch_all(app.pool())
+                .await
+                .unwrap();
+        dump.push_str(&rows.join("\n"));
+    }
+    assert!(dump.contains(&user.user_id), "the dump reads the rows");
+    for secret in [
+        "zelda",
+        "Zelda",
+        "quill",
+        "Quillfeather",
+        "5550104477",
+        "1990-05-17",
+        "example.org",
+    ] {
+        assert!(!dump.contains(secret), "{secret} stored in clear: {dump}");
+    }
+    // The hex form of the plaintext is not there either (bytea is dumped as hex).
+    let hex: String = "quillfeather".bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!dump.contains(&hex));
+
+    // One data key for the user, wrapped, in the platform schema.
+    let (keys, wrapped_len): (i64, Option<i32>) = sqlx::query_as(
+        "SELECT count(*), max(length(wrapped_key)) FROM carehub_platform.data_keys
+         WHERE service = 'identity' AND subject = $1",
+    )
+    .bind(&user.user_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!((keys, wrapped_len), (1, Some(60)));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn login_and_uniqueness_by_email_go_through_the_blind_index() {
+    let keys = RotatingKeys::new();
+    let app = common::spawn_with_keys(keys.clone(), |_| {}).await;
+    app.register_patient("Mixed.Case@Example.org", PASSWORD)
+        .await;
+    app.login("mixed.case@EXAMPLE.org", PASSWORD).await;
+
+    let e = app
+        .public("gateway")
+        .await
+        .register_patient(patient_request("MIXED.case@example.ORG", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::AlreadyExists, Some("ALREADY_EXISTS"));
+
+    // A new blind-index key: old rows are still found and still count for uniqueness.
+    assert_eq!(keys.rotate(KeyName::BlindIndex), 2);
+    app.login("Mixed.Case@example.org", PASSWORD).await;
+    let e = app
+        .public("gateway")
+        .await
+        .register_patient(patient_request("mixed.case@example.org", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::AlreadyExists, Some("ALREADY_EXISTS"));
+    app.register_patient("second@example.org", PASSWORD).await;
+    app.login("SECOND@example.org", PASSWORD).await;
+    let versions: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT email_bidx FROM users ORDER BY created_at")
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    let versions: Vec<Option<u32>> = versions
+        .iter()
+        .map(|i| carehub_platform::crypto::BlindIndexer::version_of(i))
+        .collect();
+    assert_eq!(versions, vec![Some(1), Some(2)]);
+
+    // A wrong email is just invalid credentials.
+    let e = app
+        .public("gateway")
+        .await
+        .login(LoginRequest {
+            email: "nobody@example.org".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_user_is_refused() {
+    let app = common::spawn().await;
+    let ann = app.register_patient("ann@example.org", PASSWORD).await;
+    let bob = app.register_patient("bob@example.org", PASSWORD).await;
+    // Copy Ann's encrypted family name onto Bob's row.
+    sqlx::query(
+        "UPDATE users SET family_name = (SELECT family_name FROM users WHERE id = $1::uuid)
+         WHERE id = $2::uuid",
+    )
+    .bind(&ann.user_id)
+    .bind(&bob.user_id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let token = app.login("bob@example.org", PASSWORD).await.access_token;
+    let e = app
+        .public("gateway")
+        .await
+        .get_profile(app.with_token(GetProfileRequest {}, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(!e.message().contains("Example"), "no PHI in errors: {e:?}");
+    // Ann is untouched.
+    let token = app.login("ann@example.org", PASSWORD).await.access_token;
+    let me = app
+        .public("gateway")
+        .await
+        .get_profile(app.with_token(GetProfileRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.family_name, "Example");
+    app.shutdown().await;
+}
