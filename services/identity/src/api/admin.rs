@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use carehub_platform::audit::Action;
 use carehub_platform::auth::{caller, Caller, Role};
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
@@ -183,6 +184,12 @@ async fn change_status<Req: Message>(
         .into());
     }
     let crypto = state.crypto.clone();
+    let kind = match action {
+        StatusAction::Suspend => "identity.account.suspend",
+        StatusAction::Reactivate => "identity.account.reactivate",
+        StatusAction::Terminate => "identity.account.terminate",
+    };
+    let event = super::security::account(caller, kind, Action::Update, target);
     let user = on_locked_account(
         state,
         method,
@@ -209,6 +216,7 @@ async fn change_status<Req: Message>(
                     )
                     .await?;
                 }
+                super::security::record(tx, event).await?;
                 Ok::<_, IdentityError>(user_to_pb(&a))
             })
         },

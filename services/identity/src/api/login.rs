@@ -1,7 +1,9 @@
 //! Login: password login with throttling and lockout, and device PINs (enrollment and unlock).
 
+use carehub_platform::audit::{Action, Outcome};
 use carehub_platform::auth;
 use carehub_platform::errors::FieldViolations;
+use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response};
@@ -11,6 +13,7 @@ use super::credentials::{
     check_secret, check_token, check_uuid, hash_password, is_active, secs, signed_in, Reply,
     PASSWORD_MAX,
 };
+use super::security;
 use super::sessions::open_session;
 use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
@@ -140,6 +143,16 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             .account_locked_until
             .or(account_lock)
             .unwrap_or(after.now);
+        let reason = if source_lock.is_some() {
+            ErrorReason::RateLimited
+        } else {
+            ErrorReason::AccountLocked
+        };
+        security::record_alone(
+            &state.pool,
+            security::unknown_account_login(&caller, reason),
+        )
+        .await?;
         return Err(IdentityError::Locked {
             retry_after: throttle::retry_after(until, after.now),
         });
@@ -150,10 +163,28 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         .hasher
         .verify_async(r.password, cred.as_ref().map(|c| c.password_hash.clone()))
         .await;
+    let attempted = cred.as_ref().map(|c| c.id);
     let cred = match cred {
         Some(c) if ok => c,
         _ => {
             let after = count_failure(state, &account_key, source_key.as_deref()).await?;
+            let event = match attempted {
+                Some(id) => security::failed(
+                    security::account(&caller, "identity.login", Action::Execute, id),
+                    Outcome::MinorFailure,
+                    ErrorReason::InvalidCredentials,
+                ),
+                None => security::unknown_account_login(&caller, ErrorReason::InvalidCredentials),
+            };
+            security::record_alone(&state.pool, event).await?;
+            // This failure locked an account that was open when the attempt began.
+            if let (Some(id), Some(_)) = (attempted, after.account_locked_until) {
+                let lockout =
+                    security::account(&caller, "identity.login.lockout", Action::Execute, id);
+                let lockout =
+                    security::failed(lockout, Outcome::MajorFailure, ErrorReason::AccountLocked);
+                security::record_alone(&state.pool, lockout).await?;
+            }
             if after.source_locked_until.is_some() {
                 return Err(IdentityError::RateLimited {
                     retry_after: throttle::retry_after(
@@ -166,6 +197,9 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         }
     };
     if !is_active(&cred) {
+        let event = security::account(&caller, "identity.login", Action::Execute, cred.id);
+        let event = security::failed(event, Outcome::MinorFailure, ErrorReason::AccountDisabled);
+        security::record_alone(&state.pool, event).await?;
         return Err(IdentityError::AccountDisabled);
     }
 
@@ -182,6 +216,13 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             secs(state.settings.mfa_challenge_ttl_secs),
         )
         .await?;
+        let event = security::account(
+            &caller,
+            "identity.login.mfa_challenge",
+            Action::Execute,
+            cred.id,
+        );
+        security::record(&mut tx, event).await?;
         login_response::Result::MfaChallenge(MfaChallenge {
             challenge_token: challenge,
             expire_time: Some(timestamp(expires_at)),
@@ -234,6 +275,15 @@ async fn enroll_pin_inner(
         &pin_hash,
     )
     .await?;
+    let event = security::about(
+        &caller,
+        "identity.device_pin.enroll",
+        Action::Create,
+        user.user_id,
+        "device",
+        device_id,
+    );
+    security::record(&mut tx, event).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, device_id = %device_id, "device pin enrolled");
     Ok(EnrollDevicePinResponse {
@@ -276,9 +326,26 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     if !ok {
         let mut conn = state.pool.acquire().await?;
         let failures = store::fail_device_pin(&mut conn, device.id, PIN_MAX_FAILURES).await?;
-        if failures.is_some_and(|n| n >= PIN_MAX_FAILURES) {
+        let kind = if failures.is_some_and(|n| n >= PIN_MAX_FAILURES) {
             tracing::warn!(device_id = %device.id, user_id = %device.user_id, "device pin revoked after repeated failures");
-        }
+            "identity.device_pin.revoke"
+        } else {
+            "identity.login"
+        };
+        let event = security::about(
+            &caller,
+            kind,
+            Action::Execute,
+            device.user_id,
+            "device",
+            device.id,
+        );
+        let event = security::failed(
+            event,
+            Outcome::MinorFailure,
+            ErrorReason::InvalidCredentials,
+        );
+        security::record_alone(&state.pool, event).await?;
         return Err(IdentityError::InvalidCredentials);
     }
     let mut tx = state.pool.begin().await?;

@@ -1,9 +1,11 @@
 //! MFA: TOTP enrollment, confirmation (which hands out recovery codes) and disabling, and the
 //! challenge that completes a login of an account with TOTP.
 
+use carehub_platform::audit::{Action, Outcome};
 use carehub_platform::auth;
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
+use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -14,8 +16,8 @@ use uuid::Uuid;
 use super::credentials::{
     check_secret, check_token, is_active, lock_own_credentials, signed_in, Reply, PASSWORD_MAX,
 };
-use super::scope;
 use super::sessions::open_session;
+use super::{scope, security};
 use crate::domain::{tokens, totp};
 use crate::error::{IdentityError, Result};
 use crate::store::sessions as store;
@@ -100,21 +102,34 @@ async fn complete_mfa_inner(
     };
 
     let mut tx = state.pool.begin().await?;
-    let amr: [&str; 2] = match &code {
-        Code::TotpCode(c) => {
-            let step = totp::verify(&secret, c, Utc::now().timestamp(), cred.totp_last_step)
-                .ok_or(IdentityError::MfaCodeWrong)?;
-            if !store::advance_totp_step(&mut tx, cred.id, step).await? {
-                return Err(IdentityError::MfaCodeWrong);
+    let second_factor: Result<[&str; 2]> = async {
+        Ok(match &code {
+            Code::TotpCode(c) => {
+                let step = totp::verify(&secret, c, Utc::now().timestamp(), cred.totp_last_step)
+                    .ok_or(IdentityError::MfaCodeWrong)?;
+                if !store::advance_totp_step(&mut tx, cred.id, step).await? {
+                    return Err(IdentityError::MfaCodeWrong);
+                }
+                ["pwd", "otp"]
             }
-            ["pwd", "otp"]
-        }
-        Code::RecoveryCode(c) => {
-            let hash = tokens::hash_recovery_code(c).ok_or(IdentityError::MfaCodeWrong)?;
-            if !store::use_recovery_code(&mut tx, cred.id, &hash).await? {
-                return Err(IdentityError::MfaCodeWrong);
+            Code::RecoveryCode(c) => {
+                let hash = tokens::hash_recovery_code(c).ok_or(IdentityError::MfaCodeWrong)?;
+                if !store::use_recovery_code(&mut tx, cred.id, &hash).await? {
+                    return Err(IdentityError::MfaCodeWrong);
+                }
+                ["pwd", "rc"]
             }
-            ["pwd", "rc"]
+        })
+    }
+    .await;
+    let amr = match second_factor {
+        Ok(amr) => amr,
+        Err(e) => {
+            drop(tx);
+            let event = security::account(&caller, "identity.login.mfa", Action::Execute, cred.id);
+            let event = security::failed(event, Outcome::MinorFailure, ErrorReason::MfaRequired);
+            security::record_alone(&state.pool, event).await?;
+            return Err(e);
         }
     };
     if !store::consume_mfa_challenge(&mut tx, &challenge_hash).await? {
@@ -153,6 +168,8 @@ async fn enroll_totp_inner(
     }
     let secret = totp::generate_secret();
     store::set_pending_totp(&mut tx, user.user_id, &secret).await?;
+    let event = security::account(&caller, "identity.mfa.enroll", Action::Update, user.user_id);
+    security::record(&mut tx, event).await?;
     tx.commit().await?;
     Ok(EnrollTotpResponse {
         secret: totp::encode_secret(&secret),
@@ -203,6 +220,8 @@ async fn confirm_totp_inner(
         .filter_map(|c| tokens::hash_recovery_code(c))
         .collect();
     store::replace_recovery_codes(&mut tx, user.user_id, &hashes).await?;
+    let event = security::account(&caller, "identity.mfa.enable", Action::Update, user.user_id);
+    security::record(&mut tx, event).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "totp enabled");
     Ok(ConfirmTotpResponse {
@@ -240,6 +259,7 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
     let password = r.current_password.clone();
     let hasher = state.hasher.clone();
     let user_id = user.user_id;
+    let event = security::account(&caller, "identity.mfa.disable", Action::Update, user_id);
     idempotency::run(
         &state.pool,
         &scope("DisableTotp"),
@@ -281,6 +301,7 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
                     }
                 }
                 store::disable_totp(conn, user_id).await?;
+                security::record(conn, event).await?;
                 Ok(())
             })
         },

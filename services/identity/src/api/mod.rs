@@ -27,6 +27,7 @@ pub mod password;
 pub mod policy;
 pub mod profile;
 pub mod registration;
+pub(crate) mod security;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use carehub_platform::audit::Action;
 use carehub_platform::auth;
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
@@ -16,7 +17,7 @@ use super::credentials::{
     check_secret, check_token, hash_password, is_active, lock_own_credentials, secs, signed_in,
     Reply, PASSWORD_MAX,
 };
-use super::scope;
+use super::{scope, security};
 use crate::domain::{password, tokens, validation};
 use crate::error::{IdentityError, Result};
 use crate::notify::{Channel, Notification, NotificationKind};
@@ -44,6 +45,7 @@ async fn request_reset_inner(
     state: &AppState,
     req: Request<RequestPasswordResetRequest>,
 ) -> Result<()> {
+    let caller = auth::caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let mut v = FieldViolations::new();
     let email = validation::check_email(&mut v, "email", &req.get_ref().email);
@@ -71,6 +73,13 @@ async fn request_reset_inner(
                 }
                 let token = tokens::new_token();
                 store::insert_password_reset(conn, &tokens::hash(&token), cred.id, ttl).await?;
+                let event = security::account(
+                    &caller,
+                    "identity.password.reset_request",
+                    Action::Execute,
+                    cred.id,
+                );
+                security::record(conn, event).await?;
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(Notification {
                         user_id: cred.id,
@@ -123,6 +132,7 @@ pub async fn reset_password(state: &AppState, req: Request<ResetPasswordRequest>
 }
 
 async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordRequest>) -> Result<()> {
+    let caller = auth::caller(&req)?;
     let key = idempotency::key_of(&req)?;
     let r = req.get_ref();
     let mut v = FieldViolations::new();
@@ -150,6 +160,9 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
                 let phc = hash_password(&hasher, new_password).await?;
                 store::set_password(conn, user_id, &phc).await?;
                 revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
+                let event =
+                    security::account(&caller, "identity.password.reset", Action::Update, user_id);
+                security::record(conn, event).await?;
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(user_id);
                 }
@@ -194,6 +207,7 @@ async fn change_password_inner(
     let (current, new) = (r.current_password.clone(), r.new_password.clone());
     let hasher = state.hasher.clone();
     let (user_id, session_id) = (user.user_id, user.session_id);
+    let event = security::account(&caller, "identity.password.change", Action::Update, user_id);
     idempotency::run(
         &state.pool,
         &scope("ChangePassword"),
@@ -219,6 +233,7 @@ async fn change_password_inner(
                     Some(session_id),
                 )
                 .await?;
+                security::record(conn, event).await?;
                 Ok(())
             })
         },

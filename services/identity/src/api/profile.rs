@@ -1,5 +1,6 @@
 //! The signed-in user's own account: profile, consents and communication preferences.
 
+use carehub_platform::audit::Action;
 use carehub_platform::auth::caller;
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
@@ -127,6 +128,8 @@ pub async fn update_profile(
     let outbox = Outbox::default();
     let out = outbox.clone();
     let crypto = state.crypto.clone();
+    let consent_event =
+        super::security::account(&caller, "identity.consent.update", Action::Update, user_id);
     let user = on_locked_account(
         state,
         "UpdateProfile",
@@ -164,6 +167,7 @@ pub async fn update_profile(
                                     ..ConsentChange::default()
                                 };
                                 store::update_consents(tx, user_id, &change).await?;
+                                super::security::record(tx, consent_event).await?;
                             }
                         }
                     }
@@ -218,6 +222,8 @@ pub async fn update_consents(
         marketing_opt_in: r.marketing_opt_in,
         sms_opt_in: r.sms_opt_in,
     };
+    let event =
+        super::security::account(&caller, "identity.consent.update", Action::Update, user_id);
     let consents = on_locked_account(
         state,
         "UpdateConsents",
@@ -235,6 +241,7 @@ pub async fn update_consents(
                     });
                 }
                 let c = store::update_consents(tx, user_id, &change).await?;
+                super::security::record(tx, event).await?;
                 Ok(consents_to_pb(&c))
             })
         },

@@ -3,6 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use carehub_platform::audit::Action;
 use carehub_platform::auth::{self, Caller, Role};
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
@@ -16,7 +17,7 @@ use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{check_token, check_uuid, is_active, secs, signed_in, Reply};
-use super::scope;
+use super::{scope, security};
 use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
 use crate::domain::tokens;
@@ -77,6 +78,15 @@ pub(super) async fn open_session(
     )
     .await?;
     tracing::info!(user_id = %cred.id, session_id = %session.id, "session opened");
+    let event = security::session(
+        caller,
+        "identity.login",
+        Action::Execute,
+        cred.id,
+        session.id,
+    )
+    .actor_session(session.id);
+    security::record(conn, event).await?;
     issue_tokens(state, conn, &session, role).await
 }
 
@@ -149,6 +159,7 @@ async fn refresh_inner(
     state: &AppState,
     req: Request<RefreshSessionRequest>,
 ) -> Result<AuthTokens> {
+    let caller = auth::caller(&req)?;
     let r = req.into_inner();
     let mut v = FieldViolations::new();
     check_token(&mut v, "refresh_token", &r.refresh_token);
@@ -161,6 +172,21 @@ async fn refresh_inner(
             Spend::AlreadySpent(session_id) => {
                 // A spent token seen again: someone holds a copy. End the whole session.
                 revocation::revoke_session(&mut tx, session_id, "refresh_token_reused").await?;
+                if let Some(s) = store::session_for_update(&mut tx, session_id).await? {
+                    let event = security::session(
+                        &caller,
+                        "identity.session.revoke",
+                        Action::Update,
+                        s.user_id,
+                        session_id,
+                    );
+                    let event = security::failed(
+                        event,
+                        carehub_platform::audit::Outcome::MajorFailure,
+                        carehub_proto::common::v1::ErrorReason::RefreshTokenReused,
+                    );
+                    security::record(&mut tx, event).await?;
+                }
                 tx.commit().await?;
                 tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
                 return Err(IdentityError::RefreshTokenReused);
@@ -212,7 +238,14 @@ pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> 
         let caller = auth::caller(&req)?;
         let user = signed_in(&caller)?;
         let key = idempotency::key_of(&req)?;
-        let session_id = user.session_id;
+        let (session_id, user_id) = (user.session_id, user.user_id);
+        let event = security::session(
+            &caller,
+            "identity.session.logout",
+            Action::Update,
+            user_id,
+            session_id,
+        );
         idempotency::run(
             &state.pool,
             &scope("Logout"),
@@ -222,6 +255,7 @@ pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> 
             move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
                 Box::pin(async move {
                     revocation::revoke_session(conn, session_id, "logout").await?;
+                    security::record(conn, event).await?;
                     Ok(())
                 })
             },
@@ -355,6 +389,13 @@ async fn revoke_session_inner(
         return Err(IdentityError::Internal("validated id missing".into()));
     };
     let (user_id, current) = (user.user_id, user.session_id);
+    let event = security::session(
+        &caller,
+        "identity.session.revoke",
+        Action::Update,
+        user_id,
+        id,
+    );
     idempotency::run(
         &state.pool,
         &scope("RevokeSession"),
@@ -371,6 +412,7 @@ async fn revoke_session_inner(
                     return Err(not_found());
                 }
                 revocation::revoke_session(conn, id, "revoked_by_user").await?;
+                security::record(conn, event).await?;
                 let s = store::session_of_user(conn, id, user_id)
                     .await?
                     .ok_or_else(not_found)?;
