@@ -257,8 +257,7 @@ impl AuditLog for AuditLogApi {
                 "must be a UUID",
             );
         }
-        let start = timestamp(req.start_time.as_ref(), "start_time", &mut v)
-            .unwrap_or(earliest());
+        let start = timestamp(req.start_time.as_ref(), "start_time", &mut v).unwrap_or(earliest());
         let end = timestamp(req.end_time.as_ref(), "end_time", &mut v).unwrap_or_else(Utc::now);
         if start >= end {
             v.add("end_time", "must be after start_time");
