@@ -6,36 +6,10 @@
 
 mod common;
 
-use std::sync::{Arc, RwLock};
-
-use carehub_platform::keys::{KeyError, KeyName, KeySource, KeyVersions, StaticKeys};
+use carehub_platform::keys::KeyName;
 use carehub_proto::identity::v1::*;
-use common::{assert_status, patient_request, PASSWORD};
+use common::{assert_status, patient_request, RotatingKeys, PASSWORD};
 use tonic::Code;
-
-/// A key source the test can rotate while identity runs.
-#[derive(Default)]
-pub struct RotatingKeys(RwLock<StaticKeys>);
-
-impl RotatingKeys {
-    pub fn new() -> Arc<Self> {
-        Arc::new(RotatingKeys(RwLock::new(StaticKeys::generate())))
-    }
-
-    pub fn rotate(&self, name: KeyName) -> u32 {
-        let mut keys = self.0.write().unwrap();
-        let mut versions: KeyVersions = keys.versions(name).unwrap().as_ref().clone();
-        let next = versions.rotate();
-        *keys = keys.clone().with(name, versions);
-        next
-    }
-}
-
-impl KeySource for RotatingKeys {
-    fn versions(&self, name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
-        self.0.read().unwrap().versions(name)
-    }
-}
 
 #[tokio::test]
 async fn the_database_holds_no_plaintext_phi() {

@@ -21,6 +21,7 @@ use carehub_platform::auth::Role;
 use carehub_platform::config::{DatabaseConfig, PlatformConfig, TlsConfig};
 use carehub_platform::db::TestDatabase;
 use carehub_platform::devcerts::DevPki;
+use carehub_platform::keys::{KeyError, KeyName, KeySource, KeyVersions, StaticKeys};
 use carehub_platform::tls::TlsStore;
 use carehub_proto::common::v1::Date;
 use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
@@ -58,14 +59,14 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut IdentityConfig)) -> TestApp {
 
 /// Like [`spawn_with`], with keys the test holds (to rotate them) instead of the key file.
 pub async fn spawn_with_keys(
-    keys: Arc<dyn carehub_platform::keys::KeySource>,
+    keys: Arc<dyn KeySource>,
     adjust: impl FnOnce(&mut IdentityConfig),
 ) -> TestApp {
     spawn_keyed(Some(keys), adjust).await
 }
 
 async fn spawn_keyed(
-    keys: Option<Arc<dyn carehub_platform::keys::KeySource>>,
+    keys: Option<Arc<dyn KeySource>>,
     adjust: impl FnOnce(&mut IdentityConfig),
 ) -> TestApp {
     let db = TestDatabase::new(&carehub_identity::MIGRATOR)
@@ -414,4 +415,29 @@ pub fn assert_status(
         );
     }
     d.field_violations.into_iter().map(|(f, _)| f).collect()
+}
+
+/// A key source the test can rotate while identity runs.
+#[derive(Default)]
+pub struct RotatingKeys(std::sync::RwLock<StaticKeys>);
+
+impl RotatingKeys {
+    pub fn new() -> Arc<Self> {
+        Arc::new(RotatingKeys(std::sync::RwLock::new(StaticKeys::generate())))
+    }
+
+    /// Adds a version of `name` and makes it current; returns its number.
+    pub fn rotate(&self, name: KeyName) -> u32 {
+        let mut keys = self.0.write().unwrap();
+        let mut versions: KeyVersions = keys.versions(name).unwrap().as_ref().clone();
+        let next = versions.rotate();
+        *keys = keys.clone().with(name, versions);
+        next
+    }
+}
+
+impl KeySource for RotatingKeys {
+    fn versions(&self, name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
+        self.0.read().unwrap().versions(name)
+    }
 }
