@@ -285,7 +285,7 @@ impl ServiceHost {
         if audit.is_some() {
             svc = crate::audit::service::route(svc, below_auth);
         }
-        let audit_task = audit.map(|a| a.spawn_background());
+        let audit_task = audit.map(|a| (a.spawn_background(), a));
         let svc = RequestIdService {
             inner: ObserveService {
                 inner: svc,
@@ -430,8 +430,13 @@ impl ServiceHost {
                 }
             };
             accept_task.abort();
-            if let Some(task) = audit_task {
+            if let Some((task, audit)) = audit_task {
                 task.abort();
+                match tokio::time::timeout(Duration::from_secs(5), audit.finish()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(error = %err, "final audit checkpoint failed"),
+                    Err(_) => tracing::warn!("final audit checkpoint timed out"),
+                }
             }
             reloader.abort();
             let _ = admin_stop_tx.send(());

@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
+use carehub_platform::audit::checkpoint;
 use carehub_platform::auth::{AuthLayer, Authorizer, Policy, TokenVerifier, UserCaller, UserRule};
 use carehub_platform::client;
 use carehub_platform::db::TestDatabase;
@@ -45,7 +46,9 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     let keys = Arc::new(StaticKeys::generate());
     let dir = tempfile::tempdir().unwrap();
     let pki = DevPki::new(TRUST_DOMAIN).unwrap();
-    let cfg = config_with_pki(dir.path(), &pki, "scheduling");
+    let mut cfg = config_with_pki(dir.path(), &pki, "scheduling");
+    // No background checkpoint during the test: the one at the end comes from the shutdown.
+    cfg.audit.poll_interval_ms = 60_000;
     // The service's own policy knows nothing of AuditLog and lets only the gateway touch.
     let authorizer = Arc::new(Authorizer {
         policy: Policy::new().rule(
@@ -204,6 +207,11 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
         "{broken:?}"
     );
 
+    // A clean shutdown signs the tail: nothing is left unsigned.
     running.shutdown().await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let last = checkpoint::latest(&mut conn).await.unwrap().unwrap();
+    assert_eq!(last.seq, 5);
+    drop(conn);
     db.drop_database().await.unwrap();
 }

@@ -155,19 +155,46 @@ impl AuditHost {
         Ok(())
     }
 
-    /// Runs [`AuditHost::tick`] every `poll_interval_ms` until aborted.
+    /// Runs [`AuditHost::tick`] every `poll_interval_ms` until aborted. While the database is
+    /// unreachable it backs off (up to a minute) and warns on the 1st, 2nd, 4th, 8th... failure.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let host = self.clone();
         tokio::spawn(async move {
-            let mut interval =
-                tokio::time::interval(Duration::from_millis(host.config.poll_interval_ms.max(10)));
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let poll = Duration::from_millis(host.config.poll_interval_ms.max(10));
+            let mut failures: u32 = 0;
             loop {
-                interval.tick().await;
-                if let Err(err) = host.tick().await {
-                    tracing::warn!(service = host.service, error = %err, "audit background work failed; retrying");
+                let pause = poll
+                    .saturating_mul(1u32 << failures.min(16))
+                    .min(Duration::from_secs(60).max(poll));
+                tokio::time::sleep(pause).await;
+                match host.tick().await {
+                    Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!(
+                                service = host.service,
+                                "audit background work recovered"
+                            );
+                        }
+                        failures = 0;
+                    }
+                    Err(err) => {
+                        failures = failures.saturating_add(1);
+                        if failures.is_power_of_two() {
+                            tracing::warn!(service = host.service, error = %err, failures, "audit background work failed; retrying");
+                        }
+                    }
                 }
             }
         })
+    }
+
+    /// At shutdown: signs the head if anything is unsigned and drains the sink, so that a
+    /// cleanly stopped service leaves no unsigned tail.
+    pub async fn finish(&self) -> Result<(), AuditError> {
+        checkpoint::checkpoint_now(&self.pool, self.keys.as_ref(), self.service).await?;
+        if let Some(sink) = self.config.sink() {
+            while sink::ship_once(&self.pool, self.service, &sink).await? > 0 {}
+        }
+        Ok(())
     }
 }
