@@ -158,9 +158,16 @@ pub async fn serve_with_keys(
         )
         .with_auth(AuthLayer::new(authorizer))
         .with_audit(state.pool.clone(), state.key_source.clone())
+        // Past server.keys.max_staleness_secs without Vault, keys fail closed: not ready.
+        .readiness(carehub_platform::keys::readiness(state.key_source.clone()))
         .admin_routes(token::jwks_router(state.clone()))
         .start(shutdown)
         .await?;
+    carehub_platform::keys::spawn_metrics(
+        &state.key_source,
+        server.metrics.clone(),
+        std::time::Duration::from_secs(15),
+    );
     Ok(Identity {
         server,
         state,

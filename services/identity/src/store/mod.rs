@@ -2,6 +2,7 @@
 //! connection's) and return domain types.
 
 pub mod accounts;
+pub mod preferences;
 pub mod revocation;
 pub mod sealed;
 pub mod sessions;
