@@ -53,6 +53,12 @@ async fn security_events_are_recorded_with_the_change_and_the_chain_verifies() {
     let mut c = app.public("gateway").await;
     let ann = app.register_patient("ann@example.org", PASSWORD).await;
     let ann_id = Uuid::parse_str(&ann.user_id).unwrap();
+    let registered = events(&app).await;
+    assert_eq!(registered.len(), 1);
+    assert_eq!(
+        (registered[0].kind.as_str(), registered[0].subject_id),
+        ("identity.account.register", Some(ann_id))
+    );
 
     // Wrong password: a failed login naming the account; an unknown email names none.
     let n = events(&app).await.len();

@@ -83,6 +83,8 @@ pub async fn create_user(
     let ran = Arc::new(AtomicBool::new(false));
     let ran_in = ran.clone();
     let crypto = state.crypto.clone();
+    let event =
+        super::security::account(&caller, "identity.account.create", Action::Create, new.id);
     // The stored (replayable) answer never holds the one-time password: it is a credential.
     let mut resp = idempotency::run(
         &state.pool,
@@ -95,6 +97,7 @@ pub async fn create_user(
                 let a = store::insert_user(tx, &crypto, &new).await?;
                 store::insert_consents(tx, a.id, &ConsentChange::default()).await?;
                 store::insert_prefs(tx, a.id, false).await?;
+                super::security::record(tx, event).await?;
                 ran_in.store(true, Ordering::SeqCst);
                 Ok::<_, IdentityError>(CreateUserResponse {
                     user: Some(user_to_pb(&a)),

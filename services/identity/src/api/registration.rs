@@ -142,6 +142,12 @@ pub async fn register_patient(
     let out = outbox.clone();
     let actor = format!("anon:{}", caller.workload);
     let crypto = state.crypto.clone();
+    let event = super::security::account(
+        &caller,
+        "identity.account.register",
+        carehub_platform::audit::Action::Create,
+        new.id,
+    );
     let user = idempotency::run(
         &state.pool,
         &scope("RegisterPatient"),
@@ -153,6 +159,7 @@ pub async fn register_patient(
                 let a = store::insert_user(tx, &crypto, &new).await?;
                 store::insert_consents(tx, a.id, &change).await?;
                 store::insert_prefs(tx, a.id, sms).await?;
+                super::security::record(tx, event).await?;
                 issue_code(tx, &crypto, &out, a.id, Contact::Email, &a.email, ttl).await?;
                 if let Some(p) = &a.phone {
                     issue_code(tx, &crypto, &out, a.id, Contact::Phone, p, ttl).await?;
