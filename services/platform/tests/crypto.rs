@@ -67,7 +67,8 @@ async fn ciphertext_moved_elsewhere_fails_to_decrypt() {
     let env = envelope(&db, "identity", &keys);
     let home = Field::new("users", "email", "row-1", "patient-1");
     let ct = env.encrypt_str(&home, "ann@example.com").await.unwrap();
-    // The other subject has a data key of the same version, so only the binding can object.
+    // The other subject has a data key of the same version: the ciphertext names a key that
+    // exists, and fails because that key (and the bound subject) is not its own.
     env.encrypt_str(
         &Field::new("users", "email", "row-2", "patient-2"),
         "bob@example.com",
