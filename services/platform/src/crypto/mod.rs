@@ -364,7 +364,9 @@ impl Envelope {
             let next = version + 1;
             let (kek_version, kek) = inner.keys.current(KeyName::Kek)?;
             let kek = cipher_of(kek.as_bytes())?;
-            let key = Zeroizing::new(rand::random::<[u8; 32]>());
+            // Keys come straight from the OS generator (nonces use the faster thread-local CSPRNG).
+            let mut key = Zeroizing::new([0u8; 32]);
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, key.as_mut());
             let wrapped = format::wrap_key(&kek, &inner.service, subject, next, &key)
                 .map_err(|_| CryptoError::Invalid("wrap failed".into()))?;
             let stored = StoredKey {
