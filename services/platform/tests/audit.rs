@@ -457,3 +457,48 @@ async fn the_background_task_checkpoints_after_checkpoint_every_rows() {
     drop(conn);
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verifying_while_writers_and_the_checkpointer_run_finds_no_false_tampering() {
+    let db = db().await;
+    let keys = StaticKeys::generate();
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let patient = Uuid::now_v7();
+                for _ in 0..30 {
+                    create_note(&pool, patient, true).await;
+                }
+            })
+        })
+        .collect();
+    let cp_pool = db.pool.clone();
+    let cp_keys = keys.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cp_done = done.clone();
+    let checkpointer = tokio::spawn(async move {
+        while !cp_done.load(std::sync::atomic::Ordering::SeqCst) {
+            checkpoint::checkpoint_now(&cp_pool, &cp_keys, SERVICE)
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut verified = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        let report = verify_all(&db.pool, &keys).await;
+        assert!(report.is_intact(), "{report:?}");
+        verified += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    checkpointer.await.unwrap();
+    let report = verify_all(&db.pool, &keys).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows_checked, 240);
+    assert!(verified > 0);
+    db.drop_database().await.unwrap();
+}

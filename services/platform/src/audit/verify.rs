@@ -12,7 +12,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::chain::{self, AuditError, GENESIS_HASH};
 use super::checkpoint;
@@ -91,7 +91,7 @@ impl VerifyReport {
 }
 
 async fn resolve_range(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     range: &VerifyRange,
     head_seq: i64,
 ) -> Result<(i64, i64), AuditError> {
@@ -102,7 +102,7 @@ async fn resolve_range(
             "SELECT min(seq) FROM carehub_platform.audit_events WHERE occurred_at >= $1",
         )
         .bind(t)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         from = from.max(s.unwrap_or(i64::MAX));
     }
@@ -111,7 +111,7 @@ async fn resolve_range(
             "SELECT max(seq) FROM carehub_platform.audit_events WHERE occurred_at < $1",
         )
         .bind(t)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         to = to.min(s.unwrap_or(0));
     }
@@ -127,10 +127,15 @@ pub async fn verify(
     service: &str,
     range: &VerifyRange,
 ) -> Result<VerifyReport, AuditError> {
-    let mut conn = pool.acquire().await?;
-    let (head_seq, head_hash) = chain::head(&mut conn).await?;
-    drop(conn);
-    let (from, to) = resolve_range(pool, range, head_seq).await?;
+    // One snapshot for everything read: rows, head and checkpoints committed while the walk runs
+    // would otherwise look like rows beyond the head or checkpoints past the end.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let conn: &mut PgConnection = &mut tx;
+    let (head_seq, head_hash) = chain::head(conn).await?;
+    let (from, to) = resolve_range(conn, range, head_seq).await?;
     // Only an open-ended walk reaches the head, so only then can the tail be judged.
     let to_end = range.to_seq.is_none() && range.to_time.is_none();
     let mut report = VerifyReport {
@@ -143,13 +148,11 @@ pub async fn verify(
         last_checkpoint_seq: None,
         problem: None,
     };
-    let mut conn = pool.acquire().await?;
-    let checkpoints: Vec<_> = checkpoint::since(&mut conn, from)
+    let checkpoints: Vec<_> = checkpoint::since(conn, from)
         .await?
         .into_iter()
         .filter(|cp| to_end || cp.seq <= to)
         .collect();
-    drop(conn);
     let mut hashes_at: HashMap<i64, Vec<u8>> =
         checkpoints.iter().map(|cp| (cp.seq, Vec::new())).collect();
 
@@ -160,7 +163,7 @@ pub async fn verify(
         let prev: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT hash FROM carehub_platform.audit_events WHERE seq = $1")
                 .bind(from - 1)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
         match prev {
             Some(h) => h,
@@ -186,7 +189,7 @@ pub async fn verify(
             .bind(expected)
             .bind(to)
             .bind(BATCH)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         if rows.is_empty() {
             break;
@@ -261,7 +264,7 @@ pub async fn verify(
         });
     }
     if first_problem.is_none() && to_end {
-        first_problem = check_head(pool, head_seq, &head_hash, last_seen, &prev_hash).await?;
+        first_problem = check_head(conn, head_seq, &head_hash, last_seen, &prev_hash).await?;
     }
     if first_problem.is_none() {
         let last_row = last_seen.unwrap_or(from - 1);
@@ -316,19 +319,20 @@ pub async fn verify(
             report.last_checkpoint_seq = Some(cp.seq);
         }
     }
+    tx.rollback().await?;
     report.problem = first_problem;
     Ok(report)
 }
 
 async fn check_head(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     head_seq: i64,
     head_hash: &[u8],
     last_seen: Option<i64>,
     last_hash: &[u8],
 ) -> Result<Option<Problem>, AuditError> {
     let max: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM carehub_platform.audit_events")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await?;
     if let Some(max) = max.filter(|m| *m > head_seq) {
         return Ok(Some(Problem {
