@@ -175,3 +175,25 @@ async fn a_ciphertext_moved_to_another_user_is_refused() {
     assert_eq!(me.family_name, "Example");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registrations_do_not_starve_on_key_creation() {
+    // Every registration holds a transaction and creates the user's data key: with the
+    // service's pool this small, key work on that same pool would wait for itself.
+    let app = common::spawn_with(|c| c.server.database.max_connections = 2).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let client = app.public("gateway").await;
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            client
+                .register_patient(patient_request(&format!("burst{i}@example.org"), PASSWORD))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(app.count("users").await, 8);
+    app.shutdown().await;
+}

@@ -20,8 +20,9 @@
 //! - [`rewrap`] moves data keys to the newest KEK without touching the encrypted data;
 //!   [`data_key_stats`] counts keys per KEK version.
 //!
-//! Call `encrypt` before opening the transaction that stores the value: creating or reserving
-//! a data key uses its own pooled connection, which must not wait behind the caller's.
+//! Encrypting and decrypting inside the caller's transaction is fine: the key table is read
+//! and written through a small pool of the envelope's own (`key_pool_connections`), so a burst
+//! of transactions holding every connection of the service's pool cannot starve key loads.
 
 mod blind;
 mod cache;
@@ -61,6 +62,8 @@ pub struct CryptoConfig {
     /// How long an unwrapped key is used before it is read again (bounds how long a replica
     /// can still use a key shredded by another).
     pub cache_ttl_secs: u64,
+    /// Connections of the envelope's own pool for the key tables (opened on demand).
+    pub key_pool_connections: u32,
 }
 
 impl Default for CryptoConfig {
@@ -70,6 +73,7 @@ impl Default for CryptoConfig {
             reservation_batch: 256,
             cache_capacity: 10_000,
             cache_ttl_secs: 300,
+            key_pool_connections: 4,
         }
     }
 }
@@ -84,6 +88,11 @@ impl CryptoConfig {
         if self.reservation_batch == 0 || self.reservation_batch > self.max_uses_per_key {
             return Err(CryptoError::Invalid(
                 "reservation_batch must be between 1 and max_uses_per_key".into(),
+            ));
+        }
+        if self.key_pool_connections == 0 {
+            return Err(CryptoError::Invalid(
+                "key_pool_connections must be at least 1".into(),
             ));
         }
         if self.cache_capacity == 0 {
@@ -121,6 +130,7 @@ pub struct Envelope {
 
 struct Inner {
     service: String,
+    /// The key tables' own pool (same database as the service's pool).
     pool: PgPool,
     keys: Arc<dyn KeySource>,
     config: CryptoConfig,
@@ -144,6 +154,8 @@ fn cipher_of(key: &[u8; 32]) -> Result<Aes256Gcm, CryptoError> {
 }
 
 impl Envelope {
+    /// Envelope encryption for `service` in the database of `pool` (whose connection settings
+    /// the envelope's own key pool copies).
     pub fn new(
         service: impl Into<String>,
         pool: PgPool,
@@ -151,6 +163,13 @@ impl Envelope {
         config: CryptoConfig,
     ) -> Result<Self, CryptoError> {
         config.validate()?;
+        let options = pool.connect_options().as_ref().clone();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(config.key_pool_connections)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
         let service = service.into();
         if service.is_empty() {
             return Err(CryptoError::Invalid("service name is empty".into()));
