@@ -72,7 +72,8 @@ pub fn issue_access_token(
     let signer = state
         .keys
         .current()
-        .map_err(|e| IdentityError::Internal(format!("no signing key: {e}")))?;
+        // A key source past its staleness limit answers UNAVAILABLE, like every key lookup.
+        .map_err(|e| IdentityError::Crypto(carehub_platform::crypto::CryptoError::Keys(e)))?;
     let token = jwt::sign(&claims, &signer.kid, &signer.key)
         .map_err(|e| IdentityError::Internal(format!("signing access token: {e}")))?;
     Ok(IssuedToken { token, expires_at })
