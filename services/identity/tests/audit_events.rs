@@ -248,5 +248,16 @@ async fn security_events_are_recorded_with_the_change_and_the_chain_verifies() {
         .iter()
         .any(|e| e.kind == "identity.account.suspend"));
     assert!(listed.events.iter().all(|e| e.subject_id == ann.user_id));
+    // By actor: what the admin did.
+    let by_admin = AuditLogClient::new(app.channel("admin-cli").await)
+        .list_events(ListEventsRequest {
+            filter: Some(Filter::ActorUserId(admin.id.to_string())),
+            ..ListEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<&str> = by_admin.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["identity.account.suspend"]);
     app.shutdown().await;
 }
