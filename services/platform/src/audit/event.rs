@@ -188,9 +188,20 @@ impl AuditEvent {
             self.actor_session_id = Some(user.session_id);
             self.actor_role = user.roles.first().map(|r| r.as_str().to_owned());
         }
-        self.actor_workload = Some(caller.workload.clone());
-        self.source_ip = caller.client_ip.clone();
-        self.user_agent = caller.user_agent.clone();
+        // What the gateway forwards is not ours to trust blindly: an unusable value is dropped or
+        // cleaned here rather than failing the audited change.
+        let workload: String = caller
+            .workload
+            .chars()
+            .take(128)
+            .map(|c| if is_code_char(c) { c } else { '_' })
+            .collect();
+        self.actor_workload = (!workload.is_empty()).then_some(workload);
+        self.source_ip = caller.client_ip.as_deref().and_then(parse_ip);
+        self.user_agent = caller
+            .user_agent
+            .as_ref()
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect());
         if self.request_id.is_none() {
             self.request_id = caller.request_id.clone();
         }
@@ -227,12 +238,8 @@ impl AuditEvent {
     /// Refuses values that cannot be ids or codes, so that PHI cannot slip in as "an id".
     pub fn validate(&self) -> Result<(), InvalidEvent> {
         let bad = |field, reason| Err(InvalidEvent { field, reason });
-        let code = |s: &str, max: usize| {
-            !s.is_empty()
-                && s.len() <= max
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-        };
+        let code =
+            |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.chars().all(is_code_char);
         if !code(&self.kind, 64) {
             return bad("kind", "must be a dotted code of at most 64 characters");
         }
@@ -281,6 +288,19 @@ impl AuditEvent {
         }
         Ok(())
     }
+}
+
+fn is_code_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
+}
+
+/// An address as forwarded (`203.0.113.7`, `2001:db8::1`, `203.0.113.7:443`, `[2001:db8::1]:443`).
+fn parse_ip(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    raw.parse::<std::net::IpAddr>()
+        .or_else(|_| raw.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_string())
 }
 
 /// The W3C trace id and span id of the current `tracing` span, when OpenTelemetry records it.
@@ -370,6 +390,30 @@ mod tests {
         let mut e = event();
         e.trace_id = Some("xyz".into());
         assert_eq!(e.validate().unwrap_err().field, "trace_id");
+    }
+
+    #[test]
+    fn forwarded_values_are_cleaned_not_fatal() {
+        let caller = Caller {
+            workload: "gate way*".into(),
+            user: None,
+            client_ip: Some("unknown".into()),
+            user_agent: Some("agent\u{7}/1.0".into()),
+            request_id: None,
+        };
+        let e = event().caller(&caller);
+        assert!(e.validate().is_ok(), "{:?}", e.validate());
+        assert_eq!(e.source_ip, None);
+        assert_eq!(e.actor_workload.as_deref(), Some("gate_way_"));
+        assert_eq!(e.user_agent.as_deref(), Some("agent/1.0"));
+        let with_port = Caller {
+            client_ip: Some("[2001:db8::1]:443".into()),
+            ..caller
+        };
+        assert_eq!(
+            event().caller(&with_port).source_ip.as_deref(),
+            Some("2001:db8::1")
+        );
     }
 
     #[test]
