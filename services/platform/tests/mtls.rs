@@ -410,7 +410,10 @@ async fn handshakes_beyond_the_limit_are_shed_not_queued() {
     let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = check_with(addr, config.clone()).await;
-    assert!(refused.is_err(), "a second handshake was queued: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a second handshake was queued: {refused:?}"
+    );
 
     // Once it leaves, the slot is free again.
     drop(silent);
