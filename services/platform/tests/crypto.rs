@@ -334,3 +334,43 @@ async fn blind_index_finds_rows_by_normalized_value_across_key_rotation() {
     );
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_data_key_survives_a_shred_racing_with_its_creation() {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    let keys = Arc::new(StaticKeys::generate());
+    for round in 0..10 {
+        let subject = format!("racer-{round}");
+        // Separate replicas: each creates or reserves the key on its own.
+        let writers: Vec<Envelope> = (0..3).map(|_| envelope(&db, "records", &keys)).collect();
+        let shredder = envelope(&db, "records", &keys);
+        let mut tasks = Vec::new();
+        for env in writers {
+            let subject = subject.clone();
+            tasks.push(tokio::spawn(async move {
+                env.encrypt_str(&Field::new("notes", "body", "n", &subject), "x")
+                    .await
+                    .err()
+            }));
+        }
+        let shred = {
+            let subject = subject.clone();
+            tokio::spawn(async move { shredder.shred(&subject).await.unwrap() })
+        };
+        for task in tasks {
+            if let Some(err) = task.await.unwrap() {
+                assert!(matches!(err, CryptoError::Shredded { .. }), "{err}");
+            }
+        }
+        shred.await.unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM carehub_platform.data_keys WHERE subject = $1",
+        )
+        .bind(&subject)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "round {round}: a key outlived the shred");
+    }
+    db.drop_database().await.unwrap();
+}
