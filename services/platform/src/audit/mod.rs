@@ -198,3 +198,30 @@ impl AuditHost {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_problems_are_named() {
+        let mut problems = Vec::new();
+        AuditConfig::default().validate(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let cfg = AuditConfig {
+            sink: SinkKind::File,
+            checkpoint_every: 0,
+            ..AuditConfig::default()
+        };
+        cfg.validate(&mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("server.audit.sink_file"));
+        assert!(problems[1].contains("server.audit.checkpoint_every"));
+        assert_eq!(cfg.sink(), None);
+        let stdout = AuditConfig {
+            sink: SinkKind::Stdout,
+            ..AuditConfig::default()
+        };
+        assert_eq!(stdout.sink(), Some(Sink::Stdout));
+    }
+}
