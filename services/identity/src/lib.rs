@@ -19,6 +19,7 @@ use std::sync::Arc;
 use carehub_platform::auth::{AuthLayer, Authorizer};
 use carehub_platform::config::AuthConfig;
 use carehub_platform::crypto::Envelope;
+use carehub_platform::idempotency::{self, IdempotencyStore};
 use carehub_platform::keys::KeySource;
 use carehub_platform::server::{RunningServer, ServiceHost};
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternalServer;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub key_source: Arc<dyn KeySource>,
     /// Envelope encryption of PHI (names, date of birth, email, phone).
     pub crypto: Envelope,
+    /// Answers of mutating RPCs kept for retries, sealed under the KEK (they can carry PHI).
+    pub idempotency: IdempotencyStore,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
 }
@@ -125,6 +128,12 @@ pub async fn serve_with_keys(
             (Arc::new(m.clone()), Some(m))
         }
     };
+    let idempotency = IdempotencyStore::new(pool.clone(), key_source.clone());
+    idempotency::spawn_purger(
+        pool.clone(),
+        idempotency::DEFAULT_RETENTION,
+        std::time::Duration::from_secs(3600),
+    );
     let state = Arc::new(AppState {
         pool,
         settings: config.identity.clone(),
@@ -132,6 +141,7 @@ pub async fn serve_with_keys(
         keys,
         key_source,
         crypto,
+        idempotency,
         notifier,
         hasher,
     });

@@ -18,10 +18,11 @@ async fn the_database_holds_no_plaintext_phi() {
     req.given_name = "Zelda".into();
     req.family_name = "Quillfeather".into();
     req.phone = "+15550104477".into();
+    // With an idempotency key: the stored answer (which echoes the PHI) is sealed too.
     let user = app
         .public("gateway")
         .await
-        .register_patient(req)
+        .register_patient(app.with_key(req, "register-patient-0001"))
         .await
         .unwrap()
         .into_inner();
@@ -49,7 +50,13 @@ async fn the_database_holds_no_plaintext_phi() {
 
     // Every column of every identity table, as Postgres text.
     let mut dump = String::new();
-    for table in ["users", "verification_codes", "login_throttle", "sessions"] {
+    for table in [
+        "users",
+        "verification_codes",
+        "login_throttle",
+        "sessions",
+        "carehub_platform.idempotency_keys",
+    ] {
         let rows: Vec<String> =
             sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
                 .fetch_all(app.pool())

@@ -3,9 +3,11 @@
 //! failed call, and concurrent calls with one key running the operation once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use carehub_platform::db::TestDatabase;
+use carehub_platform::idempotency::IdempotencyStore;
+use carehub_platform::keys::{KeyName, KeySource, KeyVersions, StaticKeys};
 use carehub_platform::{errors, idempotency};
 use sqlx::migrate::Migrator;
 use tonic::{Code, Status};
@@ -35,15 +37,28 @@ async fn counter_db() -> TestDatabase {
     db
 }
 
+/// The keys of the service under test (the KEK seals stored answers).
+static KEYS: LazyLock<Arc<StaticKeys>> = LazyLock::new(|| Arc::new(StaticKeys::generate()));
+
 async fn hit(
     db: &TestDatabase,
     key: Option<&str>,
     value: &str,
     fail: bool,
 ) -> Result<String, TestError> {
+    let store = IdempotencyStore::new(db.pool.clone(), KEYS.clone());
+    hit_with(&store, key, value, fail).await
+}
+
+async fn hit_with(
+    store: &IdempotencyStore,
+    key: Option<&str>,
+    value: &str,
+    fail: bool,
+) -> Result<String, TestError> {
     let value = value.to_owned();
     idempotency::run(
-        &db.pool,
+        store,
         "/t.T/Hit",
         "user:1",
         key,
@@ -165,4 +180,86 @@ async fn malformed_keys_are_refused() {
         errors::details_of(&err).field_violations[0].0,
         "idempotency-key"
     );
+}
+
+#[tokio::test]
+async fn stored_answers_are_sealed_and_bound_to_their_row() {
+    let db = counter_db().await;
+    let marker = "MARKER-ann-smith@example.org";
+    hit(&db, Some("key-00000004"), marker, false).await.unwrap();
+    hit(&db, Some("key-00000005"), "other", false)
+        .await
+        .unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT request_hash, response FROM carehub_platform.idempotency_keys ORDER BY key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (fingerprint, response) in &rows {
+        for stored in [fingerprint, response] {
+            assert!(
+                !stored.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "plaintext stored"
+            );
+        }
+    }
+    // An answer copied onto another key's row does not open there.
+    sqlx::query(
+        "UPDATE carehub_platform.idempotency_keys SET response = $1, request_hash = $2
+         WHERE key = 'key-00000005'",
+    )
+    .bind(&rows[0].1)
+    .bind(&rows[0].0)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = hit(&db, Some("key-00000005"), marker, false)
+        .await
+        .unwrap_err()
+        .0;
+    assert_eq!(err.code(), Code::Internal);
+    assert!(!err.message().contains("MARKER"), "{}", err.message());
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn answers_stored_before_a_kek_rotation_still_replay() {
+    let db = counter_db().await;
+    let mut kek = KeyVersions::generate();
+    let before = Arc::new(StaticKeys::default().with(KeyName::Kek, kek.clone()));
+    let store = IdempotencyStore::new(db.pool.clone(), before);
+    hit_with(&store, Some("key-00000006"), "a", false)
+        .await
+        .unwrap();
+
+    assert_eq!(kek.rotate(), 2);
+    let after = Arc::new(StaticKeys::default().with(KeyName::Kek, kek));
+    assert_eq!(after.current(KeyName::Kek).unwrap().0, 2);
+    let store = IdempotencyStore::new(db.pool.clone(), after);
+    assert_eq!(
+        hit_with(&store, Some("key-00000006"), "a", false)
+            .await
+            .unwrap(),
+        "answer-a"
+    );
+    let err = hit_with(&store, Some("key-00000006"), "b", false)
+        .await
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errors::details_of(&err).reason.as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    assert_eq!(hits(&db).await, 1);
+
+    // Without its KEK the service answers UNAVAILABLE rather than run the call unguarded.
+    let keyless = IdempotencyStore::new(db.pool.clone(), Arc::new(StaticKeys::default()));
+    let err = hit_with(&keyless, Some("key-00000007"), "c", false)
+        .await
+        .unwrap_err()
+        .0;
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(hits(&db).await, 1);
+    db.drop_database().await.unwrap();
 }

@@ -61,7 +61,7 @@ where
 {
     let crypto = state.crypto.clone();
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope(method),
         &caller.actor_key(),
         key,

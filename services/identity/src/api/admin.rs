@@ -87,7 +87,7 @@ pub async fn create_user(
         super::security::account(&caller, "identity.account.create", Action::Create, new.id);
     // The stored (replayable) answer never holds the one-time password: it is a credential.
     let mut resp = idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("CreateUser"),
         &caller.actor_key(),
         key.as_deref(),

@@ -261,7 +261,7 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
     let user_id = user.user_id;
     let event = security::account(&caller, "identity.mfa.disable", Action::Update, user_id);
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("DisableTotp"),
         &caller.actor_key(),
         key.as_deref(),

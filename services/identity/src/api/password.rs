@@ -58,7 +58,7 @@ async fn request_reset_inner(
     let outbox: Arc<Mutex<Option<Notification>>> = Arc::default();
     let slot = outbox.clone();
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("RequestPasswordReset"),
         "anon",
         key.as_deref(),
@@ -145,7 +145,7 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
     let changed: Arc<Mutex<Option<Uuid>>> = Arc::default();
     let slot = changed.clone();
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("ResetPassword"),
         "anon",
         key.as_deref(),
@@ -209,7 +209,7 @@ async fn change_password_inner(
     let (user_id, session_id) = (user.user_id, user.session_id);
     let event = security::account(&caller, "identity.password.change", Action::Update, user_id);
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("ChangePassword"),
         &caller.actor_key(),
         key.as_deref(),

@@ -149,7 +149,7 @@ pub async fn register_patient(
         new.id,
     );
     let user = idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("RegisterPatient"),
         &actor,
         key.as_deref(),
@@ -246,7 +246,7 @@ pub async fn verify_contact(
     let wrong_in = wrong.clone();
     let crypto = state.crypto.clone();
     let result = idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("VerifyContact"),
         &caller.actor_key(),
         key.as_deref(),

@@ -247,7 +247,7 @@ pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> 
             session_id,
         );
         idempotency::run(
-            &state.pool,
+            &state.idempotency,
             &scope("Logout"),
             &caller.actor_key(),
             key.as_deref(),
@@ -397,7 +397,7 @@ async fn revoke_session_inner(
         id,
     );
     idempotency::run(
-        &state.pool,
+        &state.idempotency,
         &scope("RevokeSession"),
         &caller.actor_key(),
         key.as_deref(),
