@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Identity's security events land in its audit trail (real Postgres, real mTLS): logins
 //! (success, failure, unknown account, lockout), MFA enrollment, password change, logout,
 //! suspension, consent changes; a refused change records nothing; the chain verifies; the
