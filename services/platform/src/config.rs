@@ -295,12 +295,27 @@ where
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment = figment.merge(Env::prefixed("CAREHUB_").split("__"));
+    // Variables one by one, kept as strings (figment's Env would turn `CAREHUB_..._ISSUER=2026`
+    // into a number that no longer fits a string field); lossy extraction below makes numbers
+    // and flags of them where the field wants one. Lists and tables (`[a, b]`) are parsed.
+    for (key, value) in Env::prefixed("CAREHUB_").split("__").iter() {
+        let value: figment::value::Value = if value.trim_start().starts_with(['[', '{']) {
+            match value.parse() {
+                Ok(parsed) => parsed,
+                Err(never) => match never {},
+            }
+        } else {
+            value.into()
+        };
+        figment = figment.merge(Serialized::global(key.as_str(), value));
+    }
     for (key, value) in overrides {
         figment = figment.merge(Serialized::global(key.as_str(), value.as_str()));
     }
+    // Lossy: `--set` values are strings, and `9` or `true` must still fill a number or a flag
+    // (while a numeric-looking trust domain stays a string).
     let config: T = figment
-        .extract()
+        .extract_lossy()
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
     let mut problems = Vec::new();
     config.validate(&mut problems);
@@ -336,11 +351,23 @@ mod tests {
                 "[server]\nlisten = \"127.0.0.1:7000\"\n[server.database]\nurl = \"postgres://u:hunter2@db/x\"\n[server.limits]\nconcurrency_limit = 9\n",
             )?;
             jail.set_env("CAREHUB_SERVER__LIMITS__CONCURRENCY_LIMIT", "11");
+            jail.set_env("CAREHUB_SERVER__AUTH__ISSUER", "2026");
+            jail.set_env("CAREHUB_SERVER__AUTH__GATEWAY_WORKLOADS", "[gateway, edge]");
             let cfg: TestConfig = load(
                 Some(Path::new("c.toml")),
-                &[("server.admin_listen".into(), "127.0.0.1:7001".into())],
+                &[
+                    ("server.admin_listen".into(), "127.0.0.1:7001".into()),
+                    ("server.limits.request_timeout_ms".into(), "1234".into()),
+                    ("server.database.migrate_on_start".into(), "true".into()),
+                    ("server.tls.trust_domain".into(), "12345".into()),
+                ],
             )
             .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.limits.request_timeout_ms, 1234);
+            assert!(cfg.server.database.migrate_on_start);
+            assert_eq!(cfg.server.tls.trust_domain, "12345");
+            assert_eq!(cfg.server.auth.issuer, "2026");
+            assert_eq!(cfg.server.auth.gateway_workloads, ["gateway", "edge"]);
             assert_eq!(cfg.server.listen.port(), 7000);
             assert_eq!(cfg.server.limits.concurrency_limit, 11);
             assert_eq!(cfg.server.admin_listen.port(), 7001);
@@ -357,6 +384,21 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains("server.limits.concurrency_limit"), "{msg}");
             assert!(msg.contains("server.database.url is required"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CAREHUB_SERVER__LIMITS__CONCURRENCY_LIMIT", "lots");
+            let err = load::<TestConfig>(None, &[]).err().expect("must fail");
+            assert!(err.to_string().contains("concurrency_limit"), "{err}");
+            jail.clear_env();
+            let err = load::<TestConfig>(None, &[("server.listen".into(), "nowhere".into())])
+                .err()
+                .expect("must fail");
+            assert!(err.to_string().contains("listen"), "{err}");
             Ok(())
         });
     }
