@@ -96,9 +96,25 @@ def check_deployment(obj: Obj, drain_secs: int | None) -> list[str]:
     problems = []
     for c in spec.get("containers", []):
         cw = f"{where} container {c.get('name')}"
-        for probe in ("livenessProbe", "readinessProbe"):
-            if not c.get(probe):
-                problems.append(f"{cw}: {probe} is missing")
+        # carehub services (`carehub serve <s>`) probe grpc.health.v1 natively on the admin
+        # port; other containers (the example Envoy) just need liveness and readiness.
+        carehub = (c.get("args") or [])[:1] == ["serve"]
+        admin_ports = {p.get("containerPort") for p in c.get("ports") or [] if p.get("name") == "admin"}
+        for probe, service in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", None)):
+            spec_ = c.get(probe)
+            if not spec_:
+                if carehub or probe != "startupProbe":
+                    problems.append(f"{cw}: {probe} is missing")
+                continue
+            if not carehub:
+                continue
+            grpc = spec_.get("grpc")
+            if not grpc:
+                problems.append(f"{cw}: {probe} must be a native gRPC probe (grpc.health.v1)")
+            elif grpc.get("port") not in admin_ports:
+                problems.append(f"{cw}: {probe} must probe the admin port (the gRPC port is mTLS-only)")
+            elif grpc.get("service") != service:
+                problems.append(f"{cw}: {probe} must ask for health service {service or '(readiness)'!r}")
         pre = ((c.get("lifecycle") or {}).get("preStop") or {})
         if not pre:
             problems.append(f"{cw}: lifecycle.preStop is missing (endpoints must drain before the listener closes)")

@@ -1,13 +1,12 @@
 {{/*
 One helper per Kubernetes object of a service; each takes (dict "root" $ "name" "<service>").
 
-Probes: HTTP on the admin port, not native gRPC probes. The gRPC port accepts only mTLS with a
-client certificate of our CA, and kubelet's gRPC probe never presents a client certificate (in
-Kubernetes 1.30 it is plaintext only; the later `mode: TLS` does not verify and sends no client
-certificate), so a native gRPC probe could only ever fail. /healthz (liveness) answers
-while the process runs; /readyz (readiness) answers 200 only while the server is SERVING —
-it turns 503 together with gRPC health at shutdown and when the keys are stale — so the
-readiness probe tracks the same state as grpc.health.v1. `helm test` checks the real gRPC
+Probes: native gRPC probes (grpc.health.v1) on the admin port. The gRPC port accepts only mTLS
+with a client certificate of our CA, which kubelet's gRPC probe never presents, so the server
+also answers `grpc.health.v1.Health/Check` (and nothing else of the gRPC API) in plaintext h2c
+on the admin port, from the same health state: service "" is readiness (NOT_SERVING at
+shutdown and while keys are stale), service "liveness" stays SERVING while the process answers,
+so an unready pod is taken out of endpoints but not restarted. `helm test` checks the real gRPC
 health over mTLS with `carehub health`.
 */}}
 
@@ -81,16 +80,16 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       startupProbe:
-        httpGet: {path: /healthz, port: admin}
+        grpc: {port: {{ $v.ports.admin }}, service: liveness}
         periodSeconds: 2
         failureThreshold: 60
       livenessProbe:
-        httpGet: {path: /healthz, port: admin}
+        grpc: {port: {{ $v.ports.admin }}, service: liveness}
         periodSeconds: 10
         timeoutSeconds: 2
         failureThreshold: 3
       readinessProbe:
-        httpGet: {path: /readyz, port: admin}
+        grpc: {port: {{ $v.ports.admin }}}
         periodSeconds: 5
         timeoutSeconds: 2
         failureThreshold: 2

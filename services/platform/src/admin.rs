@@ -319,6 +319,25 @@ pub fn router(state: AdminState, extra: Option<Router>) -> Router {
     }
 }
 
+/// `grpc.health.v1.Health/Check` in plaintext (h2c) on the admin port, for kubelet's native
+/// gRPC probes: they cannot present the client certificate the mTLS port demands. It shares
+/// the gRPC port's health state (`""` = ready, `"liveness"` = process alive) and reveals
+/// nothing `/readyz` does not; `Watch` and every other RPC stay on the mTLS port.
+pub fn grpc_health_check_route<S>(health: S) -> Router
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Router::new().route_service("/grpc.health.v1.Health/Check", health)
+}
+
 /// A bound admin listener, serving until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -248,6 +248,12 @@ impl ServiceHost {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        // "liveness" answers SERVING for as long as the process answers at all: a kubelet gRPC
+        // liveness probe must not restart a pod that is merely unready (draining, keys stale).
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        let probe_health = health_server.clone();
         let health_server = with_message_limits!(health_server, limits);
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(carehub_proto::FILE_DESCRIPTOR_SET)
@@ -335,7 +341,8 @@ impl ServiceHost {
         let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
-            admin::router(admin_state.clone(), admin_routes),
+            admin::router(admin_state.clone(), admin_routes)
+                .merge(admin::grpc_health_check_route(probe_health)),
             async move {
                 let _ = admin_stop_rx.await;
             },
@@ -470,6 +477,9 @@ fn flatten(
         Err(err) => Err(anyhow::Error::new(err).context("gRPC server task failed")),
     }
 }
+
+/// The grpc.health.v1 service name that reports liveness rather than readiness.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 fn health_service_name<S: NamedService>(_: &S) -> &'static str {
     S::NAME
