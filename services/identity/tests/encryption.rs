@@ -1,15 +1,33 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Identity's PHI at rest: the database holds no plaintext name, date of birth, email or phone
-//! (raw rows read back), login and uniqueness by email work through the blind index, also
-//! after the blind-index key is rotated, and a ciphertext moved to another user's row is
-//! refused.
+//! Identity's PHI at rest: the database holds no plaintext name, date of birth, email, phone,
+//! client IP address or user agent (raw rows read back), login and uniqueness by email work
+//! through the blind index, also after the blind-index key is rotated, and a ciphertext moved
+//! to another user's row is refused.
 
 mod common;
 
+use carehub_identity::domain::totp;
 use carehub_platform::keys::KeyName;
 use carehub_proto::identity::v1::*;
 use common::{assert_status, patient_request, RotatingKeys, PASSWORD};
 use tonic::Code;
+
+/// The end user's address and user agent, as the gateway forwards them.
+const CLIENT_IP: &str = "203.0.113.77";
+const CLIENT_UA: &str = "TestBrowser/9.1";
+
+fn from_client<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("x-forwarded-for", CLIENT_IP.parse().unwrap());
+    r.metadata_mut()
+        .insert("x-forwarded-user-agent", CLIENT_UA.parse().unwrap());
+    r
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
 
 #[tokio::test]
 async fn the_database_holds_no_plaintext_phi() {
@@ -48,15 +66,81 @@ async fn the_database_holds_no_plaintext_phi() {
     assert_eq!(user.family_name, "Quillfeather");
     assert_eq!(user.phone, "+15550104477");
 
+    // A login from the end user's browser through the gateway: the session keeps the address
+    // and user agent, and the user sees them in ListSessions.
+    let mut gateway = app.public("gateway").await;
+    let login = |password: &str| {
+        from_client(LoginRequest {
+            email: "zelda.quill@example.org".into(),
+            password: password.into(),
+        })
+    };
+    let resp = gateway.login(login(PASSWORD)).await.unwrap().into_inner();
+    let Some(login_response::Result::Tokens(t)) = resp.result else {
+        panic!("expected tokens")
+    };
+    let sessions = gateway
+        .list_sessions(app.with_token(ListSessionsRequest { page: None }, &t.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let s = sessions.iter().find(|s| s.current).unwrap();
+    assert_eq!(
+        (s.ip_address.as_str(), s.user_agent.as_str()),
+        (CLIENT_IP, CLIENT_UA)
+    );
+    // A failed attempt from there counts against the source (login_throttle) ...
+    let e = gateway
+        .login(login("not the password at all"))
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
+    let throttled: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM login_throttle WHERE key LIKE 'src:%'")
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    // ... and with TOTP on, a login from there leaves a pending challenge (mfa_challenges).
+    let enrolled = gateway
+        .enroll_totp(app.with_token(EnrollTotpRequest {}, &t.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = totp::decode_secret(&enrolled.secret).unwrap();
+    gateway
+        .confirm_totp(app.with_token(
+            ConfirmTotpRequest {
+                totp_code: totp::code_at(&secret, chrono::Utc::now().timestamp()),
+            },
+            &t.access_token,
+        ))
+        .await
+        .unwrap();
+    let resp = gateway.login(login(PASSWORD)).await.unwrap().into_inner();
+    assert!(matches!(
+        resp.result,
+        Some(login_response::Result::MfaChallenge(_))
+    ));
+    assert_eq!(app.count("mfa_challenges").await, 1);
+
     // Every column of every identity table, as Postgres text.
+    let mut tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_name) FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+           AND table_name <> '_sqlx_migrations'
+         ORDER BY table_name",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    for t in ["sessions", "mfa_challenges", "login_throttle", "users"] {
+        assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
+    }
+    tables.push("carehub_platform.idempotency_keys".into());
     let mut dump = String::new();
-    for table in [
-        "users",
-        "verification_codes",
-        "login_throttle",
-        "sessions",
-        "carehub_platform.idempotency_keys",
-    ] {
+    for table in &tables {
         let rows: Vec<String> =
             sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
                 .fetch_all(app.pool())
@@ -73,12 +157,17 @@ async fn the_database_holds_no_plaintext_phi() {
         "5550104477",
         "1990-05-17",
         "example.org",
+        CLIENT_IP,
+        "113.77",
+        CLIENT_UA,
+        "TestBrowser",
     ] {
         assert!(!dump.contains(secret), "{secret} stored in clear: {dump}");
     }
     // The hex form of the plaintext is not there either (bytea is dumped as hex).
-    let hex: String = "quillfeather".bytes().map(|b| format!("{b:02x}")).collect();
-    assert!(!dump.contains(&hex));
+    for secret in ["quillfeather", CLIENT_IP, CLIENT_UA] {
+        assert!(!dump.contains(&hex(secret)), "{secret} stored as bytes");
+    }
 
     // One data key for the user, wrapped, in the platform schema.
     let (keys, wrapped_len): (i64, Option<i32>) = sqlx::query_as(

@@ -114,7 +114,13 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
 
     let account_key = crate::store::sealed::account_throttle_key(&state.crypto, &email)?;
     let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
-    let source_key = caller.client_ip.as_deref().map(tokens::source_throttle_key);
+    let source_key = match caller.client_ip.as_deref() {
+        Some(ip) => Some(crate::store::sealed::source_throttle_key(
+            &state.crypto,
+            ip,
+        )?),
+        None => None,
+    };
 
     // Locks first: a locked account or a throttled source is refused without a password check,
     // and the refused attempt still counts.
@@ -211,8 +217,6 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             &mut tx,
             &tokens::hash(&challenge),
             cred.id,
-            caller.client_ip.as_deref(),
-            caller.user_agent.as_deref(),
             secs(state.settings.mfa_challenge_ttl_secs),
         )
         .await?;

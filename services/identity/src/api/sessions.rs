@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use carehub_platform::audit::Action;
 use carehub_platform::auth::{self, Caller, Role};
+use carehub_platform::crypto::Envelope;
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
 use carehub_proto::common::v1::{PageRequest, PageResponse};
@@ -22,8 +23,8 @@ use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
 use crate::domain::tokens;
 use crate::error::{IdentityError, Result};
-use crate::store::revocation;
 use crate::store::sessions::{self as store, Credentials, NewSession, SessionRow, Spend};
+use crate::store::{revocation, sealed};
 use crate::token::{self, TokenSubject};
 use crate::AppState;
 
@@ -63,13 +64,18 @@ pub(super) async fn open_session(
 ) -> Result<AuthTokens> {
     let role = role_of(cred)?;
     let pcr = password_change_due(&state.settings, cred, role, Utc::now());
+    let id = Uuid::now_v7();
+    let seal =
+        |column, value| sealed::seal_opt(&state.crypto, "sessions", column, id, cred.id, value);
+    let ip_address = seal("ip_address", caller.client_ip.as_deref()).await?;
+    let user_agent = seal("user_agent", caller.user_agent.as_deref()).await?;
     let session = store::insert_session(
         conn,
         &NewSession {
-            id: Uuid::now_v7(),
+            id,
             user_id: cred.id,
-            ip_address: caller.client_ip.as_deref(),
-            user_agent: caller.user_agent.as_deref(),
+            ip_address: ip_address.as_deref(),
+            user_agent: user_agent.as_deref(),
             auth_methods: amr,
             device_id,
             password_change_required: pcr,
@@ -130,14 +136,25 @@ fn auth_method(m: &str) -> AuthMethod {
     }
 }
 
-fn session_to_pb(s: &SessionRow, active: bool, current: Uuid) -> pb::Session {
-    pb::Session {
+/// A session as its user sees it, with the address and user agent decrypted.
+async fn session_to_pb(
+    crypto: &Envelope,
+    s: &SessionRow,
+    active: bool,
+    current: Uuid,
+) -> Result<pb::Session> {
+    let open = |column, ciphertext| {
+        sealed::open_opt(crypto, "sessions", column, s.id, s.user_id, ciphertext)
+    };
+    let ip_address = open("ip_address", s.ip_address.as_deref()).await?;
+    let user_agent = open("user_agent", s.user_agent.as_deref()).await?;
+    Ok(pb::Session {
         session_id: s.id.to_string(),
         create_time: Some(timestamp(s.created_at)),
         last_seen_time: Some(timestamp(s.last_seen_at)),
         revoke_time: s.revoked_at.map(timestamp),
-        ip_address: s.ip_address.clone().unwrap_or_default(),
-        user_agent: s.user_agent.clone().unwrap_or_default(),
+        ip_address: ip_address.unwrap_or_default(),
+        user_agent: user_agent.unwrap_or_default(),
         auth_methods: s
             .auth_methods
             .iter()
@@ -145,7 +162,7 @@ fn session_to_pb(s: &SessionRow, active: bool, current: Uuid) -> pb::Session {
             .collect(),
         current: s.id == current,
         active,
-    }
+    })
 }
 
 pub async fn refresh_session(
@@ -359,11 +376,12 @@ async fn list_sessions_inner(
         }
         _ => String::new(),
     };
+    let mut sessions = Vec::with_capacity(rows.len());
+    for r in &rows {
+        sessions.push(session_to_pb(&state.crypto, &r.session, r.active, user.session_id).await?);
+    }
     Ok(ListSessionsResponse {
-        sessions: rows
-            .iter()
-            .map(|r| session_to_pb(&r.session, r.active, user.session_id))
-            .collect(),
+        sessions,
         page: Some(PageResponse { next_page_token }),
     })
 }
@@ -389,6 +407,7 @@ async fn revoke_session_inner(
         return Err(IdentityError::Internal("validated id missing".into()));
     };
     let (user_id, current) = (user.user_id, user.session_id);
+    let crypto = state.crypto.clone();
     let event = security::session(
         &caller,
         "identity.session.revoke",
@@ -416,7 +435,7 @@ async fn revoke_session_inner(
                 let s = store::session_of_user(conn, id, user_id)
                     .await?
                     .ok_or_else(not_found)?;
-                Ok(session_to_pb(&s, false, current))
+                session_to_pb(&crypto, &s, false, current).await
             })
         },
     )

@@ -71,11 +71,6 @@ pub fn hash_recovery_code(code: &str) -> Option<Vec<u8>> {
     normalize_recovery_code(code).map(|c| hash(&c))
 }
 
-/// Throttle key of a source address.
-pub fn source_throttle_key(ip: &str) -> String {
-    format!("src:{ip}")
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -110,10 +105,5 @@ mod tests {
         );
         assert!(normalize_recovery_code("short").is_none());
         assert!(normalize_recovery_code("0000000000").is_none());
-    }
-
-    #[test]
-    fn throttle_keys() {
-        assert_eq!(source_throttle_key("203.0.113.9"), "src:203.0.113.9");
     }
 }

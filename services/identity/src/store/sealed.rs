@@ -1,6 +1,7 @@
-//! Identity's PHI through platform::crypto: every name, date of birth, email and phone is
-//! stored as a ciphertext under the user's data key (subject = the user id, row = the row's
-//! id), and email is looked up through a blind index.
+//! Identity's PHI through platform::crypto: every name, date of birth, email and phone, and the
+//! IP address and user agent a session was opened from, is stored as a ciphertext under the
+//! user's data key (subject = the user id, row = the row's id), and email is looked up through
+//! a blind index. Login-throttle keys are keyed hashes of the email or source address.
 //!
 //! Encryption may reserve or create a data key on its own pooled connection; the user's first
 //! key is made at registration, later writes and every read with a cached key touch no key
@@ -16,6 +17,8 @@ use crate::error::{IdentityError, Result};
 pub const EMAIL_INDEX: &str = "users.email";
 /// Blind-index scope of login-throttle keys (so that they are not an unkeyed email hash).
 pub const THROTTLE_INDEX: &str = "login_throttle.account";
+/// Blind-index scope of per-source login-throttle keys (so that the table holds no IP address).
+pub const SOURCE_THROTTLE_INDEX: &str = "login_throttle.source";
 
 /// The blind index stored with a (lower-cased) email, under the current key.
 pub fn email_index(crypto: &Envelope, email: &str) -> Result<Vec<u8>> {
@@ -38,8 +41,22 @@ pub fn account_throttle_key(crypto: &Envelope, email: &str) -> Result<String> {
         crypto
             .blind_index()
             .compute(THROTTLE_INDEX, Normalization::CaseInsensitive, email)?;
-    let hex: String = index.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("acct:{hex}"))
+    Ok(format!("acct:{}", hex(&index)))
+}
+
+/// Throttle key of a source (IP) address: keyed like the account key, so that the throttle
+/// table holds no address. Case-insensitive, so that one IPv6 address written in upper and
+/// lower case counts once.
+pub fn source_throttle_key(crypto: &Envelope, ip: &str) -> Result<String> {
+    let index =
+        crypto
+            .blind_index()
+            .compute(SOURCE_THROTTLE_INDEX, Normalization::CaseInsensitive, ip)?;
+    Ok(format!("src:{}", hex(&index)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Encrypts `value` for `table.column` of row `row` belonging to `user`.
@@ -69,6 +86,34 @@ pub async fn open(
     Ok(crypto
         .decrypt_string(&Field::new(table, column, &row, &user), ciphertext)
         .await?)
+}
+
+pub async fn seal_opt(
+    crypto: &Envelope,
+    table: &str,
+    column: &str,
+    row: Uuid,
+    user: Uuid,
+    value: Option<&str>,
+) -> Result<Option<Vec<u8>>> {
+    match value {
+        Some(v) => Ok(Some(seal(crypto, table, column, row, user, v).await?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn open_opt(
+    crypto: &Envelope,
+    table: &str,
+    column: &str,
+    row: Uuid,
+    user: Uuid,
+    ciphertext: Option<&[u8]>,
+) -> Result<Option<String>> {
+    match ciphertext {
+        Some(ct) => Ok(Some(open(crypto, table, column, row, user, ct).await?)),
+        None => Ok(None),
+    }
 }
 
 /// A `users` column of user `id`.

@@ -152,8 +152,11 @@ pub struct SessionRow {
     pub last_seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
+    /// Ciphertext of the client's IP address (`sessions.ip_address`, row = the session id,
+    /// subject = the user id: [`crate::store::sealed`]).
+    pub ip_address: Option<Vec<u8>>,
+    /// Ciphertext of the client's user agent, like `ip_address`.
+    pub user_agent: Option<Vec<u8>>,
     pub auth_methods: Vec<String>,
     pub device_id: Option<Uuid>,
     pub password_change_required: bool,
@@ -165,8 +168,9 @@ const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at
 pub struct NewSession<'a> {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub ip_address: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
+    /// Ciphertexts, sealed for this session's row and user.
+    pub ip_address: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
     pub auth_methods: &'a [&'a str],
     pub device_id: Option<Uuid>,
     pub password_change_required: bool,
@@ -372,23 +376,21 @@ pub async fn list_sessions(
 // ---------------------------------------------------------------------------------------------
 // MFA challenges, TOTP and recovery codes
 
+/// A pending second factor. The client's address and user agent are not kept: the session
+/// that completing the challenge opens records those of the completing request.
 pub async fn insert_mfa_challenge(
     conn: &mut PgConnection,
     token_hash: &[u8],
     user_id: Uuid,
-    ip_address: Option<&str>,
-    user_agent: Option<&str>,
     ttl_secs: i64,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO mfa_challenges (token_hash, user_id, ip_address, user_agent, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        "INSERT INTO mfa_challenges (token_hash, user_id, expires_at)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
          RETURNING expires_at",
     )
     .bind(token_hash)
     .bind(user_id)
-    .bind(ip_address)
-    .bind(user_agent)
     .bind(ttl_secs as f64)
     .fetch_one(conn)
     .await
