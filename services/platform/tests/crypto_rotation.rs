@@ -246,8 +246,10 @@ async fn parallel_encryptions_share_one_key_and_count_every_use() {
 async fn parallel_encryptions_across_rollovers_never_exceed_the_limit() {
     let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
     let keys: Arc<dyn KeySource> = Arc::new(StaticKeys::generate());
+    // Small enough for several rollovers in 200 encryptions, large enough (ten batches a key)
+    // that four replicas on a loaded machine do not starve each other into `Contended`.
     let config = CryptoConfig {
-        max_uses_per_key: 10,
+        max_uses_per_key: 30,
         reservation_batch: 3,
         ..CryptoConfig::default()
     };
@@ -259,7 +261,8 @@ async fn parallel_encryptions_across_rollovers_never_exceed_the_limit() {
         (1..=rows.len() as i32).collect::<Vec<_>>(),
         "no gaps: {rows:?}"
     );
-    assert!(rows.iter().all(|r| r.2 <= 10), "{rows:?}");
+    assert!(rows.len() >= 7, "200 encryptions roll over: {rows:?}");
+    assert!(rows.iter().all(|r| r.2 <= 30), "{rows:?}");
     let reserved: i64 = rows.iter().map(|r| r.2).sum();
     // Every encryption was reserved; at most one unused batch remains per replica.
     assert!(
