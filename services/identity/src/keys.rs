@@ -11,6 +11,11 @@
 //!   longest token lifetime plus the verifiers' clock leeway after it stopped signing).
 //!
 //! The very first version signs at once: no verifier can hold an older set.
+//!
+//! The schedule, not this replica's copy of the key source, decides: a replica whose key
+//! refresh lags (Vault unreachable while the key was rotated) still publishes the new version
+//! (its public key is in `signing_key_versions`) and stops signing with the replaced one when
+//! the others do — it answers UNAVAILABLE rather than issue tokens that would outlive their key.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,10 +59,7 @@ pub fn plan(
     lead: Duration,
     retire_after: Duration,
 ) -> Plan {
-    let seen: BTreeMap<u32, DateTime<Utc>> = held
-        .iter()
-        .filter_map(|v| first_seen.get(v).map(|t| (*v, *t)))
-        .collect();
+    let seen = first_seen;
     let ready = |v: &u32| seen.get(v).is_some_and(|t| *t + lead <= now);
     let signing = seen
         .keys()
@@ -65,9 +67,10 @@ pub fn plan(
         .filter(ready)
         .max()
         .or_else(|| seen.keys().next().copied());
-    let published = held
-        .iter()
-        .copied()
+    let candidates: std::collections::BTreeSet<u32> =
+        held.iter().copied().chain(seen.keys().copied()).collect();
+    let published = candidates
+        .into_iter()
         .filter(|v| {
             let Some(signing) = signing else { return true };
             if *v >= signing || !seen.contains_key(v) {
@@ -98,6 +101,8 @@ pub struct SigningKeys {
     lead: Duration,
     retire_after: Duration,
     first_seen: RwLock<BTreeMap<u32, DateTime<Utc>>>,
+    /// Public keys recorded by whichever replica first saw each version.
+    recorded_public: RwLock<BTreeMap<u32, VerifyingKey>>,
     derived: Mutex<BTreeMap<u32, Arc<Signer>>>,
 }
 
@@ -110,6 +115,7 @@ impl SigningKeys {
             lead,
             retire_after,
             first_seen: RwLock::new(BTreeMap::new()),
+            recorded_public: RwLock::new(BTreeMap::new()),
             derived: Mutex::new(BTreeMap::new()),
         }
     }
@@ -141,26 +147,51 @@ impl SigningKeys {
             .keys()
             .copied()
             .collect();
-        for version in versions.versions().filter(|v| !known.contains(v)) {
-            let kid = self.signer(version)?.kid.clone();
+        let recorded: Vec<u32> = self
+            .recorded_public
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for version in versions
+            .versions()
+            .filter(|v| !known.contains(v) || !recorded.contains(v))
+        {
+            let signer = self.signer(version)?;
+            // The first sighting wins; a public key missing from an older row is filled in.
             sqlx::query(
-                "INSERT INTO signing_key_versions (version, kid) VALUES ($1, $2)
-                 ON CONFLICT (version) DO NOTHING",
+                "INSERT INTO signing_key_versions (version, kid, public_key) VALUES ($1, $2, $3)
+                 ON CONFLICT (version) DO UPDATE
+                 SET public_key = COALESCE(signing_key_versions.public_key, EXCLUDED.public_key)",
             )
             .bind(i32::try_from(version)?)
-            .bind(kid)
+            .bind(&signer.kid)
+            .bind(signer.key.verifying_key().as_bytes().to_vec())
             .execute(pool)
             .await?;
         }
-        let rows: Vec<(i32, DateTime<Utc>)> =
-            sqlx::query_as("SELECT version, first_seen_at FROM signing_key_versions")
+        let rows: Vec<(i32, DateTime<Utc>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT version, first_seen_at, public_key FROM signing_key_versions")
                 .fetch_all(pool)
                 .await?;
-        let loaded = rows
-            .into_iter()
-            .filter_map(|(v, t)| u32::try_from(v).ok().map(|v| (v, t)))
-            .collect();
-        *self.first_seen.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        let mut first_seen = BTreeMap::new();
+        let mut public = BTreeMap::new();
+        for (v, t, key) in rows {
+            let Ok(v) = u32::try_from(v) else { continue };
+            first_seen.insert(v, t);
+            let key = key
+                .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+                .and_then(|k| VerifyingKey::from_bytes(&k).ok());
+            if let Some(key) = key {
+                public.insert(v, key);
+            }
+        }
+        *self.first_seen.write().unwrap_or_else(|e| e.into_inner()) = first_seen;
+        *self
+            .recorded_public
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = public;
         Ok(())
     }
 
@@ -183,7 +214,11 @@ impl SigningKeys {
             .plan_now()?
             .signing
             .ok_or(KeyError::Unavailable(KeyName::Signing))?;
-        self.signer(version)
+        // The schedule says another replica's newer key signs now, and ours has not arrived.
+        self.signer(version).map_err(|e| match e {
+            KeyError::UnknownVersion { .. } => KeyError::Unavailable(KeyName::Signing),
+            other => other,
+        })
     }
 
     /// Every key whose tokens may be alive, and any key about to sign.
@@ -196,13 +231,22 @@ impl SigningKeys {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let recorded = self
+            .recorded_public
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         plan.published
             .into_iter()
             .filter_map(|v| {
-                let signer = self.signer(v).ok()?;
+                let key = match self.signer(v) {
+                    Ok(signer) => signer.key.verifying_key(),
+                    // Not in our key source (yet): the public key another replica recorded.
+                    Err(_) => *recorded.get(&v)?,
+                };
                 Some(PublishedKey {
-                    kid: signer.kid.clone(),
-                    key: signer.key.verifying_key(),
+                    kid: key_id(&key),
+                    key,
                     not_before: first_seen.get(&v).copied().unwrap_or_else(Utc::now),
                 })
             })
@@ -295,6 +339,26 @@ mod tests {
                 published: vec![2]
             }
         );
+    }
+
+    #[test]
+    fn a_replica_without_the_new_key_follows_the_schedule() {
+        let (lead, retire) = (Duration::seconds(600), Duration::seconds(660));
+        // Another replica recorded version 2; this one still holds only version 1.
+        let seen = BTreeMap::from([(1, at(0)), (2, at(10_000))]);
+        let p = plan(&[1], &seen, at(10_000), lead, retire);
+        assert_eq!(
+            p,
+            Plan {
+                signing: Some(1),
+                published: vec![1, 2]
+            }
+        );
+        // Once version 2 is due, version 1 no longer signs anywhere.
+        let p = plan(&[1], &seen, at(10_600), lead, retire);
+        assert_eq!(p.signing, Some(2));
+        let p = plan(&[1], &seen, at(11_260), lead, retire);
+        assert_eq!(p.published, vec![2]);
     }
 
     #[test]

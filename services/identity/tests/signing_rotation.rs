@@ -131,3 +131,51 @@ async fn replicas_agree_on_when_a_key_was_first_seen() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lagging_replica_publishes_the_new_key_and_stops_signing_with_the_old_one() {
+    use carehub_identity::keys::SigningKeys;
+    use carehub_platform::keys::{KeyError, KeySource, StaticKeys};
+    use std::sync::Arc;
+
+    let keys = RotatingKeys::new();
+    let app = common::spawn_with_keys(keys.clone(), |c| {
+        c.identity.signing_key_lead_secs = 600;
+        c.identity.access_token_ttl_secs = 600;
+    })
+    .await;
+    // A replica whose key source never caught up with the rotation (Vault unreachable).
+    let only_v1 = keys.versions(KeyName::Signing).unwrap().as_ref().clone();
+    let lagging = SigningKeys::new(
+        Arc::new(StaticKeys::default().with(KeyName::Signing, only_v1)),
+        chrono::Duration::seconds(600),
+        chrono::Duration::seconds(630),
+    );
+    lagging.sync(app.pool()).await.unwrap();
+    assert_eq!(keys.rotate(KeyName::Signing), 2);
+    app.state().keys.sync(app.pool()).await.unwrap();
+    lagging.sync(app.pool()).await.unwrap();
+
+    // It publishes what the up-to-date replicas publish, version 2 included.
+    let lagging_kids = |k: &SigningKeys| -> BTreeSet<String> {
+        k.published().into_iter().map(|p| p.kid).collect()
+    };
+    assert_eq!(lagging_kids(&lagging), published(&app).await);
+    assert_eq!(lagging_kids(&lagging).len(), 2);
+    assert_eq!(
+        lagging.current().unwrap().version,
+        1,
+        "within the lead time"
+    );
+
+    // When version 2 is due, version 1 stops signing on every replica: the lagging one refuses
+    // rather than issue tokens that would outlive their published key.
+    seen_ago(&app, 2, 601).await;
+    lagging.sync(app.pool()).await.unwrap();
+    assert!(matches!(
+        lagging.current(),
+        Err(KeyError::Unavailable(KeyName::Signing))
+    ));
+    assert_eq!(app.state().keys.current().unwrap().version, 2);
+    app.shutdown().await;
+}
