@@ -8,12 +8,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
-use carehub_platform::auth::{self, Role, TokenVerifier, UserCaller};
+use carehub_platform::auth::{self, unauthenticated, Role, TokenVerifier, UserCaller};
 use carehub_platform::errors;
 use carehub_platform::jwt::{self, AccessClaims, JwtError};
-use carehub_proto::common::v1::ErrorReason;
 use chrono::{DateTime, Utc};
-use tonic::{Code, Status};
+use tonic::Status;
 use uuid::Uuid;
 
 use crate::config::IdentitySettings;
@@ -79,14 +78,6 @@ pub fn issue_access_token(
     Ok(IssuedToken { token, expires_at })
 }
 
-fn bad_token(message: &str) -> Status {
-    errors::status(
-        Code::Unauthenticated,
-        ErrorReason::UnauthenticatedToken,
-        message,
-    )
-}
-
 /// Verifies identity's own access tokens: signature, lifetime, issuer and audience, then the
 /// session and the account in the database, so that a revocation takes effect at once.
 pub struct LocalVerifier {
@@ -99,12 +90,12 @@ impl LocalVerifier {
     }
 
     fn verify_signature(&self, token: &str) -> Result<AccessClaims, Status> {
-        let kid = jwt::key_id(token).map_err(|e| bad_token(&e.to_string()))?;
+        let kid = jwt::key_id(token).map_err(|e| unauthenticated(&e.to_string()))?;
         let key = self
             .state
             .keys
             .verifying_key(&kid)
-            .ok_or_else(|| bad_token("access token is signed by an unknown key"))?;
+            .ok_or_else(|| unauthenticated("access token is signed by an unknown key"))?;
         let auth = &self.state.auth;
         jwt::verify(
             token,
@@ -114,8 +105,8 @@ impl LocalVerifier {
             Utc::now().timestamp(),
         )
         .map_err(|e| match e {
-            JwtError::Expired => bad_token("access token has expired"),
-            other => bad_token(&other.to_string()),
+            JwtError::Expired => unauthenticated("access token has expired"),
+            other => unauthenticated(&other.to_string()),
         })
     }
 }
@@ -134,9 +125,9 @@ impl TokenVerifier for LocalVerifier {
         let check = store::sessions::session_check(&mut conn, user.session_id)
             .await
             .map_err(|e| Status::from(IdentityError::Db(e)))?
-            .ok_or_else(|| bad_token("access token names an unknown session"))?;
+            .ok_or_else(|| unauthenticated("access token names an unknown session"))?;
         if check.user_id != user.user_id {
-            return Err(bad_token("access token is inconsistent"));
+            return Err(unauthenticated("access token is inconsistent"));
         }
         if check.status != "active" {
             return Err(IdentityError::AccountDisabled.into());

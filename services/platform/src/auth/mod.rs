@@ -98,13 +98,9 @@ pub struct Caller {
 impl Caller {
     /// The authenticated user, or UNAUTHENTICATED.
     pub fn user(&self) -> Result<&UserCaller, Status> {
-        self.user.as_ref().ok_or_else(|| {
-            errors::status(
-                Code::Unauthenticated,
-                ErrorReason::UnauthenticatedToken,
-                "this RPC needs an access token",
-            )
-        })
+        self.user
+            .as_ref()
+            .ok_or_else(|| unauthenticated("this RPC needs an access token"))
     }
 
     /// An id naming who acted, for idempotency scopes and audit: the user, else the workload.
@@ -193,15 +189,19 @@ pub trait TokenVerifier: Send + Sync + 'static {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status>;
 }
 
+/// UNAUTHENTICATED for a missing, invalid, expired or revoked access token (reason
+/// `UNAUTHENTICATED_TOKEN`); `message` says which, never what the token contained.
+pub fn unauthenticated(message: &str) -> Status {
+    errors::status(
+        Code::Unauthenticated,
+        ErrorReason::UnauthenticatedToken,
+        message,
+    )
+}
+
 /// Builds a [`UserCaller`] out of verified claims.
 pub fn user_from_claims(claims: &crate::jwt::AccessClaims) -> Result<UserCaller, Status> {
-    let bad = || {
-        errors::status(
-            Code::Unauthenticated,
-            ErrorReason::UnauthenticatedToken,
-            "access token is malformed",
-        )
-    };
+    let bad = || unauthenticated("access token is malformed");
     Ok(UserCaller {
         user_id: Uuid::parse_str(&claims.sub).map_err(|_| bad())?,
         session_id: Uuid::parse_str(&claims.sid).map_err(|_| bad())?,
@@ -282,13 +282,7 @@ impl Authorizer {
             } => {
                 let token = header("authorization")
                     .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
-                    .ok_or_else(|| {
-                        errors::status(
-                            Code::Unauthenticated,
-                            ErrorReason::UnauthenticatedToken,
-                            "missing bearer token",
-                        )
-                    })?;
+                    .ok_or_else(|| unauthenticated("missing bearer token"))?;
                 let user = self.verifier.verify(token.trim()).await?;
                 if !roles.is_empty() && !roles.iter().any(|r| user.has_role(*r)) {
                     return Err(errors::permission_denied(format!(

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use super::{user_from_claims, TokenVerifier, UserCaller};
+use super::{unauthenticated, user_from_claims, TokenVerifier, UserCaller};
 use crate::client::ServiceChannel;
 use crate::config::{AuthConfig, PlatformConfig};
 use crate::errors;
@@ -195,7 +195,7 @@ impl RemoteVerifier {
         read(&self.inner.keys)?
             .get(kid)
             .copied()
-            .ok_or_else(|| bad_token("access token is signed by an unknown key"))
+            .ok_or_else(|| unauthenticated("access token is signed by an unknown key"))
     }
 
     /// Reads revocations published since the last poll.
@@ -296,7 +296,9 @@ impl RemoteVerifier {
             ));
         }
         if feed.sessions.contains_key(&user.session_id) {
-            return Err(bad_token("the access token's session has been revoked"));
+            return Err(unauthenticated(
+                "the access token's session has been revoked",
+            ));
         }
         // `iat` has whole seconds: a token from the same second as the revocation may predate it,
         // so it is refused too (the client refreshes and gets a token from a later second).
@@ -305,7 +307,9 @@ impl RemoteVerifier {
             .get(&user.user_id)
             .is_some_and(|revoked_at| user.issued_at <= *revoked_at)
         {
-            return Err(bad_token("the access token's session has been revoked"));
+            return Err(unauthenticated(
+                "the access token's session has been revoked",
+            ));
         }
         Ok(())
     }
@@ -314,7 +318,7 @@ impl RemoteVerifier {
 #[async_trait::async_trait]
 impl TokenVerifier for RemoteVerifier {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
-        let kid = jwt::key_id(token).map_err(|e| bad_token(&e.to_string()))?;
+        let kid = jwt::key_id(token).map_err(|e| unauthenticated(&e.to_string()))?;
         let key = self.key_for(&kid).await?;
         let claims = jwt::verify(
             token,
@@ -324,21 +328,13 @@ impl TokenVerifier for RemoteVerifier {
             chrono::Utc::now().timestamp(),
         )
         .map_err(|e| match e {
-            JwtError::Expired => bad_token("access token has expired"),
-            other => bad_token(&other.to_string()),
+            JwtError::Expired => unauthenticated("access token has expired"),
+            other => unauthenticated(&other.to_string()),
         })?;
         let user = user_from_claims(&claims)?;
         self.check_revocation(&user)?;
         Ok(user)
     }
-}
-
-fn bad_token(message: &str) -> Status {
-    errors::status(
-        Code::Unauthenticated,
-        ErrorReason::UnauthenticatedToken,
-        message,
-    )
 }
 
 fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, Status> {
