@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod keys;
 pub mod server;
 pub mod telemetry;
+pub mod timestamps;
 pub mod tls;
 #[cfg(feature = "test-support")]
 pub mod vault_double;

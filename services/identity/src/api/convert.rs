@@ -2,21 +2,11 @@
 
 use carehub_platform::auth::Role;
 use carehub_proto::identity::v1 as pb;
-use chrono::{DateTime, Utc};
 
 use crate::domain::account::{Account, AccountStatus};
 use crate::domain::validation as val;
 
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
-    t.map(timestamp)
-}
+pub use carehub_platform::timestamps::{opt_to_proto as opt_timestamp, to_proto as timestamp};
 
 pub fn role_to_pb(r: Role) -> pb::Role {
     match r {

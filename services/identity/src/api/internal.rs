@@ -4,7 +4,6 @@
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::identity::v1 as pb;
 use carehub_proto::identity::v1::*;
-use chrono::{DateTime, Utc};
 use tonic::{Request, Response};
 
 use super::accounts::checked;
@@ -55,19 +54,7 @@ async fn list_revocations_inner(
 ) -> Result<ListRevocationsResponse> {
     let r = req.into_inner();
     let mut v = FieldViolations::new();
-    let since = match r.since {
-        None => None,
-        Some(ts) => {
-            let t = u32::try_from(ts.nanos)
-                .ok()
-                .filter(|n| *n < 1_000_000_000)
-                .and_then(|n| DateTime::<Utc>::from_timestamp(ts.seconds, n));
-            if t.is_none() {
-                v.add("since", "is not a valid timestamp");
-            }
-            t
-        }
-    };
+    let since = carehub_platform::timestamps::field(r.since.as_ref(), "since", &mut v);
     v.finish()?;
     let mut conn = state.pool.acquire().await?;
     let now = store::db_now(&mut conn).await?;

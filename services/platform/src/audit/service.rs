@@ -147,29 +147,6 @@ fn authorize<T>(req: &tonic::Request<T>) -> Result<String, Status> {
     }
 }
 
-fn timestamp(
-    ts: Option<&prost_types::Timestamp>,
-    field: &str,
-    v: &mut FieldViolations,
-) -> Option<DateTime<Utc>> {
-    let ts = ts?;
-    let parsed = u32::try_from(ts.nanos)
-        .ok()
-        .and_then(|n| DateTime::from_timestamp(ts.seconds, n))
-        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)));
-    if parsed.is_none() {
-        v.add(field, "is not a valid timestamp within the years 1 to 9999");
-    }
-    parsed
-}
-
-fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn opt(s: Option<impl ToString>) -> String {
     s.map(|s| s.to_string()).unwrap_or_default()
 }
@@ -180,7 +157,7 @@ pub fn to_proto(service: &str, e: &ChainedEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         seq: e.seq,
         event_id: ev.event_id.to_string(),
-        occurred_at: Some(to_timestamp(ev.occurred_at)),
+        occurred_at: Some(crate::timestamps::to_proto(ev.occurred_at)),
         kind: ev.kind.clone(),
         action: ev.action.as_str().to_owned(),
         outcome: ev.outcome.as_str().to_owned(),
@@ -257,8 +234,10 @@ impl AuditLog for AuditLogApi {
                 "must be a UUID",
             );
         }
-        let start = timestamp(req.start_time.as_ref(), "start_time", &mut v).unwrap_or(earliest());
-        let end = timestamp(req.end_time.as_ref(), "end_time", &mut v).unwrap_or_else(Utc::now);
+        let start = crate::timestamps::field(req.start_time.as_ref(), "start_time", &mut v)
+            .unwrap_or(earliest());
+        let end = crate::timestamps::field(req.end_time.as_ref(), "end_time", &mut v)
+            .unwrap_or_else(Utc::now);
         if start >= end {
             v.add("end_time", "must be after start_time");
         }
@@ -358,8 +337,8 @@ impl AuditLog for AuditLogApi {
         let range = VerifyRange {
             from_seq: (req.from_seq > 0).then_some(req.from_seq),
             to_seq: (req.to_seq > 0).then_some(req.to_seq),
-            from_time: timestamp(req.start_time.as_ref(), "start_time", &mut v),
-            to_time: timestamp(req.end_time.as_ref(), "end_time", &mut v),
+            from_time: crate::timestamps::field(req.start_time.as_ref(), "start_time", &mut v),
+            to_time: crate::timestamps::field(req.end_time.as_ref(), "end_time", &mut v),
         };
         if !v.is_empty() {
             return Err(v.into_status());
