@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Json;
 use carehub_platform::auth::{self, unauthenticated, Role, TokenVerifier, UserCaller};
 use carehub_platform::errors;
-use carehub_platform::jwt::{self, AccessClaims, JwtError};
+use carehub_platform::jwt::{self, AccessClaims};
 use chrono::{DateTime, Utc};
 use tonic::Status;
 use uuid::Uuid;
@@ -89,33 +89,21 @@ impl LocalVerifier {
         Self { state }
     }
 
-    fn verify_signature(&self, token: &str) -> Result<AccessClaims, Status> {
-        let kid = jwt::key_id(token).map_err(|e| unauthenticated(&e.to_string()))?;
+    fn verify_signature(&self, token: &str) -> Result<UserCaller, Status> {
         let key = self
             .state
             .keys
-            .verifying_key(&kid)
+            .verifying_key(&auth::token_key_id(token)?)
             .ok_or_else(|| unauthenticated("access token is signed by an unknown key"))?;
         let auth = &self.state.auth;
-        jwt::verify(
-            token,
-            &key,
-            &auth.issuer,
-            &auth.audience,
-            Utc::now().timestamp(),
-        )
-        .map_err(|e| match e {
-            JwtError::Expired => unauthenticated("access token has expired"),
-            other => unauthenticated(&other.to_string()),
-        })
+        auth::verify_access_token(token, &key, &auth.issuer, &auth.audience)
     }
 }
 
 #[async_trait::async_trait]
 impl TokenVerifier for LocalVerifier {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
-        let claims = self.verify_signature(token)?;
-        let user = auth::user_from_claims(&claims)?;
+        let user = self.verify_signature(token)?;
         let mut conn = self
             .state
             .pool

@@ -199,6 +199,27 @@ pub fn unauthenticated(message: &str) -> Status {
     )
 }
 
+/// The key id an access token names, read before anything is verified (to pick its key).
+pub fn token_key_id(token: &str) -> Result<String, Status> {
+    crate::jwt::key_id(token).map_err(|e| unauthenticated(&e.to_string()))
+}
+
+/// Checks an access token's signature against `key`, its issuer, audience and lifetime (now),
+/// and returns its user. Revocation is the verifier's own business.
+pub fn verify_access_token(
+    token: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    issuer: &str,
+    audience: &str,
+) -> Result<UserCaller, Status> {
+    let claims = crate::jwt::verify(token, key, issuer, audience, chrono::Utc::now().timestamp())
+        .map_err(|e| match e {
+        crate::jwt::JwtError::Expired => unauthenticated("access token has expired"),
+        other => unauthenticated(&other.to_string()),
+    })?;
+    user_from_claims(&claims)
+}
+
 /// Builds a [`UserCaller`] out of verified claims.
 pub fn user_from_claims(claims: &crate::jwt::AccessClaims) -> Result<UserCaller, Status> {
     let bad = || unauthenticated("access token is malformed");

@@ -25,11 +25,11 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use super::{unauthenticated, user_from_claims, TokenVerifier, UserCaller};
+use super::{token_key_id, unauthenticated, verify_access_token, TokenVerifier, UserCaller};
 use crate::client::ServiceChannel;
 use crate::config::{AuthConfig, PlatformConfig};
 use crate::errors;
-use crate::jwt::{self, JwtError, LEEWAY_SECS};
+use crate::jwt::{self, LEEWAY_SECS};
 use crate::tls::TlsStore;
 
 /// Refetching keys more often than this on unknown key ids is pointless: identity publishes a
@@ -318,20 +318,8 @@ impl RemoteVerifier {
 #[async_trait::async_trait]
 impl TokenVerifier for RemoteVerifier {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
-        let kid = jwt::key_id(token).map_err(|e| unauthenticated(&e.to_string()))?;
-        let key = self.key_for(&kid).await?;
-        let claims = jwt::verify(
-            token,
-            &key,
-            &self.inner.issuer,
-            &self.inner.audience,
-            chrono::Utc::now().timestamp(),
-        )
-        .map_err(|e| match e {
-            JwtError::Expired => unauthenticated("access token has expired"),
-            other => unauthenticated(&other.to_string()),
-        })?;
-        let user = user_from_claims(&claims)?;
+        let key = self.key_for(&token_key_id(token)?).await?;
+        let user = verify_access_token(token, &key, &self.inner.issuer, &self.inner.audience)?;
         self.check_revocation(&user)?;
         Ok(user)
     }
