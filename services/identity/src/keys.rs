@@ -91,7 +91,7 @@ pub fn plan(
 /// `kid`: the first 16 hex digits of SHA-256 of the public key (stable, reveals nothing).
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&digest[..8])
 }
 
 /// The signing keys of this replica: the key source's versions plus the shared publication

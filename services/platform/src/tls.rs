@@ -104,12 +104,7 @@ pub fn workload_from_cert(der: &[u8], trust_domain: &str) -> Option<String> {
 pub fn cert_serial_hex(der: &[u8]) -> Option<String> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(
-        cert.raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    Some(data_encoding::HEXLOWER.encode(cert.raw_serial()))
 }
 
 struct Material {

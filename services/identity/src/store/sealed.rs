@@ -41,7 +41,7 @@ pub fn account_throttle_key(crypto: &Envelope, email: &str) -> Result<String> {
         crypto
             .blind_index()
             .compute(THROTTLE_INDEX, Normalization::CaseInsensitive, email)?;
-    Ok(format!("acct:{}", hex(&index)))
+    Ok(format!("acct:{}", data_encoding::HEXLOWER.encode(&index)))
 }
 
 /// Throttle key of a source (IP) address: keyed like the account key, so that the throttle
@@ -52,11 +52,7 @@ pub fn source_throttle_key(crypto: &Envelope, ip: &str) -> Result<String> {
         crypto
             .blind_index()
             .compute(SOURCE_THROTTLE_INDEX, Normalization::CaseInsensitive, ip)?;
-    Ok(format!("src:{}", hex(&index)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(format!("src:{}", data_encoding::HEXLOWER.encode(&index)))
 }
 
 /// Encrypts `value` for `table.column` of row `row` belonging to `user`.
