@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use carehub_platform::audit::Action;
-use carehub_platform::auth::{caller, Caller, Role};
+use carehub_platform::auth::{caller, Role};
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
 use carehub_proto::identity::v1 as pb;
@@ -151,27 +151,19 @@ pub async fn get_user(
 
 // ---- admin status actions ----
 
-/// One admin status action: the RPC's method name and its two fields.
-struct StatusChange<'a> {
-    method: &'a str,
-    user_id: &'a str,
-    reason: &'a str,
-    action: StatusAction,
-}
-
+/// Suspend, reactivate and terminate share everything but the RPC name, the action and where
+/// their two fields (`user_id`, `reason`) sit in the request.
 async fn change_status<Req: Message>(
     state: &AppState,
-    caller: &Caller,
-    key: Option<String>,
-    request: &Req,
-    change: StatusChange<'_>,
+    req: Request<Req>,
+    method: &str,
+    action: StatusAction,
+    fields: fn(&Req) -> (&str, &str),
 ) -> Result<Response<User>, Status> {
-    let StatusChange {
-        method,
-        user_id,
-        reason,
-        action,
-    } = change;
+    let caller = &caller(&req)?;
+    let key = idempotency::key_of(&req)?;
+    let request = &req.into_inner();
+    let (user_id, reason) = fields(request);
     let admin = caller_user_id(caller)?;
     let mut v = FieldViolations::new();
     let target = val::check_uuid(&mut v, "user_id", user_id);
@@ -233,21 +225,9 @@ pub async fn suspend_user(
     state: &AppState,
     req: Request<SuspendUserRequest>,
 ) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
-    change_status(
-        state,
-        &caller,
-        key,
-        &r,
-        StatusChange {
-            method: "SuspendUser",
-            user_id: &r.user_id,
-            reason: &r.reason,
-            action: StatusAction::Suspend,
-        },
-    )
+    change_status(state, req, "SuspendUser", StatusAction::Suspend, |r| {
+        (&r.user_id, &r.reason)
+    })
     .await
 }
 
@@ -255,20 +235,12 @@ pub async fn reactivate_user(
     state: &AppState,
     req: Request<ReactivateUserRequest>,
 ) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
     change_status(
         state,
-        &caller,
-        key,
-        &r,
-        StatusChange {
-            method: "ReactivateUser",
-            user_id: &r.user_id,
-            reason: &r.reason,
-            action: StatusAction::Reactivate,
-        },
+        req,
+        "ReactivateUser",
+        StatusAction::Reactivate,
+        |r| (&r.user_id, &r.reason),
     )
     .await
 }
@@ -277,20 +249,8 @@ pub async fn terminate_user(
     state: &AppState,
     req: Request<TerminateUserRequest>,
 ) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
-    change_status(
-        state,
-        &caller,
-        key,
-        &r,
-        StatusChange {
-            method: "TerminateUser",
-            user_id: &r.user_id,
-            reason: &r.reason,
-            action: StatusAction::Terminate,
-        },
-    )
+    change_status(state, req, "TerminateUser", StatusAction::Terminate, |r| {
+        (&r.user_id, &r.reason)
+    })
     .await
 }
