@@ -4,24 +4,18 @@
 //! 200, `carehub health` (what `helm test` runs) answers SERVING, and SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use carehub_platform::db::TestDatabase;
+use common::{free_port, http_get};
 use secrecy::ExposeSecret;
 
 fn carehub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carehub"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -87,7 +81,7 @@ async fn the_minimal_chart_config_serves_and_drains() {
         .unwrap();
 
     // What the kubelet's readiness probe asks, until the server is up (bounded).
-    let ready_url = format!("http://127.0.0.1:{admin}/readyz");
+    let admin_addr = format!("127.0.0.1:{admin}");
     let mut ready = false;
     for _ in 0..150 {
         if let Some(status) = server.try_wait().unwrap() {
@@ -98,7 +92,7 @@ async fn the_minimal_chart_config_serves_and_drains() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        if http_status(&ready_url).await == Some(200) {
+        if http_get(&admin_addr, "/readyz").await.map(|r| r.0) == Some(200) {
             ready = true;
             break;
         }
@@ -136,18 +130,4 @@ async fn the_minimal_chart_config_serves_and_drains() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("NOT_SERVING"), "{log}");
     db.drop_database().await.unwrap();
-}
-
-/// The status of a plain GET, or None when nothing answers yet.
-async fn http_status(url: &str) -> Option<u16> {
-    let authority = url.strip_prefix("http://")?.split('/').next()?.to_owned();
-    let path = format!("/{}", url.strip_prefix("http://")?.split_once('/')?.1);
-    let mut stream = tokio::net::TcpStream::connect(&authority).await.ok()?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.ok()?;
-    let head = String::from_utf8_lossy(&buf);
-    head.split_whitespace().nth(1)?.parse().ok()
 }

@@ -4,7 +4,8 @@
 //! rotated signing key without a restart, and keeps serving while Vault is sealed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use carehub_platform::vault_double::VaultDouble;
 use carehub_proto::common::v1::Date;
 use carehub_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use carehub_proto::identity::v1::{login_response, LoginRequest, RegisterPatientRequest};
+use common::{free_port, http_get, text};
 use secrecy::ExposeSecret;
 
 fn carehub(double: &VaultDouble) -> Command {
@@ -25,33 +27,9 @@ fn carehub(double: &VaultDouble) -> Command {
 }
 
 fn ok(out: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     text
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Published signing keys, counted in the JWKS document.
@@ -131,7 +109,7 @@ signing_key_sync_secs = 1
     loop {
         if let Some(status) = server.try_wait().unwrap() {
             let out = server.wait_with_output().unwrap();
-            panic!("identity exited with {status}: {}", ok_or_text(out));
+            panic!("identity exited with {status}: {}", text(&out));
         }
         if http_get(&admin_addr, "/readyz").await.map(|r| r.0) == Some(200) {
             break;
@@ -232,14 +210,6 @@ signing_key_sync_secs = 1
         .output()
         .unwrap());
     let out = server.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", ok_or_text(out));
+    assert!(out.status.success(), "{}", text(&out));
     db.drop_database().await.unwrap();
-}
-
-fn ok_or_text(out: Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
