@@ -102,7 +102,8 @@ pub struct SigningKeys {
     retire_after: Duration,
     first_seen: RwLock<BTreeMap<u32, DateTime<Utc>>>,
     /// Public keys recorded by whichever replica first saw each version.
-    recorded_public: RwLock<BTreeMap<u32, VerifyingKey>>,
+    /// (kid computed once, at sync, not per verified token).
+    recorded_public: RwLock<BTreeMap<u32, (String, VerifyingKey)>>,
     derived: Mutex<BTreeMap<u32, Arc<Signer>>>,
 }
 
@@ -184,7 +185,7 @@ impl SigningKeys {
                 .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
                 .and_then(|k| VerifyingKey::from_bytes(&k).ok());
             if let Some(key) = key {
-                public.insert(v, key);
+                public.insert(v, (key_id(&key), key));
             }
         }
         *self.first_seen.write().unwrap_or_else(|e| e.into_inner()) = first_seen;
@@ -226,26 +227,21 @@ impl SigningKeys {
         let Ok(plan) = self.plan_now() else {
             return Vec::new();
         };
-        let first_seen = self
-            .first_seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let first_seen = self.first_seen.read().unwrap_or_else(|e| e.into_inner());
         let recorded = self
             .recorded_public
             .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .unwrap_or_else(|e| e.into_inner());
         plan.published
             .into_iter()
             .filter_map(|v| {
-                let key = match self.signer(v) {
-                    Ok(signer) => signer.key.verifying_key(),
+                let (kid, key) = match self.signer(v) {
+                    Ok(signer) => (signer.kid.clone(), signer.key.verifying_key()),
                     // Not in our key source (yet): the public key another replica recorded.
-                    Err(_) => *recorded.get(&v)?,
+                    Err(_) => recorded.get(&v).cloned()?,
                 };
                 Some(PublishedKey {
-                    kid: key_id(&key),
+                    kid,
                     key,
                     not_before: first_seen.get(&v).copied().unwrap_or_else(Utc::now),
                 })
