@@ -36,6 +36,8 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
         s.argon2_memory_kib,
         s.argon2_iterations,
         s.argon2_parallelism,
+        1,
+        0,
     )?;
     let keys = carehub_platform::keys::from_config("identity", &cfg.server).await?;
     let crypto = carehub_identity::envelope(&pool, keys, s)?;

@@ -59,6 +59,13 @@ pub struct IdentitySettings {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Password hashes that run at once, each on its own dedicated thread (0: one per core).
+    /// Each holds `argon2_memory_kib` of memory while it runs.
+    pub password_hash_threads: u32,
+    /// Requests that may wait for a hashing thread; beyond `password_hash_threads` +
+    /// `password_hash_queue`, logins (and other password checks) are refused at once with
+    /// UNAVAILABLE and RetryInfo.
+    pub password_hash_queue: u32,
     pub notifier: NotifierKind,
 }
 
@@ -90,6 +97,8 @@ impl Default for IdentitySettings {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            password_hash_threads: 0,
+            password_hash_queue: 8,
             notifier: NotifierKind::LogSandbox,
         }
     }
@@ -125,6 +134,10 @@ impl Validate for IdentityConfig {
                 && s.argon2_iterations >= 2
                 && s.argon2_parallelism >= 1,
             "identity.argon2_* must be at least m=19456 KiB, t=2, p=1",
+        );
+        need(
+            s.password_hash_threads <= 256 && s.password_hash_queue <= 4096,
+            "identity.password_hash_threads must be at most 256 and password_hash_queue at most 4096",
         );
         need(
             s.verification_code_ttl_secs > 0,

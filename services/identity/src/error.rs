@@ -22,6 +22,9 @@ pub enum IdentityError {
     Locked { retry_after: Duration },
     #[error("too many attempts")]
     RateLimited { retry_after: Duration },
+    /// Every password-hashing slot is taken (a login storm): refused before any other work.
+    #[error("password checks at capacity")]
+    HashingBusy,
     #[error("account disabled")]
     AccountDisabled,
     #[error("session expired")]
@@ -52,6 +55,23 @@ pub enum IdentityError {
     /// The second-factor code (TOTP or recovery code) of an MFA challenge was wrong.
     #[error("second factor wrong")]
     MfaCodeWrong,
+}
+
+impl From<crate::domain::password::HashBusy> for IdentityError {
+    fn from(_: crate::domain::password::HashBusy) -> Self {
+        IdentityError::HashingBusy
+    }
+}
+
+impl From<crate::domain::password::HashFailure> for IdentityError {
+    fn from(e: crate::domain::password::HashFailure) -> Self {
+        match e {
+            crate::domain::password::HashFailure::Busy(_) => IdentityError::HashingBusy,
+            crate::domain::password::HashFailure::Failed(e) => {
+                IdentityError::Internal(e.to_string())
+            }
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, IdentityError>;
@@ -99,6 +119,12 @@ impl From<IdentityError> for Status {
                 ErrorReason::RateLimited,
                 "too many attempts; slow down",
                 retry_after,
+            ),
+            IdentityError::HashingBusy => errors::retry_after(
+                Code::Unavailable,
+                ErrorReason::Unavailable,
+                "too many password checks at once; retry shortly",
+                Duration::from_secs(1),
             ),
             IdentityError::AccountDisabled => errors::status(
                 Code::PermissionDenied,

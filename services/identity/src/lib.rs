@@ -115,6 +115,8 @@ pub async fn serve_with_keys(
         s.argon2_memory_kib,
         s.argon2_iterations,
         s.argon2_parallelism,
+        usize::try_from(s.password_hash_threads).unwrap_or(1),
+        usize::try_from(s.password_hash_queue).unwrap_or(0),
     )?;
     let (notifier, sandbox): (Arc<dyn Notifier>, _) = match s.notifier {
         NotifierKind::LogSandbox => {

@@ -67,7 +67,7 @@ pub async fn create_user(
         .hasher
         .hash_async(one_time.clone())
         .await
-        .map_err(|e| Status::from(IdentityError::Internal(e.to_string())))?;
+        .map_err(|e| Status::from(IdentityError::from(e)))?;
     let new = NewAccount {
         id: Uuid::now_v7(),
         role: checked(role)?,

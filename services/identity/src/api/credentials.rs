@@ -62,10 +62,7 @@ pub(super) fn signed_in(caller: &Caller) -> Result<auth::UserCaller> {
 }
 
 pub(super) async fn hash_password(hasher: &PasswordHasher, secret: String) -> Result<String> {
-    hasher
-        .hash_async(secret)
-        .await
-        .map_err(|e| IdentityError::Internal(e.to_string()))
+    Ok(hasher.hash_async(secret).await?)
 }
 
 /// The signed-in user's credentials, locked until the commit so that concurrent credential

@@ -20,7 +20,7 @@ use crate::config::IdentitySettings;
 use crate::domain::throttle::{self, Counters, ThrottlePolicy};
 use crate::domain::{tokens, validation};
 use crate::error::{IdentityError, Result};
-use crate::store::sessions as store;
+use crate::store::sessions::{self as store, Credentials};
 use crate::AppState;
 
 /// Wrong PINs in a row that revoke a device credential.
@@ -51,52 +51,133 @@ fn check_pin(v: &mut FieldViolations, field: &str, value: &str) {
 // ---------------------------------------------------------------------------------------------
 // Login and throttling
 
-/// What counting a failed attempt left behind: locks in force afterwards.
-struct FailureOutcome {
-    account_locked_until: Option<DateTime<Utc>>,
-    source_locked_until: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
+/// What an attempt's reservation found: whether it may be checked, and what it set.
+struct Reservation {
+    /// The source key, the window its place was reserved in and the place in its streak.
+    source: Option<(String, DateTime<Utc>, i32)>,
+    /// The window the account's place was reserved in, and the place in its streak.
+    account_window: DateTime<Utc>,
+    account_place: i32,
+    /// The lock this attempt set on an open account (its failure locks the account).
+    locks: Option<DateTime<Utc>>,
 }
 
-/// Counts a failed attempt on the account key and the source key. Each counter moves in one
-/// atomic statement on its own (auto-committed), so that the count survives the failed login
-/// and parallel attempts are all counted.
-async fn count_failure(
+enum Admission {
+    /// A lock was in force: refused unchecked (counted and audited already).
+    Refused(IdentityError),
+    /// The password may be checked; its place in the counters is held.
+    Check(Reservation, Option<Credentials>),
+}
+
+/// Reserves the attempt's place in the source's and the account's counters, in one short
+/// transaction that also records what it decided: a refusal (a lock was in force; the attempt
+/// counts as a failure) or the account's lockout (this attempt set the lock: one event per
+/// lockout, whatever the concurrency). No connection is held after it returns.
+async fn reserve(
     state: &AppState,
+    caller: &auth::Caller,
     account_key: &str,
     source_key: Option<&str>,
-) -> Result<FailureOutcome> {
+    email_index: &[Vec<u8>],
+) -> Result<Admission> {
     let policy = throttle_policy(&state.settings);
-    let mut conn = state.pool.acquire().await?;
-    let row = store::record_failure(&mut conn, account_key, throttle::ACCOUNT_WINDOW_SECS).await?;
+    let mut tx = state.pool.begin().await?;
+    // Source before account, always: concurrent reservations lock rows in one order.
+    let mut source = None;
+    let mut source_locked = None;
+    if let Some(key) = source_key {
+        let row = store::reserve_attempt(&mut tx, key, throttle::SOURCE_WINDOW_SECS).await?;
+        source_locked = row.locked_until.filter(|u| *u > row.now);
+        if let Some(until) = policy.source_lock(&counters(&row)) {
+            store::extend_lock(&mut tx, key, until).await?;
+        }
+        source = Some((key.to_owned(), row.window_start, row.consecutive_failures));
+    }
+    let row = store::reserve_attempt(&mut tx, account_key, throttle::ACCOUNT_WINDOW_SECS).await?;
     let now = row.now;
-    let counters = Counters {
+    let account_locked = row.locked_until.filter(|u| *u > now);
+    let account_lock = policy.account_lock(&counters(&row), now);
+    let mut locks = None;
+    if let Some(until) = account_lock {
+        let set = store::extend_lock(&mut tx, account_key, until).await?;
+        // The account was open: this attempt's lock guards it while the password is checked.
+        locks = account_locked.is_none().then_some(set);
+    }
+    let cred = store::credentials_by_email(&mut tx, email_index).await?;
+    let attempted = cred.as_ref().map(|c| c.id);
+
+    let refusal = if let Some(until) = source_locked {
+        Some((
+            ErrorReason::RateLimited,
+            IdentityError::RateLimited {
+                retry_after: throttle::retry_after(until, now),
+            },
+        ))
+    } else if let Some(until) = account_locked {
+        let until = account_lock.map_or(until, |l| l.max(until));
+        Some((
+            ErrorReason::AccountLocked,
+            IdentityError::Locked {
+                retry_after: throttle::retry_after(until, now),
+            },
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, error)) = refusal {
+        count_failure(&mut tx, account_key, source_key).await?;
+        security::record(&mut tx, login_failure(caller, attempted, reason)).await?;
+        tx.commit().await?;
+        return Ok(Admission::Refused(error));
+    }
+    tx.commit().await?;
+    Ok(Admission::Check(
+        Reservation {
+            source,
+            account_window: row.window_start,
+            account_place: row.consecutive_failures,
+            locks,
+        },
+        cred,
+    ))
+}
+
+fn counters(row: &store::ThrottleRow) -> Counters {
+    Counters {
         consecutive_failures: row.consecutive_failures,
         window_start: row.window_start,
         window_failures: row.window_failures,
-    };
-    let mut account_locked_until = row.locked_until.filter(|u| *u > now);
-    if let Some(until) = policy.account_lock(&counters, now) {
-        account_locked_until = Some(store::extend_lock(&mut conn, account_key, until).await?);
     }
-    let mut source_locked_until = None;
+}
+
+/// Counts a failure in the totals of the source key and the account key (in the order
+/// [`reserve`] locks them, so that the two cannot deadlock).
+async fn count_failure(
+    conn: &mut sqlx::PgConnection,
+    account_key: &str,
+    source_key: Option<&str>,
+) -> Result<()> {
     if let Some(key) = source_key {
-        let row = store::record_failure(&mut conn, key, throttle::SOURCE_WINDOW_SECS).await?;
-        source_locked_until = row.locked_until.filter(|u| *u > now);
-        let counters = Counters {
-            consecutive_failures: row.consecutive_failures,
-            window_start: row.window_start,
-            window_failures: row.window_failures,
-        };
-        if let Some(until) = policy.source_lock(&counters) {
-            source_locked_until = Some(store::extend_lock(&mut conn, key, until).await?);
-        }
+        store::count_failure(conn, key).await?;
     }
-    Ok(FailureOutcome {
-        account_locked_until,
-        source_locked_until,
-        now,
-    })
+    store::count_failure(conn, account_key).await?;
+    Ok(())
+}
+
+/// A failed login about `attempted` (or an unknown account).
+fn login_failure(
+    caller: &auth::Caller,
+    attempted: Option<Uuid>,
+    reason: ErrorReason,
+) -> carehub_platform::audit::AuditEvent {
+    match attempted {
+        Some(id) => security::failed(
+            security::account(caller, "identity.login", Action::Execute, id),
+            Outcome::MinorFailure,
+            reason,
+        ),
+        None => security::unknown_account_login(caller, reason),
+    }
 }
 
 pub async fn login(state: &AppState, req: Request<LoginRequest>) -> Reply<LoginResponse> {
@@ -112,6 +193,10 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
     v.finish()?;
     let email = email.unwrap_or_default();
 
+    // A hashing slot first: in a storm the excess is refused here, before it costs a
+    // database connection, a counter update or memory.
+    let permit = state.hasher.admit()?;
+
     let account_key = crate::store::sealed::account_throttle_key(&state.crypto, &email)?;
     let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
     let source_key = match caller.client_ip.as_deref() {
@@ -122,95 +207,54 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         None => None,
     };
 
-    // Locks first: a locked account or a throttled source is refused without a password check,
-    // and the refused attempt still counts.
-    let (source_lock, account_lock, cred) = {
-        let mut conn = state.pool.acquire().await?;
-        let source_lock = match &source_key {
-            Some(k) => store::active_lock(&mut conn, k).await?,
-            None => None,
-        };
-        let account_lock = store::active_lock(&mut conn, &account_key).await?;
-        let cred = if source_lock.is_none() && account_lock.is_none() {
-            store::credentials_by_email(&mut conn, &email_index).await?
-        } else {
-            None
-        };
-        (source_lock, account_lock, cred)
+    let (reservation, cred) = match reserve(
+        state,
+        &caller,
+        &account_key,
+        source_key.as_deref(),
+        &email_index,
+    )
+    .await?
+    {
+        Admission::Refused(error) => return Err(error),
+        Admission::Check(reservation, cred) => (reservation, cred),
     };
-    if source_lock.is_some() || account_lock.is_some() {
-        let after = count_failure(state, &account_key, source_key.as_deref()).await?;
-        if let Some(until) = after.source_locked_until.filter(|_| source_lock.is_some()) {
-            return Err(IdentityError::RateLimited {
-                retry_after: throttle::retry_after(until, after.now),
-            });
-        }
-        let until = after
-            .account_locked_until
-            .or(account_lock)
-            .unwrap_or(after.now);
-        let reason = if source_lock.is_some() {
-            ErrorReason::RateLimited
-        } else {
-            ErrorReason::AccountLocked
-        };
-        security::record_alone(
-            &state.pool,
-            security::unknown_account_login(&caller, reason),
-        )
-        .await?;
-        return Err(IdentityError::Locked {
-            retry_after: throttle::retry_after(until, after.now),
-        });
-    }
 
-    // One argon2 verification whether or not the account exists (no enumeration by timing).
-    let ok = state
-        .hasher
-        .verify_async(r.password, cred.as_ref().map(|c| c.password_hash.clone()))
+    // One argon2 verification whether or not the account exists (no enumeration by timing),
+    // on a hashing thread, with no database connection held.
+    let ok = permit
+        .verify(r.password, cred.as_ref().map(|c| c.password_hash.clone()))
         .await;
+    drop(permit);
     let attempted = cred.as_ref().map(|c| c.id);
     let cred = match cred {
         Some(c) if ok => c,
         _ => {
-            let after = count_failure(state, &account_key, source_key.as_deref()).await?;
-            let event = match attempted {
-                Some(id) => security::failed(
-                    security::account(&caller, "identity.login", Action::Execute, id),
-                    Outcome::MinorFailure,
-                    ErrorReason::InvalidCredentials,
-                ),
-                None => security::unknown_account_login(&caller, ErrorReason::InvalidCredentials),
-            };
-            security::record_alone(&state.pool, event).await?;
-            // This failure locked an account that was open when the attempt began.
-            if let (Some(id), Some(_)) = (attempted, after.account_locked_until) {
-                let lockout =
-                    security::account(&caller, "identity.login.lockout", Action::Execute, id);
-                let lockout =
-                    security::failed(lockout, Outcome::MajorFailure, ErrorReason::AccountLocked);
-                security::record_alone(&state.pool, lockout).await?;
+            let mut tx = state.pool.begin().await?;
+            count_failure(&mut tx, &account_key, source_key.as_deref()).await?;
+            let event = login_failure(&caller, attempted, ErrorReason::InvalidCredentials);
+            security::record(&mut tx, event).await?;
+            if let (Some(id), Some(_)) = (attempted, reservation.locks) {
+                record_lockout(&mut tx, &caller, id).await?;
             }
-            if after.source_locked_until.is_some() {
-                return Err(IdentityError::RateLimited {
-                    retry_after: throttle::retry_after(
-                        after.source_locked_until.unwrap_or(after.now),
-                        after.now,
-                    ),
-                });
-            }
+            tx.commit().await?;
+            // Even when its reservation set a lock: this guess was checked, the next is refused.
             return Err(IdentityError::InvalidCredentials);
         }
     };
     if !is_active(&cred) {
+        // The right password: not a guess, so its place is given back.
+        let mut tx = state.pool.begin().await?;
+        release(&mut tx, &caller, cred.id, &account_key, &reservation).await?;
         let event = security::account(&caller, "identity.login", Action::Execute, cred.id);
         let event = security::failed(event, Outcome::MinorFailure, ErrorReason::AccountDisabled);
-        security::record_alone(&state.pool, event).await?;
+        security::record(&mut tx, event).await?;
+        tx.commit().await?;
         return Err(IdentityError::AccountDisabled);
     }
 
     let mut tx = state.pool.begin().await?;
-    store::reset_consecutive(&mut tx, &account_key).await?;
+    release(&mut tx, &caller, cred.id, &account_key, &reservation).await?;
     let result = if cred.totp_secret.is_some() {
         let challenge = tokens::new_token();
         let expires_at = store::insert_mfa_challenge(
@@ -240,6 +284,45 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
     Ok(LoginResponse {
         result: Some(result),
     })
+}
+
+/// The account locked: one event per lock.
+async fn record_lockout(
+    conn: &mut sqlx::PgConnection,
+    caller: &auth::Caller,
+    id: Uuid,
+) -> Result<()> {
+    let lockout = security::account(caller, "identity.login.lockout", Action::Execute, id);
+    let lockout = security::failed(lockout, Outcome::MajorFailure, ErrorReason::AccountLocked);
+    security::record(conn, lockout).await
+}
+
+/// Gives a correct password's reserved places back (source first, like [`reserve`]). A lock
+/// this attempt set is lifted, unless guesses refused meanwhile extended it: then the lock
+/// stands and is recorded as the account's lockout.
+async fn release(
+    conn: &mut sqlx::PgConnection,
+    caller: &auth::Caller,
+    account: Uuid,
+    account_key: &str,
+    reservation: &Reservation,
+) -> Result<()> {
+    if let Some(until) = reservation.locks {
+        if !store::lift_lock(conn, account_key, until).await? {
+            record_lockout(conn, caller, account).await?;
+        }
+    }
+    if let Some((key, window, place)) = &reservation.source {
+        store::release_attempt(conn, key, *window, *place).await?;
+    }
+    store::release_attempt(
+        conn,
+        account_key,
+        reservation.account_window,
+        reservation.account_place,
+    )
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,7 +406,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     let ok = state
         .hasher
         .verify_async(r.pin, device.as_ref().map(|d| d.pin_hash.clone()))
-        .await;
+        .await?;
     let Some(device) = device else {
         return Err(IdentityError::InvalidCredentials);
     };

@@ -274,7 +274,7 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
                 };
                 if !hasher
                     .verify_async(password, Some(cred.password_hash.clone()))
-                    .await
+                    .await?
                 {
                     return Err(IdentityError::InvalidCredentials);
                 }

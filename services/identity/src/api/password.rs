@@ -219,7 +219,7 @@ async fn change_password_inner(
                 let cred = lock_own_credentials(conn, user_id).await?;
                 if !hasher
                     .verify_async(current, Some(cred.password_hash.clone()))
-                    .await
+                    .await?
                 {
                     return Err(IdentityError::InvalidCredentials);
                 }

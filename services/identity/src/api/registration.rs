@@ -116,7 +116,7 @@ pub async fn register_patient(
         .hasher
         .hash_async(r.password.clone())
         .await
-        .map_err(|e| Status::from(IdentityError::Internal(e.to_string())))?;
+        .map_err(|e| Status::from(IdentityError::from(e)))?;
     let phone = checked(phone)?;
     let new = NewAccount {
         id: Uuid::now_v7(),

@@ -1,6 +1,10 @@
 //! Login throttling policy (pure): exponential delay after repeated consecutive failures, an
 //! hourly cap per account, and a per-minute cap per source address. The counters live in
-//! `login_throttle`; the store increments them atomically and this module decides the lock.
+//! `login_throttle`. An attempt is counted before it is checked: it reserves its place in the
+//! counters (as if it failed) and sets the lock its failure would cause, before its password
+//! is verified; a correct password gives the place back. So a burst of concurrent guesses
+//! gets no more password checks than the policy allows, and every guess that arrives while a
+//! lock is in force is refused unchecked.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -18,7 +22,7 @@ pub struct ThrottlePolicy {
     pub max_failures_per_source_per_minute: u32,
 }
 
-/// Counters of one key right after a failure was counted.
+/// Counters of one key right after an attempt reserved its place.
 #[derive(Clone, Copy, Debug)]
 pub struct Counters {
     pub consecutive_failures: i32,
@@ -42,7 +46,8 @@ impl ThrottlePolicy {
         ))
     }
 
-    /// Until when an account is locked after a failure that left it with `c`.
+    /// Until when an account is locked after a failure that left it with `c` (set when the
+    /// attempt reserves its place, so that concurrent guesses are refused while it runs).
     pub fn account_lock(&self, c: &Counters, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let delay = self
             .consecutive_delay(c.consecutive_failures)
@@ -52,10 +57,11 @@ impl ThrottlePolicy {
         later(delay, hourly)
     }
 
-    /// Until when a source is throttled after a failure that left it with `c` (more than
-    /// `max_failures_per_source_per_minute` failures in the minute).
+    /// Until when a source is throttled after a failure that left it with `c`: once
+    /// `max_failures_per_source_per_minute` attempts of the minute are spent, the rest of the
+    /// minute is refused unchecked.
     pub fn source_lock(&self, c: &Counters) -> Option<DateTime<Utc>> {
-        (c.window_failures > cap(self.max_failures_per_source_per_minute))
+        (c.window_failures >= cap(self.max_failures_per_source_per_minute))
             .then(|| c.window_start + Duration::seconds(SOURCE_WINDOW_SECS))
     }
 }
@@ -145,11 +151,11 @@ mod tests {
         let c = Counters {
             consecutive_failures: 0,
             window_start: now,
-            window_failures: 3,
+            window_failures: 2,
         };
         assert_eq!(p.source_lock(&c), None);
         let c = Counters {
-            window_failures: 4,
+            window_failures: 3,
             ..c
         };
         assert_eq!(p.source_lock(&c), Some(now + Duration::seconds(60)));

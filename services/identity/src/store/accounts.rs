@@ -472,7 +472,7 @@ pub async fn create_user_direct(
     let password_hash = hasher
         .hash_async(secret)
         .await
-        .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        .map_err(IdentityError::from)?;
     let new = NewAccount {
         id: Uuid::now_v7(),
         role,

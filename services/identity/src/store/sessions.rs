@@ -60,33 +60,24 @@ pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Erro
 // ---------------------------------------------------------------------------------------------
 // Login throttling
 
-/// A throttle row right after a failure was counted.
+/// A throttle row right after an attempt reserved its place.
 #[derive(Clone, Debug, FromRow)]
 pub struct ThrottleRow {
     pub consecutive_failures: i32,
-    pub total_failures: i64,
     pub window_start: DateTime<Utc>,
     pub window_failures: i32,
+    /// The lock in force when the attempt arrived (this statement does not move it).
     pub locked_until: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
 }
 
-/// `locked_until` of `key` when it lies in the future.
-pub async fn active_lock(
-    conn: &mut PgConnection,
-    key: &str,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT locked_until FROM login_throttle WHERE key = $1 AND locked_until > now()",
-    )
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Counts one failure for `key` in one atomic statement: consecutive and total failures, and
-/// the failures of the current window (`window_secs` long; a new window starts when it ended).
-pub async fn record_failure(
+/// Reserves an attempt's place in `key`'s counters before its password is checked, in one
+/// atomic statement that keeps the row locked until the caller's transaction ends: the
+/// attempt counts as a consecutive failure and in the current window (`window_secs` long; a
+/// new window starts when it ended) until [`release_attempt`] gives the place back after a
+/// correct password. Concurrent attempts therefore see each other's places, so no burst gets
+/// more checks than the policy allows.
+pub async fn reserve_attempt(
     conn: &mut PgConnection,
     key: &str,
     window_secs: i64,
@@ -94,22 +85,74 @@ pub async fn record_failure(
     sqlx::query_as(
         "INSERT INTO login_throttle AS t
              (key, consecutive_failures, total_failures, window_start, window_failures, updated_at)
-         VALUES ($1, 1, 1, now(), 1, now())
+         VALUES ($1, 1, 0, now(), 1, now())
          ON CONFLICT (key) DO UPDATE SET
              consecutive_failures = t.consecutive_failures + 1,
-             total_failures = t.total_failures + 1,
              window_start = CASE WHEN t.window_start <= now() - make_interval(secs => $2)
                                  THEN now() ELSE t.window_start END,
              window_failures = CASE WHEN t.window_start <= now() - make_interval(secs => $2)
                                     THEN 1 ELSE t.window_failures + 1 END,
              updated_at = now()
-         RETURNING consecutive_failures, total_failures, window_start, window_failures,
-                   locked_until, now() AS now",
+         RETURNING consecutive_failures, window_start, window_failures, locked_until, now() AS now",
     )
     .bind(key)
     .bind(window_secs as f64)
     .fetch_one(conn)
     .await
+}
+
+/// Counts one failed attempt (refused, or a wrong password) in `key`'s total, in the
+/// transaction that records its audit event: the total and the audit trail agree.
+pub async fn count_failure(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE login_throttle SET total_failures = total_failures + 1, updated_at = now()
+         WHERE key = $1",
+    )
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Lifts `key`'s lock if it still ends at `until` (nobody extended it); whether it did.
+pub async fn lift_lock(
+    conn: &mut PgConnection,
+    key: &str,
+    until: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let lifted = sqlx::query(
+        "UPDATE login_throttle SET locked_until = NULL, updated_at = now()
+         WHERE key = $1 AND locked_until = $2",
+    )
+    .bind(key)
+    .bind(until)
+    .execute(conn)
+    .await?;
+    Ok(lifted.rows_affected() == 1)
+}
+
+/// A correct password: the attempt's reserved place is given back and the consecutive-failure
+/// streak ends. The attempt held place `reserved` of the streak; places reserved after it
+/// (guesses still in flight) stay counted.
+pub async fn release_attempt(
+    conn: &mut PgConnection,
+    key: &str,
+    window_start: DateTime<Utc>,
+    reserved: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE login_throttle SET consecutive_failures = GREATEST(consecutive_failures - $3, 0),
+             window_failures = CASE WHEN window_start = $2 THEN GREATEST(window_failures - 1, 0)
+                                    ELSE window_failures END,
+             updated_at = now()
+         WHERE key = $1",
+    )
+    .bind(key)
+    .bind(window_start)
+    .bind(reserved)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Moves `locked_until` of `key` to `until` unless it is already later.
@@ -127,18 +170,6 @@ pub async fn extend_lock(
     .bind(until)
     .fetch_one(conn)
     .await
-}
-
-/// A successful login: the consecutive-failure streak ends.
-pub async fn reset_consecutive(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE login_throttle SET consecutive_failures = 0, updated_at = now()
-         WHERE key = $1 AND consecutive_failures <> 0",
-    )
-    .bind(key)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
