@@ -210,6 +210,78 @@ async fn two_hundred_guesses_with_the_right_one_among_them_get_only_the_policy_c
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_burst_of_pin_guesses_gets_five_checks_and_revokes_the_device() {
+    let app = common::spawn().await;
+    app.register_patient("pin@example.org", PASSWORD).await;
+    let t = app.login("pin@example.org", PASSWORD).await;
+    let client = app.public("gateway").await;
+    let device = client
+        .clone()
+        .enroll_device_pin(app.with_token(
+            EnrollDevicePinRequest {
+                pin: "482916".into(),
+                device_name: "Pixel 9".into(),
+            },
+            &t.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let checks_before = app.state().hasher.verifications();
+    let events_before = audit_count(&app, "identity.login", true).await;
+    let mut tasks = Vec::new();
+    // 60 guesses at once, the right PIN last.
+    for i in 0..60 {
+        let mut c = client.clone();
+        let req = UnlockWithPinRequest {
+            device_id: device.device_id.clone(),
+            device_secret: device.device_secret.clone(),
+            pin: if i == 59 {
+                "482916".to_owned()
+            } else {
+                format!("{:06}", 100_000 + i)
+            },
+        };
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match c.unlock_with_pin(req.clone()).await {
+                    Err(e) if e.code() == Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let e = t.await.unwrap().expect_err("every guess is refused");
+        assert_status(&e, Code::Unauthenticated, Some("INVALID_CREDENTIALS"));
+    }
+    // Only the five places the limit allows were checked; the sixth revoked the credential.
+    assert_eq!(app.state().hasher.verifications() - checks_before, 5);
+    let (revoked, counted): (bool, i32) = sqlx::query_as(
+        "SELECT revoked_at IS NOT NULL, failed_attempts FROM device_pins WHERE id = $1::uuid",
+    )
+    .bind(&device.device_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(revoked);
+    // Every counted attempt is audited: failed unlocks, and the one revocation. (Attempts
+    // that arrived after the revocation found no credential, like an unknown device.)
+    assert_eq!(
+        audit_count(&app, "identity.device_pin.revoke", true).await,
+        1
+    );
+    assert_eq!(
+        audit_count(&app, "identity.login", true).await - events_before + 1,
+        i64::from(counted)
+    );
+    assert!(counted >= 6, "{counted}");
+    app.shutdown().await;
+}
+
 /// Resident memory of this test process (nextest runs each test in its own process).
 fn resident_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -228,6 +300,9 @@ const STORM_RSS_BOUND_MIB: u64 = 128;
 
 #[tokio::test]
 async fn a_login_storm_is_answered_bounded_and_audited_while_others_read() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let app = common::spawn().await;
     let accounts: Vec<String> = (0..10).map(|i| format!("storm{i}@example.org")).collect();
     for a in &accounts {

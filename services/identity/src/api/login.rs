@@ -299,7 +299,8 @@ async fn record_lockout(
 
 /// Gives a correct password's reserved places back (source first, like [`reserve`]). A lock
 /// this attempt set is lifted, unless guesses refused meanwhile extended it: then the lock
-/// stands and is recorded as the account's lockout.
+/// stands and is recorded as the account's lockout. Rows are locked in the order every login
+/// transaction uses — source, account, then the audit chain — so that none can deadlock.
 async fn release(
     conn: &mut sqlx::PgConnection,
     caller: &auth::Caller,
@@ -307,11 +308,6 @@ async fn release(
     account_key: &str,
     reservation: &Reservation,
 ) -> Result<()> {
-    if let Some(until) = reservation.locks {
-        if !store::lift_lock(conn, account_key, until).await? {
-            record_lockout(conn, caller, account).await?;
-        }
-    }
     if let Some((key, window, place)) = &reservation.source {
         store::release_attempt(conn, key, *window, *place).await?;
     }
@@ -322,11 +318,45 @@ async fn release(
         reservation.account_place,
     )
     .await?;
+    if let Some(until) = reservation.locks {
+        if !store::lift_lock(conn, account_key, until).await? {
+            record_lockout(conn, caller, account).await?;
+        }
+    }
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Device PINs
+
+/// A PIN attempt past the limit: the credential is revoked (by the first such attempt, which
+/// records the revocation) and the attempt recorded as failed.
+async fn pin_failure(
+    conn: &mut sqlx::PgConnection,
+    caller: &auth::Caller,
+    device: &store::DevicePinRow,
+) -> Result<()> {
+    let kind = if store::revoke_device_pin(conn, device.id).await? {
+        tracing::warn!(device_id = %device.id, user_id = %device.user_id, "device pin revoked after repeated failures");
+        "identity.device_pin.revoke"
+    } else {
+        "identity.login"
+    };
+    let event = security::about(
+        caller,
+        kind,
+        Action::Execute,
+        device.user_id,
+        "device",
+        device.id,
+    );
+    let event = security::failed(
+        event,
+        Outcome::MinorFailure,
+        ErrorReason::InvalidCredentials,
+    );
+    security::record(conn, event).await
+}
 
 pub async fn enroll_device_pin(
     state: &AppState,
@@ -397,42 +427,57 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     let Some(device_id) = device_id else {
         return Err(IdentityError::Internal("validated id missing".into()));
     };
+    // A hashing slot first, like a password login.
+    let permit = state.hasher.admit()?;
     let device = {
         let mut conn = state.pool.acquire().await?;
         store::live_device_pin(&mut conn, device_id).await?
     };
     let device = device.filter(|d| tokens::ct_eq(&d.secret_hash, &tokens::hash(&r.device_secret)));
-    // The PIN is checked (or a dummy hash, for equal timing) whatever the device lookup found.
-    let ok = state
-        .hasher
-        .verify_async(r.pin, device.as_ref().map(|d| d.pin_hash.clone()))
-        .await?;
     let Some(device) = device else {
+        // A dummy check, so that an unknown device or a wrong secret takes the same time.
+        permit.verify(r.pin, None).await;
         return Err(IdentityError::InvalidCredentials);
     };
-    if !ok {
-        let mut conn = state.pool.acquire().await?;
-        let failures = store::fail_device_pin(&mut conn, device.id, PIN_MAX_FAILURES).await?;
-        let kind = if failures.is_some_and(|n| n >= PIN_MAX_FAILURES) {
-            tracing::warn!(device_id = %device.id, user_id = %device.user_id, "device pin revoked after repeated failures");
-            "identity.device_pin.revoke"
-        } else {
-            "identity.login"
+    // The attempt reserves its place in the device's failure count before the PIN is checked:
+    // a burst of guesses gets at most PIN_MAX_FAILURES checks, the rest revoke the credential.
+    let place = {
+        let mut tx = state.pool.begin().await?;
+        let Some(place) = store::reserve_device_pin(&mut tx, device.id).await? else {
+            // Revoked meanwhile.
+            return Err(IdentityError::InvalidCredentials);
         };
-        let event = security::about(
-            &caller,
-            kind,
-            Action::Execute,
-            device.user_id,
-            "device",
-            device.id,
-        );
-        let event = security::failed(
-            event,
-            Outcome::MinorFailure,
-            ErrorReason::InvalidCredentials,
-        );
-        security::record_alone(&state.pool, event).await?;
+        if place > PIN_MAX_FAILURES {
+            pin_failure(&mut tx, &caller, &device).await?;
+            tx.commit().await?;
+            return Err(IdentityError::InvalidCredentials);
+        }
+        tx.commit().await?;
+        place
+    };
+    let ok = permit.verify(r.pin, Some(device.pin_hash.clone())).await;
+    drop(permit);
+    if !ok {
+        let mut tx = state.pool.begin().await?;
+        if place >= PIN_MAX_FAILURES {
+            pin_failure(&mut tx, &caller, &device).await?;
+        } else {
+            let event = security::about(
+                &caller,
+                "identity.login",
+                Action::Execute,
+                device.user_id,
+                "device",
+                device.id,
+            );
+            let event = security::failed(
+                event,
+                Outcome::MinorFailure,
+                ErrorReason::InvalidCredentials,
+            );
+            security::record(&mut tx, event).await?;
+        }
+        tx.commit().await?;
         return Err(IdentityError::InvalidCredentials);
     }
     let mut tx = state.pool.begin().await?;
@@ -442,7 +487,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     if !is_active(&cred) {
         return Err(IdentityError::AccountDisabled);
     }
-    if !store::succeed_device_pin(&mut tx, device.id).await? {
+    if !store::succeed_device_pin(&mut tx, device.id, place).await? {
         return Err(IdentityError::InvalidCredentials);
     }
     let tokens = open_session(state, &mut tx, &cred, &["pin"], &caller, Some(device.id)).await?;

@@ -681,31 +681,49 @@ pub async fn live_device_pin(
     .await
 }
 
-/// Counts a wrong PIN; the `max_failures`-th in a row revokes the credential. Returns the count.
-pub async fn fail_device_pin(
+/// Reserves a PIN attempt's place in the credential's failure count before the PIN is checked
+/// (it counts as a failure until [`succeed_device_pin`]); the place, or `None` when the
+/// credential is revoked.
+pub async fn reserve_device_pin(
     conn: &mut PgConnection,
     id: Uuid,
-    max_failures: i32,
 ) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE device_pins SET failed_attempts = failed_attempts + 1,
-             revoked_at = CASE WHEN failed_attempts + 1 >= $2 THEN now() ELSE NULL END
+        "UPDATE device_pins SET failed_attempts = failed_attempts + 1
          WHERE id = $1 AND revoked_at IS NULL
          RETURNING failed_attempts",
     )
     .bind(id)
-    .bind(max_failures)
     .fetch_optional(conn)
     .await
 }
 
-/// A right PIN: the failure streak ends. False when the credential was revoked meanwhile.
-pub async fn succeed_device_pin(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+/// Revokes the credential; true for the one call that did.
+pub async fn revoke_device_pin(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE device_pins SET failed_attempts = 0, last_used_at = now()
+        "UPDATE device_pins SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A right PIN at place `place`: its place and the failures before it are forgiven (places
+/// reserved after it stay counted). False when the credential was revoked meanwhile.
+pub async fn succeed_device_pin(
+    conn: &mut PgConnection,
+    id: Uuid,
+    place: i32,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE device_pins SET failed_attempts = GREATEST(failed_attempts - $2, 0),
+             last_used_at = now()
          WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(id)
+    .bind(place)
     .execute(conn)
     .await?
     .rows_affected()
