@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use tonic::{Response, Status};
 use uuid::Uuid;
 
-use crate::domain::password::{self, PasswordHasher};
+use crate::domain::password::{self, HashPermit, PasswordHasher};
 use crate::domain::tokens;
 use crate::error::{IdentityError, Result};
 use crate::store::sessions::{self as store, Credentials};
@@ -63,6 +63,37 @@ pub(super) fn signed_in(caller: &Caller) -> Result<auth::UserCaller> {
 
 pub(super) async fn hash_password(hasher: &PasswordHasher, secret: String) -> Result<String> {
     Ok(hasher.hash_async(secret).await?)
+}
+
+/// Checks `password` against the signed-in user's stored hash before any transaction begins
+/// (no database connection is held while argon2 runs). Returns the hash it matched, which the
+/// transaction then confirms unchanged with [`confirm_checked_password`]; `None` when wrong.
+pub(super) async fn check_own_password(
+    pool: &sqlx::PgPool,
+    permit: &HashPermit,
+    user_id: Uuid,
+    password: String,
+) -> Result<Option<String>> {
+    let cred = {
+        let mut conn = pool.acquire().await?;
+        store::credentials_by_id(&mut conn, user_id, false).await?
+    };
+    let Some(cred) = cred else {
+        return Err(IdentityError::SessionExpired);
+    };
+    let ok = permit
+        .verify(password, Some(cred.password_hash.clone()))
+        .await;
+    Ok(ok.then_some(cred.password_hash))
+}
+
+/// Inside the transaction, with `cred` locked: the password was checked against the hash that
+/// still stands (a password changed in between makes the check void).
+pub(super) fn confirm_checked_password(cred: &Credentials, checked: Option<&str>) -> Result<()> {
+    match checked {
+        Some(hash) if hash == cred.password_hash => Ok(()),
+        _ => Err(IdentityError::InvalidCredentials),
+    }
 }
 
 /// The signed-in user's credentials, locked until the commit so that concurrent credential

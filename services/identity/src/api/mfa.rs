@@ -14,7 +14,8 @@ use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{
-    check_secret, check_token, is_active, lock_own_credentials, signed_in, Reply, PASSWORD_MAX,
+    check_own_password, check_secret, check_token, confirm_checked_password, is_active,
+    lock_own_credentials, signed_in, Reply, PASSWORD_MAX,
 };
 use super::sessions::open_session;
 use super::{scope, security};
@@ -256,9 +257,12 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
     let Some(code) = r.code.clone() else {
         return Err(IdentityError::Internal("validated code missing".into()));
     };
-    let password = r.current_password.clone();
-    let hasher = state.hasher.clone();
     let user_id = user.user_id;
+    // argon2 before the transaction: no connection is held while it runs.
+    let permit = state.hasher.admit()?;
+    let checked =
+        check_own_password(&state.pool, &permit, user_id, r.current_password.clone()).await?;
+    drop(permit);
     let event = security::account(&caller, "identity.mfa.disable", Action::Update, user_id);
     idempotency::run(
         &state.idempotency,
@@ -272,12 +276,7 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
                 let Some(secret) = cred.totp_secret.clone() else {
                     return Err(conflict("MFA_NOT_ENABLED", user_id, "TOTP is not enabled"));
                 };
-                if !hasher
-                    .verify_async(password, Some(cred.password_hash.clone()))
-                    .await?
-                {
-                    return Err(IdentityError::InvalidCredentials);
-                }
+                confirm_checked_password(&cred, checked.as_deref())?;
                 match code {
                     Code::TotpCode(c) => {
                         let step =

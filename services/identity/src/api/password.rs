@@ -14,8 +14,8 @@ use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{
-    check_secret, check_token, hash_password, is_active, lock_own_credentials, secs, signed_in,
-    Reply, PASSWORD_MAX,
+    check_own_password, check_secret, check_token, confirm_checked_password, is_active,
+    lock_own_credentials, secs, signed_in, Reply, PASSWORD_MAX,
 };
 use super::{scope, security};
 use crate::domain::{password, tokens, validation};
@@ -140,8 +140,19 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
     check_new_password(&mut v, "new_password", &r.new_password);
     v.finish()?;
     let token_hash = tokens::hash(&r.reset_token);
-    let new_password = r.new_password.clone();
-    let hasher = state.hasher.clone();
+    // The new password is hashed before the transaction (no connection held while argon2
+    // runs), and only for a token that is still valid.
+    let permit = state.hasher.admit()?;
+    let valid = {
+        let mut conn = state.pool.acquire().await?;
+        store::password_reset_is_valid(&mut conn, &token_hash).await?
+    };
+    let phc = if valid {
+        Some(permit.hash(r.new_password.clone()).await?)
+    } else {
+        None
+    };
+    drop(permit);
     let changed: Arc<Mutex<Option<Uuid>>> = Arc::default();
     let slot = changed.clone();
     idempotency::run(
@@ -157,7 +168,9 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
                     .ok_or(IdentityError::CodeInvalid {
                         field: "reset_token",
                     })?;
-                let phc = hash_password(&hasher, new_password).await?;
+                let phc = phc.ok_or(IdentityError::CodeInvalid {
+                    field: "reset_token",
+                })?;
                 store::set_password(conn, user_id, &phc).await?;
                 revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
                 let event =
@@ -205,8 +218,16 @@ async fn change_password_inner(
     }
     v.finish()?;
     let (current, new) = (r.current_password.clone(), r.new_password.clone());
-    let hasher = state.hasher.clone();
     let (user_id, session_id) = (user.user_id, user.session_id);
+    // argon2 before the transaction: no connection is held while it runs. (A retry whose
+    // first try succeeded fails this check and gets the stored answer from the store.)
+    let permit = state.hasher.admit()?;
+    let checked = check_own_password(&state.pool, &permit, user_id, current).await?;
+    let phc = match checked {
+        Some(_) => Some(permit.hash(new).await?),
+        None => None,
+    };
+    drop(permit);
     let event = security::account(&caller, "identity.password.change", Action::Update, user_id);
     idempotency::run(
         &state.idempotency,
@@ -217,13 +238,8 @@ async fn change_password_inner(
         move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
             Box::pin(async move {
                 let cred = lock_own_credentials(conn, user_id).await?;
-                if !hasher
-                    .verify_async(current, Some(cred.password_hash.clone()))
-                    .await?
-                {
-                    return Err(IdentityError::InvalidCredentials);
-                }
-                let phc = hash_password(&hasher, new).await?;
+                confirm_checked_password(&cred, checked.as_deref())?;
+                let phc = phc.ok_or(IdentityError::InvalidCredentials)?;
                 store::set_password(conn, user_id, &phc).await?;
                 store::clear_session_password_change(conn, session_id).await?;
                 revocation::revoke_user_sessions(

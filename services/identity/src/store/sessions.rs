@@ -610,6 +610,20 @@ pub async fn insert_password_reset(
 }
 
 /// Uses a live reset token; returns its user. Every other pending token of the user dies too.
+/// Whether `token_hash` is an unused, unexpired reset token (without using it).
+pub async fn password_reset_is_valid(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM password_resets
+                        WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now())",
+    )
+    .bind(token_hash)
+    .fetch_one(conn)
+    .await
+}
+
 pub async fn consume_password_reset(
     conn: &mut PgConnection,
     token_hash: &[u8],
