@@ -131,7 +131,12 @@ pub struct AuditEvent {
     pub entity_id: String,
     /// The patient (or account holder) whose data this is.
     pub subject_id: Option<Uuid>,
+    /// The client's address, in clear only in memory: stored, hashed and shipped sealed (see
+    /// [`super::seal`]), never serialized.
+    #[serde(skip)]
     pub source_ip: Option<String>,
+    /// The client's user agent; like `source_ip`, never stored or serialized in clear.
+    #[serde(skip)]
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
@@ -312,11 +317,17 @@ pub fn current_trace() -> (Option<String>, Option<String>) {
 }
 
 /// An event as stored: its place in the chain and the link to the previous one.
+///
+/// Loaded from the database, `event.source_ip` and `event.user_agent` are `None` until
+/// [`super::seal::ClientSealer::open_event`] opens `client`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainedEvent {
     pub seq: i64,
     #[serde(flatten)]
     pub event: AuditEvent,
+    /// The client fields as stored (sealed); the hash covers these bytes.
+    #[serde(flatten)]
+    pub client: super::seal::SealedClient,
     #[serde(with = "hex_bytes")]
     pub prev_hash: Vec<u8>,
     #[serde(with = "hex_bytes")]
