@@ -180,8 +180,8 @@ async fn the_database_holds_no_plaintext_phi() {
         .suspend_user(forwarded(app.with_token(
             SuspendUserRequest {
                 user_id: user.user_id.clone(),
-                reason: "Zelda Quillfeather (HIV clinic) threatened staff, call +15550104477"
-                    .into(),
+                reason:
+                    "Zelda Quillfeather (HIV clinic) threatened staff, call +15550104477".into(),
             },
             &admin_token,
         )))
@@ -193,7 +193,10 @@ async fn the_database_holds_no_plaintext_phi() {
             .fetch_one(app.pool())
             .await
             .unwrap();
-    assert!(reason.is_some_and(|r| r.len() > 60), "the reason is kept, sealed");
+    assert!(
+        reason.is_some_and(|r| r.len() > 60),
+        "the reason is kept, sealed"
+    );
     // The audit trail recorded those calls with the client's address and user agent (sealed).
     let (audited, with_client): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE source_ip IS NOT NULL AND user_agent IS NOT NULL)
@@ -202,7 +205,10 @@ async fn the_database_holds_no_plaintext_phi() {
     .fetch_one(app.pool())
     .await
     .unwrap();
-    assert!(with_client >= 6 && audited >= with_client, "{audited} {with_client}");
+    assert!(
+        with_client >= 6 && audited >= with_client,
+        "{audited} {with_client}"
+    );
     let kinds: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT kind FROM carehub_platform.audit_events")
             .fetch_all(app.pool())

@@ -623,6 +623,21 @@ async fn shipped_checkpoints_catch_a_truncated_tail_with_a_rewound_head_and_no_s
         .unwrap()
         .is_empty());
     assert!(audit::sink::read_checkpoints("not json\n", SERVICE).is_err());
+    // Intact: the shipped checkpoint agrees; a range after it does not judge it.
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &VerifyRange::default(), &shipped)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.checkpoints_checked, 2);
+    let after = VerifyRange {
+        from_seq: Some(11),
+        ..VerifyRange::default()
+    };
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &after, &shipped)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.shipped_checkpoints_checked, 0);
 
     let mut conn = attacker(&db).await;
     sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 5")
