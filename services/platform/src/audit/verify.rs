@@ -4,8 +4,10 @@
 //! What is detected: an edited row (its hash no longer matches its content), a deleted row (a
 //! gap in the sequence), a moved or reordered row (its hash covers its sequence number and its
 //! predecessor's hash), rows cut off the tail (the head or a signed checkpoint points past the
-//! end), a forged checkpoint (bad signature). Someone who can write the database could also
-//! delete the checkpoints of a truncated tail; the copies shipped to the sink then tell.
+//! end), a chain rewritten under a signed checkpoint (its row has another hash), a forged
+//! checkpoint (bad signature). Someone who can write the database could also delete the
+//! checkpoints of a truncated tail; the copies shipped to the sink then tell, given to
+//! [`verify_with`] (`carehub audit verify --checkpoints FILE`).
 
 use std::collections::HashMap;
 use std::fmt;
