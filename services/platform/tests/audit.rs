@@ -849,6 +849,10 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
         stored.event.user_agent.as_deref(),
         Some("SealedAgent/3.1 (patient phone)")
     );
+    let mut second = fetch(&db.pool, 2).await;
+    assert!(second.client.user_agent.is_none());
+    sealer.open_event(&mut second).unwrap();
+    assert_eq!(second.event.source_ip.as_deref(), Some("192.0.2.78"));
     // The JSON-lines sink ships the sealed bytes only.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
@@ -861,5 +865,40 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
         !shipped.contains("192.0.2.7") && !shipped.contains("SealedAgent"),
         "{shipped}"
     );
+
+    // The hash covers the sealed bytes: blanking or swapping them is an altered row.
+    sqlx::query("UPDATE carehub_platform.audit_events SET user_agent = NULL WHERE seq = 1")
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, keys.as_ref()).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (1, ProblemKind::Altered),
+        "{problem}"
+    );
+    sqlx::query(
+        "UPDATE carehub_platform.audit_events SET user_agent = $1,
+            source_ip = (SELECT source_ip FROM carehub_platform.audit_events WHERE seq = 1)
+         WHERE seq = 2",
+    )
+    .bind(&stored.client.user_agent)
+    .execute(&mut attacker(&db).await)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE carehub_platform.audit_events SET user_agent = $1 WHERE seq = 1")
+        .bind(&stored.client.user_agent)
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, keys.as_ref()).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (2, ProblemKind::Altered),
+        "{problem}"
+    );
+    // And a value moved to another event does not open there either.
+    let mut moved = fetch(&db.pool, 2).await;
+    assert!(sealer.open_event(&mut moved).is_err());
     db.drop_database().await.unwrap();
 }
