@@ -825,6 +825,19 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
     audit::seal::scope(Arc::new(sealer.clone()), audit::record_read(&db.pool, &e2))
         .await
         .unwrap();
+    // Built during a call, recorded from another task (a batch writer): sealed with the key of
+    // the service whose call built it.
+    let e3 = audit::seal::scope(Arc::new(sealer.clone()), async {
+        let mut e = event(Uuid::now_v7(), Uuid::now_v7());
+        e.source_ip = Some("192.0.2.79".into());
+        e
+    })
+    .await;
+    let pool = db.pool.clone();
+    tokio::spawn(async move { audit::record_read(&pool, &e3).await })
+        .await
+        .unwrap()
+        .unwrap();
 
     let raw: Vec<String> =
         sqlx::query_scalar("SELECT row_to_json(e)::text FROM carehub_platform.audit_events e")
@@ -853,6 +866,9 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
     assert!(second.client.user_agent.is_none());
     sealer.open_event(&mut second).unwrap();
     assert_eq!(second.event.source_ip.as_deref(), Some("192.0.2.78"));
+    let mut third = fetch(&db.pool, 3).await;
+    sealer.open_event(&mut third).unwrap();
+    assert_eq!(third.event.source_ip.as_deref(), Some("192.0.2.79"));
     // The JSON-lines sink ships the sealed bytes only.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -163,16 +163,25 @@ pub fn event_hash(
 /// Appends `event` to the chain inside the caller's open transaction (`&mut *tx`) and returns
 /// it as stored. Committing the transaction commits the event; rolling back removes it.
 ///
-/// The client address and user agent are sealed with the sealer of the service handling the
-/// current RPC ([`super::seal::current`]); an event carrying them outside an RPC needs
-/// [`record_with`]. Also emits the event on the current span (so it shows up in the trace of
+/// The client address and user agent are sealed with the sealer of the service whose RPC built
+/// the event, else of the one handling the current RPC ([`super::seal`]); an event carrying them
+/// built outside an RPC needs [`record_with`]. Also emits the event on the current span (so it shows up in the trace of
 /// the RPC). Reads are recorded right after they succeed, with [`record_read`].
 pub async fn record(
     conn: &mut PgConnection,
     event: &AuditEvent,
 ) -> Result<ChainedEvent, AuditError> {
-    let sealer = super::seal::current();
+    let sealer = captured_or_current(event);
     record_with(conn, sealer.as_deref(), event).await
+}
+
+/// The sealer the event was built under, else the one of the RPC being handled.
+fn captured_or_current(event: &AuditEvent) -> Option<std::sync::Arc<ClientSealer>> {
+    event
+        .sealer
+        .as_ref()
+        .map(|s| s.0.clone())
+        .or_else(super::seal::current)
 }
 
 /// [`record`] with an explicit sealer for the client fields (`None`: the event must carry none).
@@ -255,7 +264,7 @@ pub async fn record_read(
     pool: &sqlx::PgPool,
     event: &AuditEvent,
 ) -> Result<ChainedEvent, AuditError> {
-    let sealer = super::seal::current();
+    let sealer = captured_or_current(event);
     record_read_with(pool, sealer.as_deref(), event).await
 }
 
@@ -310,6 +319,7 @@ pub(crate) fn from_row(row: &PgRow) -> Result<ChainedEvent, AuditError> {
             request_id: row.try_get("request_id")?,
             trace_id: row.try_get("trace_id")?,
             span_id: row.try_get("span_id")?,
+            sealer: None,
         },
         client: SealedClient {
             source_ip: row.try_get("source_ip")?,

@@ -141,6 +141,9 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
+    /// The sealer of the service whose RPC built the event (see [`super::seal`]); never stored.
+    #[serde(skip)]
+    pub sealer: Option<super::seal::CapturedSealer>,
 }
 
 /// Why an event was refused before it reached the database.
@@ -182,6 +185,7 @@ impl AuditEvent {
             request_id: crate::server::current_request_id(),
             trace_id,
             span_id,
+            sealer: super::seal::current().map(super::seal::CapturedSealer),
         }
     }
 
@@ -209,6 +213,9 @@ impl AuditEvent {
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect());
         if self.request_id.is_none() {
             self.request_id = caller.request_id.clone();
+        }
+        if self.sealer.is_none() {
+            self.sealer = super::seal::current().map(super::seal::CapturedSealer);
         }
         self
     }

@@ -23,8 +23,10 @@
 //!
 //! [`record`](super::record) finds the sealer of the service handling the current RPC in a
 //! task-local that [`crate::server::ServiceHost::with_audit`] sets for every call
-//! ([`SealerScope`]); code outside an RPC uses [`super::chain::record_with`]. An event that
-//! carries a client address or user agent and finds no sealer is refused, never stored in clear.
+//! ([`SealerScope`]); an event built during the call keeps it ([`CapturedSealer`]), so it may be
+//! recorded from another task. Code outside an RPC uses [`super::chain::record_with`]. An event
+//! that carries a client address or user agent and finds no sealer is refused, never stored in
+//! clear.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -254,6 +256,27 @@ impl ClientSealer {
             .map(|s| self.open(ClientColumn::UserAgent, id, s))
             .transpose()?;
         Ok(())
+    }
+}
+
+/// The sealer in scope when an event was built ([`AuditEvent::new`], [`AuditEvent::caller`]),
+/// kept with the event so that recording it from another task (a batch writer, a spawned
+/// task) still seals with the right service's key. Not part of what the event says: any two
+/// compare equal.
+#[derive(Clone)]
+pub struct CapturedSealer(pub Arc<ClientSealer>);
+
+impl PartialEq for CapturedSealer {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CapturedSealer {}
+
+impl std::fmt::Debug for CapturedSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
