@@ -62,6 +62,9 @@ fi
 if command -v psql >/dev/null; then
   psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'carehub_test_%'" 2>/dev/null |
     while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+  # ... and their roles (the platform migration's "<database>_app", test login roles).
+  psql "$DATABASE_URL" -Atqc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'carehub\_test\_%'" 2>/dev/null |
+    while read -r role; do psql "$DATABASE_URL" -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null 2>&1 || true; done
 fi
 
 if [ -n "${VAULT_ADDR:-}" ] && [ -n "${VAULT_TOKEN:-}" ]; then

@@ -1,6 +1,9 @@
-//! `carehub audit verify --service S [--from T] [--to T]`: walks a service's audit chain and
-//! signed checkpoints straight from its database (the service's own configuration names the
-//! database and the checkpoint keys), so it works while the service is down or compromised.
+//! `carehub audit verify --service S [--from T] [--to T] [--checkpoints FILE]...`: walks a
+//! service's audit chain and signed checkpoints straight from its database (the service's own
+//! configuration names the database and the checkpoint keys), so it works while the service is
+//! down or compromised. `--checkpoints` gives the checkpoints the sink shipped outside the
+//! database (its JSON-lines file, or any copy): a chain shorter than one of them, or that
+//! disagrees with one, fails even when the stored checkpoints were deleted with the tail.
 //!
 //! Exit status: 0 intact, 3 tampered (the first broken row is named), 1 could not verify, 2 usage.
 
@@ -24,6 +27,35 @@ pub enum AuditCommand {
     /// Verify a service's audit chain and checkpoints; exits 3 and names the first broken row
     /// when the log was tampered with.
     Verify(VerifyArgs),
+    /// List the newest events about a subject or by an actor, straight from the service's
+    /// database; client addresses and user agents are opened with the service's keys (shown as
+    /// sealed when a key is unavailable).
+    Events(EventsArgs),
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// The service whose audit trail to read.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+    service: String,
+    /// Events about this subject (user id).
+    #[arg(long, conflicts_with = "actor", required_unless_present = "actor")]
+    subject: Option<uuid::Uuid>,
+    /// Events by this actor (user id).
+    #[arg(long)]
+    actor: Option<uuid::Uuid>,
+    /// At most this many events, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    limit: i64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The service's TOML configuration file.
+    #[arg(long, short = 'c', env = "CAREHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set server.database.url=postgres://... (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::parse_override)]
+    overrides: Vec<(String, String)>,
 }
 
 #[derive(Args)]
@@ -38,6 +70,10 @@ pub struct VerifyArgs {
     /// the chain head and also checks for a truncated tail.
     #[arg(long, value_parser = parse_time)]
     to: Option<DateTime<Utc>>,
+    /// JSON lines shipped by the audit sink (or a copy of them): their `audit_checkpoint` lines
+    /// for this service anchor the chain outside the database. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    checkpoints: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -82,10 +118,109 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AuditCommand::Events(args) => events(&args).await,
     }
 }
 
+/// A client field as shown: opened, or why not.
+fn shown(opened: Option<&str>, sealed: Option<&[u8]>, why: Option<&str>) -> String {
+    match (opened, sealed) {
+        (Some(v), _) => v.to_owned(),
+        (None, Some(s)) => format!(
+            "[sealed, kek v{}{}]",
+            audit::seal::key_version(s).map_or_else(|| "?".to_owned(), |v| v.to_string()),
+            why.map(|w| format!(": {w}")).unwrap_or_default()
+        ),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+async fn events(args: &EventsArgs) -> anyhow::Result<()> {
+    let cfg: ServerOnly = config::load(args.config.as_deref(), &args.overrides)
+        .with_context(|| format!("loading {}'s configuration", args.service))?;
+    let pool = carehub_platform::db::connect(&cfg.server.database)
+        .await
+        .with_context(|| format!("connecting to {}'s database", args.service))?;
+    // Without the keys the trail is still listed, its client fields shown sealed.
+    let sealer = match carehub_platform::keys::from_config(&args.service, &cfg.server).await {
+        Ok(keys) => Some(audit::ClientSealer::new(args.service.clone(), keys)),
+        Err(e) => {
+            eprintln!(
+                "warning: {}'s keys are unavailable ({e:#}); client fields stay sealed",
+                args.service
+            );
+            None
+        }
+    };
+    let whose = match (args.subject, args.actor) {
+        (Some(id), _) => audit::chain::Whose::Subject(id),
+        (None, Some(id)) => audit::chain::Whose::Actor(id),
+        (None, None) => anyhow::bail!("--subject or --actor is required"),
+    };
+    let mut conn = pool.acquire().await?;
+    let mut rows = audit::chain::events_of(&mut conn, whose, args.limit)
+        .await
+        .with_context(|| format!("reading {}'s audit trail", args.service))?;
+    drop(conn);
+    pool.close().await;
+    for e in &mut rows {
+        let why = match &sealer {
+            Some(s) => s.open_event(e).err().map(|err| err.to_string()),
+            None => Some("no key".to_owned()),
+        };
+        let ip = shown(
+            e.event.source_ip.as_deref(),
+            e.client.source_ip.as_deref(),
+            why.as_deref(),
+        );
+        let ua = shown(
+            e.event.user_agent.as_deref(),
+            e.client.user_agent.as_deref(),
+            why.as_deref(),
+        );
+        if args.json {
+            let mut v = serde_json::to_value(&*e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("source_ip".into(), ip.into());
+                obj.insert("user_agent".into(), ua.into());
+            }
+            println!("{v}");
+        } else {
+            println!(
+                "{:>8}  {}  {:<32} {:<14} {:<10} subject={} actor={} ip={ip} ua={ua}",
+                e.seq,
+                e.event.occurred_at.to_rfc3339(),
+                e.event.kind,
+                e.event.outcome.as_str(),
+                e.event.purpose.as_str(),
+                e.event
+                    .subject_id
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                e.event
+                    .actor_user_id
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
+    let mut shipped = Vec::new();
+    for path in &args.checkpoints {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading shipped checkpoints from {}", path.display()))?;
+        let found = audit::sink::read_checkpoints(&text, &args.service)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if found.is_empty() {
+            eprintln!(
+                "warning: {} holds no checkpoint of {}",
+                path.display(),
+                args.service
+            );
+        }
+        shipped.extend(found);
+    }
     let cfg: ServerOnly = config::load(args.config.as_deref(), &args.overrides)
         .with_context(|| format!("loading {}'s configuration", args.service))?;
     let pool = carehub_platform::db::connect(&cfg.server.database)
@@ -99,7 +234,7 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
         to_time: args.to,
         ..VerifyRange::default()
     };
-    let report = audit::verify(&pool, keys.as_ref(), &args.service, &range)
+    let report = audit::verify_with(&pool, keys.as_ref(), &args.service, &range, &shipped)
         .await
         .with_context(|| format!("reading {}'s audit trail", args.service))?;
     pool.close().await;
@@ -109,8 +244,8 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
 fn describe(r: &VerifyReport) -> String {
     let checkpoints = match r.last_checkpoint_seq {
         Some(seq) => format!(
-            "{} checkpoint(s) valid, newest at row {seq}",
-            r.checkpoints_checked
+            "{} checkpoint(s) valid ({} shipped), newest at row {seq}",
+            r.checkpoints_checked, r.shipped_checkpoints_checked
         ),
         None => "no checkpoint in range".to_owned(),
     };

@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `carehub audit verify` as an operator runs it, against a real PostgreSQL and a development
 //! key file: exit 0 on an intact trail; exit 3 naming the row when a row was deleted or edited,
-//! rows were reordered, or the tail was cut off (head rewound; the signed checkpoint tells).
+//! rows were reordered, or the tail was cut off (head rewound; the signed checkpoint tells, or
+//! when the stored checkpoints were deleted too, the copy the sink shipped: `--checkpoints`).
+//! `carehub audit events` opens client addresses with the service's keys and shows them sealed
+//! without.
 
 use std::path::Path;
 use std::process::Output;
@@ -66,8 +69,17 @@ async fn trail(dir: &Path) -> (TestDatabase, std::path::PathBuf) {
     (db, key_file)
 }
 
+/// Runs `sql` as an attacker with superuser rights would: the append-only trigger is off for
+/// its transaction (`SET LOCAL session_replication_role = replica`, superuser only). The
+/// application's role cannot (platform tests: `the_application_role_cannot_update_or_delete_audit_rows`).
 async fn exec(db: &TestDatabase, sql: &str) {
-    sqlx::query(sql).execute(&db.pool).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
 }
 
 #[tokio::test]
@@ -187,4 +199,159 @@ async fn verify_fails_without_a_verdict_when_the_database_is_unreachable() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("identity's database"), "{stderr}");
+}
+
+/// The trail's checkpoints as the sink ships them (JSON lines in a file outside the database).
+async fn ship(db: &TestDatabase, path: &Path) {
+    let sink = audit::Sink::File(path.to_owned());
+    while audit::sink::ship_once(&db.pool, "identity", &sink)
+        .await
+        .unwrap()
+        > 0
+    {}
+}
+
+#[tokio::test]
+async fn verify_given_the_shipped_checkpoints_catches_truncation_with_the_checkpoints_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, keys) = trail(dir.path()).await;
+    let shipped = dir.path().join("audit.jsonl");
+    ship(&db, &shipped).await;
+    let shipped_arg = shipped.display().to_string();
+    let ok = carehub_verify(&db, &keys, &["--checkpoints", &shipped_arg]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("(1 shipped)"), "{}", stdout(&ok));
+
+    // The attacker cuts rows 7..=10, rewinds the head to row 6 and deletes the stored
+    // checkpoints: the database alone looks intact...
+    exec(
+        &db,
+        "DELETE FROM carehub_platform.audit_events WHERE seq > 6",
+    )
+    .await;
+    exec(&db, "DELETE FROM carehub_platform.audit_checkpoints").await;
+    exec(
+        &db,
+        "UPDATE carehub_platform.audit_chain_head SET seq = 6,
+            hash = (SELECT hash FROM carehub_platform.audit_events WHERE seq = 6)",
+    )
+    .await;
+    let fooled = carehub_verify(&db, &keys, &[]);
+    assert_eq!(fooled.status.code(), Some(0), "{}", stdout(&fooled));
+    // ... but not against the copy shipped before the attack.
+    let out = carehub_verify(&db, &keys, &["--checkpoints", &shipped_arg]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("TAMPERED at row 7 (Truncated)")
+            && text.contains("7..=10")
+            && text.contains("shipped checkpoint"),
+        "{text}"
+    );
+    let json = carehub_verify(&db, &keys, &["--checkpoints", &shipped_arg, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["problem"]["kind"], "truncated");
+    assert_eq!(report["problem"]["seq"], 7);
+
+    // A damaged copy is no verdict (exit 1), not an empty anchor.
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(
+        &damaged,
+        "{\"type\":\"audit_checkpoint\",\"service\":\"identity\"}\n",
+    )
+    .unwrap();
+    let out = carehub_verify(
+        &db,
+        &keys,
+        &["--checkpoints", &damaged.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn audit_events_opens_client_addresses_with_the_keys_and_shows_them_sealed_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, key_file) = trail(dir.path()).await;
+    let keys = FileKeys::load(
+        "identity",
+        &KeysConfig {
+            file: key_file.clone(),
+            ..KeysConfig::default()
+        },
+    )
+    .unwrap();
+    let sealer = audit::ClientSealer::new("identity", keys);
+    let user = Uuid::now_v7();
+    let mut event = AuditEvent::new(
+        "identity.login",
+        Action::Execute,
+        Purpose::Security,
+        "user",
+        user,
+    )
+    .subject(user);
+    event.source_ip = Some("198.51.100.23".into());
+    event.user_agent = Some("CliTest/2.0".into());
+    audit::record_read_with(&db.pool, Some(&sealer), &event)
+        .await
+        .unwrap();
+    let raw: String = sqlx::query_scalar(
+        "SELECT row_to_json(e)::text FROM carehub_platform.audit_events e WHERE subject_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        !raw.contains("198.51.100.23") && !raw.contains("CliTest"),
+        "{raw}"
+    );
+
+    let events = |key_file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carehub"))
+            .args(["audit", "events", "--service", "identity", "--subject"])
+            .arg(user.to_string())
+            .arg("--set")
+            .arg(format!("server.database.url={}", db.url.expose_secret()))
+            .arg("--set")
+            .arg(format!("server.keys.file={}", key_file.display()))
+            .env_remove("CAREHUB_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = events(&key_file);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("ip=198.51.100.23") && text.contains("ua=CliTest/2.0"),
+        "{text}"
+    );
+    // Another installation's keys: listed, the client fields shown sealed.
+    let other = dir.path().join("other-keys.json");
+    write_dev_key_file(&other).unwrap();
+    let out = events(&other);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("ip=[sealed, kek v1"), "{text}");
+    assert!(
+        !text.contains("198.51.100.23") && !text.contains("CliTest"),
+        "{text}"
+    );
+    db.drop_database().await.unwrap();
 }

@@ -661,12 +661,23 @@ async fn suspension_reactivation_termination() {
         .await
         .unwrap();
     assert_eq!(published, 1);
-    let (why, by): (String, uuid::Uuid) =
+    let (why, by): (Vec<u8>, uuid::Uuid) =
         sqlx::query_as("SELECT status_reason, status_changed_by FROM users WHERE id = $1")
             .bind(account.id)
             .fetch_one(app.pool())
             .await
             .unwrap();
+    // Stored sealed under the user's data key (free text can name the person or their health).
+    let why = carehub_identity::store::sealed::open(
+        &app.state().crypto,
+        "users",
+        "status_reason",
+        account.id,
+        account.id,
+        &why,
+    )
+    .await
+    .unwrap();
     assert_eq!((why.as_str(), by), ("terms violation", admin.id));
     // The suspended user's token no longer works.
     let e = c

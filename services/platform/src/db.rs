@@ -70,6 +70,12 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
     result
 }
 
+/// The group role the platform migration grants the application's privileges to in database
+/// `database`: DML on the service's tables, but no UPDATE, DELETE or TRUNCATE on the audit trail.
+pub fn app_role(database: &str) -> String {
+    format!("{database}_app")
+}
+
 /// Creates database `name` on the server of `admin_url` unless it exists.
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(), DbError> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
@@ -140,6 +146,10 @@ impl TestDatabase {
         ))
         .execute(&mut conn)
         .await?;
+        // The application role the platform migration made for this database.
+        sqlx::query(&format!("DROP ROLE IF EXISTS \"{}\"", app_role(&self.name)))
+            .execute(&mut conn)
+            .await?;
         Ok(())
     }
 }

@@ -288,8 +288,14 @@ impl ServiceHost {
         if let Some(auth) = auth {
             svc = auth(svc);
         }
-        if audit.is_some() {
+        if let Some(audit) = &audit {
             svc = crate::audit::service::route(svc, below_auth);
+            // Audit events recorded while handling a call seal the client fields with this
+            // service's audit-trail key.
+            svc = BoxCloneSyncService::new(crate::audit::seal::SealerScope {
+                inner: svc,
+                sealer: audit.sealer(),
+            });
         }
         let audit_task = audit.map(|a| (a.spawn_background(), a));
         let svc = RequestIdService {

@@ -11,7 +11,9 @@ use carehub_platform::audit::{
 };
 use carehub_platform::db::TestDatabase;
 use carehub_platform::keys::{KeySource, StaticKeys};
+use secrecy::ExposeSecret as _;
 use sqlx::migrate::Migrator;
+use sqlx::Connection as _;
 use uuid::Uuid;
 
 /// A service with no tables of its own: only the platform schema.
@@ -160,7 +162,7 @@ async fn deleting_a_row_is_detected_and_named() {
     let (db, keys) = filled(6).await;
     assert!(verify_all(&db.pool, &keys).await.is_intact());
     sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq = 3")
-        .execute(&db.pool)
+        .execute(&mut attacker(&db).await)
         .await
         .unwrap();
     let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
@@ -178,7 +180,7 @@ async fn editing_a_row_is_detected_and_named() {
     // Someone hides who read the chart.
     sqlx::query("UPDATE carehub_platform.audit_events SET actor_user_id = $1 WHERE seq = 4")
         .bind(Uuid::now_v7())
-        .execute(&db.pool)
+        .execute(&mut attacker(&db).await)
         .await
         .unwrap();
     let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
@@ -193,10 +195,10 @@ async fn editing_a_row_is_detected_and_named() {
     let e = fetch(&db2.pool, 2).await;
     let mut edited = e.event.clone();
     edited.outcome = Outcome::MinorFailure;
-    let new_hash = audit::chain::event_hash(2, &edited, &e.prev_hash);
+    let new_hash = audit::chain::event_hash(2, &edited, &e.client, &e.prev_hash);
     sqlx::query("UPDATE carehub_platform.audit_events SET outcome = 'minor_failure', hash = $1 WHERE seq = 2")
         .bind(&new_hash)
-        .execute(&db2.pool)
+        .execute(&mut attacker(&db2).await)
         .await
         .unwrap();
     let problem = verify_all(&db2.pool, &keys2).await.problem.unwrap();
@@ -209,6 +211,20 @@ async fn editing_a_row_is_detected_and_named() {
     db2.drop_database().await.unwrap();
 }
 
+/// A connection that tampers as an attacker with superuser rights would: the append-only
+/// trigger is off for it (`session_replication_role = replica`, which only a superuser may set).
+/// The application's role cannot do this (`the_application_role_cannot_update_or_delete_audit_rows`).
+async fn attacker(db: &TestDatabase) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(db.url.expose_secret())
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 async fn fetch(pool: &sqlx::PgPool, seq: i64) -> audit::ChainedEvent {
     let mut conn = pool.acquire().await.unwrap();
     audit::chain::load(&mut conn, seq).await.unwrap().unwrap()
@@ -218,7 +234,8 @@ async fn fetch(pool: &sqlx::PgPool, seq: i64) -> audit::ChainedEvent {
 async fn reordering_rows_is_detected_and_named() {
     let (db, keys) = filled(6).await;
     // Swap rows 2 and 5 (their positions), keeping every row's own content and hash.
-    let mut tx = db.pool.begin().await.unwrap();
+    let mut conn = attacker(&db).await;
+    let mut tx = conn.begin().await.unwrap();
     for (from, to) in [(2, 1000), (5, 2), (1000, 5)] {
         sqlx::query("UPDATE carehub_platform.audit_events SET seq = $2 WHERE seq = $1")
             .bind(from)
@@ -239,7 +256,7 @@ async fn truncating_the_tail_is_detected_by_the_head_and_by_checkpoints() {
     let (db, keys) = filled(8).await;
     // Only the rows are cut: the chain head still points at 8.
     sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 6")
-        .execute(&db.pool)
+        .execute(&mut attacker(&db).await)
         .await
         .unwrap();
     let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
@@ -263,7 +280,7 @@ async fn truncating_the_tail_is_detected_by_the_head_and_by_checkpoints() {
             .await
             .unwrap();
     sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 7")
-        .execute(&db2.pool)
+        .execute(&mut attacker(&db2).await)
         .await
         .unwrap();
     sqlx::query("UPDATE carehub_platform.audit_chain_head SET seq = 7, hash = $1")
@@ -281,7 +298,7 @@ async fn truncating_the_tail_is_detected_by_the_head_and_by_checkpoints() {
 
     // A forged checkpoint (signed with another key) is refused.
     sqlx::query("DELETE FROM carehub_platform.audit_checkpoints")
-        .execute(&db2.pool)
+        .execute(&mut attacker(&db2).await)
         .await
         .unwrap();
     let forger = StaticKeys::generate();
@@ -316,7 +333,7 @@ async fn ranges_verify_their_part_and_its_link_in() {
     assert_eq!(report.rows_checked, 6);
     // Tampering outside the range is not this range's business; inside it is.
     sqlx::query("UPDATE carehub_platform.audit_events SET kind = 'x.y' WHERE seq IN (11, 6)")
-        .execute(&db.pool)
+        .execute(&mut attacker(&db).await)
         .await
         .unwrap();
     let report = audit::verify(&db.pool, &keys, SERVICE, &range)
@@ -500,5 +517,404 @@ async fn verifying_while_writers_and_the_checkpointer_run_finds_no_false_tamperi
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.rows_checked, 240);
     assert!(verified > 0);
+    db.drop_database().await.unwrap();
+}
+
+/// Rewrites rows `from..=head` as someone who can write the database (but holds no signing key)
+/// would after editing row `from`: every hash recomputed, every link and the head re-pointed, so
+/// that the chain is consistent again. Only a signed checkpoint can tell.
+async fn rewrite_from(db: &TestDatabase, from: i64) {
+    let mut conn = attacker(db).await;
+    let (head, _): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM carehub_platform.audit_chain_head")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let mut prev = fetch(&db.pool, from - 1).await.hash;
+    for seq in from..=head {
+        let mut e = fetch(&db.pool, seq).await;
+        if seq == from {
+            // Hide who did it.
+            e.event.actor_user_id = Some(Uuid::now_v7());
+        }
+        let hash = audit::chain::event_hash(seq, &e.event, &e.client, &prev);
+        sqlx::query(
+            "UPDATE carehub_platform.audit_events SET actor_user_id = $2, prev_hash = $3, hash = $4
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(e.event.actor_user_id)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE carehub_platform.audit_chain_head SET hash = $1")
+        .bind(&prev)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_chain_rewritten_under_a_signed_checkpoint_is_a_checkpoint_mismatch() {
+    let (db, keys) = filled(10).await;
+    let cp = checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 10);
+    rewrite_from(&db, 4).await;
+    // The walk finds every row consistent: only the stored checkpoint disagrees.
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (10, ProblemKind::CheckpointMismatch),
+        "{problem}"
+    );
+    assert!(problem.detail.contains("stored checkpoint"), "{problem}");
+
+    // With the stored checkpoints deleted too, the database alone verifies; the shipped copy
+    // of the checkpoint still disagrees.
+    sqlx::query("DELETE FROM carehub_platform.audit_checkpoints")
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    assert!(verify_all(&db.pool, &keys).await.is_intact());
+    let report = audit::verify_with(
+        &db.pool,
+        &keys,
+        SERVICE,
+        &VerifyRange::default(),
+        std::slice::from_ref(&cp),
+    )
+    .await
+    .unwrap();
+    let problem = report.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (10, ProblemKind::CheckpointMismatch),
+        "{problem}"
+    );
+    assert!(problem.detail.contains("shipped checkpoint"), "{problem}");
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn shipped_checkpoints_catch_a_truncated_tail_with_a_rewound_head_and_no_stored_checkpoints()
+{
+    let (db, keys) = filled(10).await;
+    checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    // What the sink shipped, read back as `carehub audit verify --checkpoints` reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    audit::sink::ship_once(&db.pool, SERVICE, &Sink::File(path.clone()))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shipped = audit::sink::read_checkpoints(&text, SERVICE).unwrap();
+    assert_eq!(shipped.len(), 1);
+    assert!(audit::sink::read_checkpoints(&text, "identity")
+        .unwrap()
+        .is_empty());
+    assert!(audit::sink::read_checkpoints("not json\n", SERVICE).is_err());
+    // Intact: the shipped checkpoint agrees; a range after it does not judge it.
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &VerifyRange::default(), &shipped)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.checkpoints_checked, 2);
+    let after = VerifyRange {
+        from_seq: Some(11),
+        ..VerifyRange::default()
+    };
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &after, &shipped)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.shipped_checkpoints_checked, 0);
+
+    let mut conn = attacker(&db).await;
+    sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq > 5")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM carehub_platform.audit_checkpoints")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE carehub_platform.audit_chain_head
+            SET seq = 5, hash = (SELECT hash FROM carehub_platform.audit_events WHERE seq = 5)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // The database alone is fooled ...
+    assert!(verify_all(&db.pool, &keys).await.is_intact());
+    // ... the shipped checkpoint is not.
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &VerifyRange::default(), &shipped)
+        .await
+        .unwrap();
+    assert_eq!(report.shipped_checkpoints_checked, 1);
+    let problem = report.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (6, ProblemKind::Truncated),
+        "{problem}"
+    );
+    assert!(problem.detail.contains("6..=10"), "{problem}");
+    // A shipped checkpoint signed by another key is refused, not trusted.
+    let forged = {
+        let forger = StaticKeys::generate();
+        let (other, _) = filled(3).await;
+        let cp = checkpoint::checkpoint_now(&other.pool, &forger, SERVICE)
+            .await
+            .unwrap()
+            .unwrap();
+        other.drop_database().await.unwrap();
+        cp
+    };
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &VerifyRange::default(), &[forged])
+        .await
+        .unwrap();
+    assert_eq!(report.problem.unwrap().kind, ProblemKind::BadCheckpoint);
+    db.drop_database().await.unwrap();
+}
+
+/// The SQLSTATE and message of a refused statement.
+fn refusal(err: sqlx::Error) -> (String, String) {
+    let db = err.as_database_error().expect("a database error");
+    (
+        db.code().map(|c| c.into_owned()).unwrap_or_default(),
+        db.message().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_application_role_cannot_update_or_delete_audit_rows() {
+    let (db, keys) = filled(3).await;
+    checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Production: the service logs in as a role that is a member of "<database>_app" and owns
+    // nothing. Privileges refuse it.
+    let app = carehub_platform::db::app_role(db.name());
+    let login = format!("{}_svc", db.name());
+    sqlx::query(&format!("CREATE ROLE \"{login}\" LOGIN IN ROLE \"{app}\""))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let url = carehub_platform::db::url_with_database(db.url.expose_secret(), db.name()).unwrap();
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let app_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.username(&login))
+        .await
+        .unwrap();
+    for (table, sql) in [
+        (
+            "audit_events",
+            "UPDATE carehub_platform.audit_events SET kind = 'x.y' WHERE seq = 2",
+        ),
+        (
+            "audit_events",
+            "DELETE FROM carehub_platform.audit_events WHERE seq = 3",
+        ),
+        ("audit_events", "TRUNCATE carehub_platform.audit_events"),
+        (
+            "audit_checkpoints",
+            "DELETE FROM carehub_platform.audit_checkpoints",
+        ),
+        (
+            "audit_checkpoints",
+            "UPDATE carehub_platform.audit_checkpoints SET seq = 1",
+        ),
+    ] {
+        let (code, message) = refusal(sqlx::query(sql).execute(&app_pool).await.unwrap_err());
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(
+            message.contains(&format!("permission denied for table {table}")),
+            "{sql}: {message}"
+        );
+    }
+    // What the application legitimately does keeps working as that role: appending (chain head
+    // update), signing a checkpoint, shipping (sink cursor), reading, verifying.
+    create_note_as(&app_pool, Uuid::now_v7()).await;
+    let cp = checkpoint::checkpoint_now(&app_pool, &keys, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::File(dir.path().join("audit.jsonl"));
+    assert_eq!(
+        audit::sink::ship_once(&app_pool, SERVICE, &sink)
+            .await
+            .unwrap(),
+        6
+    );
+    assert!(verify_all(&app_pool, &keys).await.is_intact());
+    app_pool.close().await;
+
+    // Development and tests connect as the owner (here a superuser): the trigger refuses.
+    for sql in [
+        "UPDATE carehub_platform.audit_events SET kind = 'x.y' WHERE seq = 2",
+        "DELETE FROM carehub_platform.audit_events WHERE seq = 3",
+        "TRUNCATE carehub_platform.audit_events",
+        "DELETE FROM carehub_platform.audit_checkpoints",
+    ] {
+        let (code, message) = refusal(sqlx::query(sql).execute(&db.pool).await.unwrap_err());
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("is append-only"), "{sql}: {message}");
+    }
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM carehub_platform.audit_events"
+        )
+        .await,
+        4
+    );
+    assert!(verify_all(&db.pool, &keys).await.is_intact());
+    sqlx::query(&format!("DROP ROLE \"{login}\""))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db.drop_database().await.unwrap();
+}
+
+/// [`create_note`] through another pool (another database role).
+async fn create_note_as(pool: &sqlx::PgPool, patient: Uuid) {
+    let note = Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES ($1, $2)")
+        .bind(note)
+        .bind(patient)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    audit::record(&mut tx, &event(patient, note)).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their_key() {
+    let db = db().await;
+    let keys = Arc::new(StaticKeys::generate());
+    let sealer = audit::ClientSealer::new(SERVICE, keys.clone());
+    let mut e = event(Uuid::now_v7(), Uuid::now_v7());
+    e.source_ip = Some("192.0.2.77".into());
+    e.user_agent = Some("SealedAgent/3.1 (patient phone)".into());
+    // Outside an RPC, without a sealer: refused rather than stored in clear.
+    let err = audit::record_read(&db.pool, &e).await.unwrap_err();
+    assert!(matches!(err, audit::AuditError::NoSealer), "{err}");
+    audit::record_read_with(&db.pool, Some(&sealer), &e)
+        .await
+        .unwrap();
+    // Inside a sealer's scope (what ServiceHost::with_audit sets per call) `record` seals too.
+    let mut e2 = event(Uuid::now_v7(), Uuid::now_v7());
+    e2.source_ip = Some("192.0.2.78".into());
+    audit::seal::scope(Arc::new(sealer.clone()), audit::record_read(&db.pool, &e2))
+        .await
+        .unwrap();
+    // Built during a call, recorded from another task (a batch writer): sealed with the key of
+    // the service whose call built it.
+    let e3 = audit::seal::scope(Arc::new(sealer.clone()), async {
+        let mut e = event(Uuid::now_v7(), Uuid::now_v7());
+        e.source_ip = Some("192.0.2.79".into());
+        e
+    })
+    .await;
+    let pool = db.pool.clone();
+    tokio::spawn(async move { audit::record_read(&pool, &e3).await })
+        .await
+        .unwrap()
+        .unwrap();
+
+    let raw: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(e)::text FROM carehub_platform.audit_events e")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for row in &raw {
+        assert!(
+            !row.contains("192.0.2.7") && !row.contains("SealedAgent"),
+            "{row}"
+        );
+    }
+    // Verified with keys that cannot open the fields: intact (the chain hashes ciphertext).
+    let report = verify_all(&db.pool, &StaticKeys::generate()).await;
+    assert!(report.is_intact(), "{report:?}");
+    // Opened with the service's keys.
+    let mut stored = fetch(&db.pool, 1).await;
+    assert_eq!(stored.event.source_ip, None);
+    sealer.open_event(&mut stored).unwrap();
+    assert_eq!(stored.event.source_ip.as_deref(), Some("192.0.2.77"));
+    assert_eq!(
+        stored.event.user_agent.as_deref(),
+        Some("SealedAgent/3.1 (patient phone)")
+    );
+    let mut second = fetch(&db.pool, 2).await;
+    assert!(second.client.user_agent.is_none());
+    sealer.open_event(&mut second).unwrap();
+    assert_eq!(second.event.source_ip.as_deref(), Some("192.0.2.78"));
+    let mut third = fetch(&db.pool, 3).await;
+    sealer.open_event(&mut third).unwrap();
+    assert_eq!(third.event.source_ip.as_deref(), Some("192.0.2.79"));
+    // The JSON-lines sink ships the sealed bytes only.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    audit::sink::ship_once(&db.pool, SERVICE, &Sink::File(path.clone()))
+        .await
+        .unwrap();
+    let shipped = std::fs::read_to_string(&path).unwrap();
+    assert!(shipped.contains("source_ip_sealed"), "{shipped}");
+    assert!(
+        !shipped.contains("192.0.2.7") && !shipped.contains("SealedAgent"),
+        "{shipped}"
+    );
+
+    // The hash covers the sealed bytes: blanking or swapping them is an altered row.
+    sqlx::query("UPDATE carehub_platform.audit_events SET user_agent = NULL WHERE seq = 1")
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, keys.as_ref()).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (1, ProblemKind::Altered),
+        "{problem}"
+    );
+    sqlx::query(
+        "UPDATE carehub_platform.audit_events SET user_agent = $1,
+            source_ip = (SELECT source_ip FROM carehub_platform.audit_events WHERE seq = 1)
+         WHERE seq = 2",
+    )
+    .bind(&stored.client.user_agent)
+    .execute(&mut attacker(&db).await)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE carehub_platform.audit_events SET user_agent = $1 WHERE seq = 1")
+        .bind(&stored.client.user_agent)
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    let problem = verify_all(&db.pool, keys.as_ref()).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (2, ProblemKind::Altered),
+        "{problem}"
+    );
+    // And a value moved to another event does not open there either.
+    let mut moved = fetch(&db.pool, 2).await;
+    assert!(sealer.open_event(&mut moved).is_err());
     db.drop_database().await.unwrap();
 }

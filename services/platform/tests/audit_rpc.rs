@@ -149,6 +149,19 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     assert_eq!(a.actor_workload, "gateway");
     assert_eq!(a.source_ip, "203.0.113.7");
     assert_eq!(a.user_agent, "carehub-test/1.0");
+    // ... which the table holds sealed only (opened above for the authorized reader).
+    let raw: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(e)::text FROM carehub_platform.audit_events e")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(!raw.is_empty());
+    for row in &raw {
+        assert!(
+            !row.contains("203.0.113.7") && !row.contains("carehub-test/1.0"),
+            "{row}"
+        );
+    }
     assert!(!a.request_id.is_empty());
     assert_eq!(a.service, "scheduling");
     assert_eq!(a.hash.len(), 64);
@@ -189,11 +202,18 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     assert!(report.intact, "{report:?}");
     assert_eq!((report.rows_checked, report.head_seq), (5, 5));
 
-    sqlx::query("UPDATE carehub_platform.audit_events SET subject_id = $1 WHERE seq = 2")
-        .bind(Uuid::now_v7())
-        .execute(&db.pool)
+    // Tampering as a superuser would: the append-only trigger is off for this transaction.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
         .await
         .unwrap();
+    sqlx::query("UPDATE carehub_platform.audit_events SET subject_id = $1 WHERE seq = 2")
+        .bind(Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let report = admin
         .verify_chain(VerifyChainRequest::default())
         .await

@@ -382,12 +382,22 @@ async fn enroll_pin_inner(
     let pin_hash = hash_password(&state.hasher, r.pin).await?;
     let device_id = Uuid::now_v7();
     let secret = tokens::new_token();
+    // The user's name for the device ("Jane's iPhone") is personal: sealed under their data key.
+    let device_name = crate::store::sealed::seal(
+        &state.crypto,
+        "device_pins",
+        "device_name",
+        device_id,
+        user.user_id,
+        r.device_name.trim(),
+    )
+    .await?;
     let mut tx = state.pool.begin().await?;
     store::insert_device_pin(
         &mut tx,
         device_id,
         user.user_id,
-        r.device_name.trim(),
+        &device_name,
         &tokens::hash(&secret),
         &pin_hash,
     )

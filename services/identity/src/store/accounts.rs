@@ -246,6 +246,9 @@ pub async fn set_status(
     reason: &str,
     by: Uuid,
 ) -> Result<Account> {
+    // Free text an admin typed: it can name the person or their health, so it is sealed under
+    // the user's data key like the rest of their PHI.
+    let reason = super::sealed::seal_user(crypto, id, "status_reason", reason).await?;
     let row: UserRow = sqlx::query_as(&format!(
         "UPDATE users SET status = $2, status_reason = $3, status_changed_at = now(),
                           status_changed_by = $4, updated_at = now()

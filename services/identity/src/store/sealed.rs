@@ -1,6 +1,8 @@
 //! Identity's PHI through platform::crypto: every name, date of birth, email and phone, and the
-//! IP address and user agent a session was opened from, is stored as a ciphertext under the
-//! user's data key (subject = the user id, row = the row's id), and email is looked up through
+//! IP address and user agent a session was opened from, and free text that can carry personal
+//! or health data (an admin's `users.status_reason`, a user's `device_pins.device_name`), is
+//! stored as a ciphertext under the user's data key (subject = the user id, row = the row's id),
+//! and email is looked up through
 //! a blind index. Login-throttle keys are keyed hashes of the email or source address.
 //!
 //! Encryption may reserve or create a data key on its own pooled connection; the user's first

@@ -650,11 +650,13 @@ pub async fn consume_password_reset(
 // ---------------------------------------------------------------------------------------------
 // Device PINs
 
+/// `device_name` is the ciphertext of the user's name for the device (see
+/// [`super::sealed::seal`], table `device_pins`, row = `id`, subject = `user_id`).
 pub async fn insert_device_pin(
     conn: &mut PgConnection,
     id: Uuid,
     user_id: Uuid,
-    device_name: &str,
+    device_name: &[u8],
     secret_hash: &[u8],
     pin_hash: &str,
 ) -> Result<(), sqlx::Error> {

@@ -13,12 +13,14 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::event::{Action, AuditEvent, ChainedEvent, InvalidEvent, Outcome, Purpose};
+use super::seal::{ClientSealer, SealError, SealedClient};
 
 /// `prev_hash` of the first event.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
-/// Domain separation: these bytes start every hashed event.
-const EVENT_DOMAIN: &[u8] = b"carehub.audit.event.v1\0";
+/// Domain separation: these bytes start every hashed event. v2: the client address and user
+/// agent are hashed as their sealed bytes (v1 hashed them in clear).
+const EVENT_DOMAIN: &[u8] = b"carehub.audit.event.v2\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -32,6 +34,12 @@ pub enum AuditError {
     Key(#[from] crate::keys::KeyError),
     #[error("audit sink: {0}")]
     Sink(#[from] std::io::Error),
+    /// The client address or user agent could not be sealed (no audit-trail key in scope, or
+    /// the key is unavailable): the event is refused rather than stored in clear.
+    #[error("audit client fields: {0}")]
+    Seal(#[from] SealError),
+    #[error("the event carries a client address or user agent but no audit-trail key is in scope to seal it")]
+    NoSealer,
 }
 
 impl From<AuditError> for tonic::Status {
@@ -39,6 +47,12 @@ impl From<AuditError> for tonic::Status {
         match err {
             AuditError::Invalid(e) => {
                 tracing::error!(field = e.field, "refused an invalid audit event");
+                crate::errors::internal("audit event")
+            }
+            AuditError::NoSealer => {
+                tracing::error!(
+                    "an audit event with client fields was recorded outside a sealer's scope"
+                );
                 crate::errors::internal("audit event")
             }
             other => {
@@ -68,6 +82,17 @@ fn put_opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+fn put_opt_bytes(buf: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => buf.push(0),
+        Some(b) => {
+            buf.push(1);
+            buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            buf.extend_from_slice(b);
+        }
+    }
+}
+
 fn put_opt_uuid(buf: &mut Vec<u8>, id: Option<Uuid>) {
     match id {
         None => buf.push(0),
@@ -80,9 +105,16 @@ fn put_opt_uuid(buf: &mut Vec<u8>, id: Option<Uuid>) {
 
 /// The canonical encoding that is hashed: every field in a fixed order, length-prefixed, with
 /// presence bytes for optional fields, so that no two different events encode alike. The
-/// sequence number and the previous hash are part of it: moving a row breaks its link.
-pub fn canonical_bytes(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8> {
-    let body = body_bytes(event);
+/// sequence number and the previous hash are part of it: moving a row breaks its link. The
+/// client address and user agent enter as stored, sealed (`client`): `event.source_ip` and
+/// `event.user_agent` are not read, so the chain verifies without the key that opens them.
+pub fn canonical_bytes(
+    seq: i64,
+    event: &AuditEvent,
+    client: &SealedClient,
+    prev_hash: &[u8],
+) -> Vec<u8> {
+    let body = body_bytes(event, client);
     let mut buf = Vec::with_capacity(EVENT_DOMAIN.len() + 8 + body.len() + prev_hash.len());
     buf.extend_from_slice(EVENT_DOMAIN);
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -93,7 +125,7 @@ pub fn canonical_bytes(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8
 
 /// The part of [`canonical_bytes`] between the sequence number and the previous hash: what the
 /// event itself says. [`record`] sends it to Postgres, which wraps it while it holds the head.
-fn body_bytes(event: &AuditEvent) -> Vec<u8> {
+fn body_bytes(event: &AuditEvent, client: &SealedClient) -> Vec<u8> {
     let mut buf = Vec::with_capacity(512);
     buf.extend_from_slice(event.event_id.as_bytes());
     buf.extend_from_slice(&event.occurred_at.timestamp_micros().to_be_bytes());
@@ -109,8 +141,8 @@ fn body_bytes(event: &AuditEvent) -> Vec<u8> {
     put_str(&mut buf, &event.entity_type);
     put_str(&mut buf, &event.entity_id);
     put_opt_uuid(&mut buf, event.subject_id);
-    put_opt_str(&mut buf, event.source_ip.as_deref());
-    put_opt_str(&mut buf, event.user_agent.as_deref());
+    put_opt_bytes(&mut buf, client.source_ip.as_deref());
+    put_opt_bytes(&mut buf, client.user_agent.as_deref());
     put_opt_str(&mut buf, event.request_id.as_deref());
     put_opt_str(&mut buf, event.trace_id.as_deref());
     put_opt_str(&mut buf, event.span_id.as_deref());
@@ -119,20 +151,51 @@ fn body_bytes(event: &AuditEvent) -> Vec<u8> {
 }
 
 /// SHA-256 of [`canonical_bytes`].
-pub fn event_hash(seq: i64, event: &AuditEvent, prev_hash: &[u8]) -> Vec<u8> {
-    Sha256::digest(canonical_bytes(seq, event, prev_hash)).to_vec()
+pub fn event_hash(
+    seq: i64,
+    event: &AuditEvent,
+    client: &SealedClient,
+    prev_hash: &[u8],
+) -> Vec<u8> {
+    Sha256::digest(canonical_bytes(seq, event, client, prev_hash)).to_vec()
 }
 
 /// Appends `event` to the chain inside the caller's open transaction (`&mut *tx`) and returns
 /// it as stored. Committing the transaction commits the event; rolling back removes it.
 ///
-/// Also emits the event on the current span (so it shows up in the trace of the RPC). Reads are
-/// recorded right after they succeed, with [`record_read`].
+/// The client address and user agent are sealed with the sealer of the service whose RPC built
+/// the event, else of the one handling the current RPC ([`super::seal`]); an event carrying them
+/// built outside an RPC needs [`record_with`]. Also emits the event on the current span (so it shows up in the trace of
+/// the RPC). Reads are recorded right after they succeed, with [`record_read`].
 pub async fn record(
     conn: &mut PgConnection,
     event: &AuditEvent,
 ) -> Result<ChainedEvent, AuditError> {
+    let sealer = captured_or_current(event);
+    record_with(conn, sealer.as_deref(), event).await
+}
+
+/// The sealer the event was built under, else the one of the RPC being handled.
+fn captured_or_current(event: &AuditEvent) -> Option<std::sync::Arc<ClientSealer>> {
+    event
+        .sealer
+        .as_ref()
+        .map(|s| s.0.clone())
+        .or_else(super::seal::current)
+}
+
+/// [`record`] with an explicit sealer for the client fields (`None`: the event must carry none).
+pub async fn record_with(
+    conn: &mut PgConnection,
+    sealer: Option<&ClientSealer>,
+    event: &AuditEvent,
+) -> Result<ChainedEvent, AuditError> {
     event.validate()?;
+    let client = if event.source_ip.is_none() && event.user_agent.is_none() {
+        SealedClient::default()
+    } else {
+        sealer.ok_or(AuditError::NoSealer)?.seal_event(event)?
+    };
     // One statement, one round trip: lock the head (held until the transaction ends), link the
     // new row to it, move it. Postgres hashes what Rust encoded around the seq and previous
     // hash it alone knows at that moment (`int8send` is the big-endian encoding used here).
@@ -156,7 +219,7 @@ pub async fn record(
          RETURNING ins.seq, ins.prev_hash, ins.hash",
     )
     .bind(EVENT_DOMAIN)
-    .bind(body_bytes(event))
+    .bind(body_bytes(event, &client))
     .bind(event.event_id)
     .bind(event.occurred_at)
     .bind(&event.kind)
@@ -171,15 +234,15 @@ pub async fn record(
     .bind(&event.entity_type)
     .bind(&event.entity_id)
     .bind(event.subject_id)
-    .bind(&event.source_ip)
-    .bind(&event.user_agent)
+    .bind(&client.source_ip)
+    .bind(&client.user_agent)
     .bind(&event.request_id)
     .bind(&event.trace_id)
     .bind(&event.span_id)
     .fetch_one(&mut *conn)
     .await?;
     // The verifier recomputes hashes in Rust: refuse to commit a row it would call altered.
-    if event_hash(seq, event, &prev_hash) != hash {
+    if event_hash(seq, event, &client, &prev_hash) != hash {
         return Err(AuditError::Corrupt {
             seq,
             reason: "the database hashed the event differently from the verifier".to_owned(),
@@ -188,6 +251,7 @@ pub async fn record(
     let chained = ChainedEvent {
         seq,
         event: event.clone(),
+        client,
         prev_hash,
         hash,
     };
@@ -200,8 +264,18 @@ pub async fn record_read(
     pool: &sqlx::PgPool,
     event: &AuditEvent,
 ) -> Result<ChainedEvent, AuditError> {
+    let sealer = captured_or_current(event);
+    record_read_with(pool, sealer.as_deref(), event).await
+}
+
+/// [`record_read`] with an explicit sealer, as [`record_with`].
+pub async fn record_read_with(
+    pool: &sqlx::PgPool,
+    sealer: Option<&ClientSealer>,
+    event: &AuditEvent,
+) -> Result<ChainedEvent, AuditError> {
     let mut tx = pool.begin().await?;
-    let chained = record(&mut tx, event).await?;
+    let chained = record_with(&mut tx, sealer, event).await?;
     tx.commit().await?;
     Ok(chained)
 }
@@ -240,11 +314,16 @@ pub(crate) fn from_row(row: &PgRow) -> Result<ChainedEvent, AuditError> {
             entity_type: row.try_get("entity_type")?,
             entity_id: row.try_get("entity_id")?,
             subject_id: row.try_get("subject_id")?,
-            source_ip: row.try_get("source_ip")?,
-            user_agent: row.try_get("user_agent")?,
+            source_ip: None,
+            user_agent: None,
             request_id: row.try_get("request_id")?,
             trace_id: row.try_get("trace_id")?,
             span_id: row.try_get("span_id")?,
+            sealer: None,
+        },
+        client: SealedClient {
+            source_ip: row.try_get("source_ip")?,
+            user_agent: row.try_get("user_agent")?,
         },
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
@@ -256,6 +335,36 @@ pub async fn load(conn: &mut PgConnection, seq: i64) -> Result<Option<ChainedEve
     let sql = format!("SELECT {COLUMNS} FROM carehub_platform.audit_events WHERE seq = $1");
     let row = sqlx::query(&sql).bind(seq).fetch_optional(conn).await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// Whose events [`events_of`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whose {
+    Subject(Uuid),
+    Actor(Uuid),
+}
+
+/// The newest `limit` events about a subject or by an actor, newest first, as stored (client
+/// fields sealed).
+pub async fn events_of(
+    conn: &mut PgConnection,
+    whose: Whose,
+    limit: i64,
+) -> Result<Vec<ChainedEvent>, AuditError> {
+    let (column, id) = match whose {
+        Whose::Subject(id) => ("subject_id", id),
+        Whose::Actor(id) => ("actor_user_id", id),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM carehub_platform.audit_events WHERE {column} = $1
+         ORDER BY seq DESC LIMIT $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(from_row).collect()
 }
 
 /// The chain head: the last sequence number and hash.
@@ -275,12 +384,30 @@ mod tests {
     #[test]
     fn every_field_and_the_position_change_the_hash() {
         let e = AuditEvent::new("x.y", Action::Update, Purpose::Operations, "t", "1");
-        let base = event_hash(1, &e, &GENESIS_HASH);
-        assert_ne!(base, event_hash(2, &e, &GENESIS_HASH));
-        assert_ne!(base, event_hash(1, &e, &[1; 32]));
+        let none = SealedClient::default();
+        let base = event_hash(1, &e, &none, &GENESIS_HASH);
+        assert_ne!(base, event_hash(2, &e, &none, &GENESIS_HASH));
+        assert_ne!(base, event_hash(1, &e, &none, &[1; 32]));
         let mut other = e.clone();
         other.subject_id = Some(Uuid::nil());
-        assert_ne!(base, event_hash(1, &other, &GENESIS_HASH));
+        assert_ne!(base, event_hash(1, &other, &none, &GENESIS_HASH));
+        // The sealed client fields are hashed; the clear ones are not (they are never stored).
+        let sealed = SealedClient {
+            source_ip: Some(vec![1, 2, 3]),
+            user_agent: None,
+        };
+        assert_ne!(base, event_hash(1, &e, &sealed, &GENESIS_HASH));
+        let moved = SealedClient {
+            source_ip: None,
+            user_agent: Some(vec![1, 2, 3]),
+        };
+        assert_ne!(
+            event_hash(1, &e, &sealed, &GENESIS_HASH),
+            event_hash(1, &e, &moved, &GENESIS_HASH)
+        );
+        let mut clear = e.clone();
+        clear.source_ip = Some("203.0.113.7".into());
+        assert_eq!(base, event_hash(1, &clear, &none, &GENESIS_HASH));
         // A value moved between adjacent fields does not collide.
         let mut a = e.clone();
         a.entity_type = "ab".into();
@@ -289,8 +416,8 @@ mod tests {
         b.entity_type = "a".into();
         b.entity_id = "bc".into();
         assert_ne!(
-            event_hash(1, &a, &GENESIS_HASH),
-            event_hash(1, &b, &GENESIS_HASH)
+            event_hash(1, &a, &none, &GENESIS_HASH),
+            event_hash(1, &b, &none, &GENESIS_HASH)
         );
     }
 }

@@ -131,11 +131,19 @@ pub struct AuditEvent {
     pub entity_id: String,
     /// The patient (or account holder) whose data this is.
     pub subject_id: Option<Uuid>,
+    /// The client's address, in clear only in memory: stored, hashed and shipped sealed (see
+    /// [`super::seal`]), never serialized.
+    #[serde(skip)]
     pub source_ip: Option<String>,
+    /// The client's user agent; like `source_ip`, never stored or serialized in clear.
+    #[serde(skip)]
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
+    /// The sealer of the service whose RPC built the event (see [`super::seal`]); never stored.
+    #[serde(skip)]
+    pub sealer: Option<super::seal::CapturedSealer>,
 }
 
 /// Why an event was refused before it reached the database.
@@ -177,6 +185,7 @@ impl AuditEvent {
             request_id: crate::server::current_request_id(),
             trace_id,
             span_id,
+            sealer: super::seal::current().map(super::seal::CapturedSealer),
         }
     }
 
@@ -204,6 +213,9 @@ impl AuditEvent {
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect());
         if self.request_id.is_none() {
             self.request_id = caller.request_id.clone();
+        }
+        if self.sealer.is_none() {
+            self.sealer = super::seal::current().map(super::seal::CapturedSealer);
         }
         self
     }
@@ -312,11 +324,17 @@ pub fn current_trace() -> (Option<String>, Option<String>) {
 }
 
 /// An event as stored: its place in the chain and the link to the previous one.
+///
+/// Loaded from the database, `event.source_ip` and `event.user_agent` are `None` until
+/// [`super::seal::ClientSealer::open_event`] opens `client`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainedEvent {
     pub seq: i64,
     #[serde(flatten)]
     pub event: AuditEvent,
+    /// The client fields as stored (sealed); the hash covers these bytes.
+    #[serde(flatten)]
+    pub client: super::seal::SealedClient,
     #[serde(with = "hex_bytes")]
     pub prev_hash: Vec<u8>,
     #[serde(with = "hex_bytes")]

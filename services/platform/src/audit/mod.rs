@@ -9,6 +9,9 @@
 //!   right after they succeed. Each row has a gap-free sequence number and
 //!   `hash = SHA-256(canonical event || previous hash)`; appends are serialized per database by
 //!   the chain-head row (see [`chain`]).
+//! - [`seal`] — the client address and user agent are stored sealed under a key of the
+//!   service's audit trail (derived from its KEK, version stored with the ciphertext); the chain
+//!   hashes the sealed bytes, so it verifies without the key; AuditLog opens them.
 //! - [`checkpoint`] — Ed25519-signed checkpoints of the head (key `audit-checkpoint` from
 //!   [`crate::keys::KeySource`]), written in the background every `checkpoint_every` rows or
 //!   `checkpoint_interval_secs`, so that a truncated tail is detected.
@@ -21,6 +24,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod event;
+pub mod seal;
 pub mod service;
 pub mod sink;
 pub mod verify;
@@ -32,10 +36,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-pub use chain::{record, record_read, AuditError};
+pub use chain::{record, record_read, record_read_with, record_with, AuditError};
 pub use event::{Action, AuditEvent, ChainedEvent, Outcome, Purpose};
+pub use seal::{ClientSealer, SealedClient};
 pub use sink::{Sink, SinkKind};
-pub use verify::{verify, Problem, ProblemKind, VerifyRange, VerifyReport};
+pub use verify::{verify, verify_with, Problem, ProblemKind, VerifyRange, VerifyReport};
 
 use crate::keys::KeySource;
 
@@ -127,6 +132,11 @@ impl AuditHost {
             keys,
             config,
         }
+    }
+
+    /// Seals the client fields of this service's events.
+    pub fn sealer(&self) -> Arc<seal::ClientSealer> {
+        Arc::new(seal::ClientSealer::new(self.service, self.keys.clone()))
     }
 
     pub fn api(&self) -> service::AuditLogApi {

@@ -27,6 +27,7 @@ use tower::{Layer as _, Service, ServiceExt as _};
 use uuid::Uuid;
 
 use super::event::{to_hex, Action, AuditEvent, ChainedEvent, Purpose};
+use super::seal::ClientSealer;
 use super::verify::{self, VerifyRange};
 use super::{chain, record_read};
 use crate::auth::{AuthLayer, Authorizer, Policy, TokenVerifier, UserCaller, UserRule};
@@ -40,6 +41,8 @@ pub const AUDIT_CALLERS: &[&str] = &["records", "admin-cli"];
 
 const SERVICE: &str = <AuditLogServer<AuditLogApi> as tonic::server::NamedService>::NAME;
 const DEFAULT_PAGE: i64 = 50;
+/// What a client field reads as when its key is gone.
+pub const SEALED: &str = "[sealed: key unavailable]";
 const MAX_PAGE: i64 = 500;
 
 /// The AuditLog handlers of one service.
@@ -294,6 +297,16 @@ impl AuditLog for AuditLogApi {
             .collect::<Result<Vec<_>, _>>()?;
         let more = events.len() as i64 > size;
         events.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        // Authorized readers get the client fields opened; a value that does not open (its KEK
+        // version destroyed) is shown as sealed rather than failing the whole page.
+        let sealer = ClientSealer::new(self.service, self.keys.clone());
+        for e in &mut events {
+            if let Err(err) = sealer.open_event(e) {
+                tracing::warn!(seq = e.seq, error = %err, "audit client fields do not open");
+                e.event.source_ip = e.client.source_ip.as_ref().map(|_| SEALED.to_owned());
+                e.event.user_agent = e.client.user_agent.as_ref().map(|_| SEALED.to_owned());
+            }
+        }
         let next_page_token = match events.last() {
             Some(last) if more => page_token(filter.as_bytes(), last.event.occurred_at, last.seq),
             _ => String::new(),

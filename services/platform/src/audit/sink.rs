@@ -84,6 +84,31 @@ enum Line<'a> {
     },
 }
 
+/// The checkpoints of `service` among JSON lines shipped by a sink (or any copy of them): lines
+/// of other types or services are skipped; a line that is not JSON, or an `audit_checkpoint`
+/// line that does not parse, is an error naming its line number (a damaged copy must not pass
+/// for an empty one).
+pub fn read_checkpoints(text: &str, service: &str) -> Result<Vec<Checkpoint>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {}: not JSON: {e}", n + 1))?;
+        if value.get("type").and_then(|t| t.as_str()) != Some("audit_checkpoint")
+            || value.get("service").and_then(|s| s.as_str()) != Some(service)
+        {
+            continue;
+        }
+        let cp: Checkpoint = serde_json::from_value(value)
+            .map_err(|e| format!("line {}: not a checkpoint: {e}", n + 1))?;
+        out.push(cp);
+    }
+    Ok(out)
+}
+
 /// Puts the event on the current span (an OpenTelemetry span event named `audit.event`).
 pub(crate) fn emit_on_span(e: &ChainedEvent) {
     let ev = &e.event;

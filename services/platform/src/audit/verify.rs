@@ -4,8 +4,10 @@
 //! What is detected: an edited row (its hash no longer matches its content), a deleted row (a
 //! gap in the sequence), a moved or reordered row (its hash covers its sequence number and its
 //! predecessor's hash), rows cut off the tail (the head or a signed checkpoint points past the
-//! end), a forged checkpoint (bad signature). Someone who can write the database could also
-//! delete the checkpoints of a truncated tail; the copies shipped to the sink then tell.
+//! end), a chain rewritten under a signed checkpoint (its row has another hash), a forged
+//! checkpoint (bad signature). Someone who can write the database could also delete the
+//! checkpoints of a truncated tail; the copies shipped to the sink then tell, given to
+//! [`verify_with`] (`carehub audit verify --checkpoints FILE`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,11 +17,29 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use super::chain::{self, AuditError, GENESIS_HASH};
-use super::checkpoint;
+use super::checkpoint::{self, Checkpoint};
 use super::event::to_hex;
 use crate::keys::KeySource;
 
 const BATCH: i64 = 1000;
+
+/// Where a checkpoint came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    /// `carehub_platform.audit_checkpoints`.
+    Stored,
+    /// Given by the caller: a copy kept outside the database.
+    Shipped,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Stored => "stored",
+            Source::Shipped => "shipped",
+        }
+    }
+}
 
 /// Which part of the log to verify.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +99,8 @@ pub struct VerifyReport {
     pub rows_checked: u64,
     pub checkpoints_checked: u64,
     pub head_seq: i64,
+    /// Of `checkpoints_checked`, those given from outside the database.
+    pub shipped_checkpoints_checked: u64,
     /// The newest valid checkpoint seen.
     pub last_checkpoint_seq: Option<i64>,
     pub problem: Option<Problem>,
@@ -127,6 +149,22 @@ pub async fn verify(
     service: &str,
     range: &VerifyRange,
 ) -> Result<VerifyReport, AuditError> {
+    verify_with(pool, keys, service, range, &[]).await
+}
+
+/// [`verify`], also holding the chain to `shipped`: checkpoints kept outside the database (the
+/// sink's JSON lines, or any copy of them, read with [`super::sink::read_checkpoints`]). Someone
+/// who can write the database can cut the tail, rewind the head and delete the stored
+/// checkpoints, or rewrite rows and re-link the chain; a shipped checkpoint past the end is then
+/// [`ProblemKind::Truncated`], one whose row has another hash [`ProblemKind::CheckpointMismatch`],
+/// and a forged one [`ProblemKind::BadCheckpoint`].
+pub async fn verify_with(
+    pool: &PgPool,
+    keys: &dyn KeySource,
+    service: &str,
+    range: &VerifyRange,
+    shipped: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
     // One snapshot for everything read: rows, head and checkpoints committed while the walk runs
     // would otherwise look like rows beyond the head or checkpoints past the end.
     let mut tx = pool.begin().await?;
@@ -144,17 +182,29 @@ pub async fn verify(
         to_seq: to,
         rows_checked: 0,
         checkpoints_checked: 0,
+        shipped_checkpoints_checked: 0,
         head_seq,
         last_checkpoint_seq: None,
         problem: None,
     };
-    let checkpoints: Vec<_> = checkpoint::since(conn, from)
+    // The stored checkpoints and the shipped ones, oldest first (stored first at one seq).
+    let mut checkpoints: Vec<(Source, Checkpoint)> = checkpoint::since(conn, from)
         .await?
         .into_iter()
-        .filter(|cp| to_end || cp.seq <= to)
+        .map(|cp| (Source::Stored, cp))
+        .chain(
+            shipped
+                .iter()
+                .filter(|cp| cp.seq >= from)
+                .map(|cp| (Source::Shipped, cp.clone())),
+        )
+        .filter(|(_, cp)| to_end || cp.seq <= to)
         .collect();
-    let mut hashes_at: HashMap<i64, Vec<u8>> =
-        checkpoints.iter().map(|cp| (cp.seq, Vec::new())).collect();
+    checkpoints.sort_by_key(|(source, cp)| (cp.seq, *source));
+    let mut hashes_at: HashMap<i64, Vec<u8>> = checkpoints
+        .iter()
+        .map(|(_, cp)| (cp.seq, Vec::new()))
+        .collect();
 
     let mut first_problem: Option<Problem> = None;
     let mut prev_hash = if from <= 1 {
@@ -214,7 +264,9 @@ pub async fn verify(
                     kind: ProblemKind::Missing,
                     detail: format!("row {expected} is missing (deleted); the next row is {seq}"),
                 })
-            } else if chain::event_hash(seq, &stored.event, &stored.prev_hash) != stored.hash {
+            } else if chain::event_hash(seq, &stored.event, &stored.client, &stored.prev_hash)
+                != stored.hash
+            {
                 Some(Problem {
                     seq,
                     kind: ProblemKind::Altered,
@@ -268,15 +320,22 @@ pub async fn verify(
     }
     if first_problem.is_none() {
         let last_row = last_seen.unwrap_or(from - 1);
-        for cp in &checkpoints {
+        for (source, cp) in &checkpoints {
             report.checkpoints_checked += 1;
+            if *source == Source::Shipped {
+                report.shipped_checkpoints_checked += 1;
+            }
+            let source = source.as_str();
             let valid = match checkpoint::signature_valid(keys, service, cp) {
                 Ok(v) => v,
                 Err(AuditError::Key(e)) => {
                     first_problem = Some(Problem {
                         seq: cp.seq,
                         kind: ProblemKind::BadCheckpoint,
-                        detail: format!("checkpoint at row {} cannot be checked: {e}", cp.seq),
+                        detail: format!(
+                            "{source} checkpoint at row {} cannot be checked: {e}",
+                            cp.seq
+                        ),
                     });
                     break;
                 }
@@ -286,7 +345,10 @@ pub async fn verify(
                 first_problem = Some(Problem {
                     seq: cp.seq,
                     kind: ProblemKind::BadCheckpoint,
-                    detail: format!("checkpoint at row {} has an invalid signature", cp.seq),
+                    detail: format!(
+                        "{source} checkpoint at row {} has an invalid signature",
+                        cp.seq
+                    ),
                 });
                 break;
             }
@@ -295,7 +357,7 @@ pub async fn verify(
                     seq: last_row + 1,
                     kind: ProblemKind::Truncated,
                     detail: format!(
-                        "rows {}..={} were removed: a checkpoint signed at {} covers row {} but the log ends at {last_row}",
+                        "rows {}..={} were removed: a {source} checkpoint signed at {} covers row {} but the log ends at {last_row}",
                         last_row + 1,
                         cp.seq,
                         cp.signed_at.to_rfc3339(),
@@ -309,7 +371,7 @@ pub async fn verify(
                     seq: cp.seq,
                     kind: ProblemKind::CheckpointMismatch,
                     detail: format!(
-                        "row {} does not have the hash its signed checkpoint names ({})",
+                        "row {} does not have the hash its signed {source} checkpoint names ({}): the chain was rewritten",
                         cp.seq,
                         to_hex(&cp.hash)
                     ),
