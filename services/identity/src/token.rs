@@ -8,7 +8,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
-use carehub_platform::auth::{self, unauthenticated, Role, TokenVerifier, UserCaller};
+use carehub_platform::auth::{
+    self, unauthenticated, Role, TokenVerifier, UserCaller, VerifiedTokens,
+};
 use carehub_platform::errors;
 use carehub_platform::jwt::{self, AccessClaims};
 use chrono::{DateTime, Utc};
@@ -82,11 +84,15 @@ pub fn issue_access_token(
 /// session and the account in the database, so that a revocation takes effect at once.
 pub struct LocalVerifier {
     state: Arc<AppState>,
+    verified: VerifiedTokens,
 }
 
 impl LocalVerifier {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            verified: VerifiedTokens::default(),
+        }
     }
 
     fn verify_signature(&self, token: &str) -> Result<UserCaller, Status> {
@@ -96,7 +102,8 @@ impl LocalVerifier {
             .verifying_key(&auth::token_key_id(token)?)
             .ok_or_else(|| unauthenticated("access token is signed by an unknown key"))?;
         let auth = &self.state.auth;
-        auth::verify_access_token(token, &key, &auth.issuer, &auth.audience)
+        self.verified
+            .verify(token, &key, &auth.issuer, &auth.audience)
     }
 }
 

@@ -7,7 +7,9 @@
 //! Anything without a rule is denied.
 
 pub mod remote;
+pub mod verified;
 pub use remote::RemoteVerifier;
+pub use verified::VerifiedTokens;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

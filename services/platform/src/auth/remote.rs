@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use super::{token_key_id, unauthenticated, verify_access_token, TokenVerifier, UserCaller};
+use super::{token_key_id, unauthenticated, TokenVerifier, UserCaller, VerifiedTokens};
 use crate::client::ServiceChannel;
 use crate::config::{AuthConfig, PlatformConfig};
 use crate::errors;
@@ -58,6 +58,7 @@ struct Inner {
     poll_interval: Duration,
     max_staleness: Duration,
     keys: RwLock<HashMap<String, VerifyingKey>>,
+    verified: VerifiedTokens,
     /// Serializes refetches; holds when the last one happened.
     key_fetch: AsyncMutex<Option<Instant>>,
     feed: RwLock<RevocationState>,
@@ -115,6 +116,7 @@ impl RemoteVerifier {
                 poll_interval,
                 max_staleness,
                 keys: RwLock::new(HashMap::new()),
+                verified: VerifiedTokens::default(),
                 key_fetch: AsyncMutex::new(None),
                 feed: RwLock::new(RevocationState::default()),
                 poll_lock: AsyncMutex::new(()),
@@ -319,7 +321,10 @@ impl RemoteVerifier {
 impl TokenVerifier for RemoteVerifier {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
         let key = self.key_for(&token_key_id(token)?).await?;
-        let user = verify_access_token(token, &key, &self.inner.issuer, &self.inner.audience)?;
+        let user =
+            self.inner
+                .verified
+                .verify(token, &key, &self.inner.issuer, &self.inner.audience)?;
         self.check_revocation(&user)?;
         Ok(user)
     }
