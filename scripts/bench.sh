@@ -127,6 +127,11 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
     echo
     echo "**The load generator reported errors (exit status $status); see the errors column.**"
   fi
+  # Notes written by hand below the marker (profiles, analysis) survive a re-run.
+  if [ -f "$OUT" ] && grep -q '^<!-- kept by scripts/bench.sh -->' "$OUT"; then
+    echo
+    sed -n '/^<!-- kept by scripts\/bench.sh -->/,$p' "$OUT"
+  fi
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 log "wrote $OUT (${elapsed} s)"

@@ -78,7 +78,7 @@ fn loadgen(
         .args(["--admin", &id.server.admin_addr.to_string()])
         .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
         .args(["--login-in-flight", "2", "--payload-bytes", "64"])
-        .env_remove("DATABASE_URL")
+        .env_remove("CAREHUB_DATABASE_URL")
         .kill_on_drop(true);
     cmd
 }

@@ -140,10 +140,11 @@ pub struct LoadgenArgs {
     /// Worker threads of the in-process echo server.
     #[arg(long, default_value_t = 2)]
     echo_threads: usize,
-    /// PostgreSQL for pgbench (any database; a scratch database is created and dropped).
+    /// PostgreSQL for pgbench (any database; a scratch database is created and dropped): the
+    /// server identity uses, as `carehub up --database-url` / its private cluster.
     #[arg(
         long,
-        env = "DATABASE_URL",
+        env = "CAREHUB_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:55432/postgres"
     )]
     database_url: String,
