@@ -73,3 +73,30 @@ pub fn render(out: &mut String) {
         get(&DB_CONNECTIONS_OPENED)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_as_prometheus_counters() {
+        db_connection_opened();
+        tls_server_handshake(true);
+        let mut out = String::new();
+        render(&mut out);
+        assert!(
+            out.contains("# TYPE carehub_tls_handshakes_total counter"),
+            "{out}"
+        );
+        assert!(
+            out.contains("carehub_tls_handshakes_total{side=\"server\",result=\"ok\"} "),
+            "{out}"
+        );
+        assert!(out.contains("carehub_vault_requests_total "), "{out}");
+        let opened = out
+            .lines()
+            .find_map(|l| l.strip_prefix("carehub_db_connections_opened_total "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(opened.is_some_and(|n| n >= 1), "{out}");
+    }
+}
