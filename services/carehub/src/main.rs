@@ -5,6 +5,7 @@ mod admin;
 mod audit_cmd;
 mod health;
 mod keys_cmd;
+mod loadgen;
 mod pgcluster;
 mod up;
 
@@ -50,6 +51,10 @@ enum Command {
     /// Keys in Vault: init, rotate, status, rewrap.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Load generator: drives a running carehub over mTLS (by default the one `carehub up`
+    /// started) beside an echo and a pgbench baseline measured in the same run; exits non-zero
+    /// when a scenario saw errors. `carehub loadgen baseline` measures the baselines only.
+    Loadgen(Box<loadgen::LoadgenArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -160,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => health::run(&args).await,
         Command::Audit(cmd) => audit_cmd::run(cmd).await,
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
+        Command::Loadgen(args) => loadgen::run(*args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;
             println!(

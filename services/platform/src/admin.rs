@@ -262,6 +262,7 @@ impl Metrics {
                 }
             }
         }
+        crate::stats::render(&mut out);
         out
     }
 }

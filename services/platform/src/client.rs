@@ -155,6 +155,7 @@ fn connector(config: Arc<ClientConfig>, server_name: &str) -> anyhow::Result<Con
                     .to_owned();
                 let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
                 tcp.set_nodelay(true)?;
+                crate::stats::tls_client_handshake();
                 let stream = tls.connect(server_name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }

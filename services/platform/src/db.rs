@@ -37,6 +37,12 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
     Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
+        .after_connect(|_, _| {
+            Box::pin(async {
+                crate::stats::db_connection_opened();
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await?)
 }

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod jwt;
 pub mod keys;
 pub mod server;
+pub mod stats;
 pub mod telemetry;
 pub mod timestamps;
 pub mod tls;

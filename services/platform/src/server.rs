@@ -614,6 +614,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
             drop(permit);
+            crate::stats::tls_server_handshake(matches!(handshake, Ok(Ok(_))));
             match handshake {
                 Ok(Ok(tls)) => {
                     let workload = tls

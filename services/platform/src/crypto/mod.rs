@@ -169,6 +169,12 @@ impl Envelope {
             .min_connections(0)
             .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    crate::stats::db_connection_opened();
+                    Ok(())
+                })
+            })
             .connect_lazy_with(options);
         let service = service.into();
         if service.is_empty() {

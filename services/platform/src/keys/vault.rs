@@ -119,6 +119,12 @@ fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, VaultE
 }
 
 impl VaultConn {
+    /// The client for one request to Vault (counted on `/metrics`).
+    async fn api(&self) -> tokio::sync::RwLockReadGuard<'_, VaultClient> {
+        crate::stats::vault_request();
+        self.client.read().await
+    }
+
     /// Builds the client and logs in with the configured method.
     pub async fn connect(service: &str, cfg: &VaultConfig) -> Result<Arc<Self>, VaultError> {
         let addr = cfg
@@ -222,7 +228,7 @@ impl VaultConn {
                 };
                 self.client.write().await.set_token(&token);
                 let info = {
-                    let client = self.client.read().await;
+                    let client = self.api().await;
                     self.count();
                     client
                         .lookup()
@@ -240,7 +246,7 @@ impl VaultConn {
                 })?;
                 let secret_id = read_secret_file(file, "the AppRole secret id")?;
                 let info = {
-                    let client = self.client.read().await;
+                    let client = self.api().await;
                     self.count();
                     vaultrs::auth::approle::login(&*client, &mount, &role_id, &secret_id)
                         .await
@@ -256,7 +262,7 @@ impl VaultConn {
                     .unwrap_or_else(|| format!("carehub-{}", self.service));
                 let jwt = read_secret_file(&auth.jwt_file, "the service-account token")?;
                 let info = {
-                    let client = self.client.read().await;
+                    let client = self.api().await;
                     self.count();
                     vaultrs::auth::kubernetes::login(&*client, &mount, &role, &jwt)
                         .await
@@ -284,7 +290,7 @@ impl VaultConn {
         }
         if renewable {
             let renewed = {
-                let client = self.client.read().await;
+                let client = self.api().await;
                 self.count();
                 client.renew(None).await
             };
@@ -312,7 +318,7 @@ impl VaultConn {
     /// Renews the token now (`auth/token/renew-self`); returns its new TTL.
     pub async fn renew_token(&self) -> Result<Duration, VaultError> {
         let info = {
-            let client = self.client.read().await;
+            let client = self.api().await;
             self.count();
             client
                 .renew(None)
@@ -343,7 +349,7 @@ impl VaultConn {
     /// Reads a KV secret whose values are strings.
     pub async fn read_kv(&self, path: &str) -> Result<KvSecret, VaultError> {
         let shown = self.kv_display_path(path);
-        let client = self.client.read().await;
+        let client = self.api().await;
         self.count();
         let (data, version) = if self.cfg.kv_version == 1 {
             let raw = vaultrs::kv1::get_raw(&*client, self.kv_mount(), path)
@@ -406,7 +412,7 @@ impl VaultConn {
                     Err(e) => return Err(e),
                 }
             }
-            let client = self.client.read().await;
+            let client = self.api().await;
             self.count();
             let body: HashMap<&str, &String> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
             vaultrs::kv1::set(&*client, self.kv_mount(), path, &body)
@@ -414,7 +420,7 @@ impl VaultConn {
                 .map_err(|e| VaultError::from_client(&shown, e))?;
             return Ok(None);
         }
-        let client = self.client.read().await;
+        let client = self.api().await;
         self.count();
         let meta = match cas {
             Some(cas) => {
@@ -435,7 +441,7 @@ impl VaultConn {
             return Ok(None);
         }
         let shown = format!("{}/metadata/{path}", self.kv_mount());
-        let client = self.client.read().await;
+        let client = self.api().await;
         self.count();
         let meta = vaultrs::kv2::read_metadata(&*client, self.kv_mount(), path)
             .await
@@ -463,7 +469,7 @@ impl VaultConn {
             .uri_sans(uri_sans)
             .alt_names(alt_names)
             .ttl(format!("{}s", ttl.as_secs().max(1)));
-        let client = self.client.read().await;
+        let client = self.api().await;
         self.count();
         let issued = vaultrs::pki::cert::generate(&*client, mount, role, Some(&mut opts))
             .await

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Benchmarks carehub on this machine and writes BENCHMARKS.md (DESIGN.md §9).
+#
+# Builds the release binary, starts a fresh `carehub up` (its own data directory, private
+# PostgreSQL cluster and ports), runs `carehub loadgen all` (echo baseline first and last,
+# pgbench insert/select against the same PostgreSQL, every identity scenario), records the
+# service process's idle and loaded resident memory, writes BENCHMARKS.md and stops
+# everything it started. Not part of scripts/test.sh: speed is measured, never asserted.
+#
+# Settings (environment): BENCH_WARMUP (s, 3), BENCH_DURATION (s, 10), BENCH_IN_FLIGHT (64),
+# BENCH_CONNECTIONS (4), BENCH_GRPC_PORT (50151), BENCH_ADMIN_PORT (9151), BENCH_PG_PORT
+# (55451), BENCH_OUT (BENCHMARKS.md), BENCH_SCENARIOS ("all").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WARMUP=${BENCH_WARMUP:-3}
+DURATION=${BENCH_DURATION:-10}
+IN_FLIGHT=${BENCH_IN_FLIGHT:-64}
+CONNECTIONS=${BENCH_CONNECTIONS:-4}
+GRPC_PORT=${BENCH_GRPC_PORT:-50151}
+ADMIN_PORT=${BENCH_ADMIN_PORT:-9151}
+PG_PORT=${BENCH_PG_PORT:-55451}
+OUT=${BENCH_OUT:-BENCHMARKS.md}
+SCENARIOS=${BENCH_SCENARIOS:-all}
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+have_pg() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; }
+if ! have_pg; then
+  log "installing PostgreSQL (Debian package)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+log "release build"
+cargo build --release --locked -p carehub
+BIN=$PWD/target/release/carehub
+
+data=$(mktemp -d /tmp/carehub-bench.XXXXXX)
+chmod 755 "$data" # the private cluster runs as the postgres user when we are root
+up_pid=""
+cleanup() {
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
+    log "stopping carehub up (and its PostgreSQL)"
+    kill -INT "$up_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+  fi
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+http_get() { # host port path
+  exec 3<>"/dev/tcp/$1/$2" || return 1
+  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$3" "$1" >&3
+  cat <&3
+  exec 3<&-
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+log "starting carehub up in $data (gRPC $GRPC_PORT, admin $ADMIN_PORT, PostgreSQL $PG_PORT)"
+start=$(date +%s)
+RUST_LOG=warn "$BIN" up --data-dir "$data" --pg-port "$PG_PORT" \
+  --grpc-port "$GRPC_PORT" --admin-port "$ADMIN_PORT" >"$data/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 1 150); do
+  if http_get 127.0.0.1 "$ADMIN_PORT" /readyz 2>/dev/null | grep -q '^ready'; then break; fi
+  kill -0 "$up_pid" 2>/dev/null || { cat "$data/up.log" >&2; exit 1; }
+  sleep 0.2
+done
+http_get 127.0.0.1 "$ADMIN_PORT" /readyz 2>/dev/null | grep -q '^ready' || { cat "$data/up.log" >&2; exit 1; }
+sleep 2
+idle_rss=$(rss_kib "$up_pid")
+pg_pid=$(head -1 "$data/postgres/postmaster.pid")
+
+log "carehub loadgen $SCENARIOS (warm-up ${WARMUP}s, ${DURATION}s each, $IN_FLIGHT in flight over $CONNECTIONS connections)"
+set +e
+# shellcheck disable=SC2086 # SCENARIOS is a list
+"$BIN" loadgen $SCENARIOS --data-dir "$data" \
+  --identity "https://127.0.0.1:$GRPC_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+  --database-url "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+  --server-pid "$up_pid" --postgres-pid "$pg_pid" \
+  --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" \
+  --warmup "$WARMUP" --duration "$DURATION" \
+  --json --markdown "$data/table.md" >"$data/report.json"
+status=$?
+set -e
+loaded_rss=$(rss_kib "$up_pid")
+peak_rss=$(hwm_kib "$up_pid")
+elapsed=$(( $(date +%s) - start ))
+
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- services proto Cargo.toml Cargo.lock 2>/dev/null || commit="$commit (with uncommitted changes)"
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+[ -n "$cpu_model" ] || cpu_model=$(uname -m)
+mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+
+{
+  echo "# carehub benchmarks"
+  echo
+  echo "Written by \`scripts/bench.sh\` (release build, \`carehub loadgen $SCENARIOS\` against a fresh"
+  echo "\`carehub up\`); re-run it to replace this file. Ratios are to the bare tonic echo service"
+  echo "(same mTLS, same client settings, measured first and last in the same run, averaged);"
+  echo "absolute figures on a shared 2-core machine wander from run to run, the ratios much less."
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- commit: $commit"
+  echo "- machine: $(nproc) cores, $cpu_model, $mem_total memory"
+  echo "- load: closed loop, $IN_FLIGHT requests in flight over $CONNECTIONS HTTP/2 connections (login: 8 in flight),"
+  echo "  warm-up ${WARMUP} s then ${DURATION} s per scenario; \`profile-read-half\` is an open loop at half the"
+  echo "  closed-loop profile-read throughput (latency from the intended send time)"
+  echo "- the load generator, the server and PostgreSQL share the same cores; server CPU is the"
+  echo "  \`carehub up\` process's, PostgreSQL's is the postmaster's and its backends' (utime + stime)"
+  echo "- wall time of the run (start, seed, all scenarios, excluding the build): ${elapsed} s"
+  echo
+  cat "$data/table.md"
+  echo
+  echo "Resident memory of the \`carehub up\` process (identity is its only service today):"
+  echo
+  echo "| idle (after start) | after the run | peak (VmHWM) |"
+  echo "|---|---|---|"
+  echo "| $(mib "$idle_rss") | $(mib "$loaded_rss") | $(mib "$peak_rss") |"
+  if [ "$status" != 0 ]; then
+    echo
+    echo "**The load generator reported errors (exit status $status); see the errors column.**"
+  fi
+  # Notes written by hand below the marker (profiles, analysis) survive a re-run.
+  if [ -f "$OUT" ] && grep -q '^<!-- kept by scripts/bench.sh -->' "$OUT"; then
+    echo
+    sed -n '/^<!-- kept by scripts\/bench.sh -->/,$p' "$OUT"
+  fi
+} >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+log "wrote $OUT (${elapsed} s)"
+exit "$status"

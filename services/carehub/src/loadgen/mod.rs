@@ -1,0 +1,784 @@
+//! `carehub loadgen`: drives a running carehub over mTLS and reports throughput, latency
+//! percentiles (HDR histograms), errors by gRPC code, CPU per request, and what the steady
+//! state cost that it should not have (Vault requests, TLS handshakes, new database
+//! connections, read from the services' `/metrics`), beside baselines measured in the same
+//! run: a bare tonic echo service with the same mTLS, and pgbench against the same PostgreSQL.
+//!
+//! It exits non-zero when any scenario saw an error, so that a smoke run can gate a build.
+
+mod echo;
+mod engine;
+mod identity;
+mod pgbench;
+mod probe;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use carehub_platform::tls::TlsStore;
+use engine::{LoadShape, Measured, Window};
+use identity::Kind;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Everything below, echo measured first and last.
+    All,
+    /// echo + pgbench.
+    Baseline,
+    /// Bare tonic echo service, same mTLS, in this process.
+    Echo,
+    /// pgbench single-row insert and select-only against --database-url.
+    Pgbench,
+    /// Every identity scenario.
+    Identity,
+    /// ListSigningKeys: unauthenticated, no database.
+    SigningKeys,
+    /// GetProfile: token check, select, decrypt (and audit, once reads are audited).
+    ProfileRead,
+    /// GetProfile open loop at half the closed-loop profile-read throughput of this run.
+    ProfileReadHalf,
+    /// UpdateProfile with an idempotency key: audited, idempotent write.
+    ProfileUpdate,
+    /// RefreshSession: the refresh token rotates.
+    Refresh,
+    /// Login with a password (argon2-bound), at --login-in-flight.
+    Login,
+    /// 7 profile reads : 2 profile updates : 1 refresh.
+    Mixed,
+}
+
+fn expand(list: &[Scenario]) -> Vec<Scenario> {
+    use Scenario::*;
+    let identity = [
+        SigningKeys,
+        ProfileRead,
+        ProfileReadHalf,
+        ProfileUpdate,
+        Refresh,
+        Login,
+        Mixed,
+    ];
+    let list = if list.is_empty() { &[All][..] } else { list };
+    let mut out = Vec::new();
+    for s in list {
+        match s {
+            All => {
+                out.extend([Echo, Pgbench]);
+                out.extend(identity);
+                out.push(Echo);
+            }
+            Baseline => out.extend([Echo, Pgbench]),
+            Identity => out.extend(identity),
+            other => out.push(*other),
+        }
+    }
+    out
+}
+
+#[derive(Args, Debug)]
+pub struct LoadgenArgs {
+    /// Scenarios, in order (default: all).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// `carehub up`'s data directory: client certificate, key and CA are read from its certs/.
+    #[arg(long, default_value = ".carehub")]
+    data_dir: PathBuf,
+    /// Client certificate (default: <data-dir>/certs/gateway.pem: the gateway workload).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key (default: <data-dir>/certs/gateway-key.pem).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA bundle (default: <data-dir>/certs/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[arg(long, default_value = "carehub.local")]
+    trust_domain: String,
+    /// identity's gRPC endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
+    identity: String,
+    /// The name identity's certificate must carry.
+    #[arg(long, default_value = "identity")]
+    server_name: String,
+    /// Admin (`/metrics`) addresses of the services, host:port (repeatable).
+    #[arg(long = "admin", default_value = "127.0.0.1:9051")]
+    admins: Vec<String>,
+    /// Requests in flight (closed loop).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Open loop at this many requests per second (identity scenarios) instead of a closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: most requests outstanding before further ones count as CLIENT_OVERLOADED.
+    #[arg(long, default_value_t = 10_000)]
+    max_outstanding: usize,
+    /// Warm-up seconds before each steady state.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds of each steady state.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Patients to register and sign in (default: one per request in flight).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Requests in flight for the login scenario (argon2-bound).
+    #[arg(long, default_value_t = 8)]
+    login_in_flight: usize,
+    /// Payload of each echo request and answer, bytes (about a GetProfile answer).
+    #[arg(long, default_value_t = 256)]
+    payload_bytes: usize,
+    /// Worker threads of the in-process echo server.
+    #[arg(long, default_value_t = 2)]
+    echo_threads: usize,
+    /// PostgreSQL for pgbench (any database; a scratch database is created and dropped): the
+    /// server identity uses, as `carehub up --database-url` / its private cluster.
+    #[arg(
+        long,
+        env = "CAREHUB_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:55432/postgres"
+    )]
+    database_url: String,
+    /// Connections pgbench uses.
+    #[arg(long, default_value_t = 16)]
+    pgbench_clients: usize,
+    /// The server process, to report its CPU per request.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The postmaster, to report PostgreSQL's CPU per request (it and its backends).
+    #[arg(long)]
+    postgres_pid: Option<u32>,
+    /// Print JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Also write the table as Markdown to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// One scenario's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    /// "closed 64 in flight / 4 conns" or "open 2500/s".
+    pub load: String,
+    pub requests: u64,
+    pub throughput: f64,
+    pub ratio_to_echo: Option<f64>,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub error_count: u64,
+    pub loadgen_cpu_us_per_request: f64,
+    pub server_cpu_us_per_request: Option<f64>,
+    pub postgres_cpu_us_per_request: Option<f64>,
+    /// Logins: per second per core of server CPU (or per machine core when the server's
+    /// CPU is unknown).
+    pub per_core: Option<f64>,
+    /// Resident memory of the server process right after the steady state (MiB).
+    pub server_rss_mib: Option<f64>,
+    pub steady_state: probe::SteadyDelta,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Budget {
+    name: String,
+    target: String,
+    measured: String,
+    /// None when it could not be evaluated in this run.
+    met: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cores: usize,
+    echo_throughput: Option<f64>,
+    scenarios: Vec<ScenarioReport>,
+    pgbench: Vec<pgbench::PgbenchResult>,
+    pgbench_note: Option<String>,
+    budgets: Vec<Budget>,
+    ok: bool,
+}
+
+/// Reads the steady-state counters and CPU times before and after the window.
+struct Probe {
+    admins: Vec<String>,
+    server_pid: Option<u32>,
+    postgres_pid: Option<u32>,
+    /// The echo server runs in this process: its threads' CPU is the "server" CPU then.
+    in_process_server: bool,
+    before: Option<Reading>,
+    after: Option<Reading>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Reading {
+    counters: probe::Counters,
+    self_cpu: f64,
+    echo_cpu: f64,
+    server_cpu: Option<f64>,
+    postgres_cpu: Option<f64>,
+}
+
+impl Probe {
+    async fn read(&self) -> Reading {
+        let (self_cpu, echo_cpu) = probe::self_cpu(echo::THREAD_NAME);
+        Reading {
+            counters: if self.in_process_server {
+                probe::Counters::default()
+            } else {
+                probe::counters(&self.admins).await
+            },
+            self_cpu,
+            echo_cpu,
+            server_cpu: self.server_pid.and_then(probe::process_cpu),
+            postgres_cpu: self.postgres_pid.and_then(probe::tree_cpu),
+        }
+    }
+}
+
+impl Window for Probe {
+    async fn opening(&mut self) {
+        self.before = Some(self.read().await);
+    }
+    async fn closed(&mut self) {
+        self.after = Some(self.read().await);
+    }
+}
+
+fn per_request(before: Option<f64>, after: Option<f64>, requests: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
+        _ => None,
+    }
+}
+
+fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
+    let before = p.before.clone().unwrap_or_default();
+    let after = p.after.clone().unwrap_or_default();
+    let requests = m.ok + m.error_count();
+    let echo_cpu = after.echo_cpu - before.echo_cpu;
+    let own = (after.self_cpu - before.self_cpu) - echo_cpu;
+    let server = if p.in_process_server {
+        per_request(Some(0.0), Some(echo_cpu), requests)
+    } else {
+        per_request(before.server_cpu, after.server_cpu, requests)
+    };
+    ScenarioReport {
+        name: name.to_owned(),
+        load,
+        requests,
+        throughput: m.throughput(),
+        ratio_to_echo: None,
+        p50_ms: m.quantile_ms(0.50),
+        p90_ms: m.quantile_ms(0.90),
+        p99_ms: m.quantile_ms(0.99),
+        p999_ms: m.quantile_ms(0.999),
+        max_ms: m.max_ms(),
+        errors: m.errors.clone(),
+        error_count: m.error_count(),
+        loadgen_cpu_us_per_request: per_request(Some(0.0), Some(own), requests).unwrap_or(0.0),
+        server_cpu_us_per_request: server,
+        postgres_cpu_us_per_request: per_request(before.postgres_cpu, after.postgres_cpu, requests),
+        per_core: None,
+        server_rss_mib: p
+            .server_pid
+            .filter(|_| !p.in_process_server)
+            .and_then(probe::rss_kib)
+            .map(|k| k as f64 / 1024.0),
+        steady_state: if p.in_process_server {
+            probe::SteadyDelta::default()
+        } else {
+            probe::SteadyDelta::between(&before.counters, &after.counters)
+        },
+        note: None,
+    }
+}
+
+fn client_tls(args: &LoadgenArgs) -> anyhow::Result<Arc<TlsStore>> {
+    let certs = args.data_dir.join("certs");
+    let cert = args
+        .cert
+        .clone()
+        .unwrap_or_else(|| certs.join("gateway.pem"));
+    let key = args
+        .key
+        .clone()
+        .unwrap_or_else(|| certs.join("gateway-key.pem"));
+    let ca = args.ca.clone().unwrap_or_else(|| certs.join("ca.pem"));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| {
+            format!(
+                "reading {} (start `carehub up`, or pass --cert/--key/--ca)",
+                p.display()
+            )
+        })
+    };
+    TlsStore::from_pem(&read(&cert)?, &read(&key)?, &read(&ca)?, &args.trust_domain)
+}
+
+async fn connect(
+    target: &str,
+    tls: &Arc<TlsStore>,
+    server_name: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Channel>> {
+    let config = tls.client_config()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        out.push(
+            carehub_platform::client::connect_with_client_config(
+                target,
+                config.clone(),
+                server_name,
+            )
+            .await?
+            .into_inner(),
+        );
+    }
+    Ok(out)
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.0, 86_400.0))
+}
+
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let scenarios = expand(&args.scenarios);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tls = client_tls(&args)?;
+    let shape = LoadShape {
+        in_flight: args.in_flight.max(1),
+        rate: None,
+        warmup: secs(args.warmup),
+        duration: secs(args.duration),
+        max_outstanding: args.max_outstanding.max(1),
+        progress: !args.quiet,
+    };
+    let closed = |n: usize| format!("closed {n} in flight / {} conns", args.connections.max(1));
+    let mut results: Vec<ScenarioReport> = Vec::new();
+    let mut echo_runs: Vec<f64> = Vec::new();
+    let mut pg: Vec<pgbench::PgbenchResult> = Vec::new();
+    let mut pgbench_note = None;
+
+    // identity: connections and seed, once, when an identity scenario is asked for.
+    let needs_identity = scenarios
+        .iter()
+        .any(|s| !matches!(s, Scenario::Echo | Scenario::Pgbench));
+    let identity = if needs_identity {
+        let channels = connect(&args.identity, &tls, &args.server_name, args.connections)
+            .await
+            .with_context(|| format!("connecting to identity at {}", args.identity))?;
+        let users = args.users.unwrap_or(args.in_flight).max(1);
+        let chains = args.in_flight.max(1);
+        if !args.quiet {
+            eprintln!(
+                "seeding: {users} patients registered and signed in, {chains} refresh chains"
+            );
+        }
+        let seed = identity::seed(&channels, users, chains, 4)
+            .await
+            .context("seeding users through identity's public RPCs")?;
+        Some((channels, Arc::new(seed)))
+    } else {
+        None
+    };
+
+    let mut profile_read_tps = None;
+    for s in &scenarios {
+        let mut probe = Probe {
+            admins: args.admins.clone(),
+            server_pid: args.server_pid,
+            postgres_pid: args.postgres_pid,
+            in_process_server: false,
+            before: None,
+            after: None,
+        };
+        match s {
+            Scenario::Echo => {
+                let server = echo::start(&tls, args.echo_threads).await?;
+                let channels = connect(
+                    &format!("https://{}", server.addr),
+                    &tls,
+                    "localhost",
+                    args.connections,
+                )
+                .await?;
+                probe.in_process_server = true;
+                let op = echo::op(channels, args.payload_bytes);
+                let m = engine::run("echo", op, &shape, &mut probe).await;
+                let mut r = report("echo", closed(shape.in_flight), &m, &probe);
+                r.note = Some(format!(
+                    "{} B payload; server CPU = its {} threads in this process",
+                    args.payload_bytes, args.echo_threads
+                ));
+                echo_runs.push(r.throughput);
+                results.push(r);
+                drop(server);
+            }
+            Scenario::Pgbench => match pgbench::find() {
+                None => pgbench_note = Some("pgbench not found: skipped".to_owned()),
+                Some(bin) => {
+                    if !args.quiet {
+                        eprintln!(
+                            "  pgbench ({}) insert and select, {} clients",
+                            bin.display(),
+                            args.pgbench_clients
+                        );
+                    }
+                    match pgbench::run(
+                        &bin,
+                        &args.database_url,
+                        args.pgbench_clients,
+                        shape.duration,
+                    )
+                    .await
+                    {
+                        Ok(r) => pg.extend(r),
+                        Err(e) => pgbench_note = Some(format!("pgbench skipped: {e:#}")),
+                    }
+                }
+            },
+            Scenario::All | Scenario::Baseline | Scenario::Identity => {}
+            other => {
+                let Some((channels, seed)) = &identity else {
+                    continue;
+                };
+                let (kind, name) = match other {
+                    Scenario::SigningKeys => (Kind::SigningKeys, "signing-keys"),
+                    Scenario::ProfileRead => (Kind::ProfileRead, "profile-read"),
+                    Scenario::ProfileReadHalf => (Kind::ProfileRead, "profile-read-half"),
+                    Scenario::ProfileUpdate => (Kind::ProfileUpdate, "profile-update"),
+                    Scenario::Refresh => (Kind::Refresh, "refresh"),
+                    Scenario::Login => (Kind::Login, "login"),
+                    _ => (Kind::Mixed, "mixed"),
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                if *other == Scenario::Login {
+                    shape.in_flight = args.login_in_flight.max(1);
+                }
+                if *other == Scenario::ProfileReadHalf {
+                    match profile_read_tps {
+                        Some(tps) => shape.rate = Some(f64::max(tps / 2.0, 1.0)),
+                        None if args.rate.is_some() => {}
+                        None => {
+                            eprintln!("  profile-read-half: needs profile-read earlier in the run (or --rate): skipped");
+                            continue;
+                        }
+                    }
+                }
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let op = identity::op(kind, channels, seed.clone());
+                let m = engine::run(name, op, &shape, &mut probe).await;
+                let mut r = report(name, load, &m, &probe);
+                if *other == Scenario::ProfileRead && shape.rate.is_none() {
+                    profile_read_tps = Some(r.throughput);
+                }
+                if kind == Kind::Login {
+                    r.per_core = Some(match r.server_cpu_us_per_request {
+                        Some(us) if us > 0.0 => 1e6 / us,
+                        _ => r.throughput / cores as f64,
+                    });
+                }
+                results.push(r);
+            }
+        }
+    }
+
+    let echo_tps =
+        (!echo_runs.is_empty()).then(|| echo_runs.iter().sum::<f64>() / echo_runs.len() as f64);
+    if let Some(e) = echo_tps.filter(|e| *e > 0.0) {
+        for r in &mut results {
+            r.ratio_to_echo = Some(r.throughput / e);
+        }
+    }
+    let budgets = budgets(&results, &pg, echo_tps);
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.error_count > 0)
+        .map(|r| format!("{} ({} errors: {:?})", r.name, r.error_count, r.errors))
+        .chain(
+            pg.iter()
+                .filter(|p| p.failed > 0)
+                .map(|p| format!("{} ({} failed)", p.name, p.failed)),
+        )
+        .collect();
+    let report = Report {
+        cores,
+        echo_throughput: echo_tps,
+        scenarios: results,
+        pgbench: pg,
+        pgbench_note,
+        budgets,
+        ok: failed.is_empty(),
+    };
+    let table = render_table(&report, false);
+    if args.json {
+        eprint!("{table}");
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{table}");
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, render_table(&report, true))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("scenarios reported errors: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn budgets(
+    results: &[ScenarioReport],
+    pg: &[pgbench::PgbenchResult],
+    echo: Option<f64>,
+) -> Vec<Budget> {
+    let find = |n: &str| results.iter().find(|r| r.name == n);
+    let mut out = Vec::new();
+    let read = find("profile-read");
+    out.push(Budget {
+        name: "profile read (closed loop) vs echo".into(),
+        target: ">= 0.40 x echo".into(),
+        measured: read
+            .and_then(|r| r.ratio_to_echo)
+            .map_or("n/a".into(), |x| format!("{x:.3} x echo")),
+        met: read.and_then(|r| r.ratio_to_echo).map(|x| x >= 0.40),
+    });
+    let half = find("profile-read-half");
+    out.push(Budget {
+        name: "profile read p99 at half that load".into(),
+        target: "< 10 ms".into(),
+        measured: half.map_or("n/a".into(), |r| {
+            format!("{:.2} ms at {}", r.p99_ms, r.load)
+        }),
+        met: half.map(|r| r.p99_ms < 10.0 && r.error_count == 0),
+    });
+    let update = find("profile-update");
+    let insert = pg.iter().find(|p| p.name == "pgbench insert");
+    let ratio = match (update, insert) {
+        (Some(u), Some(i)) if i.tps > 0.0 => Some(u.throughput / i.tps),
+        _ => None,
+    };
+    out.push(Budget {
+        name: "audited single-row write (profile update) vs pgbench insert".into(),
+        target: ">= 0.60 x pgbench insert".into(),
+        measured: ratio.map_or("n/a".into(), |x| format!("{x:.3} x pgbench insert")),
+        met: ratio.map(|x| x >= 0.60),
+    });
+    let counted: Vec<&ScenarioReport> = results.iter().filter(|r| r.name != "echo").collect();
+    let unknown = counted.iter().any(|r| {
+        let s = &r.steady_state;
+        s.vault_requests.is_none()
+            || s.tls_handshakes.is_none()
+            || s.db_connections_opened.is_none()
+    });
+    let dirty: Vec<String> = counted
+        .iter()
+        .filter(|r| !r.steady_state.all_zero())
+        .map(|r| {
+            let s = &r.steady_state;
+            format!(
+                "{}: vault {} tls {} db {}",
+                r.name,
+                opt(s.vault_requests, 0),
+                opt(s.tls_handshakes, 0),
+                opt(s.db_connections_opened, 0)
+            )
+        })
+        .collect();
+    out.push(Budget {
+        name: "Vault requests, TLS handshakes, new DB connections in steady state".into(),
+        target: "0 each".into(),
+        measured: if dirty.is_empty() {
+            if unknown {
+                "0 where readable (some counters unreadable)".into()
+            } else {
+                "0".into()
+            }
+        } else {
+            dirty.join("; ")
+        },
+        met: (!counted.is_empty()).then_some(dirty.is_empty()),
+    });
+    let _ = echo;
+    out
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn render_table(r: &Report, markdown: bool) -> String {
+    let headers = [
+        "scenario",
+        "load",
+        "req/s",
+        "x echo",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "loadgen CPU us/req",
+        "server CPU us/req",
+        "postgres CPU us/req",
+        "vault/tls/db in steady state",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for s in &r.scenarios {
+        let mut name = s.name.clone();
+        if let Some(pc) = s.per_core {
+            let _ = write!(name, " ({pc:.1}/s per core)");
+        }
+        rows.push(vec![
+            name,
+            s.load.clone(),
+            format!("{:.0}", s.throughput),
+            opt(s.ratio_to_echo, 3),
+            format!("{:.2}", s.p50_ms),
+            format!("{:.2}", s.p90_ms),
+            format!("{:.2}", s.p99_ms),
+            format!("{:.2}", s.p999_ms),
+            if s.error_count == 0 {
+                "0".into()
+            } else {
+                s.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+            format!("{:.1}", s.loadgen_cpu_us_per_request),
+            opt(s.server_cpu_us_per_request, 1),
+            opt(s.postgres_cpu_us_per_request, 1),
+            if s.name == "echo" {
+                "n/a".into()
+            } else {
+                format!(
+                    "{}/{}/{}",
+                    opt(s.steady_state.vault_requests, 0),
+                    opt(s.steady_state.tls_handshakes, 0),
+                    opt(s.steady_state.db_connections_opened, 0)
+                )
+            },
+        ]);
+    }
+    for p in &r.pgbench {
+        rows.push(vec![
+            p.name.clone(),
+            format!("{} connections", p.clients),
+            format!("{:.0}", p.tps),
+            r.echo_throughput
+                .filter(|e| *e > 0.0)
+                .map_or("-".into(), |e| format!("{:.3}", p.tps / e)),
+            format!("avg {:.2}", p.latency_avg_ms),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            p.failed.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "n/a".into(),
+        ]);
+    }
+    let mut out = String::new();
+    if markdown {
+        let _ = writeln!(out, "| {} |", headers.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(headers.len()));
+        for row in &rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+    } else {
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        for row in &rows {
+            for (i, c) in row.iter().enumerate() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>, out: &mut String| {
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect();
+            let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+        };
+        out.push('\n');
+        line(headers.iter().map(|h| (*h).to_owned()).collect(), &mut out);
+        for row in rows {
+            line(row, &mut out);
+        }
+    }
+    if let Some(note) = &r.pgbench_note {
+        let _ = writeln!(out, "\n{note}");
+    }
+    out.push('\n');
+    if markdown {
+        let _ = writeln!(out, "| budget (DESIGN.md §9) | target | measured | met |");
+        let _ = writeln!(out, "|---|---|---|---|");
+    } else {
+        let _ = writeln!(out, "budgets (DESIGN.md §9):");
+    }
+    for b in &r.budgets {
+        let met = match b.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "n/a",
+        };
+        if markdown {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                b.name, b.target, b.measured, met
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  [{met:>3}] {}: {} (target {})",
+                b.name, b.measured, b.target
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn all_measures_echo_first_and_last() {
+        let s = expand(&[]);
+        assert_eq!(s.first(), Some(&Scenario::Echo));
+        assert_eq!(s.last(), Some(&Scenario::Echo));
+        assert!(s.contains(&Scenario::Pgbench));
+        assert!(s.contains(&Scenario::ProfileReadHalf));
+        assert_eq!(
+            expand(&[Scenario::Baseline]),
+            vec![Scenario::Echo, Scenario::Pgbench]
+        );
+    }
+}
