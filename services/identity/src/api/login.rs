@@ -329,14 +329,15 @@ async fn release(
 // ---------------------------------------------------------------------------------------------
 // Device PINs
 
-/// A PIN attempt past the limit: the credential is revoked (by the first such attempt, which
-/// records the revocation) and the attempt recorded as failed.
+/// A failed PIN attempt, recorded; at or past the limit (`revoke`) the credential is revoked
+/// too, and the one attempt that revoked it is recorded as the revocation.
 async fn pin_failure(
     conn: &mut sqlx::PgConnection,
     caller: &auth::Caller,
     device: &store::DevicePinRow,
+    revoke: bool,
 ) -> Result<()> {
-    let kind = if store::revoke_device_pin(conn, device.id).await? {
+    let kind = if revoke && store::revoke_device_pin(conn, device.id).await? {
         tracing::warn!(device_id = %device.id, user_id = %device.user_id, "device pin revoked after repeated failures");
         "identity.device_pin.revoke"
     } else {
@@ -458,7 +459,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
             return Err(IdentityError::InvalidCredentials);
         };
         if place > PIN_MAX_FAILURES {
-            pin_failure(&mut tx, &caller, &device).await?;
+            pin_failure(&mut tx, &caller, &device, true).await?;
             tx.commit().await?;
             return Err(IdentityError::InvalidCredentials);
         }
@@ -469,24 +470,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     drop(permit);
     if !ok {
         let mut tx = state.pool.begin().await?;
-        if place >= PIN_MAX_FAILURES {
-            pin_failure(&mut tx, &caller, &device).await?;
-        } else {
-            let event = security::about(
-                &caller,
-                "identity.login",
-                Action::Execute,
-                device.user_id,
-                "device",
-                device.id,
-            );
-            let event = security::failed(
-                event,
-                Outcome::MinorFailure,
-                ErrorReason::InvalidCredentials,
-            );
-            security::record(&mut tx, event).await?;
-        }
+        pin_failure(&mut tx, &caller, &device, place >= PIN_MAX_FAILURES).await?;
         tx.commit().await?;
         return Err(IdentityError::InvalidCredentials);
     }
