@@ -981,4 +981,58 @@ mod tests {
         assert_eq!(reached[0].workload, "gateway");
         assert_eq!(reached[0].client_ip.as_deref(), Some("203.0.113.5"));
     }
+
+    /// An inner service that is ready only after being polled once, and insists on it.
+    #[derive(Default)]
+    struct Picky {
+        polled: bool,
+        ready: bool,
+    }
+
+    impl Clone for Picky {
+        fn clone(&self) -> Self {
+            // A clone has not been polled ready: readiness belongs to one instance.
+            Picky::default()
+        }
+    }
+
+    impl tower::Service<http::Request<()>> for Picky {
+        type Response = http::Response<String>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<String>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.polled {
+                self.ready = true;
+                Poll::Ready(Ok(()))
+            } else {
+                self.polled = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+            assert!(self.ready, "called without having been polled ready");
+            self.ready = false;
+            std::future::ready(Ok(http::Response::new("handled".to_owned())))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_passes_readiness_through_to_the_instance_it_calls() {
+        use tower::{Layer as _, Service as _};
+        let mut svc = AuthLayer::new(Arc::new(forwarding_authorizer())).layer(Picky::default());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(svc.poll_ready(&mut cx).is_pending(), "not ready yet");
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut req = http::Request::builder()
+            .uri("http://x/s.S/Open")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(peer("gateway"));
+        let response = svc.call(req).await.unwrap();
+        assert_eq!(response.body(), "handled");
+    }
 }
