@@ -9,7 +9,7 @@
 #
 # Groups, and the only tests each mutant runs (test selection kept tight on purpose):
 #   auth      platform/src/auth/mod.rs          platform unit tests
-#   remote    platform/src/auth/remote.rs       platform unit tests + identity's remote_verifier
+#   remote    platform/src/auth/remote.rs       identity tests/remote_verifier.rs (a real identity)
 #   audit     platform/src/audit/{verify,chain}.rs  platform unit tests + tests/audit.rs
 #   crypto    platform/src/crypto/format.rs     platform unit tests + tests/crypto.rs
 #   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/login_concurrency.rs
@@ -39,7 +39,7 @@ jobs="${MUTANTS_JOBS:-1}"
 group_args() {
   case "$1" in
     auth) echo "-f services/platform/src/auth/mod.rs -- --lib" ;;
-    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-platform,carehub-identity -- --lib --test remote_verifier" ;;
+    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity -- --test remote_verifier" ;;
     audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -- --lib --test audit" ;;
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test crypto" ;;
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test login_concurrency" ;;
