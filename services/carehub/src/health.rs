@@ -122,9 +122,10 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<String> {
     let status = match answer {
         Ok(response) => response.into_inner().status,
         Err(status) => anyhow::bail!(
-            "{service} at {addr}: health check failed: {:?}: {}",
+            "{service} at {addr}: health check failed: {:?}: {}{}",
             status.code(),
-            status.message()
+            status.message(),
+            causes(status.message(), &status)
         ),
     };
     match ServingStatus::try_from(status) {
@@ -138,6 +139,24 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<String> {
             anyhow::bail!("{service} at {addr}: {status}")
         }
     }
+}
+
+/// `": cause: cause..."` for the sources of `err` (the TLS alert behind a failed call, say),
+/// without repeating a text already shown (`shown` is what the caller prints of `err` itself).
+fn causes(shown: &str, err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut seen = vec![shown.to_owned()];
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !seen.iter().any(|s| s.contains(&text)) {
+            out.push_str(": ");
+            out.push_str(&text);
+            seen.push(text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 #[cfg(test)]

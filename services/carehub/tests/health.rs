@@ -92,15 +92,37 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Asserts the failure shape of `carehub health` — exit code 1, nothing on stdout (where
+/// success prints), one `UNHEALTHY <service> at <addr>: ...` line on stderr — and returns that
+/// line without the prefix, for the test to check the reason.
+fn failure(out: &Output, addr: &str) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    assert!(
+        out.stdout.is_empty(),
+        "failure printed on stdout: {}",
+        text(out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let prefix = format!("UNHEALTHY identity at {addr}: ");
+    let reason = stderr
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("not a failure line: {stderr:?}"));
+    assert_eq!(reason.lines().count(), 1, "{stderr:?}");
+    reason.trim_end().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serving_exits_zero_and_not_serving_names_the_status() {
     let f = start().await;
     let addr = f.server.grpc_addr.to_string();
 
     let out = health(f.dir.path(), &addr, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("identity at"), "{}", text(&out));
-    assert!(text(&out).contains("SERVING"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("identity at {addr}: SERVING\n")
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out));
 
     // What the server reports while draining, or when its keys went stale.
     f.server
@@ -108,13 +130,15 @@ async fn serving_exits_zero_and_not_serving_names_the_status() {
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let out = health(f.dir.path(), &addr, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("NOT_SERVING"), "{}", text(&out));
+    assert_eq!(failure(&out, &addr), "NOT_SERVING");
 
     // A gRPC service the server does not know.
     let out = health(f.dir.path(), &addr, &["--grpc-service", "no.such.Service"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("NotFound"), "{}", text(&out));
+    let reason = failure(&out, &addr);
+    assert!(
+        reason.starts_with("health check failed: NotFound: "),
+        "{reason}"
+    );
 
     f.server.shutdown().await.unwrap();
 }
@@ -124,7 +148,9 @@ async fn another_ca_a_wrong_server_name_and_a_closed_port_fail_with_the_reason()
     let f = start().await;
     let addr = f.server.grpc_addr.to_string();
 
-    // Our client certificate from another CA: the server refuses the handshake.
+    // Our client certificate from another CA: the server refuses the handshake. Under TLS 1.3
+    // the client learns it only on its first read, so the call fails as a transport error
+    // (naming the server's alert when the client read it before the connection closed).
     let other = tempfile::tempdir().unwrap();
     DevPki::new(TRUST_DOMAIN)
         .unwrap()
@@ -132,30 +158,41 @@ async fn another_ca_a_wrong_server_name_and_a_closed_port_fail_with_the_reason()
         .unwrap();
     std::fs::copy(f.dir.path().join("ca.pem"), other.path().join("ca.pem")).unwrap();
     let out = health(other.path(), &addr, &[]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("identity at"), "{}", text(&out));
+    let reason = failure(&out, &addr);
+    assert!(
+        reason.starts_with("health check failed: ") && reason.contains("transport error"),
+        "{reason}"
+    );
 
     // The server's certificate does not carry the name we expect.
     let out = health(f.dir.path(), &addr, &["--server-name", "billing"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    let reason = failure(&out, &addr);
     assert!(
-        text(&out).contains("cannot connect over mTLS"),
-        "{}",
-        text(&out)
+        reason.starts_with("cannot connect over mTLS: ")
+            && reason.contains("certificate not valid for name \"billing\""),
+        "{reason}"
     );
 
     f.server.shutdown().await.unwrap();
 
     // Nothing listens any more.
     let out = health(f.dir.path(), &addr, &["--timeout-secs", "3"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("identity at"), "{}", text(&out));
+    let reason = failure(&out, &addr);
+    assert!(
+        reason.starts_with("cannot connect over mTLS: ") && reason.contains("Connection refused"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn missing_certificate_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = health(dir.path(), "127.0.0.1:1", &[]);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("client certificate"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("UNHEALTHY reading the client certificate "),
+        "{stderr}"
+    );
 }

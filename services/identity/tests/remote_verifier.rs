@@ -14,7 +14,8 @@ use carehub_platform::client::ServiceChannel;
 use carehub_platform::jwt::{self, AccessClaims};
 use carehub_platform::tls::{PeerInfo, TlsStore};
 use carehub_proto::identity::v1::{
-    revocation, ListRevocationsRequest, LogoutRequest, SuspendUserRequest,
+    revocation, GetProfileRequest, ListRevocationsRequest, LogoutRequest, RefreshSessionRequest,
+    SuspendUserRequest, TerminateUserRequest,
 };
 use common::{TestApp, PASSWORD, TRUST_DOMAIN};
 use tonic::Code;
@@ -303,5 +304,99 @@ async fn a_full_revocation_page_resumes_where_it_stopped() {
     let verifier = verifier(&app, Duration::from_secs(1), Duration::from_secs(10)).await;
     let read = verifier.refresh_revocations().await.unwrap();
     assert!(read > 10_000, "read {read}");
+    app.shutdown().await;
+}
+
+/// Suspension and termination end every session of the account, for identity and for every
+/// other service: tokens refused (code and reason), sessions marked revoked, the account on
+/// the revocation feed — the only thing another service learns it from.
+#[tokio::test]
+async fn suspension_and_termination_revoke_every_session() {
+    let app = common::spawn().await;
+    let admin = app.create_admin().await;
+    let admin_token = app.token_for(&admin).await;
+    for action in ["TerminateUser", "SuspendUser"] {
+        let email = format!("{}@example.org", action.to_lowercase());
+        let user = app.register_patient(&email, PASSWORD).await;
+        let sessions = [
+            app.login(&email, PASSWORD).await,
+            app.login(&email, PASSWORD).await,
+        ];
+        // Another service's verifier, fed before the action: it accepts the tokens now.
+        let verifier = verifier(&app, Duration::from_millis(100), Duration::from_secs(10)).await;
+        verifier.refresh_revocations().await.unwrap();
+        for s in &sessions {
+            verifier.verify(&s.access_token).await.unwrap();
+        }
+
+        let mut c = app.public("gateway").await;
+        let reason = "policy violation".to_owned();
+        let user_id = user.user_id.clone();
+        match action {
+            "TerminateUser" => c
+                .terminate_user(
+                    app.with_token(TerminateUserRequest { user_id, reason }, &admin_token),
+                )
+                .await
+                .map(drop),
+            _ => c
+                .suspend_user(app.with_token(SuspendUserRequest { user_id, reason }, &admin_token))
+                .await
+                .map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{action}: {e:?}"));
+
+        // Every session row is revoked.
+        let rows: Vec<(uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as("SELECT id, revoked_at FROM sessions WHERE user_id = $1::uuid")
+                .bind(&user.user_id)
+                .fetch_all(app.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 2, "{action}");
+        for (id, revoked_at) in &rows {
+            assert!(revoked_at.is_some(), "{action}: session {id} not revoked");
+        }
+        // The account is on the revocation feed other services read.
+        let feed = app
+            .internal("records")
+            .await
+            .list_revocations(ListRevocationsRequest { since: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let on_feed = feed.revocations.iter().any(|r| match &r.target {
+            Some(revocation::Target::UserId(u)) => *u == user.user_id,
+            Some(revocation::Target::SessionId(s)) => sessions.iter().any(|t| t.session_id == *s),
+            None => false,
+        });
+        assert!(
+            on_feed,
+            "{action}: the account is not on the feed: {feed:?}"
+        );
+
+        for s in &sessions {
+            // Identity refuses the access token...
+            let e = c
+                .get_profile(app.with_token(GetProfileRequest {}, &s.access_token))
+                .await
+                .unwrap_err();
+            common::assert_status(&e, Code::PermissionDenied, Some("ACCOUNT_DISABLED"));
+            // ...and the refresh token...
+            let e = c
+                .refresh_session(RefreshSessionRequest {
+                    refresh_token: s.refresh_token.clone(),
+                })
+                .await
+                .unwrap_err();
+            common::assert_status(&e, Code::PermissionDenied, Some("ACCOUNT_DISABLED"));
+            // ...and so does another service, which knows only the feed.
+            verifier.refresh_revocations().await.unwrap();
+            let e = verifier.verify(&s.access_token).await.unwrap_err();
+            common::assert_status(&e, Code::Unauthenticated, Some("UNAUTHENTICATED_TOKEN"));
+        }
+        // The admin's own session is untouched.
+        verifier.verify(&admin_token).await.unwrap();
+    }
     app.shutdown().await;
 }

@@ -255,23 +255,30 @@ impl ServiceHost {
             .await;
         let probe_health = health_server.clone();
         let health_server = with_message_limits!(health_server, limits);
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(carehub_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection serves carehub's contracts, the google.rpc error details its failures carry
+        // (so that `grpcurl -v` decodes them) and health.
+        let reflection_builder = || {
+            carehub_proto::REFLECTION_DESCRIPTOR_SETS
+                .into_iter()
+                .chain([tonic_health::pb::FILE_DESCRIPTOR_SET])
+                .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+                    b.register_encoded_file_descriptor_set(set)
+                })
+        };
+        let reflection = reflection_builder()
             .build_v1()
             .context("building gRPC reflection")?;
         let reflection = with_message_limits!(reflection, limits);
         // v1alpha too: grpcurl and many other tools still ask only for it.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(carehub_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .context("building gRPC reflection (v1alpha)")?;
         let reflection_v1alpha = with_message_limits!(reflection_v1alpha, limits);
-        let mut known: HashSet<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
-        known.insert(health_service_name(&health_server).to_owned());
-        known.insert(reflection_service_name(&reflection).to_owned());
-        known.insert(reflection_service_name(&reflection_v1alpha).to_owned());
+        let mut mounted: Vec<&str> = service_names.clone();
+        mounted.push(health_service_name(&health_server));
+        mounted.push(reflection_service_name(&reflection));
+        mounted.push(reflection_service_name(&reflection_v1alpha));
+        let known = KnownRpcs::new(&mounted, &described_sets());
         routes.add_service(health_server);
         routes.add_service(reflection);
         routes.add_service(reflection_v1alpha);
@@ -777,12 +784,74 @@ where
     }
 }
 
+/// Every descriptor set whose services a server may mount: carehub's, health's, reflection's.
+fn described_sets() -> Vec<&'static [u8]> {
+    vec![
+        carehub_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+}
+
+/// The RPCs a server answers, to label metrics and spans with: a path counts as known only
+/// when its service is mounted and — for services with a descriptor — its method exists, so
+/// attacker-chosen paths cannot create unbounded metric series. A mounted service without a
+/// descriptor (a hand-written test service) has its methods labelled by name.
+#[derive(Debug, Default)]
+pub(crate) struct KnownRpcs {
+    mounted: HashSet<String>,
+    /// Methods of every service described by the descriptor sets.
+    methods: std::collections::HashMap<String, HashSet<String>>,
+}
+
+impl KnownRpcs {
+    pub(crate) fn new(mounted: &[&str], descriptor_sets: &[&[u8]]) -> Self {
+        use prost::Message as _;
+        let mut methods: std::collections::HashMap<String, HashSet<String>> =
+            std::collections::HashMap::new();
+        for set in descriptor_sets {
+            // The sets are compiled in; one that does not decode describes nothing.
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = match (package.as_str(), service.name.as_deref()) {
+                        (_, None) => continue,
+                        ("", Some(n)) => n.to_owned(),
+                        (p, Some(n)) => format!("{p}.{n}"),
+                    };
+                    methods
+                        .entry(name)
+                        .or_default()
+                        .extend(service.method.into_iter().filter_map(|m| m.name));
+                }
+            }
+        }
+        Self {
+            mounted: mounted.iter().map(|s| (*s).to_owned()).collect(),
+            methods,
+        }
+    }
+
+    /// Whether `/service/method` is an RPC this server has.
+    pub(crate) fn contains(&self, service: &str, method: &str) -> bool {
+        self.mounted.contains(service)
+            && self
+                .methods
+                .get(service)
+                .is_none_or(|methods| methods.contains(method))
+    }
+}
+
 /// The server span (named after the RPC, parent from `traceparent`) and the RPC metrics.
 #[derive(Clone)]
 pub struct ObserveService<S> {
     inner: S,
     metrics: Arc<Metrics>,
-    known: Arc<HashSet<String>>,
+    known: Arc<KnownRpcs>,
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
@@ -820,9 +889,9 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let path = req.uri().path();
         let (service, method) = split_path(path);
-        let known = self.known.contains(service);
-        // Unknown paths share one label and one span name: attacker-chosen paths must not
-        // create unbounded metric series.
+        let known = self.known.contains(service, method);
+        // Unknown paths (an unknown service, or an unknown method of a known one) share one
+        // label and one span name: attacker-chosen paths must not create unbounded metric series.
         let (label, name) = if known {
             (path.to_owned(), format!("{service}/{method}"))
         } else {
@@ -867,9 +936,33 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = inner.call(req).instrument(span);
         Box::pin(async move {
-            let response = fut.await?;
+            let response = undecodable_as_invalid_argument(fut.await?);
             Ok(observe_response(response, completion))
         })
+    }
+}
+
+/// How prost describes a message that does not decode (tonic answers it with INTERNAL).
+const PROTOBUF_DECODE_ERROR: &str = "failed to decode Protobuf message";
+
+/// tonic answers a request body that is not a valid protobuf encoding of the request message
+/// with INTERNAL ("failed to decode Protobuf message: ..."), as if the server had failed. It is
+/// the client's error: INVALID_ARGUMENT with reason INVALID_FIELD. The decode error is answered
+/// before any handler runs, trailers-only, so the status is in the response headers.
+pub(crate) fn undecodable_as_invalid_argument(response: Response<Body>) -> Response<Body> {
+    if header_status(response.headers()) != Some(Code::Internal) {
+        return response;
+    }
+    match tonic::Status::from_header_map(response.headers()) {
+        Some(status) if status.message().starts_with(PROTOBUF_DECODE_ERROR) => {
+            crate::errors::status(
+                Code::InvalidArgument,
+                carehub_proto::common::v1::ErrorReason::InvalidField,
+                format!("the request body does not decode: {}", status.message()),
+            )
+            .into_http()
+        }
+        _ => response,
     }
 }
 

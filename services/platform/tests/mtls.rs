@@ -35,13 +35,61 @@ async fn check_with(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<i32, String> {
-    let channel = client::connect_with_client_config(&target(addr), config, "localhost")
+    check_with_error(addr, config)
         .await
-        .map_err(|e| format!("{e:#}"))?;
-    tokio::time::timeout(Duration::from_secs(5), check(channel, ""))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|s| s.to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Like [`check_with`], keeping the error (and its chain of sources).
+async fn check_with_error(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<i32, anyhow::Error> {
+    let channel = client::connect_with_client_config(&target(addr), config, "localhost").await?;
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), check(channel, ""))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))??,
+    )
+}
+
+/// The TLS alert named by the `io::Error` somewhere in `err`'s chain of sources. The TLS stack
+/// hands the client an `InvalidData` error carrying rustls's rendering of
+/// `rustls::Error::AlertReceived(alert)` (as text, not as the typed error), so it is matched
+/// against exactly that rendering.
+fn alert_in(err: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let alerts = [
+        A::CertificateRequired,
+        A::UnknownCA,
+        A::DecryptError,
+        A::BadCertificate,
+        A::CertificateUnknown,
+        A::AccessDenied,
+        A::HandshakeFailure,
+        A::UnsupportedCertificate,
+        A::CertificateExpired,
+        A::CertificateRevoked,
+    ];
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let text = io.get_ref().map(ToString::to_string).unwrap_or_default();
+            if let Some(alert) = alerts
+                .into_iter()
+                .find(|a| text == rustls::Error::AlertReceived(*a).to_string())
+            {
+                return Some(alert);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The TLS alert the server sent, read out of a failed connect or call.
+fn alert_of(err: &anyhow::Error) -> Option<rustls::AlertDescription> {
+    err.chain().find_map(alert_in)
 }
 
 #[tokio::test]
@@ -109,18 +157,51 @@ async fn mtls_accepts_our_workloads_only_and_reports_the_peer() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     no_cert.alpn_protocols = vec![b"h2".to_vec()];
-    let err = check_with(addr, Arc::new(no_cert)).await.unwrap_err();
-    eprintln!("no client certificate: {err}");
+    // TLS 1.3: the server reads the client's (empty) certificate after the client considers
+    // the handshake done, and answers with the certificate_required alert (RFC 8446 §4.4.2.4).
+    let err = check_with_error(addr, Arc::new(no_cert))
+        .await
+        .expect_err("a client without certificate was served");
+    assert_eq!(
+        alert_of(&err),
+        Some(rustls::AlertDescription::CertificateRequired),
+        "{err:?}"
+    );
 
     // A certificate from another CA (same names, same trust domain): rejected.
     let rogue_ca = DevPki::new(TRUST_DOMAIN).unwrap();
     let rogue = rogue_ca.issue("gateway").unwrap();
     let rogue_store =
         TlsStore::from_pem(&rogue.cert_pem, &rogue.key_pem, &pki.ca_pem, TRUST_DOMAIN).unwrap();
-    let err = check_with(addr, rogue_store.client_config().unwrap())
+    // The rogue CA has our CA's name, so the server finds our CA as the issuer and the chain's
+    // signature does not verify: rustls answers decrypt_error (a bad signature), not a
+    // certificate it merely does not know.
+    let err = check_with_error(addr, rogue_store.client_config().unwrap())
         .await
-        .unwrap_err();
-    eprintln!("certificate of another CA: {err}");
+        .expect_err("a certificate of another CA was served");
+    assert_eq!(
+        alert_of(&err),
+        Some(rustls::AlertDescription::DecryptError),
+        "{err:?}"
+    );
+    // A CA of another name: unknown_ca.
+    let stranger = DevPki::new("elsewhere.example").unwrap();
+    let stranger_cert = stranger.issue("gateway").unwrap();
+    let stranger_store = TlsStore::from_pem(
+        &stranger_cert.cert_pem,
+        &stranger_cert.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    let err = check_with_error(addr, stranger_store.client_config().unwrap())
+        .await
+        .expect_err("a certificate of an unknown CA was served");
+    assert_eq!(
+        alert_of(&err),
+        Some(rustls::AlertDescription::UnknownCA),
+        "{err:?}"
+    );
 
     // Plaintext h2c: rejected.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -199,9 +280,10 @@ async fn a_client_without_certificate_fails_at_the_handshake() {
         }
     };
     let err = outcome.expect_err("a client without certificate must be refused");
-    assert!(
-        err.to_string().to_lowercase().contains("certificate") || err.to_string() == "closed",
-        "unexpected error: {err}"
+    assert_eq!(
+        alert_in(&err),
+        Some(rustls::AlertDescription::CertificateRequired),
+        "unexpected error: {err:?}"
     );
     running.shutdown().await.unwrap();
 }
@@ -426,5 +508,249 @@ async fn handshakes_beyond_the_limit_are_shed_not_queued() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(served.unwrap(), ServingStatus::Serving as i32);
+    running.shutdown().await.unwrap();
+}
+
+/// A server with `test.Whoami` and a gateway client channel to it.
+async fn whoami_server() -> (
+    tempfile::TempDir,
+    carehub_platform::server::RunningServer,
+    client::ServiceChannel,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
+    let cfg = config_with_pki(dir.path(), &pki, "identity");
+    let running = ServiceHost::new("identity", &cfg)
+        .add_service(Whoami)
+        .start(pending_forever())
+        .await
+        .unwrap();
+    let gateway = pki.issue("gateway").unwrap();
+    let store = TlsStore::from_pem(
+        &gateway.cert_pem,
+        &gateway.key_pem,
+        &pki.ca_pem,
+        TRUST_DOMAIN,
+    )
+    .unwrap();
+    let channel = client::connect(&target(running.grpc_addr), &store, "localhost")
+        .await
+        .unwrap();
+    (dir, running, channel)
+}
+
+#[tokio::test]
+async fn reflection_describes_the_error_details() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let (_dir, running, channel) = whoami_server().await;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let mut ask = async |request: MessageRequest| -> Vec<prost_types::FileDescriptorProto> {
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        match answer.message_response.unwrap() {
+            MessageResponse::FileDescriptorResponse(files) => files
+                .file_descriptor_proto
+                .iter()
+                .map(|f| prost_types::FileDescriptorProto::decode(f.as_slice()).unwrap())
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // What `grpcurl -v` asks for to print a failing call's details, and `describe` shows.
+    for symbol in [
+        "google.rpc.BadRequest",
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.PreconditionFailure",
+        "google.rpc.Status",
+    ] {
+        let files = ask(MessageRequest::FileContainingSymbol(symbol.to_owned())).await;
+        let (package, name) = symbol.rsplit_once('.').unwrap();
+        assert!(
+            files
+                .iter()
+                .any(|f| f.package() == package && f.message_type.iter().any(|m| m.name() == name)),
+            "{symbol} not described: {:?}",
+            files.iter().map(|f| f.name()).collect::<Vec<_>>()
+        );
+    }
+    // The imports those files name are served too.
+    for file in [
+        "google/protobuf/duration.proto",
+        "google/protobuf/any.proto",
+    ] {
+        let files = ask(MessageRequest::FileByFilename(file.to_owned())).await;
+        assert!(files.iter().any(|f| f.name() == file), "{file}");
+    }
+    // And the carehub contracts are still there.
+    let files = ask(MessageRequest::FileContainingSymbol(
+        "carehub.common.v1.ErrorReason".to_owned(),
+    ))
+    .await;
+    assert!(!files.is_empty());
+    running.shutdown().await.unwrap();
+}
+
+/// Sends and receives message bodies as they are, without protobuf in between.
+#[derive(Clone, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn raw_call(
+    channel: client::ServiceChannel,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        path.parse::<http::uri::PathAndQuery>().unwrap(),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_is_invalid_argument() {
+    let (_dir, running, channel) = whoami_server().await;
+    let check = "/grpc.health.v1.Health/Check";
+    // Positive control: a valid HealthCheckRequest (field 1, service = "") by hand.
+    let ok = raw_call(channel.clone(), check, vec![0x0a, 0x00])
+        .await
+        .unwrap();
+    assert_eq!(ok, [0x08, 0x01], "SERVING");
+    for garbage in [
+        vec![0xff, 0xff, 0xff, 0xff], // a varint that never ends
+        vec![0x0a, 0x05, b'a'],       // a string longer than the body
+        vec![0x0a, 0x02, 0xc3, 0x28], // a string that is not UTF-8
+        vec![0x0f],                   // wire type 7 does not exist
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), // not protobuf at all
+    ] {
+        let e = raw_call(channel.clone(), check, garbage.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{garbage:?}: {e:?}");
+        assert_eq!(
+            carehub_platform::errors::details_of(&e).reason.as_deref(),
+            Some("INVALID_FIELD"),
+            "{e:?}"
+        );
+    }
+    // The service still answers.
+    assert_eq!(whoami(channel.clone()).await.unwrap(), "gateway");
+    let (_, metrics) = http_get(running.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("carehub_grpc_server_requests_total{service=\"identity\",method=\"/grpc.health.v1.Health/Check\",code=\"INVALID_ARGUMENT\"} 5"),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_method_names_add_no_metric_series() {
+    let (_dir, running, channel) = whoami_server().await;
+    let series = |metrics: &str| -> std::collections::BTreeSet<String> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_owned()))
+            .collect()
+    };
+    // One unknown call first, so the `unknown` series exist before the count.
+    let probe = raw_call(channel.clone(), "/grpc.health.v1.Health/Bogus0", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(probe.code(), tonic::Code::Unimplemented);
+    let (_, before) = http_get(running.admin_addr, "/metrics").await;
+    let before_series = series(&before);
+
+    const N: usize = 25;
+    for i in 1..=N {
+        // Unknown methods of mounted services (one with a descriptor, reflection's) and of an
+        // unknown service.
+        for path in [
+            format!("/grpc.health.v1.Health/Bogus{i}"),
+            format!("/grpc.reflection.v1.ServerReflection/Bogus{i}"),
+            format!("/no.such.Service{i}/Get"),
+        ] {
+            let e = raw_call(channel.clone(), &path, vec![]).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unimplemented, "{path}");
+        }
+    }
+    let (_, after) = http_get(running.admin_addr, "/metrics").await;
+    let added: Vec<_> = series(&after).difference(&before_series).cloned().collect();
+    assert!(
+        added.is_empty(),
+        "{N} bogus method names added series: {added:?}"
+    );
+    assert!(!after.contains("Bogus"), "{after}");
+    assert!(
+        after.contains(&format!(
+            "carehub_grpc_server_requests_total{{service=\"identity\",method=\"unknown\",code=\"UNIMPLEMENTED\"}} {}",
+            3 * N + 1
+        )),
+        "{after}"
+    );
+    // Methods that exist keep their own label.
+    check(channel.clone(), "").await.unwrap();
+    let (_, metrics) = http_get(running.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("carehub_grpc_server_requests_total{service=\"identity\",method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"),
+        "{metrics}"
+    );
     running.shutdown().await.unwrap();
 }

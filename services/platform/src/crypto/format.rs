@@ -104,8 +104,9 @@ fn push_part(aad: &mut Vec<u8>, part: &[u8]) {
 
 fn field_aad(service: &str, field: &Field<'_>, header: &[u8]) -> Vec<u8> {
     let parts = [service, field.table, field.column, field.row, field.subject];
-    let len = FIELD_DOMAIN.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>() + header.len();
-    let mut aad = Vec::with_capacity(len);
+    let mut aad = Vec::with_capacity(
+        FIELD_DOMAIN.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>() + header.len(),
+    );
     aad.extend_from_slice(FIELD_DOMAIN);
     for part in parts {
         push_part(&mut aad, part.as_bytes());
@@ -252,6 +253,112 @@ mod tests {
         );
         ct[4] ^= 1;
         assert!(open_field(&cipher(), "identity", &f, &ct).is_err());
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        assert_eq!((HEADER_LEN, TAG_LEN, WRAPPED_KEY_LEN), (17, 16, 60));
+        let f = Field::new("t", "c", "r", "s");
+        let ct = seal_field(&cipher(), "svc", &f, 0x0102_0304, b"abc").unwrap();
+        assert_eq!(ct.len(), HEADER_LEN + 3 + TAG_LEN);
+        assert_eq!(&ct[..5], &[1, 1, 2, 3, 4]);
+        // The shortest ciphertext (empty plaintext) parses and opens; one byte less does not parse.
+        let empty = seal_field(&cipher(), "svc", &f, 9, b"").unwrap();
+        assert_eq!(empty.len(), HEADER_LEN + TAG_LEN);
+        assert_eq!(
+            header(&empty),
+            Some(Header {
+                format: FORMAT_V1,
+                key_version: 9
+            })
+        );
+        assert!(open_field(&cipher(), "svc", &f, &empty).unwrap().is_empty());
+        assert!(matches!(
+            parse_header(&empty[..HEADER_LEN + TAG_LEN - 1]),
+            Err(ParseError::TooShort)
+        ));
+        assert_eq!(header(&empty[..HEADER_LEN + TAG_LEN - 1]), None);
+        let mut other = ct.clone();
+        other[0] = 2;
+        assert!(matches!(
+            parse_header(&other),
+            Err(ParseError::UnknownFormat)
+        ));
+        assert_eq!(header(&other), None);
+        assert_eq!(ParseError::TooShort.reason(), "too short");
+        assert_eq!(ParseError::UnknownFormat.reason(), "unknown format version");
+        // Tampering with the nonce or the tag breaks it too.
+        for i in [5, HEADER_LEN - 1, ct.len() - 1] {
+            let mut bad = ct.clone();
+            bad[i] ^= 0x80;
+            assert!(open_field(&cipher(), "svc", &f, &bad).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn associated_data_is_length_prefixed_parts() {
+        let aad = field_aad("svc", &Field::new("t", "c", "r", "s"), &[1, 0, 0, 0, 2]);
+        let mut want = b"carehub/field/v1".to_vec();
+        for part in ["svc", "t", "c", "r", "s"] {
+            want.extend_from_slice(&u32::try_from(part.len()).unwrap().to_be_bytes());
+            want.extend_from_slice(part.as_bytes());
+        }
+        want.extend_from_slice(&[1, 0, 0, 0, 2]);
+        assert_eq!(aad, want);
+        let mut want = b"carehub/data-key/v1".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 3]);
+        want.extend_from_slice(b"svc");
+        want.extend_from_slice(&[0, 0, 0, 1]);
+        want.extend_from_slice(b"s");
+        want.extend_from_slice(&7u32.to_be_bytes());
+        assert_eq!(data_key_aad("svc", "s", 7), want);
+        // Empty parts still take their length prefix.
+        let f = Field::new("", "", "", "");
+        let ct = seal_field(&cipher(), "", &f, 1, b"x").unwrap();
+        assert_eq!(open_field(&cipher(), "", &f, &ct).unwrap().as_slice(), b"x");
+    }
+
+    #[test]
+    fn every_seal_and_wrap_takes_a_fresh_nonce() {
+        let f = Field::new("users", "email", "r1", "u1");
+        let a = seal_field(&cipher(), "identity", &f, 1, b"same").unwrap();
+        let b = seal_field(&cipher(), "identity", &f, 1, b"same").unwrap();
+        assert_ne!(a[5..HEADER_LEN], b[5..HEADER_LEN]);
+        assert_ne!(a, b);
+        for nonce in [&a[5..HEADER_LEN], &b[5..HEADER_LEN]] {
+            assert_ne!(nonce, [0u8; NONCE_LEN]);
+            assert_ne!(nonce, [1u8; NONCE_LEN]);
+        }
+        let w1 = wrap_key(&cipher(), "identity", "u1", 1, &[9u8; 32]).unwrap();
+        let w2 = wrap_key(&cipher(), "identity", "u1", 1, &[9u8; 32]).unwrap();
+        assert_ne!(w1[..NONCE_LEN], w2[..NONCE_LEN]);
+        assert_ne!(&w1[..NONCE_LEN], &[0u8; NONCE_LEN]);
+    }
+
+    #[test]
+    fn wrapped_keys_have_one_length_and_their_tag_is_checked() {
+        let w = wrap_key(&cipher(), "identity", "u1", 1, &[9u8; 32]).unwrap();
+        assert_eq!(w.len(), WRAPPED_KEY_LEN);
+        assert!(unwrap_key(&cipher(), "identity", "u1", 1, &w[..WRAPPED_KEY_LEN - 1]).is_none());
+        let mut longer = w.clone();
+        longer.push(0);
+        assert!(unwrap_key(&cipher(), "identity", "u1", 1, &longer).is_none());
+        for i in [
+            0,
+            NONCE_LEN,
+            NONCE_LEN + 31,
+            NONCE_LEN + 32,
+            WRAPPED_KEY_LEN - 1,
+        ] {
+            let mut bad = w.clone();
+            bad[i] ^= 1;
+            assert!(
+                unwrap_key(&cipher(), "identity", "u1", 1, &bad).is_none(),
+                "byte {i}"
+            );
+        }
+        let other_kek = Aes256Gcm::new_from_slice(&[8u8; 32]).unwrap();
+        assert!(unwrap_key(&other_kek, "identity", "u1", 1, &w).is_none());
     }
 
     #[test]
