@@ -59,8 +59,11 @@ for g in "${groups[@]}"; do
   echo
   echo "==> mutants: $g ($args)"
   mkdir -p "$out_root/$g"
+  # nextest: every test in a process of its own, as in scripts/test.sh (the login storm test
+  # bounds its process's memory).
   # shellcheck disable=SC2086 # $args is a list of words
-  if cargo mutants --no-shuffle --jobs "$jobs" --output "$out_root/$g" --timeout-multiplier 3 \
+  if cargo mutants --test-tool nextest --no-shuffle --jobs "$jobs" --output "$out_root/$g" \
+      --timeout-multiplier 3 \
       --minimum-test-timeout 120 $args; then
     echo "==> $g: no surviving mutant"
   else

@@ -424,10 +424,17 @@ async fn a_login_storm_is_answered_bounded_and_audited_while_others_read() {
 
     let rss = resident_mib();
     eprintln!("storm answers: {outcomes:?}; resident memory afterwards: {rss} MiB");
-    assert!(
-        rss < STORM_RSS_BOUND_MIB,
-        "resident memory after the storm: {rss} MiB"
-    );
+    // The bound is the process's: it holds when this test has its process to itself, as under
+    // nextest (scripts/test.sh, scripts/mutants.sh). `cargo test` runs every test of the binary
+    // in one process, where the others' servers and hashing threads count too.
+    if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test") {
+        assert!(
+            rss < STORM_RSS_BOUND_MIB,
+            "resident memory after the storm: {rss} MiB"
+        );
+    } else {
+        eprintln!("resident-memory bound not checked: the test does not have its own process");
+    }
     app.shutdown().await;
 }
 
