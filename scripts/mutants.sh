@@ -8,7 +8,7 @@
 #   MUTANTS_JOBS=2 scripts/mutants.sh  parallel builds (each one a copy of the tree)
 #
 # Groups, and the only tests each mutant runs (test selection kept tight on purpose):
-#   auth      platform/src/auth/mod.rs          platform unit tests
+#   auth      platform/src/auth/{mod,verified}.rs  platform unit tests
 #   remote    platform/src/auth/remote.rs       identity tests/remote_verifier.rs (a real identity)
 #   audit     platform/src/audit/{verify,chain}.rs  platform unit tests + tests/audit.rs
 #   crypto    platform/src/crypto/format.rs     platform unit tests + tests/crypto.rs
@@ -38,7 +38,7 @@ jobs="${MUTANTS_JOBS:-1}"
 
 group_args() {
   case "$1" in
-    auth) echo "-f services/platform/src/auth/mod.rs -- --lib" ;;
+    auth) echo "-f services/platform/src/auth/mod.rs -f services/platform/src/auth/verified.rs -- --lib" ;;
     remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity -- --test remote_verifier" ;;
     audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -- --lib --test audit" ;;
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test crypto" ;;

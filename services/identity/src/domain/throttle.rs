@@ -113,6 +113,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unbounded_delay_saturates_at_the_longest_duration() {
+        // No cap on the delay: past 2^62 s the delay is the longest chrono can hold, not a
+        // wrapped or tiny one.
+        let p = ThrottlePolicy {
+            max_delay_secs: u64::MAX,
+            ..policy()
+        };
+        let longest = Duration::seconds(i64::MAX / 1000);
+        assert_eq!(p.consecutive_delay(5 + 63), Some(longest));
+        assert_eq!(p.consecutive_delay(5 + 200), Some(longest));
+        assert_eq!(
+            p.consecutive_delay(5 + 20),
+            Some(Duration::seconds(1 << 20))
+        );
+    }
+
+    #[test]
     fn hourly_cap_locks_until_window_end() {
         let p = ThrottlePolicy {
             free_attempts: 1000,
