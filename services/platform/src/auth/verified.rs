@@ -162,6 +162,53 @@ mod tests {
             .is_err());
     }
 
+    fn user(expires_at: i64) -> UserCaller {
+        UserCaller {
+            user_id: uuid::Uuid::now_v7(),
+            session_id: uuid::Uuid::now_v7(),
+            roles: vec![],
+            amr: vec![],
+            issued_at: expires_at - 600,
+            expires_at,
+            password_change_required: false,
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_answers_until_just_before_exp() {
+        let cache = VerifiedTokens::new(8);
+        let a = key(4);
+        let t = token(&a, 300);
+        assert!(cache.is_empty());
+        let first = cache.verify(&t, &a.verifying_key(), "iss", "aud").unwrap();
+        assert!(!cache.is_empty());
+        let exp = first.expires_at;
+        let id = token_id(&t);
+        let hit = cache.lookup(&id, &a.verifying_key(), exp - 1).unwrap();
+        assert_eq!(hit.session_id, first.session_id);
+        assert!(cache.lookup(&id, &a.verifying_key(), exp - 100).is_some());
+        assert!(cache.lookup(&id, &a.verifying_key(), exp).is_none());
+        assert!(cache
+            .lookup(&id, &key(5).verifying_key(), exp - 1)
+            .is_none());
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_tokens_first() {
+        let cache = VerifiedTokens::new(2);
+        let k = key(6).verifying_key();
+        let now = 1_000_000;
+        let (live, ends_now, newer) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        cache.remember(live, &k, &user(now + 300), now);
+        cache.remember(ends_now, &k, &user(now), now);
+        // Full: the token that ends now makes room; the live one stays.
+        cache.remember(newer, &k, &user(now + 300), now);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.lookup(&live, &k, now).is_some());
+        assert!(cache.lookup(&newer, &k, now).is_some());
+        assert!(cache.lookup(&ends_now, &k, now - 1).is_none());
+    }
+
     #[test]
     fn expired_tokens_are_not_answered_from_memory_and_the_bound_holds() {
         let cache = VerifiedTokens::new(2);
