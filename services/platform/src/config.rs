@@ -13,9 +13,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use crate::keys::config::{
-    KeyProvider, KeysConfig, TlsSource, VaultAuthConfig, VaultAuthMethod, VaultConfig,
-};
+pub mod audit;
+pub mod keys;
+
+pub use audit::{AuditConfig, SinkKind};
+pub use keys::{KeyProvider, KeysConfig, TlsSource, VaultAuthConfig, VaultAuthMethod, VaultConfig};
 
 /// What every service needs from its configuration, under the `[server]` table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,7 +34,7 @@ pub struct PlatformConfig {
     pub auth: AuthConfig,
     pub keys: KeysConfig,
     pub vault: VaultConfig,
-    pub audit: crate::audit::AuditConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for PlatformConfig {
@@ -47,7 +49,7 @@ impl Default for PlatformConfig {
             auth: AuthConfig::default(),
             keys: KeysConfig::default(),
             vault: VaultConfig::default(),
-            audit: crate::audit::AuditConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -255,7 +257,7 @@ impl Validate for PlatformConfig {
                 && self.auth.revocation_max_staleness_secs <= 55,
             "server.auth.revocation_max_staleness_secs must be above revocation_poll_secs and at most 55",
         );
-        crate::keys::config::validate(&self.keys, &self.vault, self.tls.source, problems);
+        keys::validate(&self.keys, &self.vault, self.tls.source, problems);
         let mut need = |ok: bool, msg: &str| {
             if !ok {
                 problems.push(msg.to_owned());

@@ -29,11 +29,9 @@ pub mod service;
 pub mod sink;
 pub mod verify;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 pub use chain::{record, record_read, record_read_with, record_with, AuditError};
@@ -42,54 +40,11 @@ pub use seal::{ClientSealer, SealedClient};
 pub use sink::{Sink, SinkKind};
 pub use verify::{verify, verify_with, Problem, ProblemKind, VerifyRange, VerifyReport};
 
+pub use crate::config::AuditConfig;
 use crate::keys::KeySource;
 
-/// `[server.audit]`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// JSON-lines sink for SIEM shipping: `none`, `stdout` or `file`.
-    pub sink: SinkKind,
-    /// The file of `sink = "file"` (appended to).
-    pub sink_file: Option<PathBuf>,
-    /// Sign a checkpoint after this many new rows.
-    pub checkpoint_every: u64,
-    /// ... or once the newest unsigned rows are this old.
-    pub checkpoint_interval_secs: u64,
-    /// How often the background task looks for checkpoints and sink work.
-    pub poll_interval_ms: u64,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            sink: SinkKind::None,
-            sink_file: None,
-            checkpoint_every: 1000,
-            checkpoint_interval_secs: 60,
-            poll_interval_ms: 1000,
-        }
-    }
-}
-
+/// The configured sink's destination lives here, beside the sink: configuration is a leaf.
 impl AuditConfig {
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        if self.sink == SinkKind::File && self.sink_file.is_none() {
-            problems.push(
-                "server.audit.sink_file is required when server.audit.sink = \"file\"".to_owned(),
-            );
-        }
-        if self.checkpoint_every == 0 {
-            problems.push("server.audit.checkpoint_every must be > 0".to_owned());
-        }
-        if self.checkpoint_interval_secs == 0 {
-            problems.push("server.audit.checkpoint_interval_secs must be > 0".to_owned());
-        }
-        if !(10..=60_000).contains(&self.poll_interval_ms) {
-            problems.push("server.audit.poll_interval_ms must be within 10..=60000".to_owned());
-        }
-    }
-
     /// The configured sink, if any.
     pub fn sink(&self) -> Option<Sink> {
         match (self.sink, &self.sink_file) {

@@ -10,8 +10,10 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
+
+pub use crate::config::SinkKind;
 
 use super::chain::{self, AuditError};
 use super::checkpoint::Checkpoint;
@@ -19,16 +21,6 @@ use super::event::{to_hex, ChainedEvent};
 
 /// Lines shipped per pass.
 const BATCH: i64 = 500;
-
-/// `[server.audit] sink`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    #[default]
-    None,
-    Stdout,
-    File,
-}
 
 /// A JSON-lines destination.
 #[derive(Clone, Debug, PartialEq, Eq)]

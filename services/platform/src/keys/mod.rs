@@ -10,7 +10,8 @@
 //! `{"current": "<n>", "v1": "<base64 32 bytes>", "v2": ...}`. All versions live in one secret so
 //! that KV v1 and v2 behave the same and a rotated key still decrypts what it encrypted.
 
-pub mod config;
+/// The keys' configuration lives with the rest of the configuration (a leaf); this path stays.
+pub use crate::config::keys as config;
 pub mod file;
 pub mod pki;
 pub mod vault;

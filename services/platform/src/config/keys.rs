@@ -1,5 +1,6 @@
 //! Configuration of key providers and of the Vault connection (`[server.keys]`,
-//! `[server.vault]`, `[server.vault.auth]`), re-exported from [`crate::config`].
+//! `[server.vault]`, `[server.vault.auth]`), re-exported from `crate::config` and, for the
+//! code that reads them, from `crate::keys::config`.
 //!
 //! Names are fixed by the team (chart values and docs use them); see README "Keys in Vault".
 
