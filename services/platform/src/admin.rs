@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+
+use crate::lifecycle::{Health, Phase};
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -274,14 +275,18 @@ pub type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    /// True between "gRPC listener serving" and "shutdown begun".
-    pub serving: Arc<AtomicBool>,
+    /// The server's lifecycle: ready only in its serving phase.
+    pub health: tokio::sync::watch::Receiver<Health>,
     pub readiness: Option<ReadinessCheck>,
 }
 
 impl AdminState {
+    /// The check is asked here directly rather than through the watch's `ready` (published at
+    /// most once a second): `/readyz` turns 503 the moment keys go stale, and 200 as soon as
+    /// they are fresh again.
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::SeqCst) && self.readiness.as_ref().is_none_or(|check| check())
+        self.health.borrow().phase == Phase::Serving
+            && self.readiness.as_ref().is_none_or(|check| check())
     }
 }
 

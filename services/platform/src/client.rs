@@ -24,7 +24,7 @@ use tower::Service;
 use tracing::Instrument as _;
 
 use crate::config::TlsConfig;
-use crate::server::{observe_response, split_path, Completion, SpanKind};
+use crate::request::{current_request_id, observe_response, split_path, Completion, SpanKind};
 use crate::telemetry;
 use crate::tls::TlsStore;
 
@@ -70,8 +70,8 @@ impl Service<http::Request<Body>> for TracedChannel {
         );
         telemetry::inject_context(&span, req.headers_mut());
         if !req.headers().contains_key("x-request-id") {
-            if let Some(id) = crate::server::current_request_id()
-                .and_then(|id| http::HeaderValue::from_str(&id).ok())
+            if let Some(id) =
+                current_request_id().and_then(|id| http::HeaderValue::from_str(&id).ok())
             {
                 req.headers_mut().insert("x-request-id", id);
             }

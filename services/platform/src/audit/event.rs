@@ -182,7 +182,7 @@ impl AuditEvent {
             subject_id: None,
             source_ip: None,
             user_agent: None,
-            request_id: crate::server::current_request_id(),
+            request_id: crate::request::current_request_id(),
             trace_id,
             span_id,
             sealer: super::seal::current().map(super::seal::CapturedSealer),

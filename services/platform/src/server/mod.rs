@@ -5,70 +5,62 @@
 //!   request-id ─► trace span + metrics ─► auth (optional) ─► timeout + load shed ─► routes
 //! ```
 //!
-//! We accept TCP ourselves (tonic's TLS cannot hot-reload certificates): every connection is
-//! handshaken in its own task with `limits.handshake_timeout_ms`, so a slow or silent client
-//! never blocks the accept loop; failed handshakes (no client certificate, another CA,
-//! plaintext) are logged at debug and dropped. Tonic puts the peer's [`PeerInfo`] into every
-//! request's extensions.
+//! - this module: the builder [`ServiceHost`], [`RunningServer`] and the start-up and shutdown
+//!   sequence;
+//! - [`accept`]: the TCP accept loop and the TLS handshake of each connection;
+//! - [`layers`]: the request id, errors turned into statuses, the deadline and concurrency limit;
+//! - [`observe`]: the server span and metrics of every call, labelled with known RPCs only.
 //!
-//! Always mounted: `grpc.health.v1.Health` (SERVING for every added service and `""` once
-//! started; NOT_SERVING as soon as shutdown begins, before the listener closes) and gRPC
-//! reflection v1 from `carehub_proto::FILE_DESCRIPTOR_SET`.
+//! Always mounted: `grpc.health.v1.Health` and gRPC reflection v1 from
+//! `carehub_proto::FILE_DESCRIPTOR_SET`. Health follows the server's [`Lifecycle`]
+//! (`crate::lifecycle`): NOT_SERVING while starting, SERVING for every added service and `""`
+//! once started and while the readiness check passes, NOT_SERVING as soon as shutdown begins,
+//! before the listener closes.
 //!
 //! Message size: tonic's limits live on each generated server, so services wrap theirs with
 //! [`crate::with_message_limits!`] (`with_message_limits!(FooServer::new(api), cfg.limits)`);
 //! health and reflection get the limit here.
 
-use std::collections::HashSet;
+mod accept;
+mod layers;
+mod observe;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::future::{BoxFuture, FutureExt as _, Shared};
-use http::{HeaderValue, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use futures::future::FutureExt as _;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
 use prost::bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::server::Connected;
-use tonic::Code;
 use tonic_health::ServingStatus;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::admin::{self, AdminState, Metrics, ReadinessCheck};
 use crate::config::{PlatformConfig, ServerLimits};
+use crate::lifecycle::{self, Lifecycle};
 use crate::telemetry::{self, TelemetryGuard};
-use crate::tls::{PeerInfo, TlsStore};
+use crate::tls::TlsStore;
 
-/// A type-erased request handler (what is below the auth layer).
-pub type BoxSvc = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+pub use crate::lifecycle::{Health, Phase};
+pub use crate::request::{current_request_id, BoxSvc, RequestId};
+pub use accept::TlsConn;
+pub use layers::{LimitsService, RequestIdService};
+pub use observe::ObserveService;
+
+use accept::{accept_loop, Handshakes};
+use layers::ErrorToStatus;
+use observe::{described_sets, KnownRpcs};
+
 type WrapFn = Box<dyn FnOnce(BoxSvc) -> BoxSvc + Send>;
-
-/// The request id of a call (`x-request-id`, generated when absent), in request extensions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
-}
-
-/// The request id of the RPC being handled by this task, if any. Outgoing calls through
-/// [`crate::client::ServiceChannel`] carry it as `x-request-id`; audit records can use it.
-pub fn current_request_id() -> Option<String> {
-    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Wraps a generated tonic server with the platform's message size limits:
 /// `with_message_limits!(IdentityServiceServer::new(api), cfg.server.limits)`.
@@ -245,9 +237,9 @@ impl ServiceHost {
 
         // Health and reflection.
         let (health, health_server) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        // tonic's reporter starts with `""` SERVING: not while starting.
+        let lifecycle = Lifecycle::new();
+        lifecycle::publish(&health, &service_names, lifecycle.current()).await;
         // "liveness" answers SERVING for as long as the process answers at all: a kubelet gRPC
         // liveness probe must not restart a pod that is merely unready (draining, keys stale).
         health
@@ -348,77 +340,65 @@ impl ServiceHost {
         // Admin port.
         let admin_state = AdminState {
             metrics: metrics.clone(),
-            serving: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            readiness,
+            health: lifecycle.subscribe(),
+            readiness: readiness.clone(),
         };
         let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
-            admin::router(admin_state.clone(), admin_routes)
+            admin::router(admin_state, admin_routes)
                 .merge(admin::grpc_health_check_route(probe_health)),
             async move {
                 let _ = admin_stop_rx.await;
             },
         ));
 
-        for name in &service_names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
+        // gRPC health (both ports) follows the lifecycle, and through it the readiness check
+        // (keys past their maximum staleness, ...), so Kubernetes' native gRPC probes see what
+        // /readyz sees. Serving is published before `start` returns: callers see it at once.
+        if let Some(check) = &readiness {
+            lifecycle.set_ready(check());
         }
-        health.set_service_status("", ServingStatus::Serving).await;
-        admin_state.serving.store(true, Ordering::SeqCst);
-        tracing::info!(service = service_name, %grpc_addr, %admin_addr, "serving gRPC (mTLS) and admin");
-
-        // gRPC health follows the readiness check too (keys past their maximum staleness, ...),
-        // so Kubernetes' native gRPC probes see what /readyz sees.
-        let readiness_watch = admin_state.readiness.clone().map(|check| {
-            let health = health.clone();
-            let names = service_names.clone();
-            tokio::spawn(async move {
-                let mut ready = true;
-                let mut ticker = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    ticker.tick().await;
-                    let now = check();
-                    if now == ready {
-                        continue;
-                    }
-                    ready = now;
-                    let status = if now {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    for name in &names {
-                        health.set_service_status(*name, status).await;
-                    }
-                    health.set_service_status("", status).await;
-                }
-            })
+        lifecycle.serving();
+        lifecycle::publish(&health, &service_names, lifecycle.current()).await;
+        let health_follower = tokio::spawn(lifecycle::follow_health(
+            lifecycle.subscribe(),
+            health.clone(),
+            service_names.clone(),
+        ));
+        let readiness_follower = readiness.map(|check| {
+            tokio::spawn(lifecycle::follow_readiness(
+                lifecycle.clone(),
+                check,
+                Duration::from_secs(1),
+            ))
         });
+        tracing::info!(service = service_name, %grpc_addr, %admin_addr, "serving gRPC (mTLS) and admin");
 
         let (trigger_tx, trigger_rx) = oneshot::channel::<()>();
         let drain = Duration::from_secs(limits.drain_timeout_secs);
-        let health_handle = health.clone();
+        let drain_lifecycle = lifecycle.clone();
         let supervisor = tokio::spawn(async move {
             let early = tokio::select! {
                 _ = shutdown => None,
                 _ = trigger_rx => None,
                 res = &mut server_task => Some(res),
             };
-            if let Some(watch) = readiness_watch {
-                watch.abort();
+            if let Some(task) = readiness_follower {
+                task.abort();
             }
-            admin_state.serving.store(false, Ordering::SeqCst);
-            for name in &service_names {
-                health_handle
-                    .set_service_status(*name, ServingStatus::NotServing)
-                    .await;
+            // NOT_SERVING is published before the listener closes: the follower ends once it
+            // has set it.
+            drain_lifecycle.draining();
+            if tokio::time::timeout(Duration::from_secs(2), health_follower)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    service = service_name,
+                    "health did not turn NOT_SERVING in time"
+                );
             }
-            health_handle
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
             tracing::info!(
                 service = service_name,
                 "shutting down: NOT_SERVING, draining"
@@ -474,6 +454,7 @@ impl ServiceHost {
             admin_addr,
             metrics,
             health,
+            lifecycle,
             tls: store,
             trigger: Some(trigger_tx),
             task: supervisor,
@@ -509,6 +490,7 @@ pub struct RunningServer {
     pub metrics: Arc<Metrics>,
     /// The health reporter (services may flip their own status).
     pub health: tonic_health::server::HealthReporter,
+    lifecycle: Lifecycle,
     pub tls: Arc<TlsStore>,
     trigger: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -524,6 +506,11 @@ impl std::fmt::Debug for RunningServer {
 }
 
 impl RunningServer {
+    /// The server's lifecycle (starting → serving → draining) and readiness, as a watch.
+    pub fn health_watch(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.lifecycle.subscribe()
+    }
+
     /// Waits until the server stopped (shutdown future resolved and drained).
     ///
     /// Dropping a `RunningServer` without waiting begins shutdown.
@@ -571,684 +558,4 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connections
-
-type Kill = Shared<oneshot::Receiver<()>>;
-
-/// How TLS handshakes are bounded: each in time, all together in number.
-struct Handshakes {
-    timeout: Duration,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    store: Arc<TlsStore>,
-    handshakes: Handshakes,
-    tx: mpsc::Sender<TlsConn>,
-    kill: Kill,
-) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = tx.closed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::debug!(error = %err, "accept failed");
-                    // Out of file descriptors and the like: don't spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Shed rather than queue: a queued handshake would mostly time out anyway, and the
-        // accept loop must stay free for the connections that can be served.
-        let Ok(permit) = Arc::clone(&handshakes.permits).try_acquire_owned() else {
-            tracing::debug!(peer = %remote, "too many TLS handshakes in progress; connection closed");
-            drop(tcp);
-            continue;
-        };
-        let handshake_timeout = handshakes.timeout;
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let store = store.clone();
-        let tx = tx.clone();
-        let kill = kill.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
-            drop(permit);
-            crate::stats::tls_server_handshake(matches!(handshake, Ok(Ok(_))));
-            match handshake {
-                Ok(Ok(tls)) => {
-                    let workload = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(|leaf| store.workload_of(leaf));
-                    let conn = TlsConn {
-                        inner: tls,
-                        info: PeerInfo {
-                            remote_addr: Some(remote),
-                            workload,
-                        },
-                        kill,
-                    };
-                    let _ = tx.send(conn).await;
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(peer = %remote, error = %err, "TLS handshake failed");
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %remote, "TLS handshake timed out");
-                }
-            }
-        });
-    }
-}
-
-/// An accepted mTLS connection: tonic reads its [`PeerInfo`] through [`Connected`].
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-    kill: Kill,
-}
-
-impl TlsConn {
-    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.kill).poll(cx).is_ready()
-    }
-}
-
-impl Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.killed(cx) {
-            return Poll::Ready(Ok(())); // EOF
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.killed(cx) {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.killed(cx) {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Layers
-
-const REQUEST_ID: &str = "x-request-id";
-
-fn valid_request_id(v: &HeaderValue) -> Option<&str> {
-    let s = v.to_str().ok()?;
-    (!s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')))
-    .then_some(s)
-}
-
-/// Takes `x-request-id` (when well-formed) or generates one; puts it into the headers and
-/// extensions ([`RequestId`]) and echoes it on the response.
-#[derive(Clone)]
-pub struct RequestIdService<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for RequestIdService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let id = match req.headers().get(REQUEST_ID).and_then(valid_request_id) {
-            Some(id) => id.to_owned(),
-            None => uuid::Uuid::now_v7().to_string(),
-        };
-        let value = HeaderValue::from_str(&id).ok();
-        if let Some(value) = &value {
-            req.headers_mut().insert(REQUEST_ID, value.clone());
-        }
-        req.extensions_mut().insert(RequestId(id.clone()));
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fut = CURRENT_REQUEST_ID.scope(id, inner.call(req));
-        Box::pin(async move {
-            let mut response = fut.await?;
-            if let Some(value) = value {
-                response.headers_mut().insert(REQUEST_ID, value);
-            }
-            Ok(response)
-        })
-    }
-}
-
-/// Every descriptor set whose services a server may mount: carehub's, health's, reflection's.
-fn described_sets() -> Vec<&'static [u8]> {
-    vec![
-        carehub_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ]
-}
-
-/// The RPCs a server answers, to label metrics and spans with: a path counts as known only
-/// when its service is mounted and — for services with a descriptor — its method exists, so
-/// attacker-chosen paths cannot create unbounded metric series. A mounted service without a
-/// descriptor (a hand-written test service) has its methods labelled by name.
-#[derive(Debug, Default)]
-pub(crate) struct KnownRpcs {
-    mounted: HashSet<String>,
-    /// Methods of every service described by the descriptor sets.
-    methods: std::collections::HashMap<String, HashSet<String>>,
-}
-
-impl KnownRpcs {
-    pub(crate) fn new(mounted: &[&str], descriptor_sets: &[&[u8]]) -> Self {
-        use prost::Message as _;
-        let mut methods: std::collections::HashMap<String, HashSet<String>> =
-            std::collections::HashMap::new();
-        for set in descriptor_sets {
-            // The sets are compiled in; one that does not decode describes nothing.
-            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
-                continue;
-            };
-            for file in set.file {
-                let package = file.package.unwrap_or_default();
-                for service in file.service {
-                    let name = match (package.as_str(), service.name.as_deref()) {
-                        (_, None) => continue,
-                        ("", Some(n)) => n.to_owned(),
-                        (p, Some(n)) => format!("{p}.{n}"),
-                    };
-                    methods
-                        .entry(name)
-                        .or_default()
-                        .extend(service.method.into_iter().filter_map(|m| m.name));
-                }
-            }
-        }
-        Self {
-            mounted: mounted.iter().map(|s| (*s).to_owned()).collect(),
-            methods,
-        }
-    }
-
-    /// Whether `/service/method` is an RPC this server has.
-    pub(crate) fn contains(&self, service: &str, method: &str) -> bool {
-        self.mounted.contains(service)
-            && self
-                .methods
-                .get(service)
-                .is_none_or(|methods| methods.contains(method))
-    }
-}
-
-/// The server span (named after the RPC, parent from `traceparent`) and the RPC metrics.
-#[derive(Clone)]
-pub struct ObserveService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-    known: Arc<KnownRpcs>,
-}
-
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-pub(crate) fn split_path(path: &str) -> (&str, &str) {
-    let trimmed = path.strip_prefix('/').unwrap_or(path);
-    match trimmed.rsplit_once('/') {
-        Some((service, method)) => (service, method),
-        None => (trimmed, ""),
-    }
-}
-
-/// The gRPC status of a response whose `grpc-status` is in the headers (trailers-only).
-pub(crate) fn header_status(headers: &http::HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .map(|v| Code::from_bytes(v.as_bytes()))
-}
-
-impl<S> Service<Request<Body>> for ObserveService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let path = req.uri().path();
-        let (service, method) = split_path(path);
-        let known = self.known.contains(service, method);
-        // Unknown paths (an unknown service, or an unknown method of a known one) share one
-        // label and one span name: attacker-chosen paths must not create unbounded metric series.
-        let (label, name) = if known {
-            (path.to_owned(), format!("{service}/{method}"))
-        } else {
-            ("unknown".to_owned(), "unknown".to_owned())
-        };
-        let (service, method) = if known {
-            (service.to_owned(), method.to_owned())
-        } else {
-            ("unknown".to_owned(), "unknown".to_owned())
-        };
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        let workload = req
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.workload.clone())
-            .unwrap_or_default();
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            request.id = %request_id,
-            peer.workload = %workload,
-        );
-        let parent = telemetry::extract_context(req.headers());
-        let _ = span.set_parent(parent);
-        let completion = Completion {
-            span: span.clone(),
-            metrics: Some((self.metrics.clone(), label)),
-            start: Instant::now(),
-            kind: SpanKind::Server,
-        };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fut = inner.call(req).instrument(span);
-        Box::pin(async move {
-            let response = undecodable_as_invalid_argument(fut.await?);
-            Ok(observe_response(response, completion))
-        })
-    }
-}
-
-/// How prost describes a message that does not decode (tonic answers it with INTERNAL).
-const PROTOBUF_DECODE_ERROR: &str = "failed to decode Protobuf message";
-
-/// tonic answers a request body that is not a valid protobuf encoding of the request message
-/// with INTERNAL ("failed to decode Protobuf message: ..."), as if the server had failed. It is
-/// the client's error: INVALID_ARGUMENT with reason INVALID_FIELD. The decode error is answered
-/// before any handler runs, trailers-only, so the status is in the response headers.
-pub(crate) fn undecodable_as_invalid_argument(response: Response<Body>) -> Response<Body> {
-    if header_status(response.headers()) != Some(Code::Internal) {
-        return response;
-    }
-    match tonic::Status::from_header_map(response.headers()) {
-        Some(status) if status.message().starts_with(PROTOBUF_DECODE_ERROR) => {
-            crate::errors::status(
-                Code::InvalidArgument,
-                carehub_proto::common::v1::ErrorReason::InvalidField,
-                format!("the request body does not decode: {}", status.message()),
-            )
-            .into_http()
-        }
-        _ => response,
-    }
-}
-
-pub(crate) fn observe_response<B>(response: Response<B>, completion: Completion) -> Response<Body>
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
-    if let Some(code) = header_status(response.headers()) {
-        completion.finish(code);
-        return response.map(Body::new);
-    }
-    if !response.status().is_success() {
-        completion.finish(Code::Unknown);
-        return response.map(Body::new);
-    }
-    response.map(|body| {
-        Body::new(ObservedBody {
-            inner: Body::new(body),
-            completion: Some(completion),
-        })
-    })
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SpanKind {
-    Server,
-    Client,
-}
-
-/// Ends an RPC: records the status on the span (closing it) and in the metrics.
-pub(crate) struct Completion {
-    pub(crate) span: tracing::Span,
-    pub(crate) metrics: Option<(Arc<Metrics>, String)>,
-    pub(crate) start: Instant,
-    pub(crate) kind: SpanKind,
-}
-
-impl Completion {
-    pub(crate) fn finish(self, code: Code) {
-        self.span.record("rpc.grpc.status_code", code as i64);
-        // OpenTelemetry semantic conventions: which codes make a span an error.
-        let error = match self.kind {
-            SpanKind::Client => code != Code::Ok,
-            SpanKind::Server => matches!(
-                code,
-                Code::Unknown
-                    | Code::DeadlineExceeded
-                    | Code::Unimplemented
-                    | Code::Internal
-                    | Code::Unavailable
-                    | Code::DataLoss
-            ),
-        };
-        if error {
-            self.span.record("otel.status_code", "ERROR");
-        }
-        let elapsed = self.start.elapsed();
-        if let Some((metrics, label)) = &self.metrics {
-            metrics.record_rpc(label, code, elapsed);
-        }
-        tracing::debug!(
-            parent: &self.span,
-            code = admin::code_name(code),
-            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-            "rpc finished"
-        );
-    }
-}
-
-/// A response body that finishes its [`Completion`] with the status from the trailers, or
-/// CANCELLED when dropped early.
-pub(crate) struct ObservedBody {
-    pub(crate) inner: Body,
-    pub(crate) completion: Option<Completion>,
-}
-
-impl HttpBody for ObservedBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let this = self.get_mut();
-        let span = this.completion.as_ref().map(|c| c.span.clone());
-        let _entered = span.as_ref().map(|s| s.enter());
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(done) = this.completion.take() {
-                        done.finish(header_status(trailers).unwrap_or(Code::Unknown));
-                    }
-                }
-            }
-            Some(Err(status)) => {
-                if let Some(done) = this.completion.take() {
-                    done.finish(status.code());
-                }
-            }
-            None => {
-                if let Some(done) = this.completion.take() {
-                    done.finish(Code::Unknown);
-                }
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        if let Some(done) = self.completion.take() {
-            done.finish(Code::Cancelled);
-        }
-    }
-}
-
-/// Turns a service's errors (and any response body) into gRPC responses.
-#[derive(Clone)]
-struct ErrorToStatus<S> {
-    inner: S,
-    /// The error of a failed `poll_ready`, answered by the next `call`.
-    not_ready: Option<tonic::Status>,
-}
-
-impl<S, B> Service<Request<Body>> for ErrorToStatus<S>
-where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match ready!(self.inner.poll_ready(cx)) {
-            Ok(()) => self.not_ready = None,
-            Err(err) => self.not_ready = Some(tonic::Status::from_error(err.into())),
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Some(status) = self.not_ready.take() {
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fut = inner.call(req);
-        Box::pin(async move {
-            Ok(match fut.await {
-                Ok(response) => response.map(Body::new),
-                Err(err) => tonic::Status::from_error(err.into()).into_http(),
-            })
-        })
-    }
-}
-
-/// Deadline (`limits.request_timeout_ms` → DEADLINE_EXCEEDED) and concurrency limit with load
-/// shedding (`limits.concurrency_limit` → RESOURCE_EXHAUSTED with RetryInfo), as gRPC statuses.
-#[derive(Clone)]
-pub struct LimitsService<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-    timeout: Duration,
-}
-
-impl<S> Service<Request<Body>> for LimitsService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            use tonic_types::{ErrorDetails, StatusExt as _};
-            let status = tonic::Status::with_error_details(
-                Code::ResourceExhausted,
-                "the server is at its concurrency limit; retry with backoff",
-                ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
-            );
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        };
-        let timeout = self.timeout;
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let _permit = permit;
-            match tokio::time::timeout(timeout, inner.call(req)).await {
-                Ok(response) => response,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(
-                    "the request did not finish within the server's deadline",
-                )
-                .into_http()),
-            }
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    #[test]
-    fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/carehub.identity.v1.IdentityService/Login"),
-            ("carehub.identity.v1.IdentityService", "Login")
-        );
-        assert_eq!(split_path("/x"), ("x", ""));
-    }
-
-    #[test]
-    fn request_ids_are_validated() {
-        assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")).is_some());
-        assert!(valid_request_id(&HeaderValue::from_static("a b")).is_none());
-        assert!(valid_request_id(&HeaderValue::from_static("")).is_none());
-        let long = "a".repeat(129);
-        assert!(valid_request_id(&HeaderValue::from_str(&long).unwrap()).is_none());
-    }
-
-    #[derive(Clone)]
-    struct Slow(Duration);
-    impl Service<Request<Body>> for Slow {
-        type Response = Response<Body>;
-        type Error = Infallible;
-        type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<Body>) -> Self::Future {
-            let d = self.0;
-            Box::pin(async move {
-                tokio::time::sleep(d).await;
-                Ok(tonic::Status::ok("").into_http())
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn limits_answer_deadline_exceeded_and_resource_exhausted() {
-        let mut svc = LimitsService {
-            inner: Slow(Duration::from_millis(300)),
-            permits: Arc::new(Semaphore::new(1)),
-            timeout: Duration::from_millis(100),
-        };
-        let first = svc.call(Request::new(Body::empty()));
-        let second = svc.call(Request::new(Body::empty())).await.unwrap();
-        assert_eq!(
-            header_status(second.headers()),
-            Some(Code::ResourceExhausted)
-        );
-        let first = first.await.unwrap();
-        assert_eq!(header_status(first.headers()), Some(Code::DeadlineExceeded));
-        // The permit is back.
-        let mut fast = LimitsService {
-            inner: Slow(Duration::from_millis(1)),
-            permits: svc.permits.clone(),
-            timeout: Duration::from_millis(100),
-        };
-        let ok = fast.call(Request::new(Body::empty())).await.unwrap();
-        assert_eq!(header_status(ok.headers()), Some(Code::Ok));
-    }
 }
