@@ -1,14 +1,13 @@
 //! Sessions: opening one (first tokens), refreshing it with rotating refresh tokens (reuse ends
 //! the session), logout, and listing and revoking the user's sessions.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use carehub_platform::audit::Action;
 use carehub_platform::auth::{self, Caller, Role};
 use carehub_platform::crypto::Envelope;
 use carehub_platform::errors::FieldViolations;
 use carehub_platform::idempotency;
-use carehub_proto::common::v1::{PageRequest, PageResponse};
+use carehub_platform::paging::{self, Page};
+use carehub_proto::common::v1::PageResponse;
 use carehub_proto::identity::v1 as pb;
 use carehub_proto::identity::v1::*;
 use chrono::{DateTime, Utc};
@@ -27,9 +26,6 @@ use crate::store::sessions::{self as store, Credentials, NewSession, SessionRow,
 use crate::store::{revocation, sealed};
 use crate::token::{self, TokenSubject};
 use crate::AppState;
-
-const PAGE_DEFAULT: i64 = 50;
-const PAGE_MAX: i64 = 500;
 
 fn role_of(cred: &Credentials) -> Result<Role> {
     Role::parse(&cred.role)
@@ -286,65 +282,10 @@ pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> 
 // ---------------------------------------------------------------------------------------------
 // Listing and revoking sessions
 
-fn encode_cursor(c: &store::SessionCursor) -> String {
-    let (active, at, id) = c;
-    URL_SAFE_NO_PAD.encode(format!(
-        "v1|{}|{}|{id}",
-        u8::from(*active),
-        at.timestamp_micros()
-    ))
-}
-
-fn decode_cursor(token: &str) -> Option<store::SessionCursor> {
-    if token.len() > tokens::MAX_TOKEN_LEN {
-        return None;
-    }
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
-    let mut parts = raw.split('|');
-    let (Some("v1"), Some(a), Some(t), Some(id), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    let active = match a {
-        "1" => true,
-        "0" => false,
-        _ => return None,
-    };
-    let at = DateTime::<Utc>::from_timestamp_micros(t.parse().ok()?)?;
-    Some((active, at, Uuid::parse_str(id).ok()?))
-}
-
-/// Page size and cursor of a PageRequest, or violations under `page.*`.
-fn check_page(
-    v: &mut FieldViolations,
-    page: Option<&PageRequest>,
-) -> (i64, Option<store::SessionCursor>) {
-    let Some(p) = page else {
-        return (PAGE_DEFAULT, None);
-    };
-    let size = match i64::from(p.page_size) {
-        n if n < 0 => {
-            v.add("page.page_size", "must not be negative");
-            PAGE_DEFAULT
-        }
-        0 => PAGE_DEFAULT,
-        n => n.min(PAGE_MAX),
-    };
-    let cursor = if p.page_token.is_empty() {
-        None
-    } else {
-        let c = decode_cursor(&p.page_token);
-        if c.is_none() {
-            v.add("page.page_token", "is not a token from a previous response");
-        }
-        c
-    };
-    (size, cursor)
+/// Page tokens of ListSessions continue only the listing of the user they were issued to.
+fn page_filter(user_id: Uuid) -> paging::Filter {
+    paging::Filter::new("/carehub.identity.v1.IdentityService/ListSessions")
+        .field("user_id", Some(user_id.as_bytes()))
 }
 
 pub async fn list_sessions(
@@ -362,20 +303,17 @@ async fn list_sessions_inner(
     let user = signed_in(&caller)?;
     let r = req.into_inner();
     let mut v = FieldViolations::new();
-    let (size, cursor) = check_page(&mut v, r.page.as_ref());
+    let filter = page_filter(user.user_id);
+    let page = Page::<store::SessionCursor>::read(r.page.as_ref(), &filter, "page", &mut v);
     v.finish()?;
     let role = user.roles.first().copied().unwrap_or(Role::Patient);
     let idle = secs(state.settings.idle_timeout_for(role));
     let mut conn = state.pool.acquire().await?;
-    let mut rows = store::list_sessions(&mut conn, user.user_id, idle, cursor, size + 1).await?;
-    let more = rows.len() > usize::try_from(size).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    let next_page_token = match rows.last() {
-        Some(last) if more => {
-            encode_cursor(&(last.active, last.session.created_at, last.session.id))
-        }
-        _ => String::new(),
-    };
+    let mut rows =
+        store::list_sessions(&mut conn, user.user_id, idle, page.after, page.fetch()).await?;
+    let next_page_token = page.finish(&mut rows, &filter, |last| {
+        (last.active, last.session.created_at, last.session.id)
+    });
     let mut sessions = Vec::with_capacity(rows.len());
     for r in &rows {
         sessions.push(session_to_pb(&state.crypto, &r.session, r.active, user.session_id).await?);

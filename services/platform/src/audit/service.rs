@@ -11,14 +11,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use base64::Engine as _;
 use carehub_proto::audit::v1 as pb;
 use carehub_proto::audit::v1::audit_log_server::{AuditLog, AuditLogServer};
 use carehub_proto::common::v1::{ErrorReason, PageResponse};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -33,17 +31,18 @@ use super::{chain, record_read};
 use crate::auth::{AuthLayer, Authorizer, Policy, TokenVerifier, UserCaller, UserRule};
 use crate::errors::{self, FieldViolations};
 use crate::keys::KeySource;
-use crate::server::BoxSvc;
+use crate::paging::{Filter, Page};
+use crate::request::BoxSvc;
 use crate::tls::PeerInfo;
 
 /// The workloads that may call AuditLog.
 pub const AUDIT_CALLERS: &[&str] = &["records", "admin-cli"];
 
 const SERVICE: &str = <AuditLogServer<AuditLogApi> as tonic::server::NamedService>::NAME;
-const DEFAULT_PAGE: i64 = 50;
+/// The listing that page tokens of ListEvents are bound to.
+const LIST_EVENTS: &str = "/carehub.audit.v1.AuditLog/ListEvents";
 /// What a client field reads as when its key is gone.
 pub const SEALED: &str = "[sealed: key unavailable]";
-const MAX_PAGE: i64 = 500;
 
 /// The AuditLog handlers of one service.
 #[derive(Clone)]
@@ -188,26 +187,6 @@ fn earliest() -> DateTime<Utc> {
     DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or_default()
 }
 
-/// A page token: the last (occurred_at, seq) returned, bound to the filter it was issued for.
-fn page_token(filter: &[u8], at: DateTime<Utc>, seq: i64) -> String {
-    let mut raw = Sha256::digest(filter)[..8].to_vec();
-    raw.extend_from_slice(&at.timestamp_micros().to_be_bytes());
-    raw.extend_from_slice(&seq.to_be_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn parse_page_token(filter: &[u8], token: &str) -> Option<(DateTime<Utc>, i64)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()?;
-    if raw.len() != 24 || raw[..8] != Sha256::digest(filter)[..8] {
-        return None;
-    }
-    let micros = i64::from_be_bytes(raw[8..16].try_into().ok()?);
-    let seq = i64::from_be_bytes(raw[16..24].try_into().ok()?);
-    Some((DateTime::from_timestamp_micros(micros)?, seq))
-}
-
 #[tonic::async_trait]
 impl AuditLog for AuditLogApi {
     async fn list_events(
@@ -244,36 +223,20 @@ impl AuditLog for AuditLogApi {
         if start >= end {
             v.add("end_time", "must be after start_time");
         }
-        let page = req.page.unwrap_or_default();
-        v.check(
-            page.page_size >= 0,
-            "page.page_size",
-            "must not be negative",
-        );
-        let size = match i64::from(page.page_size) {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
         // The filter as the client gave it: a defaulted end ("now") moves between pages.
-        let filter = format!(
-            "{column}:{}:{:?}:{:?}",
-            opt(id),
-            req.start_time.as_ref().map(|t| (t.seconds, t.nanos)),
-            req.end_time.as_ref().map(|t| (t.seconds, t.nanos))
-        );
-        let after = if page.page_token.is_empty() {
-            None
-        } else {
-            let parsed = parse_page_token(filter.as_bytes(), &page.page_token);
-            if parsed.is_none() {
-                v.add("page.page_token", "is not a token issued for this filter");
-            }
-            parsed
+        let time = |t: Option<&prost_types::Timestamp>| {
+            t.map(|t| [t.seconds.to_be_bytes(), i64::from(t.nanos).to_be_bytes()].concat())
         };
+        let filter = Filter::new(LIST_EVENTS)
+            .field("column", Some(column.as_bytes()))
+            .field("id", id.as_ref().map(|id| id.as_bytes().as_slice()))
+            .field("start_time", time(req.start_time.as_ref()).as_deref())
+            .field("end_time", time(req.end_time.as_ref()).as_deref());
+        let page = Page::<(DateTime<Utc>, i64)>::read(req.page.as_ref(), &filter, "page", &mut v);
         if !v.is_empty() {
             return Err(v.into_status());
         }
-        let (after_at, after_seq) = after.unwrap_or((earliest(), 0));
+        let (after_at, after_seq) = page.after.unwrap_or((earliest(), 0));
         let sql = format!(
             "SELECT {} FROM carehub_platform.audit_events
              WHERE {column} = $1 AND occurred_at >= $2 AND occurred_at < $3
@@ -287,7 +250,7 @@ impl AuditLog for AuditLogApi {
             .bind(end)
             .bind(after_at)
             .bind(after_seq)
-            .bind(size + 1)
+            .bind(page.fetch())
             .fetch_all(&self.pool)
             .await
             .map_err(chain::AuditError::from)?;
@@ -295,8 +258,7 @@ impl AuditLog for AuditLogApi {
             .iter()
             .map(chain::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = events.len() as i64 > size;
-        events.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next_page_token = page.finish(&mut events, &filter, |e| (e.event.occurred_at, e.seq));
         // Authorized readers get the client fields opened; a value that does not open (its KEK
         // version destroyed) is shown as sealed rather than failing the whole page.
         let sealer = ClientSealer::new(self.service, self.keys.clone());
@@ -307,10 +269,6 @@ impl AuditLog for AuditLogApi {
                 e.event.user_agent = e.client.user_agent.as_ref().map(|_| SEALED.to_owned());
             }
         }
-        let next_page_token = match events.last() {
-            Some(last) if more => page_token(filter.as_bytes(), last.event.occurred_at, last.seq),
-            _ => String::new(),
-        };
         // Reading the audit log is itself an access to be accounted for. Not filed under the
         // subject: the patient's own access log would otherwise grow with every look at it.
         let kind = if column == "subject_id" {
@@ -382,15 +340,6 @@ impl AuditLog for AuditLogApi {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn page_tokens_are_bound_to_their_filter() {
-        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        let t = page_token(b"subject_id:x", at, 42);
-        assert_eq!(parse_page_token(b"subject_id:x", &t), Some((at, 42)));
-        assert_eq!(parse_page_token(b"subject_id:y", &t), None);
-        assert_eq!(parse_page_token(b"subject_id:x", "garbage"), None);
-    }
 
     #[test]
     fn only_records_and_admin_cli_are_allowed() {
