@@ -7,9 +7,9 @@
 //!
 //! - this module: the builder [`ServiceHost`], [`RunningServer`] and the start-up and shutdown
 //!   sequence;
-//! - [`accept`]: the TCP accept loop and the TLS handshake of each connection;
-//! - [`layers`]: the request id, errors turned into statuses, the deadline and concurrency limit;
-//! - [`observe`]: the server span and metrics of every call, labelled with known RPCs only.
+//! - `accept`: the TCP accept loop and the TLS handshake of each connection;
+//! - `layers`: the request id, errors turned into statuses, the deadline and concurrency limit;
+//! - `observe`: the server span and metrics of every call, labelled with known RPCs only.
 //!
 //! Always mounted: `grpc.health.v1.Health` and gRPC reflection v1 from
 //! `carehub_proto::FILE_DESCRIPTOR_SET`. Health follows the server's [`Lifecycle`]
