@@ -303,7 +303,8 @@ async fn a_relay_killed_before_its_acknowledgement_delivers_again_and_the_receiv
     let world = World::new(Mode::ApplyThenHang, Duration::ZERO).await;
     let id = world.enqueue(1).await[0];
     let cfg = OutboxConfig {
-        lease_secs: 1,
+        lease_secs: 2,
+        delivery_timeout_ms: 1_000,
         ..world.config()
     };
     let metrics = Metrics::new("identity");

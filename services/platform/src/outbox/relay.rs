@@ -28,6 +28,9 @@ const METRICS_MAX_INTERVAL: Duration = Duration::from_secs(5);
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest `last_error` kept (a status message; ids only by convention).
 const MAX_ERROR_LEN: usize = 300;
+/// Deliveries in progress at once per relay: each may take a pool connection to record its
+/// outcome, and the pool is the service's, shared with its RPCs.
+const MAX_CONCURRENT_DELIVERIES: usize = 4;
 
 /// Delivers the outbox of one service database; run one in every replica ([`Relay::spawn`]).
 pub struct Relay {
@@ -49,6 +52,9 @@ pub struct RoundReport {
     pub delivered: usize,
     pub failed: usize,
     pub dead_lettered: usize,
+    /// Claimed but left alone: too little of the lease was left to start a delivery, or
+    /// another relay took the row over after our lease ended.
+    pub skipped: usize,
 }
 
 type ClaimedRow = (
@@ -75,7 +81,8 @@ enum Outcome {
     Delivered,
     Failed,
     Dead,
-    /// Another relay took the row over (our lease had ended): its outcome is not ours to record.
+    /// Not ours any more, or too close to it: another relay took the row over after our lease
+    /// ended (its outcome is not ours to record), or the lease had too little left to start.
     LeaseLost,
 }
 
@@ -171,16 +178,25 @@ impl Relay {
     /// records each outcome.
     pub async fn run_round(&self) -> Result<RoundReport, OutboxError> {
         let claimed = self.claim().await?;
+        // A delivery starts only while it can finish (delivery_timeout) inside the lease: a
+        // row still queued behind slow ones when that time has passed is left for the next
+        // claim, so no other relay can take it up while it is being delivered here.
+        let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms.max(1));
+        let start_by =
+            Instant::now() + Duration::from_secs(self.cfg.lease_secs).saturating_sub(timeout);
         let mut report = RoundReport {
             claimed: claimed.len(),
             ..RoundReport::default()
         };
         let outcomes: Vec<Result<Outcome, OutboxError>> = futures::stream::iter(claimed)
             .map(|(token, row)| async move {
+                if Instant::now() >= start_by {
+                    return Ok(Outcome::LeaseLost);
+                }
                 let result = self.deliver(&row).await;
                 self.record(token, &row, result).await
             })
-            .buffer_unordered(self.cfg.batch_size.max(1) as usize)
+            .buffer_unordered(MAX_CONCURRENT_DELIVERIES)
             .collect()
             .await;
         for outcome in outcomes {
@@ -191,7 +207,7 @@ impl Relay {
                     report.failed += 1;
                     report.dead_lettered += 1;
                 }
-                Outcome::LeaseLost => {}
+                Outcome::LeaseLost => report.skipped += 1,
             }
         }
         Ok(report)
