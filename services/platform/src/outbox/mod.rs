@@ -282,7 +282,71 @@ pub async fn retry(pool: &PgPool, id: Option<Uuid>) -> Result<Vec<Uuid>, OutboxE
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
     use super::*;
+    use crate::config::{self, PlatformConfig, Validate};
+
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct TestConfig {
+        server: PlatformConfig,
+    }
+
+    impl Validate for TestConfig {
+        fn validate(&self, problems: &mut Vec<String>) {
+            self.server.validate(problems);
+        }
+    }
+
+    #[test]
+    fn no_subscriber_by_default_and_targets_come_from_toml_or_env() {
+        assert!(OutboxConfig::default().targets.is_empty());
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[server.database]\nurl = \"postgres://db/x\"\n\
+                 [server.outbox.targets.records]\nendpoint = \"https://records:50051\"\n\
+                 server_name = \"records\"\n",
+            )?;
+            jail.set_env(
+                "CAREHUB_SERVER__OUTBOX__TARGETS__MESSAGING__ENDPOINT",
+                "https://messaging:50051",
+            );
+            jail.set_env(
+                "CAREHUB_SERVER__OUTBOX__TARGETS__MESSAGING__SERVER_NAME",
+                "messaging",
+            );
+            jail.set_env("CAREHUB_SERVER__OUTBOX__MAX_ATTEMPTS", "4");
+            let cfg: TestConfig = config::load(Some(std::path::Path::new("c.toml")), &[])
+                .map_err(|e| e.to_string())?;
+            let outbox = &cfg.server.outbox;
+            assert_eq!(outbox.max_attempts, 4);
+            assert_eq!(outbox.targets.len(), 2);
+            assert_eq!(outbox.targets["records"].endpoint, "https://records:50051");
+            assert_eq!(outbox.targets["messaging"].server_name, "messaging");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_lease_shorter_than_two_delivery_timeouts_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CAREHUB_SERVER__DATABASE__URL", "postgres://db/x");
+            jail.set_env("CAREHUB_SERVER__OUTBOX__LEASE_SECS", "15");
+            jail.set_env("CAREHUB_SERVER__OUTBOX__DELIVERY_TIMEOUT_MS", "10000");
+            let err = config::load::<TestConfig>(None, &[])
+                .err()
+                .expect("must fail");
+            assert!(
+                err.to_string()
+                    .contains("server.outbox.lease_secs must be at least twice"),
+                "{err}"
+            );
+            jail.set_env("CAREHUB_SERVER__OUTBOX__LEASE_SECS", "20");
+            config::load::<TestConfig>(None, &[]).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
 
     #[test]
     fn grpc_paths_are_checked() {
