@@ -177,13 +177,14 @@ impl Relay {
     /// Claims up to `batch_size` due rows of configured targets, delivers them concurrently and
     /// records each outcome.
     pub async fn run_round(&self) -> Result<RoundReport, OutboxError> {
-        let claimed = self.claim().await?;
         // A delivery starts only while it can finish (delivery_timeout) inside the lease: a
         // row still queued behind slow ones when that time has passed is left for the next
-        // claim, so no other relay can take it up while it is being delivered here.
+        // claim, so no other relay can take it up while it is being delivered here. The lease
+        // is counted from before the claim was sent, never later than the database began it.
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms.max(1));
         let start_by =
             Instant::now() + Duration::from_secs(self.cfg.lease_secs).saturating_sub(timeout);
+        let claimed = self.claim().await?;
         let mut report = RoundReport {
             claimed: claimed.len(),
             ..RoundReport::default()
