@@ -9,7 +9,7 @@
 //!   lease (two relays never hold one row at once; a crashed relay's rows are taken up again
 //!   when its lease ends), calls the method through the platform's mTLS client with the row id
 //!   as `idempotency-key` and the stored trace context continued, and marks the row delivered
-//!   when the target answers OK. A failure is retried with exponential backoff and full jitter;
+//!   when the target answers OK. A failure is retried with exponential backoff and jitter;
 //!   after `max_attempts` failures the row is dead-lettered. It exports
 //!   `carehub_outbox_pending`, `carehub_outbox_oldest_pending_age_seconds`,
 //!   `carehub_outbox_dead_letters` (per target) and `carehub_outbox_deliveries_total`.
