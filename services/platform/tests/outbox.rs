@@ -408,6 +408,17 @@ async fn a_poison_row_is_dead_lettered_with_the_metric_raised_and_retry_revives_
         text.contains("carehub_outbox_pending{service=\"identity\",target=\"records\"} 1"),
         "{text}"
     );
+    let oldest: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "carehub_outbox_oldest_pending_age_seconds{service=\"identity\",target=\"records\"} ",
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(oldest > 0.0 && oldest < 60.0, "oldest pending age {oldest}");
 
     rounds_until(&relay, |r| r.delivered == 1).await;
     assert_eq!(world.row(id).await.0, "delivered");
