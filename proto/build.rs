@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carehub/common/v1/types.proto",
         "carehub/common/v1/errors.proto",
         "carehub/identity/v1/identity.proto",
+        "carehub/common/v1/events.proto",
         "carehub/audit/v1/audit.proto",
     ];
     for p in &protos {

@@ -94,8 +94,8 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 /// Any service's configuration, read for its `[server]` table only.
 #[derive(Default, Serialize, Deserialize)]
 #[serde(default)]
-struct ServerOnly {
-    server: PlatformConfig,
+pub(crate) struct ServerOnly {
+    pub(crate) server: PlatformConfig,
 }
 
 impl Validate for ServerOnly {

@@ -6,6 +6,7 @@ mod audit_cmd;
 mod health;
 mod keys_cmd;
 mod loadgen;
+mod outbox_cmd;
 mod pgcluster;
 mod up;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Audit trail operations (verify a service's hash chain and checkpoints).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// A service's transactional outbox: list rows, revive dead-lettered ones.
+    #[command(subcommand)]
+    Outbox(outbox_cmd::OutboxCommand),
     /// Keys in Vault: init, rotate, status, rewrap.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -165,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => health::run(&args).await,
         Command::Audit(cmd) => audit_cmd::run(cmd).await,
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
+        Command::Outbox(cmd) => outbox_cmd::run(cmd).await,
         Command::Loadgen(args) => loadgen::run(*args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod notify;
 pub mod store;
@@ -175,6 +176,15 @@ pub async fn serve_with_keys(
         .admin_routes(token::jwks_router(state.clone()))
         .start(shutdown)
         .await?;
+    // The outbox relay (account events to subscribers), for as long as the state lives.
+    carehub_platform::outbox::Relay::new(
+        state.pool.clone(),
+        state.key_source.clone(),
+        &server.tls,
+        &config.server.outbox,
+        server.metrics.clone(),
+    )?
+    .spawn_while(&state);
     carehub_platform::keys::spawn_metrics(
         &state.key_source,
         server.metrics.clone(),

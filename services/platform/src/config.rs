@@ -35,6 +35,8 @@ pub struct PlatformConfig {
     pub keys: KeysConfig,
     pub vault: VaultConfig,
     pub audit: AuditConfig,
+    /// The transactional outbox's relay and its subscribers (`[server.outbox]`).
+    pub outbox: OutboxConfig,
 }
 
 impl Default for PlatformConfig {
@@ -50,6 +52,7 @@ impl Default for PlatformConfig {
             keys: KeysConfig::default(),
             vault: VaultConfig::default(),
             audit: AuditConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -202,6 +205,99 @@ impl Default for AuthConfig {
     }
 }
 
+/// The outbox relay (`[server.outbox]`, see `crate::outbox`): where events go and how hard it
+/// tries. No subscriber is configured by default; rows for a target without one stay pending
+/// until one is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Subscribers by target name (`[server.outbox.targets.records]`).
+    pub targets: std::collections::BTreeMap<String, OutboxTarget>,
+    /// How often the relay looks for due rows when the last look found none.
+    pub poll_interval_ms: u64,
+    /// Rows claimed per round.
+    pub batch_size: u32,
+    /// How long a claim holds a row; a crashed relay's rows are taken up again after it.
+    pub lease_secs: u64,
+    /// Deadline of one delivery (must stay well under `lease_secs`).
+    pub delivery_timeout_ms: u64,
+    /// Failed deliveries after which a row is dead-lettered (`carehub outbox retry` revives it).
+    pub max_attempts: u32,
+    /// First retry delay; each further failure doubles it, up to `backoff_max_secs`, and a
+    /// random part of it (full jitter) is used.
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    /// Delivered rows are deleted after this long.
+    pub delivered_retention_secs: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            targets: std::collections::BTreeMap::new(),
+            poll_interval_ms: 500,
+            batch_size: 32,
+            lease_secs: 60,
+            delivery_timeout_ms: 10_000,
+            max_attempts: 10,
+            backoff_base_ms: 1_000,
+            backoff_max_secs: 600,
+            delivered_retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// One subscriber of the outbox: its gRPC endpoint and the name its certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxTarget {
+    /// `https://records:50051`.
+    pub endpoint: String,
+    /// The DNS name or service name in the subscriber's certificate (`records`).
+    pub server_name: String,
+}
+
+impl OutboxConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        need(
+            self.poll_interval_ms > 0,
+            "server.outbox.poll_interval_ms must be > 0".to_owned(),
+        );
+        need(
+            (1..=1000).contains(&self.batch_size),
+            "server.outbox.batch_size must be within 1..=1000".to_owned(),
+        );
+        need(
+            self.max_attempts > 0,
+            "server.outbox.max_attempts must be > 0".to_owned(),
+        );
+        need(
+            self.backoff_base_ms > 0 && self.backoff_max_secs > 0,
+            "server.outbox.backoff_base_ms and backoff_max_secs must be > 0".to_owned(),
+        );
+        // A lease that ends while its delivery still runs would let a second relay deliver the
+        // same row at the same time.
+        need(
+            self.delivery_timeout_ms > 0
+                && self.lease_secs.saturating_mul(1000)
+                    >= self.delivery_timeout_ms.saturating_mul(2),
+            "server.outbox.lease_secs must be at least twice delivery_timeout_ms (and both > 0)"
+                .to_owned(),
+        );
+        for (name, target) in &self.targets {
+            need(
+                !target.endpoint.is_empty() && !target.server_name.is_empty(),
+                format!("server.outbox.targets.{name} needs endpoint and server_name"),
+            );
+        }
+    }
+}
+
 /// A configuration problem, named by its key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -272,6 +368,7 @@ impl Validate for PlatformConfig {
             "server.database.max_connections must be > 0",
         );
         self.audit.validate(problems);
+        self.outbox.validate(problems);
         match &self.database.url {
             None => problems.push("server.database.url is required".to_owned()),
             Some(url) => {

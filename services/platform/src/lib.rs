@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod jwt;
 pub mod keys;
 pub mod lifecycle;
+pub mod outbox;
 pub mod paging;
 pub mod request;
 pub mod server;

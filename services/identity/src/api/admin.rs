@@ -185,6 +185,7 @@ async fn change_status<Req: Message>(
         StatusAction::Terminate => "identity.account.terminate",
     };
     let event = super::security::account(caller, kind, Action::Update, target);
+    let outbox = carehub_platform::outbox::Outbox::new(state.key_source.clone());
     let user = on_locked_account(
         state,
         method,
@@ -202,6 +203,7 @@ async fn change_status<Req: Message>(
                         description: why.to_owned(),
                     })?;
                 let a = store::set_status(tx, &crypto, target, next, &reason, admin).await?;
+                crate::events::account_status_changed(tx, &outbox, &a).await?;
                 if action.revokes_sessions() {
                     crate::store::revocation::revoke_user_sessions(
                         tx,

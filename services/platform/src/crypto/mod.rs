@@ -29,6 +29,7 @@ mod cache;
 mod error;
 pub mod format;
 mod rewrap;
+pub mod service_seal;
 mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,7 @@ pub use blind::{BlindIndexer, Normalization, BLIND_INDEX_LEN};
 pub use error::CryptoError;
 pub use format::{Field, Header};
 pub use rewrap::{data_key_stats, rewrap, rewrap_in_batches, DataKeyStats, RewrapProgress};
+pub use service_seal::ServiceSealer;
 
 use crate::keys::{KeyName, KeySource};
 use cache::{Cipher, KeyCache};
