@@ -12,6 +12,7 @@ pub mod errors;
 pub mod idempotency;
 pub mod jwt;
 pub mod keys;
+pub mod kit;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

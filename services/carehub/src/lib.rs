@@ -1,0 +1,302 @@
+//! `carehub`: the one binary. Serves a service, runs the whole suite locally, migrates
+//! databases and carries the operator commands.
+//!
+//! The binary (src/bin/carehub.rs) is [`main`] over [`services::SERVICES`]; the commands that
+//! act on "a service" (`serve`, `migrate`, `up`, `health`, `services`) take their services from
+//! that one list, so a test can run them over a list of its own ([`run`]).
+
+mod admin;
+mod audit_cmd;
+mod health;
+mod keys_cmd;
+mod loadgen;
+mod pgcluster;
+pub mod services;
+mod up;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use carehub_identity::config::IdentityConfig;
+use carehub_platform::config;
+use carehub_platform::kit::ServiceDef;
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
+
+#[derive(Parser)]
+#[command(
+    name = "carehub",
+    version,
+    about = "carehub telehealth backend: gRPC services over mTLS",
+    long_about = "carehub telehealth backend.\n\nRun everything locally with `carehub up`; in a cluster each pod runs `carehub serve <service>`.\nConfiguration layers: defaults < --config TOML < CAREHUB_* environment (`__` between levels) < --set key=value."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one service until SIGINT/SIGTERM (graceful drain).
+    Serve(ServiceArgs),
+    /// Apply a service's embedded database migrations and exit.
+    Migrate(ServiceArgs),
+    /// List the services this binary serves, one name a line (the chart's `services` block
+    /// must name the same).
+    Services,
+    /// Run every service in this process with a private PostgreSQL, development certificates
+    /// and keys (created under --data-dir on first run).
+    Up(up::UpArgs),
+    /// Operator commands that act on a service's database directly.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Ask a running service for its gRPC health over mTLS; exits 0 only when SERVING.
+    Health(health::HealthArgs),
+    /// Audit trail operations (verify a service's hash chain and checkpoints).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
+    /// Keys in Vault: init, rotate, status, rewrap.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Load generator: drives a running carehub over mTLS (by default the one `carehub up`
+    /// started) beside an echo and a pgbench baseline measured in the same run; exits non-zero
+    /// when a scenario saw errors. `carehub loadgen baseline` measures the baselines only.
+    Loadgen(Box<loadgen::LoadgenArgs>),
+}
+
+#[derive(Args)]
+struct ServiceArgs {
+    /// The service (one of the binary's list of services).
+    service: String,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "CAREHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set server.listen=0.0.0.0:50051 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<(String, String)>,
+}
+
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account directly in identity's database (the first admin of a fresh install).
+    /// Prints a one-time password once; it must be changed at first login.
+    Create(admin::CreateArgs),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Write a development CA and one certificate per workload (SAN spiffe://<domain>/service/<name>).
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "carehub.local")]
+        trust_domain: String,
+    },
+}
+
+/// Workloads that call services without being one here yet: the gateway, the services
+/// identity's policy already names as callers, the operator CLI.
+const CALLER_WORKLOADS: &[&str] = &[
+    "gateway",
+    "scheduling",
+    "messaging",
+    "records",
+    "billing",
+    "admin-cli",
+];
+
+/// Workloads that get a development certificate: every service of `services` and the callers.
+pub fn dev_workloads(services: &[&dyn ServiceDef]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = services.iter().map(|s| s.name()).collect();
+    for caller in CALLER_WORKLOADS {
+        if !names.contains(caller) {
+            names.push(caller);
+        }
+    }
+    names
+}
+
+/// An error that only sets the exit status: what went wrong was printed already.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The command line over `services`: `serve`, `migrate` and `health --service` accept (and
+/// `--help` lists) exactly these.
+pub fn command(services: &[&dyn ServiceDef]) -> clap::Command {
+    let values = || {
+        PossibleValuesParser::new(
+            services
+                .iter()
+                .map(|s| PossibleValue::new(s.name()).help(s.about())),
+        )
+    };
+    Cli::command()
+        .mut_subcommand("serve", |c| {
+            c.mut_arg("service", |a| a.value_parser(values()))
+        })
+        .mut_subcommand("migrate", |c| {
+            c.mut_arg("service", |a| a.value_parser(values()))
+        })
+        .mut_subcommand("health", |c| {
+            c.mut_arg("service", |a| a.value_parser(values()))
+        })
+}
+
+fn load_identity(args: &ConfigArgs) -> anyhow::Result<IdentityConfig> {
+    config::load::<IdentityConfig>(args.config.as_deref(), &args.overrides)
+        .context("loading identity configuration")
+}
+
+/// The binary: parses the process's arguments over `services` and runs the command until it
+/// ends (or SIGINT/SIGTERM, for `serve` and `up`).
+pub fn main(services: &'static [&'static dyn ServiceDef]) -> std::process::ExitCode {
+    let matches = command(services).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| {
+            runtime.block_on(run_cli(
+                cli,
+                services,
+                carehub_platform::server::shutdown_signal().boxed(),
+            ))
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(code)) => std::process::ExitCode::from(u8::try_from(*code).unwrap_or(1)),
+            None => {
+                eprintln!("Error: {e:?}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Runs the command line `args` (the first is the program name) over `services`; `serve` and
+/// `up` stop when `shutdown` resolves. Parse errors and `--help` come back as errors (their
+/// text is the error's).
+pub async fn run<I, T>(
+    args: I,
+    services: &[&dyn ServiceDef],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command(services).try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    run_cli(cli, services, shutdown.boxed()).await
+}
+
+/// The service `name` of `services`; clap accepted only names of the list.
+fn service<'a>(services: &[&'a dyn ServiceDef], name: &str) -> anyhow::Result<&'a dyn ServiceDef> {
+    carehub_platform::kit::find(services, name)
+        .ok_or_else(|| anyhow::anyhow!("{name:?} is not one of this binary's services"))
+}
+
+fn load_config(
+    def: &dyn ServiceDef,
+    args: &ConfigArgs,
+) -> anyhow::Result<Box<dyn carehub_platform::kit::AnyConfig>> {
+    def.load_config(args.config.as_deref(), &args.overrides)
+        .with_context(|| format!("loading {} configuration", def.name()))
+}
+
+async fn run_cli(
+    cli: Cli,
+    services: &[&dyn ServiceDef],
+    shutdown: BoxFuture<'static, ()>,
+) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let def = service(services, &args.service)?;
+            let cfg = load_config(def, &args.config)?;
+            let server = cfg.server();
+            let telemetry = carehub_platform::telemetry::init(def.name(), &server.telemetry)?;
+            let drain = std::time::Duration::from_secs(server.limits.drain_timeout_secs);
+            let running = def.start(cfg, None, shutdown).await?;
+            tracing::info!(grpc = %running.server.grpc_addr, admin = %running.server.admin_addr, "{} serving", def.name());
+            let result = running.server.wait().await;
+            telemetry
+                .shutdown_with_timeout(drain.min(std::time::Duration::from_secs(5)))
+                .await;
+            result
+        }
+        Command::Migrate(args) => {
+            let def = service(services, &args.service)?;
+            let cfg = load_config(def, &args.config)?;
+            let pool = carehub_platform::db::connect(&cfg.server().database).await?;
+            carehub_platform::db::migrate(&pool, def.migrator()).await?;
+            println!("{}: migrations applied", def.name());
+            Ok(())
+        }
+        Command::Services => {
+            for def in services {
+                println!("{}", def.name());
+            }
+            Ok(())
+        }
+        Command::Up(args) => up::run(args, services, shutdown).await,
+        Command::Health(args) => match health::check(&args).await {
+            Ok(line) => {
+                println!("{line}");
+                Ok(())
+            }
+            // One line saying why, not a backtrace: a probe or `helm test` log shows it.
+            Err(err) => {
+                eprintln!("UNHEALTHY {err:#}");
+                Err(Exit(1).into())
+            }
+        },
+        Command::Admin(AdminCommand::Create(args)) => admin::create(args).await,
+        Command::Audit(cmd) => audit_cmd::run(cmd).await,
+        Command::Keys(cmd) => keys_cmd::run(cmd).await,
+        Command::Loadgen(args) => loadgen::run(*args).await,
+        Command::Dev(DevCommand::Certs { out, trust_domain }) => {
+            let workloads = dev_workloads(services);
+            carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, &workloads)?;
+            println!(
+                "wrote a development CA and certificates for {} to {}",
+                workloads.join(", "),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
