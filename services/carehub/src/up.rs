@@ -35,6 +35,9 @@ pub struct UpArgs {
     /// First admin HTTP port (metrics, health, JWKS); consecutive like --grpc-port.
     #[arg(long, default_value_t = 9051)]
     admin_port: u16,
+    /// Each service gets its own database, `<prefix>_<service>`.
+    #[arg(long, default_value = "carehub")]
+    database_prefix: String,
 }
 
 /// Runs every service of `services` until `shutdown` resolves.
@@ -133,7 +136,7 @@ async fn run_services(
     let mut running: Vec<(&dyn ServiceDef, RunningService)> = Vec::new();
     for (i, def) in services.iter().copied().enumerate() {
         let name = def.name();
-        let database = format!("carehub_{}", name.replace('-', "_"));
+        let database = format!("{}_{}", args.database_prefix, name.replace('-', "_"));
         db::create_database_if_missing(&db::url_with_database(&admin_url, "postgres")?, &database)
             .await?;
         let mut cfg = def.dev_config();
