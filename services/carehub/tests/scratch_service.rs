@@ -19,12 +19,17 @@ static SERVICES: &[&dyn ServiceDef] = &[
 /// The whole scratch service: configuration with defaults and validation, a migrator, and an
 /// API built from the context the platform prepared.
 mod scratch {
-    use carehub_platform::auth::Policy;
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::task::{Context as TaskContext, Poll};
+
+    use carehub_platform::auth::{Policy, UserRule};
     use carehub_platform::config::{PlatformConfig, Validate};
     use carehub_platform::kit::{Api, Context, Service, ServiceConfig};
     use carehub_platform::server::RunningServer;
     use serde::{Deserialize, Serialize};
     use sqlx::migrate::Migrator;
+    use tonic::codegen::{http, BoxFuture};
 
     pub static MIGRATOR: Migrator = sqlx::migrate!("tests/scratch-migrations");
 
@@ -73,6 +78,69 @@ mod scratch {
         pub greeting: String,
     }
 
+    /// `carehub.scratch.v1.Scratch/Greet`, hand-written where a real service has tonic's
+    /// generated server (no .proto for a test).
+    pub const SERVICE_NAME: &str = "carehub.scratch.v1.Scratch";
+    pub const GREET: &str = "/carehub.scratch.v1.Scratch/Greet";
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GreetRequest {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GreetReply {
+        #[prost(string, tag = "1")]
+        pub text: String,
+    }
+
+    /// The handler: the state it was built with, nothing else.
+    #[derive(Clone)]
+    pub struct ScratchApi {
+        greeting: Arc<String>,
+    }
+
+    impl tonic::server::UnaryService<GreetRequest> for ScratchApi {
+        type Response = GreetReply;
+        type Future = BoxFuture<tonic::Response<GreetReply>, tonic::Status>;
+
+        fn call(&mut self, request: tonic::Request<GreetRequest>) -> Self::Future {
+            let greeting = self.greeting.clone();
+            Box::pin(async move {
+                let name = request.into_inner().name;
+                Ok(tonic::Response::new(GreetReply {
+                    text: format!("{greeting}, {name}"),
+                }))
+            })
+        }
+    }
+
+    impl tonic::server::NamedService for ScratchApi {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+
+    impl tonic::codegen::Service<http::Request<tonic::body::Body>> for ScratchApi {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            let api = self.clone();
+            Box::pin(async move {
+                if req.uri().path() != GREET {
+                    return Ok(tonic::Status::unimplemented("only Greet").into_http());
+                }
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(api, req).await)
+            })
+        }
+    }
+
     impl Service for Scratch {
         type Config = ScratchConfig;
         type Handle = Handle;
@@ -90,7 +158,15 @@ mod scratch {
                     .bind(config.scratch.greeting_id)
                     .fetch_one(&ctx.pool)
                     .await?;
-            Ok(Api::new(Policy::new(), Handle { greeting }))
+            // Its policy: Greet is for the gateway workload only.
+            let policy =
+                Policy::new().rule(SERVICE_NAME, "Greet", &["gateway"], UserRule::WorkloadOnly);
+            let api = ScratchApi {
+                greeting: Arc::new(greeting.clone()),
+            };
+            Ok(Api::new(policy, Handle { greeting })
+                // A generated server is wrapped: with_message_limits!(FooServer::new(api), ..).
+                .grpc(api))
         }
 
         async fn on_up(
@@ -174,6 +250,33 @@ async fn health(service: &str, addr: &str, certs: &Path) -> anyhow::Result<()> {
     .await
 }
 
+/// `Greet` as `workload` over mTLS.
+async fn greet(addr: &str, certs: &Path, workload: &str) -> Result<String, tonic::Status> {
+    let read = |f: String| std::fs::read_to_string(certs.join(f)).unwrap();
+    let store = carehub_platform::tls::TlsStore::from_pem(
+        &read(format!("{workload}.pem")),
+        &read(format!("{workload}-key.pem")),
+        &read("ca.pem".to_owned()),
+        "carehub.local",
+    )
+    .unwrap();
+    let channel = carehub_platform::client::connect(addr, &store, "scratch")
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let reply: tonic::Response<scratch::GreetReply> = grpc
+        .unary(
+            tonic::Request::new(scratch::GreetRequest {
+                name: "test".to_owned(),
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(scratch::GREET),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+    Ok(reply.into_inner().text)
+}
+
 /// Asks until SERVING (the server binds while the caller polls); the last error otherwise.
 async fn wait_serving(service: &str, addr: &str, certs: &Path) {
     let mut last = None;
@@ -248,7 +351,7 @@ async fn scratch_is_migrated_served_and_health_checked() {
     let certs = dir.path().join("certs");
     DevPki::new("carehub.local")
         .unwrap()
-        .write_to(&certs, &["scratch", "gateway"])
+        .write_to(&certs, &["scratch", "gateway", "helm-test"])
         .unwrap();
     let keys = dir.path().join("keys.json");
     carehub_platform::keys::file::write_dev_key_file_for(&keys, &["scratch"]).unwrap();
@@ -340,6 +443,13 @@ greeting_id = 1
     let addr = format!("127.0.0.1:{port}");
     let probe = async {
         wait_serving("scratch", &addr, &certs).await;
+        // Its handler answers with the state it was built with, under its own policy.
+        assert_eq!(
+            greet(&addr, &certs, "gateway").await.unwrap(),
+            "hello from scratch, test"
+        );
+        let refused = greet(&addr, &certs, "helm-test").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         // identity is in the list but does not listen there.
         let err = health("identity", &addr, &certs).await.unwrap_err();
         assert!(err.downcast_ref::<carehub::Exit>().is_some(), "{err:#}");
