@@ -320,6 +320,25 @@ fn help_lists_every_service_of_the_list() {
     );
 }
 
+#[tokio::test]
+async fn a_service_refuses_another_services_configuration() {
+    let identity = carehub_platform::kit::find(SERVICES, "identity").unwrap();
+    let scratch = carehub_platform::kit::find(SERVICES, "scratch").unwrap();
+    let err = scratch
+        .start(
+            identity.dev_config(),
+            None,
+            Box::pin(std::future::pending()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("scratch: started with another service's configuration"),
+        "{err:#}"
+    );
+}
+
 #[test]
 fn the_binary_serves_its_own_list_only() {
     let bin = env!("CARGO_BIN_EXE_carehub");

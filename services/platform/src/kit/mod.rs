@@ -398,6 +398,10 @@ pub trait ServiceDef: Send + Sync {
     /// The defaults with [`Service::dev_config`] applied (`carehub up`).
     fn dev_config(&self) -> Box<dyn AnyConfig>;
     /// [`start`] with a configuration from [`Self::load_config`] or [`Self::dev_config`].
+    ///
+    /// The future is not `Send`: sqlx's migrator future cannot be proven `Send` inside generic
+    /// code (higher-ranked lifetimes), so callers await it (`block_on`, a test's own task)
+    /// rather than spawn it; the server it starts runs on its own tasks either way.
     fn start(
         &self,
         config: Box<dyn AnyConfig>,
