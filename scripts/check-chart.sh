@@ -16,6 +16,7 @@
 # installed once into $CAREHUB_CHART_VENV (default ~/.cache/carehub-chart-venv).
 #
 #   scripts/check-chart.sh [more-values.yaml ...]    # extra values files are checked too
+#   CAREHUB_BIN=target/debug/carehub scripts/check-chart.sh   # and the chart's services against the binary's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -116,7 +117,11 @@ for values in "" charts/carehub/ci/*-values.yaml "$@"; do
 done
 
 status=0
-"$venv/bin/python" scripts/chart-check/check_chart.py --chart charts/carehub --k8s k8s --helm "$helm" "$@" || status=$?
+# With CAREHUB_BIN (a built carehub), the chart's services must be the binary's
+# (`carehub services`); `cargo test -p carehub --test chart_services` checks it in any case.
+binary_args=(); [ -n "${CAREHUB_BIN:-}" ] && binary_args=(--carehub "$CAREHUB_BIN")
+"$venv/bin/python" scripts/chart-check/check_chart.py --chart charts/carehub --k8s k8s --helm "$helm" \
+  "${binary_args[@]}" "$@" || status=$?
 if [ "$helm_failed" != 0 ]; then
   echo "check-chart: helm lint or helm template failed (above)" >&2
   exit 1

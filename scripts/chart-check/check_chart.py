@@ -325,11 +325,33 @@ def check_weakened_templates(helm: Helm, chart: pathlib.Path, prod: dict, defaul
                 fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
 
 
+def check_binary_services(carehub: str, chart: pathlib.Path, defaults: dict) -> None:
+    """The chart deploys exactly the services of the binary's list (`carehub services`); the
+    Rust test `chart_services` checks the same against the binary it builds."""
+    r = subprocess.run([carehub, "services"], capture_output=True, text=True)
+    if r.returncode:
+        fail(f"{carehub} services failed: {r.stderr.strip()}")
+        return
+    binary = set(r.stdout.split())
+    values = set(defaults.get("services", {}))
+    call = re.compile(r'include "carehub\.service" \(dict "root" \$ "name" "([^"]+)"\)')
+    templates = {m for f in (chart / "templates").glob("*.yaml") for m in call.findall(f.read_text())}
+    problems = [f"{n} is served by the binary but has no services.{n} in values.yaml" for n in sorted(binary - values)]
+    problems += [f"services.{n} in values.yaml is not a service of the binary" for n in sorted(values - binary)]
+    problems += [f"{n} has no templates/{n}.yaml including carehub.service" for n in sorted(binary - templates)]
+    problems += [f"a template renders {n}, which the binary does not serve" for n in sorted(templates - binary)]
+    for p in problems:
+        fail(f"services: {p}")
+    if not problems:
+        ok(f"services: the chart deploys exactly the binary's ({', '.join(sorted(binary))})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chart", type=pathlib.Path, required=True)
     ap.add_argument("--k8s", type=pathlib.Path, required=True)
     ap.add_argument("--helm", help="the helm binary to render and lint with")
+    ap.add_argument("--carehub", help="a carehub binary whose `carehub services` the chart must match")
     ap.add_argument("values", nargs="*", type=pathlib.Path, help="more values files to check")
     args = ap.parse_args()
     helm = Helm(args.helm)
@@ -357,6 +379,8 @@ def main() -> int:
                           ("Job", f"carehub-{name}-migrate")]:
             if (kind, obj) not in have:
                 fail(f"production-values.yaml: no {kind}/{obj}")
+    if args.carehub:
+        check_binary_services(args.carehub, chart, defaults)
     check_bad_values(helm, chart)
     check_new_service(helm, chart, prod)
     check_weakened_templates(helm, chart, prod, defaults)
