@@ -1,10 +1,10 @@
 """Offline checks of charts/carehub and k8s/ (run by scripts/check-chart.sh).
 
-Renders and lints with the `helm` binary when it is installed, else with helm-python-sdk
-(Helm's Go SDK as a library); validates every object with kubernetes-validate (strict) for
-Kubernetes 1.30 and the newest version it knows; checks the invariants in invariants.py; proves
-that bad values and weakened templates are refused; shows that a new service renders complete
-from the shared helpers alone.
+Renders and lints with the `helm` binary given by --helm (scripts/check-chart.sh passes its
+pinned Helm 3.17), else one on the PATH, else helm-python-sdk (Helm's Go SDK as a library);
+validates every object with kubernetes-validate (strict) for Kubernetes 1.30 and the newest
+version it knows; checks the invariants in invariants.py; proves that bad values and weakened
+templates are refused; shows that a new service renders complete from the shared helpers alone.
 """
 
 from __future__ import annotations
@@ -70,10 +70,11 @@ def coalesce(defaults: Any, over: Any) -> Any:
 
 
 class Helm:
-    """`helm` when installed, else helm-python-sdk; same answers either way."""
+    """The `helm` binary given (scripts/check-chart.sh passes its pinned one), else one on the
+    PATH, else helm-python-sdk; same answers either way."""
 
-    def __init__(self) -> None:
-        self.binary = shutil.which("helm")
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("helm")
         if not self.binary:
             import helm_python
 
@@ -195,16 +196,17 @@ def check_values_file(helm: Helm, chart: pathlib.Path, label: str, user: dict, d
     return docs
 
 
-# Values that must be refused, with the words the refusal must contain.
+# Values that must be refused, with the words the refusal must contain (a tuple: Helm 3's
+# wording, then Helm 4's, whose schema errors name JSON pointers; either will do).
 BAD_VALUES = [
-    ("wrong type", {"services": {"identity": {"replicas": "two"}}}, "/services/identity/replicas"),
-    ("wrong type at the top", {"trustDomain": 7}, "/trustDomain"),
-    ("unknown top-level key", {"replica": 3}, "'replica' not allowed"),
-    ("unknown key in a service", {"services": {"identity": {"replicaCount": 3}}}, "'replicaCount' not allowed"),
+    ("wrong type", {"services": {"identity": {"replicas": "two"}}}, ("services.identity.replicas: Invalid type", "/services/identity/replicas")),
+    ("wrong type at the top", {"trustDomain": 7}, ("trustDomain: Invalid type", "/trustDomain")),
+    ("unknown top-level key", {"replica": 3}, ("Additional property replica is not allowed", "'replica' not allowed")),
+    ("unknown key in a service", {"services": {"identity": {"replicaCount": 3}}}, ("Additional property replicaCount is not allowed", "'replicaCount' not allowed")),
     ("missing required database secret", {"services": {"identity": {"database": {"existingSecret": None}}}}, "existingSecret"),
     ("missing required image repository", {"image": {"repository": None}}, "repository"),
-    ("value outside its enum", {"tls": {"source": "acme"}}, "/tls/source"),
-    ("sample ratio above 1", {"telemetry": {"sampleRatio": 2}}, "/telemetry/sampleRatio"),
+    ("value outside its enum", {"tls": {"source": "acme"}}, ("tls.source must be one of", "/tls/source")),
+    ("sample ratio above 1", {"telemetry": {"sampleRatio": 2}}, ("telemetry.sampleRatio: Must be less than or equal to 1", "/telemetry/sampleRatio")),
     ("file keys without their Secret", {"keys": {"provider": "file", "production": False}}, "keys.fileSecret is required"),
     ("file keys in production", {"keys": {"provider": "file", "fileSecret": "k"}}, "refuses to start with keys.production=true"),
     ("AppRole without a role_id", {"vault": {"auth": {"method": "approle"}}}, "vault.auth.approle.roleIds.identity is required"),
@@ -219,7 +221,8 @@ def check_bad_values(helm: Helm, chart: pathlib.Path) -> None:
             helm.render(chart, values)
             fail(f"bad values ({label}) were accepted: {values}")
         except RenderError as e:
-            if expect in str(e):
+            alternatives = expect if isinstance(expect, tuple) else (expect,)
+            if any(a in str(e) for a in alternatives):
                 reason = " ".join(str(e).split())[-110:]
                 ok(f"bad values refused ({label}): ...{reason}")
             else:
@@ -322,13 +325,36 @@ def check_weakened_templates(helm: Helm, chart: pathlib.Path, prod: dict, defaul
                 fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
 
 
+def check_binary_services(carehub: str, chart: pathlib.Path, defaults: dict) -> None:
+    """The chart deploys exactly the services of the binary's list (`carehub services`); the
+    Rust test `chart_services` checks the same against the binary it builds."""
+    r = subprocess.run([carehub, "services"], capture_output=True, text=True)
+    if r.returncode:
+        fail(f"{carehub} services failed: {r.stderr.strip()}")
+        return
+    binary = set(r.stdout.split())
+    values = set(defaults.get("services", {}))
+    call = re.compile(r'include "carehub\.service" \(dict "root" \$ "name" "([^"]+)"\)')
+    templates = {m for f in (chart / "templates").glob("*.yaml") for m in call.findall(f.read_text())}
+    problems = [f"{n} is served by the binary but has no services.{n} in values.yaml" for n in sorted(binary - values)]
+    problems += [f"services.{n} in values.yaml is not a service of the binary" for n in sorted(values - binary)]
+    problems += [f"{n} has no templates/{n}.yaml including carehub.service" for n in sorted(binary - templates)]
+    problems += [f"a template renders {n}, which the binary does not serve" for n in sorted(templates - binary)]
+    for p in problems:
+        fail(f"services: {p}")
+    if not problems:
+        ok(f"services: the chart deploys exactly the binary's ({', '.join(sorted(binary))})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chart", type=pathlib.Path, required=True)
     ap.add_argument("--k8s", type=pathlib.Path, required=True)
+    ap.add_argument("--helm", help="the helm binary to render and lint with")
+    ap.add_argument("--carehub", help="a carehub binary whose `carehub services` the chart must match")
     ap.add_argument("values", nargs="*", type=pathlib.Path, help="more values files to check")
     args = ap.parse_args()
-    helm = Helm()
+    helm = Helm(args.helm)
     canary_validator()
     chart = args.chart.resolve()
     defaults = yaml.safe_load((chart / "values.yaml").read_text())
@@ -353,6 +379,8 @@ def main() -> int:
                           ("Job", f"carehub-{name}-migrate")]:
             if (kind, obj) not in have:
                 fail(f"production-values.yaml: no {kind}/{obj}")
+    if args.carehub:
+        check_binary_services(args.carehub, chart, defaults)
     check_bad_values(helm, chart)
     check_new_service(helm, chart, prod)
     check_weakened_templates(helm, chart, prod, defaults)

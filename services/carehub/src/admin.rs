@@ -55,15 +55,3 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     println!("one-time password (shown once; it must be changed at first login): {password}");
     Ok(())
 }
-
-/// Creates admin@carehub.local with a one-time password when identity has no admin yet.
-pub async fn bootstrap_first_admin(
-    state: &carehub_identity::AppState,
-) -> anyhow::Result<Option<(String, String)>> {
-    const EMAIL: &str = "admin@carehub.local";
-    Ok(
-        carehub_identity::bootstrap::first_admin(&state.pool, &state.crypto, &state.hasher, EMAIL)
-            .await?
-            .map(|p| (EMAIL.to_owned(), p)),
-    )
-}

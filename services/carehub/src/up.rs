@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use carehub_platform::kit::{RunningService, ServiceDef};
 use clap::Args;
+use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use secrecy::SecretString;
 
-use carehub_identity::config::{IdentityConfig, NotifierKind};
-use carehub_platform::config::LogFormat;
+use carehub_platform::config::{LogFormat, TelemetryConfig};
 use carehub_platform::db;
 
 use crate::pgcluster::PgCluster;
-use crate::DEV_WORKLOADS;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -28,28 +28,51 @@ pub struct UpArgs {
     /// Port of the private PostgreSQL cluster.
     #[arg(long, default_value_t = 55432)]
     pg_port: u16,
-    /// First gRPC port; services take consecutive ports in the order identity, ...
+    /// First gRPC port; services take consecutive ports in the order of the binary's list
+    /// (`carehub services`): identity first.
     #[arg(long, default_value_t = 50051)]
     grpc_port: u16,
     /// First admin HTTP port (metrics, health, JWKS); consecutive like --grpc-port.
     #[arg(long, default_value_t = 9051)]
     admin_port: u16,
+    /// Each service gets its own database, `<prefix>_<service>`.
+    #[arg(long, default_value = "carehub")]
+    database_prefix: String,
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+/// Runs every service of `services` until `shutdown` resolves.
+pub async fn run(
+    args: UpArgs,
+    services: &[&dyn ServiceDef],
+    shutdown: BoxFuture<'static, ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::path::absolute(&args.data_dir)?;
     let certs = data_dir.join("certs");
-    if !certs.join("ca.pem").exists() {
-        carehub_platform::devcerts::generate_dev_pki(&certs, "carehub.local", DEV_WORKLOADS)?;
+    // A service added since the last run gets its certificate from the same CA.
+    let workloads = crate::dev_workloads(services);
+    let missing: Vec<&str> = workloads
+        .iter()
+        .copied()
+        .filter(|w| !certs.join("ca.pem").exists() || !certs.join(format!("{w}.pem")).exists())
+        .collect();
+    if !missing.is_empty() {
+        carehub_platform::devcerts::generate_dev_pki(&certs, "carehub.local", &missing)?;
         println!(
-            "created development CA and certificates in {}",
+            "created development certificates for {} in {}",
+            missing.join(", "),
             certs.display()
         );
     }
     let dev_keys = data_dir.join("keys/dev-keys.json");
-    let added = carehub_platform::keys::file::write_dev_key_file(&dev_keys)?;
+    let mut keyed: Vec<&str> = carehub_platform::keys::file::SERVICES.to_vec();
+    for def in services {
+        if !keyed.contains(&def.name()) {
+            keyed.push(def.name());
+        }
+    }
+    let added = carehub_platform::keys::file::write_dev_key_file_for(&dev_keys, &keyed)?;
     if added > 0 {
         println!("created {added} development keys in {}", dev_keys.display());
     }
@@ -64,7 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(c)
         }
     };
-    let result = run_services(&args, &data_dir, cluster.as_ref()).await;
+    let result = run_services(&args, &data_dir, cluster.as_ref(), services, shutdown).await;
     if let Some(c) = &cluster {
         if let Err(e) = c.stop() {
             eprintln!("stopping PostgreSQL: {e:#}");
@@ -73,10 +96,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Port `base` + `index`, or an error naming the flag.
+fn port(base: u16, index: usize, flag: &str) -> anyhow::Result<u16> {
+    u16::try_from(index)
+        .ok()
+        .and_then(|i| base.checked_add(i))
+        .with_context(|| format!("{flag} {base} leaves no port for service #{}", index + 1))
+}
+
 async fn run_services(
     args: &UpArgs,
     data_dir: &std::path::Path,
     cluster: Option<&PgCluster>,
+    services: &[&dyn ServiceDef],
+    shutdown: BoxFuture<'static, ()>,
 ) -> anyhow::Result<()> {
     let admin_url = match (&args.database_url, cluster) {
         (Some(url), _) => url.clone(),
@@ -84,46 +117,69 @@ async fn run_services(
         (None, None) => anyhow::bail!("no database"),
     };
     let certs = data_dir.join("certs");
+    let telemetry_cfg = TelemetryConfig {
+        log_format: LogFormat::Pretty,
+        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ..TelemetryConfig::default()
+    };
+    let telemetry = carehub_platform::telemetry::init("up", &telemetry_cfg)?;
+    let shutdown = shutdown.shared();
+    // Every other service verifies user tokens against identity's keys and revocations.
+    let identity_endpoint = match services.iter().position(|s| s.name() == "identity") {
+        Some(i) => Some(format!(
+            "https://127.0.0.1:{}",
+            port(args.grpc_port, i, "--grpc-port")?
+        )),
+        None => None,
+    };
 
-    // identity
-    db::create_database_if_missing(
-        &db::url_with_database(&admin_url, "postgres")?,
-        "carehub_identity",
-    )
-    .await?;
-    let mut cfg = IdentityConfig::default();
-    cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], args.grpc_port));
-    cfg.server.admin_listen = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
-    cfg.server.tls.cert_file = certs.join("identity.pem");
-    cfg.server.tls.key_file = certs.join("identity-key.pem");
-    cfg.server.tls.ca_file = certs.join("ca.pem");
-    cfg.server.database.url = Some(SecretString::from(db::url_with_database(
-        &admin_url,
-        "carehub_identity",
-    )?));
-    cfg.server.database.migrate_on_start = true;
-    cfg.server.telemetry.log_format = LogFormat::Pretty;
-    cfg.server.telemetry.log_filter =
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    cfg.server.keys.file = data_dir.join("keys/dev-keys.json");
-    cfg.identity.notifier = NotifierKind::LogSandbox;
-
-    let telemetry = carehub_platform::telemetry::init("up", &cfg.server.telemetry)?;
-    let shutdown = carehub_platform::server::shutdown_signal().shared();
-
-    let identity = carehub_identity::serve(cfg.clone(), shutdown.clone()).await?;
-    let first_admin = crate::admin::bootstrap_first_admin(&identity.state).await?;
+    let mut running: Vec<(&dyn ServiceDef, RunningService)> = Vec::new();
+    for (i, def) in services.iter().copied().enumerate() {
+        let name = def.name();
+        let database = format!("{}_{}", args.database_prefix, name.replace('-', "_"));
+        db::create_database_if_missing(&db::url_with_database(&admin_url, "postgres")?, &database)
+            .await?;
+        let mut cfg = def.dev_config();
+        let server = cfg.server_mut();
+        server.listen = SocketAddr::from(([127, 0, 0, 1], port(args.grpc_port, i, "--grpc-port")?));
+        server.admin_listen =
+            SocketAddr::from(([127, 0, 0, 1], port(args.admin_port, i, "--admin-port")?));
+        server.tls.cert_file = certs.join(format!("{name}.pem"));
+        server.tls.key_file = certs.join(format!("{name}-key.pem"));
+        server.tls.ca_file = certs.join("ca.pem");
+        server.database.url = Some(SecretString::from(db::url_with_database(
+            &admin_url, &database,
+        )?));
+        server.database.migrate_on_start = true;
+        server.telemetry = telemetry_cfg.clone();
+        server.keys.file = data_dir.join("keys/dev-keys.json");
+        if name != "identity" {
+            server.auth.identity_endpoint = identity_endpoint.clone();
+        }
+        let started = def
+            .start(cfg, None, shutdown.clone().boxed())
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        running.push((def, started));
+    }
 
     println!();
     println!("carehub is up (development mode: sandbox notifier, development certificates)");
-    println!(
-        "  identity  grpc (mTLS) https://{}   admin http://{}",
-        identity.server.grpc_addr, identity.server.admin_addr
-    );
-    println!(
-        "            JWKS        http://{}/.well-known/jwks.json",
-        identity.server.admin_addr
-    );
+    for (def, service) in &running {
+        println!(
+            "  {:<9} grpc (mTLS) https://{}   admin http://{}",
+            def.name(),
+            service.server.grpc_addr,
+            service.server.admin_addr
+        );
+        for line in def
+            .on_up(service)
+            .await
+            .with_context(|| format!("{}: after start", def.name()))?
+        {
+            println!("            {line}");
+        }
+    }
     println!(
         "  certificates  {}  (client: gateway.pem / gateway-key.pem, CA: ca.pem)",
         certs.display()
@@ -136,19 +192,15 @@ async fn run_services(
         ),
         None => println!("  postgres  {}", redact(&admin_url)),
     }
-    if let Some((email, otp)) = first_admin {
-        println!();
-        println!("  first admin: {email}");
-        println!("  one-time password (shown once, change it at first login): {otp}");
-    }
     println!();
     println!("Ctrl-C stops everything.");
 
-    let result = identity.server.wait().await;
+    let results =
+        futures::future::join_all(running.into_iter().map(|(_, s)| s.server.wait())).await;
     telemetry
         .shutdown_with_timeout(Duration::from_secs(5))
         .await;
-    result
+    results.into_iter().collect()
 }
 
 fn redact(url: &str) -> String {

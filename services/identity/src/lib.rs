@@ -1,7 +1,8 @@
 //! carehub identity: users, roles, credentials, sessions, consents, token-signing keys.
 //!
-//! [`serve`] is the only entry point; `carehub serve identity`, `carehub up` and the tests
-//! call it.
+//! [`SERVICE`] describes identity to the platform's service kit (`carehub serve identity`,
+//! `carehub migrate identity`, `carehub up`); [`serve`] / [`serve_with_keys`] start it through
+//! the kit for tests.
 
 pub mod api;
 pub mod bootstrap;
@@ -17,12 +18,13 @@ pub mod token;
 use std::future::Future;
 use std::sync::Arc;
 
-use carehub_platform::auth::{AuthLayer, Authorizer};
-use carehub_platform::config::AuthConfig;
-use carehub_platform::crypto::Envelope;
-use carehub_platform::idempotency::{self, IdempotencyStore};
+use carehub_platform::config::{AuthConfig, PlatformConfig};
+use carehub_platform::crypto::{CryptoConfig, Envelope};
+use carehub_platform::idempotency::IdempotencyStore;
 use carehub_platform::keys::KeySource;
-use carehub_platform::server::{RunningServer, ServiceHost};
+use carehub_platform::kit::{self, Api, Context, Service, ServiceConfig};
+use carehub_platform::server::RunningServer;
+use carehub_platform::with_message_limits;
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternalServer;
 use carehub_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use sqlx::migrate::Migrator;
@@ -75,14 +77,163 @@ pub fn envelope(
     )?)
 }
 
+/// Identity's description for the platform's service kit: the binary's list of services holds
+/// `&carehub_identity::SERVICE`.
+pub struct IdentityDef;
+
+/// The one value the binary needs.
+pub static SERVICE: IdentityDef = IdentityDef;
+
+/// What a started identity hands back beside its server.
+pub struct IdentityHandle {
+    pub state: Arc<AppState>,
+    /// Set when the configuration chose the in-memory notification sandbox (tests).
+    pub sandbox: Option<MemorySandboxNotifier>,
+}
+
+impl ServiceConfig for IdentityConfig {
+    fn server(&self) -> &PlatformConfig {
+        &self.server
+    }
+    fn server_mut(&mut self) -> &mut PlatformConfig {
+        &mut self.server
+    }
+}
+
+/// The email of the admin `carehub up` creates in a fresh install.
+const FIRST_ADMIN_EMAIL: &str = "admin@carehub.local";
+
+impl Service for IdentityDef {
+    type Config = IdentityConfig;
+    type Handle = IdentityHandle;
+    const NAME: &'static str = "identity";
+    const ABOUT: &'static str = "users, roles, credentials, sessions, consents, token-signing keys";
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn crypto(&self, config: &IdentityConfig) -> CryptoConfig {
+        config.identity.crypto.clone()
+    }
+
+    fn dev_config(&self, config: &mut IdentityConfig) {
+        config.identity.notifier = NotifierKind::LogSandbox;
+    }
+
+    async fn build(
+        &self,
+        ctx: Context,
+        config: &IdentityConfig,
+    ) -> anyhow::Result<Api<IdentityHandle>> {
+        let Context {
+            pool,
+            keys: key_source,
+            crypto,
+            idempotency,
+            server,
+            ..
+        } = ctx;
+        if config.identity.signing_key_file.is_some() {
+            tracing::warn!(
+                "identity.signing_key_file is no longer read: signing keys come from server.keys \
+                 (Vault carehub/identity/signing or the development key file)"
+            );
+        }
+        let s = &config.identity;
+        let token_lifetime = i64::try_from(s.access_token_ttl_secs).unwrap_or(600)
+            + carehub_platform::jwt::LEEWAY_SECS;
+        let keys = Arc::new(SigningKeys::new(
+            key_source.clone(),
+            chrono::Duration::seconds(i64::try_from(s.signing_key_lead_secs).unwrap_or(600)),
+            chrono::Duration::seconds(token_lifetime),
+        ));
+        keys.sync(&pool).await?;
+        spawn_signing_key_sync(&keys, pool.clone(), s.signing_key_sync_secs);
+        let hasher = PasswordHasher::new(
+            s.argon2_memory_kib,
+            s.argon2_iterations,
+            s.argon2_parallelism,
+            usize::try_from(s.password_hash_threads).unwrap_or(1),
+            usize::try_from(s.password_hash_queue).unwrap_or(0),
+        )?;
+        let (notifier, sandbox): (Arc<dyn Notifier>, _) = match s.notifier {
+            NotifierKind::LogSandbox => {
+                tracing::warn!(
+                    "identity uses the LOG SANDBOX notifier: codes are logged, nothing is delivered"
+                );
+                (Arc::new(LogSandboxNotifier), None)
+            }
+            NotifierKind::MemorySandbox => {
+                let m = MemorySandboxNotifier::default();
+                (Arc::new(m.clone()), Some(m))
+            }
+        };
+        let state = Arc::new(AppState {
+            pool,
+            settings: config.identity.clone(),
+            auth: server.auth.clone(),
+            keys,
+            key_source,
+            crypto,
+            idempotency,
+            notifier,
+            hasher,
+        });
+        let api = api::IdentityApi {
+            state: state.clone(),
+        };
+        let limits = &server.limits;
+        Ok(Api::new(
+            api::policy::policy(),
+            IdentityHandle {
+                state: state.clone(),
+                sandbox,
+            },
+        )
+        // Identity verifies its own tokens against its keys and sessions.
+        .verifier(Arc::new(token::LocalVerifier::new(state.clone())))
+        .grpc(with_message_limits!(
+            IdentityServiceServer::new(api.clone()),
+            limits
+        ))
+        .grpc(with_message_limits!(
+            IdentityInternalServer::new(api),
+            limits
+        ))
+        .admin_routes(token::jwks_router(state)))
+    }
+
+    async fn on_up(
+        &self,
+        server: &RunningServer,
+        handle: &IdentityHandle,
+    ) -> anyhow::Result<Vec<String>> {
+        let state = &handle.state;
+        let mut lines = vec![format!(
+            "JWKS        http://{}/.well-known/jwks.json",
+            server.admin_addr
+        )];
+        let created =
+            bootstrap::first_admin(&state.pool, &state.crypto, &state.hasher, FIRST_ADMIN_EMAIL)
+                .await?;
+        if let Some(otp) = created {
+            lines.push(format!("first admin: {FIRST_ADMIN_EMAIL}"));
+            lines.push(format!(
+                "one-time password (shown once, change it at first login): {otp}"
+            ));
+        }
+        Ok(lines)
+    }
+}
+
 /// Connects to the database (migrating it when configured), loads keys from `server.keys`
 /// (Vault, or the development key file) and starts serving until `shutdown` resolves.
 pub async fn serve(
     config: IdentityConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Identity> {
-    let keys = carehub_platform::keys::from_config("identity", &config.server).await?;
-    serve_with_keys(config, keys, shutdown).await
+    started(kit::start(&SERVICE, config, None, shutdown).await?)
 }
 
 /// [`serve`] with a key source given by the caller (tests rotate keys through it).
@@ -91,109 +242,14 @@ pub async fn serve_with_keys(
     key_source: Arc<dyn KeySource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Identity> {
-    let pool = carehub_platform::db::connect(&config.server.database).await?;
-    if config.server.database.migrate_on_start {
-        carehub_platform::db::migrate(&pool, &MIGRATOR).await?;
-    }
-    if config.identity.signing_key_file.is_some() {
-        tracing::warn!(
-            "identity.signing_key_file is no longer read: signing keys come from server.keys \
-             (Vault carehub/identity/signing or the development key file)"
-        );
-    }
-    let s = &config.identity;
-    let token_lifetime =
-        i64::try_from(s.access_token_ttl_secs).unwrap_or(600) + carehub_platform::jwt::LEEWAY_SECS;
-    let keys = Arc::new(SigningKeys::new(
-        key_source.clone(),
-        chrono::Duration::seconds(i64::try_from(s.signing_key_lead_secs).unwrap_or(600)),
-        chrono::Duration::seconds(token_lifetime),
-    ));
-    keys.sync(&pool).await?;
-    spawn_signing_key_sync(&keys, pool.clone(), s.signing_key_sync_secs);
-    let crypto = envelope(&pool, key_source.clone(), s)?;
-    let hasher = PasswordHasher::new(
-        s.argon2_memory_kib,
-        s.argon2_iterations,
-        s.argon2_parallelism,
-        usize::try_from(s.password_hash_threads).unwrap_or(1),
-        usize::try_from(s.password_hash_queue).unwrap_or(0),
-    )?;
-    let (notifier, sandbox): (Arc<dyn Notifier>, _) = match s.notifier {
-        NotifierKind::LogSandbox => {
-            tracing::warn!(
-                "identity uses the LOG SANDBOX notifier: codes are logged, nothing is delivered"
-            );
-            (Arc::new(LogSandboxNotifier), None)
-        }
-        NotifierKind::MemorySandbox => {
-            let m = MemorySandboxNotifier::default();
-            (Arc::new(m.clone()), Some(m))
-        }
-    };
-    let idempotency = IdempotencyStore::new(pool.clone(), key_source.clone());
-    idempotency::spawn_purger(
-        pool.clone(),
-        idempotency::DEFAULT_RETENTION,
-        std::time::Duration::from_secs(3600),
-    );
-    let state = Arc::new(AppState {
-        pool,
-        settings: config.identity.clone(),
-        auth: config.server.auth.clone(),
-        keys,
-        key_source,
-        crypto,
-        idempotency,
-        notifier,
-        hasher,
-    });
+    started(kit::start(&SERVICE, config, Some(key_source), shutdown).await?)
+}
 
-    let authorizer = Arc::new(Authorizer {
-        policy: api::policy::policy(),
-        verifier: Arc::new(token::LocalVerifier::new(state.clone())),
-        gateway_workloads: config.server.auth.gateway_workloads.clone(),
-    });
-    let api = api::IdentityApi {
-        state: state.clone(),
-    };
-    let max = config.server.limits.max_message_bytes;
-    let server = ServiceHost::new("identity", &config.server)
-        .add_service(
-            IdentityServiceServer::new(api.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            IdentityInternalServer::new(api)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .with_auth(AuthLayer::new(authorizer))
-        .with_audit(state.pool.clone(), state.key_source.clone())
-        // Past server.keys.max_staleness_secs without Vault, keys fail closed: not ready.
-        .readiness(carehub_platform::keys::readiness(state.key_source.clone()))
-        .admin_routes(token::jwks_router(state.clone()))
-        .start(shutdown)
-        .await?;
-    // The outbox relay (account events to subscribers), for as long as the state lives.
-    carehub_platform::outbox::Relay::new(
-        state.pool.clone(),
-        state.key_source.clone(),
-        &server.tls,
-        &config.server.outbox,
-        server.metrics.clone(),
-    )?
-    .spawn_while(&state);
-    carehub_platform::keys::spawn_metrics(
-        &state.key_source,
-        server.metrics.clone(),
-        std::time::Duration::from_secs(15),
-    );
+fn started(s: kit::Started<IdentityHandle>) -> anyhow::Result<Identity> {
     Ok(Identity {
-        server,
-        state,
-        sandbox,
+        server: s.server,
+        state: s.handle.state,
+        sandbox: s.handle.sandbox,
     })
 }
 

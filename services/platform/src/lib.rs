@@ -12,6 +12,7 @@ pub mod errors;
 pub mod idempotency;
 pub mod jwt;
 pub mod keys;
+pub mod kit;
 pub mod lifecycle;
 pub mod outbox;
 pub mod paging;

@@ -141,13 +141,19 @@ impl KeySource for FileKeys {
 /// Creates (or completes) a development key file with every key of every service in
 /// [`SERVICES`]: keys already in the file are kept. Returns how many keys were added.
 pub fn write_dev_key_file(path: &Path) -> anyhow::Result<usize> {
+    write_dev_key_file_for(path, &SERVICES)
+}
+
+/// [`write_dev_key_file`] for these services (`carehub up` passes its list of services, which
+/// may hold one [`SERVICES`] does not name yet).
+pub fn write_dev_key_file_for(path: &Path, services: &[&str]) -> anyhow::Result<usize> {
     let mut layout = if path.exists() {
         read_layout(path)?
     } else {
         FileLayout::new()
     };
     let mut added = 0;
-    for service in SERVICES {
+    for &service in services {
         let entry = layout.entry(service.to_owned()).or_default();
         for name in required_keys(service) {
             entry

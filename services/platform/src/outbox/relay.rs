@@ -133,6 +133,20 @@ impl Relay {
         })
     }
 
+    /// Runs the relay on its own task until its server begins to drain (the kit starts one
+    /// per service this way): rows it had claimed are taken over by another replica when their
+    /// lease ends.
+    pub fn spawn_while_serving(
+        self,
+        health: tokio::sync::watch::Receiver<crate::lifecycle::Health>,
+    ) -> tokio::task::JoinHandle<()> {
+        let relay = Arc::new(self);
+        tokio::spawn(async move {
+            let alive = move || health.borrow().phase != crate::lifecycle::Phase::Draining;
+            relay.run(Some(Box::new(alive))).await
+        })
+    }
+
     async fn run(&self, alive: Option<Box<dyn Fn() -> bool + Send + Sync>>) {
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(1));
         let mut metrics_at: Option<Instant> = None;

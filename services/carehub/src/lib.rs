@@ -1,13 +1,19 @@
 //! `carehub`: the one binary. Serves a service, runs the whole suite locally, migrates
 //! databases and carries the operator commands.
+//!
+//! The binary (src/bin/carehub.rs) is [`main`] over [`services::SERVICES`]; the commands that
+//! act on "a service" (`serve`, `migrate`, `up`, `health`, `services`) take their services from
+//! that one list, so a test can run them over a list of its own ([`run_args`]).
 
 mod admin;
 mod audit_cmd;
+mod entry;
 mod health;
 mod keys_cmd;
 mod loadgen;
 mod outbox_cmd;
 mod pgcluster;
+pub mod services;
 mod up;
 
 use std::path::PathBuf;
@@ -15,7 +21,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use carehub_identity::config::IdentityConfig;
 use carehub_platform::config;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use carehub_platform::kit::ServiceDef;
+use clap::{Args, Parser, Subcommand};
+use futures::future::BoxFuture;
+
+pub use entry::{command, dev_workloads, main, run_args, Exit};
+use entry::{load_config, service};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +46,9 @@ enum Command {
     Serve(ServiceArgs),
     /// Apply a service's embedded database migrations and exit.
     Migrate(ServiceArgs),
+    /// List the services this binary serves, one name a line (the chart's `services` block
+    /// must name the same).
+    Services,
     /// Run every service in this process with a private PostgreSQL, development certificates
     /// and keys (created under --data-dir on first run).
     Up(up::UpArgs),
@@ -61,15 +75,10 @@ enum Command {
     Loadgen(Box<loadgen::LoadgenArgs>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Service {
-    Identity,
-}
-
 #[derive(Args)]
 struct ServiceArgs {
-    /// The service.
-    service: Service,
+    /// The service (one of the binary's list of services).
+    service: String,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -111,71 +120,69 @@ enum DevCommand {
     },
 }
 
-/// Workloads that get a development certificate.
-pub const DEV_WORKLOADS: &[&str] = &[
-    "gateway",
-    "identity",
-    "scheduling",
-    "messaging",
-    "records",
-    "billing",
-    "admin-cli",
-];
-
 fn load_identity(args: &ConfigArgs) -> anyhow::Result<IdentityConfig> {
     config::load::<IdentityConfig>(args.config.as_deref(), &args.overrides)
         .context("loading identity configuration")
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run(cli))
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command over `services`; `serve` and `up` stop when `shutdown` resolves.
+async fn run(
+    cli: Cli,
+    services: &[&dyn ServiceDef],
+    shutdown: BoxFuture<'static, ()>,
+) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => match args.service {
-            Service::Identity => {
-                let cfg = load_identity(&args.config)?;
-                let telemetry =
-                    carehub_platform::telemetry::init("identity", &cfg.server.telemetry)?;
-                let drain = std::time::Duration::from_secs(cfg.server.limits.drain_timeout_secs);
-                let identity =
-                    carehub_identity::serve(cfg, carehub_platform::server::shutdown_signal())
-                        .await?;
-                tracing::info!(grpc = %identity.server.grpc_addr, admin = %identity.server.admin_addr, "identity serving");
-                let result = identity.server.wait().await;
-                telemetry
-                    .shutdown_with_timeout(drain.min(std::time::Duration::from_secs(5)))
-                    .await;
-                result
+        Command::Serve(args) => {
+            let def = service(services, &args.service)?;
+            let cfg = load_config(def, &args.config)?;
+            let server = cfg.server();
+            let telemetry = carehub_platform::telemetry::init(def.name(), &server.telemetry)?;
+            let drain = std::time::Duration::from_secs(server.limits.drain_timeout_secs);
+            let running = def.start(cfg, None, shutdown).await?;
+            tracing::info!(grpc = %running.server.grpc_addr, admin = %running.server.admin_addr, "{} serving", def.name());
+            let result = running.server.wait().await;
+            telemetry
+                .shutdown_with_timeout(drain.min(std::time::Duration::from_secs(5)))
+                .await;
+            result
+        }
+        Command::Migrate(args) => {
+            let def = service(services, &args.service)?;
+            let cfg = load_config(def, &args.config)?;
+            let pool = carehub_platform::db::connect(&cfg.server().database).await?;
+            carehub_platform::db::migrate(&pool, def.migrator()).await?;
+            println!("{}: migrations applied", def.name());
+            Ok(())
+        }
+        Command::Services => {
+            for def in services {
+                println!("{}", def.name());
             }
-        },
-        Command::Migrate(args) => match args.service {
-            Service::Identity => {
-                let cfg = load_identity(&args.config)?;
-                let pool = carehub_platform::db::connect(&cfg.server.database).await?;
-                carehub_platform::db::migrate(&pool, &carehub_identity::MIGRATOR).await?;
-                println!("identity: migrations applied");
+            Ok(())
+        }
+        Command::Up(args) => up::run(args, services, shutdown).await,
+        Command::Health(args) => match health::check(&args).await {
+            Ok(line) => {
+                println!("{line}");
                 Ok(())
             }
+            // One line saying why, not a backtrace: a probe or `helm test` log shows it.
+            Err(err) => {
+                eprintln!("UNHEALTHY {err:#}");
+                Err(Exit(1).into())
+            }
         },
-        Command::Up(args) => up::run(args).await,
         Command::Admin(AdminCommand::Create(args)) => admin::create(args).await,
-        Command::Health(args) => health::run(&args).await,
         Command::Audit(cmd) => audit_cmd::run(cmd).await,
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Outbox(cmd) => outbox_cmd::run(cmd).await,
         Command::Loadgen(args) => loadgen::run(*args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
-            carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, DEV_WORKLOADS)?;
+            let workloads = dev_workloads(services);
+            carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, &workloads)?;
             println!(
                 "wrote a development CA and certificates for {} to {}",
-                DEV_WORKLOADS.join(", "),
+                workloads.join(", "),
                 out.display()
             );
             Ok(())
