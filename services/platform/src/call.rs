@@ -1,0 +1,203 @@
+//! One handler shape (DESIGN.md §3): the per-call context and the two helpers every handler
+//! goes through.
+//!
+//! A service's generated-trait impl builds a [`Call`] once per RPC ([`Call::new`]) and hands
+//! the handler the call and the decoded request; the handler returns the service's own error
+//! enum, converted to `tonic::Status` in that one impl. Then:
+//! - a **mutating** handler runs its change through [`Call::mutate`]: the change, its audit
+//!   events ([`Change`]) and the stored answer commit in one transaction; a retry with the same
+//!   idempotency key gets the stored answer back ([`Ran::replayed`]); the same key with another
+//!   request is refused. An answer that carries a secret (tokens, TOTP secrets) is never stored:
+//!   [`Call::mutate_secret`] runs the same transaction without the answer;
+//! - a **reading** handler hands its answer through [`Call::read`], which records the read event
+//!   durably first: a read that cannot be audited is refused, never answered.
+
+use prost::Message;
+use sqlx::{PgConnection, PgPool};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditError, AuditEvent, Kind, Purpose};
+use crate::auth::{Caller, UserCaller};
+use crate::idempotency::{self, IdempotencyStore, Once};
+
+pub use crate::idempotency::Ran;
+
+/// What the platform knows about one RPC call, built once before its handler runs.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Who called: workload (mTLS), user (bearer token), gateway-forwarded address and agent.
+    pub caller: Caller,
+    /// The gRPC path, `/carehub.identity.v1.IdentityService/GetProfile`: the idempotency scope.
+    pub rpc: &'static str,
+    /// `x-request-id` (generated when the client sent none).
+    pub request_id: Option<String>,
+    /// `idempotency-key`, checked only when a mutation asks for it (a reading RPC ignores it).
+    idempotency_key: Result<Option<String>, Status>,
+}
+
+impl Call {
+    /// The context of `req`, a call of `rpc`. INTERNAL when the auth layer did not run (a
+    /// wiring bug: every served RPC passes it).
+    pub fn new<T>(req: &tonic::Request<T>, rpc: &'static str) -> Result<Call, Status> {
+        let caller = crate::auth::caller(req)?;
+        let request_id = caller
+            .request_id
+            .clone()
+            .or_else(crate::server::current_request_id);
+        Ok(Call {
+            caller,
+            rpc,
+            request_id,
+            idempotency_key: idempotency::key_of(req),
+        })
+    }
+
+    /// The signed-in user (UNAUTHENTICATED without an access token).
+    pub fn user(&self) -> Result<&UserCaller, Status> {
+        self.caller.user()
+    }
+
+    /// The end user's address, only when forwarded by a trusted gateway.
+    pub fn client_ip(&self) -> Option<&str> {
+        self.caller.client_ip.as_deref()
+    }
+
+    /// The request's idempotency key, if it sent one (INVALID_ARGUMENT when malformed).
+    pub fn idempotency_key(&self) -> Result<Option<&str>, Status> {
+        match &self.idempotency_key {
+            Ok(key) => Ok(key.as_deref()),
+            Err(status) => Err(status.clone()),
+        }
+    }
+
+    /// An event of `kind` by this caller about `entity_type`/`entity_id`, filed under `subject`
+    /// (whose data it is), for `purpose`.
+    pub fn event(
+        &self,
+        kind: Kind,
+        purpose: Purpose,
+        entity_type: &str,
+        entity_id: impl ToString,
+        subject: Uuid,
+    ) -> AuditEvent {
+        AuditEvent::of(kind, purpose, entity_type, entity_id)
+            .caller(&self.caller)
+            .subject(subject)
+    }
+
+    /// Records `event` (a read) durably, then gives `answer` back: the answer leaves only once
+    /// its access is on the audit trail. An unrecordable read fails with the audit error
+    /// (UNAVAILABLE with reason UNAVAILABLE when the trail cannot be written).
+    pub async fn read<T, E>(&self, pool: &PgPool, event: AuditEvent, answer: T) -> Result<T, E>
+    where
+        E: From<AuditError>,
+    {
+        audit::record_read(pool, &event).await?;
+        Ok(answer)
+    }
+
+    /// Runs `op` once per idempotency key of this call, in one transaction with its audit events
+    /// and its stored answer (see the module doc). The idempotency actor is the caller
+    /// ([`Caller::actor_key`]).
+    pub async fn mutate<Req, Resp, E, F>(
+        &self,
+        store: &IdempotencyStore,
+        request: &Req,
+        op: F,
+    ) -> Result<Ran<Resp>, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        E: From<Status> + From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        self.mutate_as(store, &self.caller.actor_key(), request, op)
+            .await
+    }
+
+    /// [`Call::mutate`] with answers kept under `actor` (public RPCs that no user signs, whose
+    /// keys are shared by every caller of them, such as a password reset).
+    pub async fn mutate_as<Req, Resp, E, F>(
+        &self,
+        store: &IdempotencyStore,
+        actor: &str,
+        request: &Req,
+        op: F,
+    ) -> Result<Ran<Resp>, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        E: From<Status> + From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        let once = Once {
+            scope: self.rpc,
+            actor,
+            key: self.idempotency_key()?,
+            request,
+        };
+        idempotency::run_once(store, &once, async move |tx: &mut PgConnection| {
+            let change = op(tx).await?;
+            change.record(tx).await?;
+            Ok(change.answer)
+        })
+        .await
+    }
+
+    /// A change whose answer carries a secret (tokens, a TOTP secret, recovery codes): one
+    /// transaction with its audit events, but the answer is never stored, so a retry runs
+    /// again (an idempotency key is not read).
+    pub async fn mutate_secret<Resp, E, F>(&self, pool: &PgPool, op: F) -> Result<Resp, E>
+    where
+        E: From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        let mut tx = pool.begin().await?;
+        let change = op(&mut tx).await?;
+        change.record(&mut tx).await?;
+        tx.commit().await?;
+        Ok(change.answer)
+    }
+}
+
+/// What a mutation did: its answer and the audit events that describe it, recorded by the
+/// helper in the change's transaction just before the commit (the chain head is held from the
+/// first event to the commit, so events go last).
+#[derive(Debug)]
+pub struct Change<T> {
+    pub answer: T,
+    pub events: Vec<AuditEvent>,
+}
+
+impl<T> Change<T> {
+    /// An answer with the one event that describes the change.
+    pub fn new(answer: T, event: AuditEvent) -> Self {
+        Change {
+            answer,
+            events: vec![event],
+        }
+    }
+
+    /// An answer whose change needs no event of its own (nothing personal changed, or an
+    /// event was already recorded by a step that shares the transaction).
+    pub fn unaudited(answer: T) -> Self {
+        Change {
+            answer,
+            events: Vec::new(),
+        }
+    }
+
+    /// One more event.
+    pub fn with(mut self, event: AuditEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    async fn record(&self, tx: &mut PgConnection) -> Result<(), AuditError> {
+        for event in &self.events {
+            audit::record(tx, event).await?;
+        }
+        Ok(())
+    }
+}
