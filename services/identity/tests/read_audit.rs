@@ -151,7 +151,7 @@ async fn every_read_of_personal_data_is_audited_with_actor_subject_and_purpose()
     );
     assert_eq!(
         (e.entity_type.as_str(), e.entity_id.as_str()),
-        ("session", tokens.session_id.as_str())
+        ("user", ann.user_id.as_str())
     );
 
     // GetUser: the holder reading themselves, then an admin and a staff member reading them.

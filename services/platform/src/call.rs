@@ -64,6 +64,8 @@ impl Call {
     }
 
     /// The request's idempotency key, if it sent one (INVALID_ARGUMENT when malformed).
+    /// [`Call::mutate`] reads it; a mutating handler may ask first, so that a malformed key is
+    /// refused before the request's fields are checked.
     pub fn idempotency_key(&self) -> Result<Option<&str>, Status> {
         match &self.idempotency_key {
             Ok(key) => Ok(key.as_deref()),

@@ -341,11 +341,12 @@ pub async fn list_sessions(
         sessions,
         page: Some(PageResponse { next_page_token }),
     };
+    // The entity is the user whose sessions were listed.
     let read = call.event(
         kinds::SESSIONS_LIST,
         Purpose::Security,
-        "session",
-        user.session_id,
+        "user",
+        user.user_id,
         user.user_id,
     );
     call.read(&state.pool, read, answer).await
