@@ -11,6 +11,13 @@
 //!   [`Call::mutate_secret`] runs the same transaction without the answer;
 //! - a **reading** handler hands its answer through [`Call::read`], which records the read event
 //!   durably first: a read that cannot be audited is refused, never answered.
+//!
+//! Each RPC declares once, where its trait method is implemented, whether its answers are
+//! [`Audited::Always`] or [`Audited::Exempt`] (with the reason), and [`Call::check_audited`]
+//! refuses a successful answer of an `Always` RPC that recorded no event: a handler that forgets
+//! its event fails closed (INTERNAL) in its first test instead of answering unaudited.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
@@ -23,8 +30,17 @@ use crate::idempotency::{self, IdempotencyStore, Once};
 
 pub use crate::idempotency::Ran;
 
+/// Whether an RPC's successful answers always leave an audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audited {
+    /// Every successful answer recorded at least one event: a read, or its change's events.
+    Always,
+    /// The RPC returns and changes no personal data, or audits only some outcomes; says why.
+    Exempt(&'static str),
+}
+
 /// What the platform knows about one RPC call, built once before its handler runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Call {
     /// Who called: workload (mTLS), user (bearer token), gateway-forwarded address and agent.
     pub caller: Caller,
@@ -34,6 +50,9 @@ pub struct Call {
     pub request_id: Option<String>,
     /// `idempotency-key`, checked only when a mutation asks for it (a reading RPC ignores it).
     idempotency_key: Result<Option<String>, Status>,
+    /// Whether an event of this call was recorded (or a stored answer, whose events were
+    /// recorded by the first call, was replayed).
+    audited: AtomicBool,
 }
 
 impl Call {
@@ -50,7 +69,35 @@ impl Call {
             rpc,
             request_id,
             idempotency_key: idempotency::key_of(req),
+            audited: AtomicBool::new(false),
         })
+    }
+
+    /// For handlers that record their events in transactions of their own (attempt counters
+    /// and failure events that commit although the call is refused): their events committed.
+    pub fn mark_audited(&self) {
+        self.audited.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this call recorded an event through its helpers or [`Call::mark_audited`].
+    pub fn was_audited(&self) -> bool {
+        self.audited.load(Ordering::Relaxed)
+    }
+
+    /// `result`, unless it is a successful answer of an [`Audited::Always`] RPC that recorded no
+    /// event: that one is refused (INTERNAL) and logged, never answered.
+    pub fn check_audited<T, E: From<Status>>(
+        &self,
+        rule: Audited,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        match (rule, &result) {
+            (Audited::Always, Ok(_)) if !self.was_audited() => {
+                tracing::error!(rpc = self.rpc, "answer without an audit event refused");
+                Err(crate::errors::internal("answer not audited").into())
+            }
+            _ => result,
+        }
     }
 
     /// The signed-in user (UNAUTHENTICATED without an access token).
@@ -96,6 +143,7 @@ impl Call {
         E: From<AuditError>,
     {
         audit::record_read(pool, &event).await?;
+        self.mark_audited();
         Ok(answer)
     }
 
@@ -139,12 +187,19 @@ impl Call {
             key: self.idempotency_key()?,
             request,
         };
-        idempotency::run_once(store, &once, async move |tx: &mut PgConnection| {
+        let mut recorded = false;
+        let ran = idempotency::run_once(store, &once, async |tx: &mut PgConnection| {
             let change = op(tx).await?;
             change.record(tx).await?;
-            Ok(change.answer)
+            recorded = !change.events.is_empty();
+            Ok::<_, E>(change.answer)
         })
-        .await
+        .await?;
+        // A replayed answer's events were recorded by the call that stored it.
+        if recorded || ran.replayed {
+            self.mark_audited();
+        }
+        Ok(ran)
     }
 
     /// A change whose answer carries a secret (tokens, a TOTP secret, recovery codes): one
@@ -159,6 +214,9 @@ impl Call {
         let change = op(&mut tx).await?;
         change.record(&mut tx).await?;
         tx.commit().await?;
+        if !change.events.is_empty() {
+            self.mark_audited();
+        }
         Ok(change.answer)
     }
 }

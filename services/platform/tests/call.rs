@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 
 use carehub_platform::audit::{Action, AuditError, Kind, Purpose};
 use carehub_platform::auth::{Caller, Role, UserCaller};
-use carehub_platform::call::{Call, Change};
+use carehub_platform::call::{Audited, Call, Change};
 use carehub_platform::db::TestDatabase;
 use carehub_platform::errors;
 use carehub_platform::idempotency::IdempotencyStore;
@@ -237,4 +237,47 @@ fn the_context_is_built_once_from_the_request() {
     // Without the auth layer's caller: a wiring bug, INTERNAL.
     let err = Call::new(&tonic::Request::new(()), RPC).unwrap_err();
     assert_eq!(err.code(), Code::Internal);
+}
+
+#[tokio::test]
+async fn an_answer_of_an_always_audited_rpc_without_an_event_is_refused() {
+    let db = database().await;
+    let user = Uuid::now_v7();
+    let ok = || Ok::<_, TestError>("answer");
+
+    // Nothing recorded: refused when the RPC must audit, answered when it is exempt.
+    let silent = call(user, None);
+    let err = silent.check_audited(Audited::Always, ok()).unwrap_err().0;
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(
+        silent
+            .check_audited(Audited::Exempt("public keys"), ok())
+            .unwrap(),
+        "answer"
+    );
+    // An error passes through as it is.
+    let failed = Err::<&str, _>(TestError(Status::not_found("x")));
+    assert_eq!(
+        silent
+            .check_audited(Audited::Always, failed)
+            .unwrap_err()
+            .0
+            .code(),
+        Code::NotFound
+    );
+
+    // A change with its event, and the replay of its stored answer, count as audited.
+    let first = call(user, Some("key-00000005"));
+    hit(&db, &first, "a", false).await.unwrap();
+    assert!(first.check_audited(Audited::Always, ok()).is_ok());
+    let retry = call(user, Some("key-00000005"));
+    assert!(hit(&db, &retry, "a", false).await.unwrap().1, "replayed");
+    assert!(retry.check_audited(Audited::Always, ok()).is_ok());
+
+    // A read, once its event is recorded.
+    let reader = call(user, None);
+    let event = reader.event(HITS_READ, Purpose::PatientRequest, "hits", user, user);
+    let read: Result<&str, TestError> = reader.read(&db.pool, event, "hits").await;
+    assert!(reader.check_audited(Audited::Always, read).is_ok());
+    db.drop_database().await.unwrap();
 }

@@ -272,6 +272,8 @@ pub async fn login(state: &AppState, call: &Call, r: LoginRequest) -> Result<Log
         )
     };
     tx.commit().await?;
+    // The session's opening or the MFA challenge was recorded in that transaction.
+    call.mark_audited();
     Ok(LoginResponse {
         result: Some(result),
     })
@@ -463,5 +465,7 @@ pub async fn unlock_with_pin(
     }
     let tokens = open_session(state, &mut tx, &cred, &["pin"], caller, Some(device.id)).await?;
     tx.commit().await?;
+    // The session's opening was recorded in that transaction.
+    call.mark_audited();
     Ok(tokens)
 }

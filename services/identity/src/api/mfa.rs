@@ -129,6 +129,8 @@ pub async fn complete_mfa_challenge(
     }
     let tokens = open_session(state, &mut tx, &cred, &amr, caller, None).await?;
     tx.commit().await?;
+    // The session's opening was recorded in that transaction.
+    call.mark_audited();
     tracing::info!(user_id = %challenge.user_id, attempts = challenge.attempts, "mfa challenge completed");
     Ok(tokens)
 }

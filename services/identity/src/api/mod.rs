@@ -39,7 +39,7 @@ pub mod sessions;
 
 use std::sync::Arc;
 
-use carehub_platform::call::Call;
+use carehub_platform::call::{Audited, Call};
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternal;
 use carehub_proto::identity::v1::identity_service_server::IdentityService;
 use carehub_proto::identity::v1::*;
@@ -48,17 +48,31 @@ use tonic::{Request, Response, Status};
 use crate::error::IdentityError;
 use crate::AppState;
 
+// The RPCs whose successful answers may leave no audit event, and why. Every other RPC is
+// `Audited::Always`: it returns or changes personal data.
+const REFRESH: Audited = Audited::Exempt(
+    "rotates the refresh token of a session whose opening was audited; reuse is audited",
+);
+const RESET_REQUEST: Audited = Audited::Exempt(
+    "answers nothing; a token sent to an existing account is audited in its transaction",
+);
+const PUBLIC_KEYS: Audited = Audited::Exempt("public signing keys only");
+const REVOCATIONS: Audited = Audited::Exempt("session and user ids with instants only");
+
 /// Runs `$handler` as the RPC `$method` of `$service`: builds the call's context, decodes the
-/// request, and maps the handler's error to a `Status` (the one place identity does).
+/// request, refuses an answer that `$audited` says must be audited but was not, and maps the
+/// handler's error to a `Status` (the one place identity does).
 macro_rules! rpc {
-    ($self:ident, $req:ident, $service:literal, $method:literal, $handler:path) => {{
+    ($self:ident, $req:ident, $service:literal, $method:literal, $audited:expr, $handler:path) => {{
         let call = Call::new(
             &$req,
             concat!("/carehub.identity.v1.", $service, "/", $method),
         )?;
         let answer: Result<_, IdentityError> =
             $handler(&$self.state, &call, $req.into_inner()).await;
-        answer.map(Response::new).map_err(Status::from)
+        call.check_audited($audited, answer)
+            .map(Response::new)
+            .map_err(Status::from)
     }};
 }
 
@@ -79,6 +93,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "RegisterPatient",
+            Audited::Always,
             registration::register_patient
         )
     }
@@ -91,6 +106,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "CreateUser",
+            Audited::Always,
             admin::create_user
         )
     }
@@ -103,6 +119,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "SendVerificationCode",
+            Audited::Always,
             registration::send_verification_code
         )
     }
@@ -115,6 +132,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "VerifyContact",
+            Audited::Always,
             registration::verify_contact
         )
     }
@@ -124,6 +142,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "GetProfile",
+            Audited::Always,
             profile::get_profile
         )
     }
@@ -136,11 +155,19 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "UpdateProfile",
+            Audited::Always,
             profile::update_profile
         )
     }
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        rpc!(self, req, "IdentityService", "GetUser", admin::get_user)
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "GetUser",
+            Audited::Always,
+            admin::get_user
+        )
     }
     async fn suspend_user(
         &self,
@@ -151,6 +178,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "SuspendUser",
+            Audited::Always,
             admin::suspend_user
         )
     }
@@ -163,6 +191,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ReactivateUser",
+            Audited::Always,
             admin::reactivate_user
         )
     }
@@ -175,6 +204,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "TerminateUser",
+            Audited::Always,
             admin::terminate_user
         )
     }
@@ -187,6 +217,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "GetConsents",
+            Audited::Always,
             profile::get_consents
         )
     }
@@ -199,6 +230,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "UpdateConsents",
+            Audited::Always,
             profile::update_consents
         )
     }
@@ -211,6 +243,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "GetCommunicationPreferences",
+            Audited::Always,
             profile::get_communication_preferences
         )
     }
@@ -223,11 +256,19 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "UpdateCommunicationPreferences",
+            Audited::Always,
             profile::update_communication_preferences
         )
     }
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        rpc!(self, req, "IdentityService", "Login", login::login)
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "Login",
+            Audited::Always,
+            login::login
+        )
     }
     async fn complete_mfa_challenge(
         &self,
@@ -238,6 +279,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "CompleteMfaChallenge",
+            Audited::Always,
             mfa::complete_mfa_challenge
         )
     }
@@ -250,11 +292,19 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "RefreshSession",
+            REFRESH,
             sessions::refresh_session
         )
     }
     async fn logout(&self, req: Request<LogoutRequest>) -> Result<Response<()>, Status> {
-        rpc!(self, req, "IdentityService", "Logout", sessions::logout)
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "Logout",
+            Audited::Always,
+            sessions::logout
+        )
     }
     async fn list_sessions(
         &self,
@@ -265,6 +315,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ListSessions",
+            Audited::Always,
             sessions::list_sessions
         )
     }
@@ -277,6 +328,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "RevokeSession",
+            Audited::Always,
             sessions::revoke_session
         )
     }
@@ -289,6 +341,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "RequestPasswordReset",
+            RESET_REQUEST,
             password::request_password_reset
         )
     }
@@ -301,6 +354,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ResetPassword",
+            Audited::Always,
             password::reset_password
         )
     }
@@ -313,6 +367,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ChangePassword",
+            Audited::Always,
             password::change_password
         )
     }
@@ -320,7 +375,14 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<EnrollTotpRequest>,
     ) -> Result<Response<EnrollTotpResponse>, Status> {
-        rpc!(self, req, "IdentityService", "EnrollTotp", mfa::enroll_totp)
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "EnrollTotp",
+            Audited::Always,
+            mfa::enroll_totp
+        )
     }
     async fn confirm_totp(
         &self,
@@ -331,6 +393,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ConfirmTotp",
+            Audited::Always,
             mfa::confirm_totp
         )
     }
@@ -340,6 +403,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "DisableTotp",
+            Audited::Always,
             mfa::disable_totp
         )
     }
@@ -352,6 +416,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "EnrollDevicePin",
+            Audited::Always,
             login::enroll_device_pin
         )
     }
@@ -364,6 +429,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "UnlockWithPin",
+            Audited::Always,
             login::unlock_with_pin
         )
     }
@@ -376,6 +442,7 @@ impl IdentityService for IdentityApi {
             req,
             "IdentityService",
             "ListSigningKeys",
+            PUBLIC_KEYS,
             internal::list_signing_keys
         )
     }
@@ -392,6 +459,7 @@ impl IdentityInternal for IdentityApi {
             req,
             "IdentityInternal",
             "ListSigningKeys",
+            PUBLIC_KEYS,
             internal::list_signing_keys
         )
     }
@@ -404,6 +472,7 @@ impl IdentityInternal for IdentityApi {
             req,
             "IdentityInternal",
             "ListRevocations",
+            REVOCATIONS,
             internal::list_revocations
         )
     }
@@ -416,6 +485,7 @@ impl IdentityInternal for IdentityApi {
             req,
             "IdentityInternal",
             "LookupUser",
+            Audited::Always,
             internal::lookup_user
         )
     }
