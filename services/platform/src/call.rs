@@ -137,12 +137,13 @@ impl Call {
 
     /// Records `event` (a read) durably, then gives `answer` back: the answer leaves only once
     /// its access is on the audit trail. An unrecordable read fails with the audit error
-    /// (UNAVAILABLE with reason UNAVAILABLE when the trail cannot be written).
+    /// (UNAVAILABLE with reason UNAVAILABLE when the trail cannot be written). Concurrent reads
+    /// of one database are committed together ([`reads`]).
     pub async fn read<T, E>(&self, pool: &PgPool, event: AuditEvent, answer: T) -> Result<T, E>
     where
         E: From<AuditError>,
     {
-        audit::record_read(pool, &event).await?;
+        reads::record(pool, event).await?;
         self.mark_audited();
         Ok(answer)
     }
@@ -258,6 +259,129 @@ impl<T> Change<T> {
         for event in &self.events {
             audit::record(tx, event).await?;
         }
+        Ok(())
+    }
+}
+
+/// Group commit of read events (DESIGN.md §4): every read's event must be durable before its
+/// answer leaves, and every append holds the database's one chain head until its commit, so one
+/// transaction per read would make concurrent reads commit one at a time. Instead, while one
+/// reader appends a batch, the reads that arrive queue up, and the next reader to take the
+/// writer's turn appends all of them in one transaction and tells each its outcome. No timer
+/// and no background task: a lone read is written at once, by itself. Batches are per database,
+/// as the chain is.
+pub mod reads {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+    use sqlx::PgPool;
+    use tokio::sync::oneshot::{self, error::TryRecvError};
+
+    use crate::audit::{self, AuditError, AuditEvent};
+
+    /// Most events one transaction appends.
+    pub const MAX_BATCH: usize = 256;
+
+    type Outcome = Result<(), String>;
+
+    #[derive(Default)]
+    struct Group {
+        pending: Mutex<Vec<(AuditEvent, oneshot::Sender<Outcome>)>>,
+        /// Held by the reader appending a batch.
+        writer: tokio::sync::Mutex<()>,
+    }
+
+    type DatabaseKey = (String, u16, String);
+
+    static GROUPS: LazyLock<Mutex<HashMap<DatabaseKey, Arc<Group>>>> =
+        LazyLock::new(Mutex::default);
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn group(pool: &PgPool) -> Arc<Group> {
+        let options = pool.connect_options();
+        let key = (
+            options.get_host().to_owned(),
+            options.get_port(),
+            options.get_database().unwrap_or_default().to_owned(),
+        );
+        lock(&GROUPS).entry(key).or_default().clone()
+    }
+
+    /// A batch that failed, as seen by the reads that were in it but did not write it.
+    fn batch_failed(why: String) -> AuditError {
+        AuditError::Db(sqlx::Error::Protocol(format!(
+            "the batch of read events failed: {why}"
+        )))
+    }
+
+    /// Records `event` with the other reads of its database that are waiting, and returns once
+    /// it is committed (or refused).
+    pub async fn record(pool: &PgPool, mut event: AuditEvent) -> Result<(), AuditError> {
+        let pool = pool.clone();
+        // Refused here, alone: an invalid event must not fail the reads batched with it.
+        event.validate()?;
+        // Another task may append it: it takes the sealer of this call's service along.
+        if event.sealer.is_none() {
+            event.sealer = audit::seal::current().map(audit::seal::CapturedSealer);
+        }
+        if (event.source_ip.is_some() || event.user_agent.is_some()) && event.sealer.is_none() {
+            return Err(AuditError::NoSealer);
+        }
+        let group = group(&pool);
+        let (reply, mut outcome) = oneshot::channel();
+        lock(&group.pending).push((event, reply));
+        loop {
+            let _turn = group.writer.lock().await;
+            match outcome.try_recv() {
+                Ok(result) => return result.map_err(batch_failed),
+                Err(TryRecvError::Closed) => {
+                    return Err(batch_failed("its writer was cancelled".to_owned()))
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            let batch: Vec<_> = {
+                let mut pending = lock(&group.pending);
+                let n = pending.len().min(MAX_BATCH);
+                pending.drain(..n).collect()
+            };
+            // On a task of its own: the batch's readers get their outcome even if this reader's
+            // call is cancelled meanwhile (the client went away).
+            let pool = pool.clone();
+            let written = tokio::spawn(async move {
+                let written = append(&pool, &batch).await;
+                let shared = written.as_ref().map(|_| ()).map_err(ToString::to_string);
+                for (_, reply) in batch {
+                    // A reader that gave up no longer listens; its event is committed anyway.
+                    let _ = reply.send(shared.clone());
+                }
+                written
+            })
+            .await
+            .unwrap_or_else(|e| Err(batch_failed(e.to_string())));
+            if let Ok(result) = outcome.try_recv() {
+                // This reader wrote its own event: its error keeps its kind.
+                return match (result, written) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(_), Err(e)) => Err(e),
+                    (Err(why), Ok(())) => Err(batch_failed(why)),
+                };
+            }
+            // Its event was past this batch: the next turn.
+        }
+    }
+
+    async fn append(
+        pool: &PgPool,
+        batch: &[(AuditEvent, oneshot::Sender<Outcome>)],
+    ) -> Result<(), AuditError> {
+        let mut tx = pool.begin().await?;
+        for (event, _) in batch {
+            audit::record(&mut tx, event).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

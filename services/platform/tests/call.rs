@@ -281,3 +281,52 @@ async fn an_answer_of_an_always_audited_rpc_without_an_event_is_refused() {
     assert!(reader.check_audited(Audited::Always, read).is_ok());
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_reads_are_committed_together_and_the_chain_holds() {
+    let db = database().await;
+    let user = Uuid::now_v7();
+    const READS: usize = 64;
+    let reads = (0..READS).map(|i| {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let reader = call(user, None);
+            let event = reader.event(HITS_READ, Purpose::PatientRequest, "hits", i, user);
+            let answer: Result<usize, TestError> = reader.read(&pool, event, i).await;
+            answer.map_err(|e| e.0)
+        })
+    });
+    let answers: Vec<usize> = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(answers, (0..READS).collect::<Vec<_>>());
+    // Every read has its event, each once, in fewer transactions than reads.
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT entity_id FROM carehub_platform.audit_events ORDER BY entity_id::int",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids, (0..READS).map(|i| i.to_string()).collect::<Vec<_>>());
+    let transactions = count(
+        &db,
+        "SELECT count(DISTINCT xmin::text) FROM carehub_platform.audit_events",
+    )
+    .await;
+    assert!(
+        transactions < READS as i64 / 2,
+        "{transactions} transactions for {READS} reads"
+    );
+    let report = carehub_platform::audit::verify(
+        &db.pool,
+        KEYS.as_ref(),
+        "test",
+        &carehub_platform::audit::VerifyRange::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.problem, report.rows_checked), (None, READS as u64));
+    db.drop_database().await.unwrap();
+}
