@@ -13,6 +13,10 @@ pub enum IdentityError {
     Status(#[from] Status),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The audit trail refused or could not store an event: the change or read it describes
+    /// is refused with it.
+    #[error("audit: {0}")]
+    Audit(#[from] carehub_platform::audit::AuditError),
     /// Encrypting or decrypting PHI failed (keys unavailable, a shredded or tampered value).
     #[error("encrypted field: {0}")]
     Crypto(#[from] carehub_platform::crypto::CryptoError),
@@ -98,6 +102,7 @@ impl From<IdentityError> for Status {
                 tracing::error!(error = %err, "database error");
                 errors::internal("database")
             }
+            IdentityError::Audit(err) => err.into(),
             IdentityError::Crypto(err) => {
                 // Ids, tables and key versions only: CryptoError never carries plaintext.
                 tracing::error!(error = %err, "encrypted field");

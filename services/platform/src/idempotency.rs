@@ -136,6 +136,9 @@ fn associated_data(scope: &str, actor: &str, key: &str) -> Vec<u8> {
 /// `scope` is the RPC path, `actor` the caller's [`crate::auth::Caller::actor_key`]. Without a
 /// key the call simply runs in a transaction. `op` gets the open transaction and must do all of
 /// its writes through it; its error rolls everything back.
+///
+/// Handlers use [`crate::call::Call::mutate`], which also records the change's audit events in
+/// the transaction; this is the boxed-closure form it grew from, kept for callers outside RPCs.
 pub async fn run<Req, Resp, E, F>(
     store: &IdempotencyStore,
     scope: &str,
@@ -150,11 +153,62 @@ where
     E: From<Status> + From<sqlx::Error>,
     F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<Resp, E>>,
 {
+    let once = Once {
+        scope,
+        actor,
+        key,
+        request,
+    };
+    Ok(run_once(store, &once, async move |tx: &mut PgConnection| {
+        op(tx).await
+    })
+    .await?
+    .answer)
+}
+
+/// Which call [`run_once`] runs at most once: the RPC path, who called, the client's key and
+/// the request the key is bound to.
+pub struct Once<'a, Req> {
+    pub scope: &'a str,
+    pub actor: &'a str,
+    pub key: Option<&'a str>,
+    pub request: &'a Req,
+}
+
+/// An answer, and whether it is the stored answer of an earlier call with the same key (the
+/// operation did not run: no effect of it may be repeated, no notification sent again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran<T> {
+    pub answer: T,
+    pub replayed: bool,
+}
+
+/// [`run`] with `op` as an async closure, telling a replay from a first run.
+pub async fn run_once<Req, Resp, E, F>(
+    store: &IdempotencyStore,
+    once: &Once<'_, Req>,
+    op: F,
+) -> Result<Ran<Resp>, E>
+where
+    Req: Message,
+    Resp: Message + Default,
+    E: From<Status> + From<sqlx::Error>,
+    F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, E>,
+{
+    let Once {
+        scope,
+        actor,
+        key,
+        request,
+    } = *once;
     let mut tx = store.pool.begin().await?;
     let Some(key) = key else {
-        let resp = op(&mut tx).await?;
+        let answer = op(&mut tx).await?;
         tx.commit().await?;
-        return Ok(resp);
+        return Ok(Ran {
+            answer,
+            replayed: false,
+        });
     };
     let encoded_request = request.encode_to_vec();
     let (version, _) = store
@@ -203,11 +257,15 @@ where
             .into());
         }
         let response = store.open(&stored_key, &aad, &sealed)?;
-        return Resp::decode(response.as_slice())
-            .map_err(|_| E::from(errors::internal("stored idempotent response unreadable")));
+        let answer = Resp::decode(response.as_slice())
+            .map_err(|_| E::from(errors::internal("stored idempotent response unreadable")))?;
+        return Ok(Ran {
+            answer,
+            replayed: true,
+        });
     }
-    let resp = op(&mut tx).await?;
-    let sealed = store.seal(&sealing_key, &aad, &resp.encode_to_vec())?;
+    let answer = op(&mut tx).await?;
+    let sealed = store.seal(&sealing_key, &aad, &answer.encode_to_vec())?;
     sqlx::query(
         "UPDATE carehub_platform.idempotency_keys SET response = $4
          WHERE scope = $1 AND actor = $2 AND key = $3",
@@ -219,7 +277,10 @@ where
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(resp)
+    Ok(Ran {
+        answer,
+        replayed: false,
+    })
 }
 
 /// Deletes stored answers older than `max_age` (run periodically by each service).

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod call;
 pub mod client;
 pub mod config;
 pub mod crypto;

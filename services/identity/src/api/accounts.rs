@@ -1,22 +1,16 @@
-//! What the account handlers (registration, profile, admin) share: the caller's user id, the
-//! locked-account transaction, the notification outbox and `checked`.
+//! What the account handlers (registration, profile, admin) share: the account lock that starts
+//! a change, the notification outbox and `checked`.
 //!
-//! Every account handler: decode → validate every field → authorize (ownership; the auth layer
-//! already checked roles and workloads) → one transaction (mutating RPCs through
-//! `idempotency::run`) → encode. Codes are delivered through the notifier after the commit.
+//! Every account handler: validate every field → authorize (ownership; the auth layer already
+//! checked roles and workloads) → one transaction through `Call::mutate` (a read through
+//! `Call::read`) → encode. Codes are delivered through the notifier after the commit.
 
 use std::sync::{Arc, Mutex};
 
-use carehub_platform::auth::Caller;
-use carehub_platform::errors;
-use carehub_platform::idempotency;
-use futures::future::BoxFuture;
-use prost::Message;
+use carehub_platform::crypto::Envelope;
 use sqlx::PgConnection;
-use tonic::Status;
 use uuid::Uuid;
 
-use super::scope;
 use crate::domain::account::Account;
 use crate::error::IdentityError;
 use crate::notify::Notification;
@@ -24,13 +18,8 @@ use crate::store::accounts as store;
 use crate::AppState;
 
 /// A value that validation has vouched for (never `None` once `FieldViolations::finish` passed).
-pub(super) fn checked<T>(value: Option<T>) -> Result<T, Status> {
-    value.ok_or_else(|| errors::internal("validation"))
-}
-
-/// The signed-in caller's user id (UNAUTHENTICATED without an access token).
-pub(super) fn caller_user_id(caller: &Caller) -> Result<Uuid, Status> {
-    Ok(caller.user()?.user_id)
+pub(super) fn checked<T>(value: Option<T>) -> Result<T, IdentityError> {
+    value.ok_or_else(|| IdentityError::Internal("validated value missing".to_owned()))
 }
 
 pub(super) fn user_not_found(id: Uuid) -> IdentityError {
@@ -40,42 +29,17 @@ pub(super) fn user_not_found(id: Uuid) -> IdentityError {
     }
 }
 
-/// Runs `op` as the IdentityService RPC `method` (once per idempotency `key`) on `user_id`'s
-/// account, which stays locked until the commit: concurrent changes to one account serialize
-/// instead of overwriting each other. NOT_FOUND when the account does not exist.
-pub(super) async fn on_locked_account<Req, Resp, F>(
-    state: &AppState,
-    method: &str,
-    caller: &Caller,
-    key: Option<&str>,
-    request: &Req,
+/// Locks `user_id`'s account until the commit, as the first step of a change to it: concurrent
+/// changes to one account serialize instead of overwriting each other. NOT_FOUND when the
+/// account does not exist.
+pub(super) async fn lock_account(
+    tx: &mut PgConnection,
+    crypto: &Envelope,
     user_id: Uuid,
-    op: F,
-) -> Result<Resp, IdentityError>
-where
-    Req: Message,
-    Resp: Message + Default + Send + 'static,
-    F: for<'c> FnOnce(&'c mut PgConnection, Account) -> BoxFuture<'c, Result<Resp, IdentityError>>
-        + Send
-        + 'static,
-{
-    let crypto = state.crypto.clone();
-    idempotency::run(
-        &state.idempotency,
-        &scope(method),
-        &caller.actor_key(),
-        key,
-        request,
-        move |tx| {
-            Box::pin(async move {
-                let account = store::lock_user(tx, &crypto, user_id)
-                    .await?
-                    .ok_or_else(|| user_not_found(user_id))?;
-                op(tx, account).await
-            })
-        },
-    )
-    .await
+) -> Result<Account, IdentityError> {
+    store::lock_user(tx, crypto, user_id)
+        .await?
+        .ok_or_else(|| user_not_found(user_id))
 }
 
 /// Notifications to deliver once the transaction committed (nothing when an idempotent retry

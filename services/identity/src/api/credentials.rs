@@ -1,18 +1,14 @@
 //! What the login, MFA, password and session handlers share: checks of credential fields
-//! (passwords, tokens, ids), the signed-in caller, and password hashing.
+//! (passwords, tokens, ids), the caller's own credentials, and password hashing.
 
-use carehub_platform::auth::{self, Caller};
 use carehub_platform::errors::FieldViolations;
 use sqlx::PgConnection;
-use tonic::{Response, Status};
 use uuid::Uuid;
 
 use crate::domain::password::{self, HashPermit, PasswordHasher};
 use crate::domain::tokens;
 use crate::error::{IdentityError, Result};
 use crate::store::sessions::{self as store, Credentials};
-
-pub(super) type Reply<T> = std::result::Result<Response<T>, Status>;
 
 pub(super) const PASSWORD_MAX: usize = password::MAX_LEN;
 
@@ -54,11 +50,6 @@ pub(super) fn check_uuid(v: &mut FieldViolations, field: &str, value: &str) -> O
             None
         }
     }
-}
-
-/// The signed-in caller (UNAUTHENTICATED without an access token).
-pub(super) fn signed_in(caller: &Caller) -> Result<auth::UserCaller> {
-    Ok(caller.user()?.clone())
 }
 
 pub(super) async fn hash_password(hasher: &PasswordHasher, secret: String) -> Result<String> {

@@ -1,16 +1,18 @@
 //! IdentityInternal: what other carehub services ask identity for — token-signing keys (also on
 //! IdentityService), the revocation feed, and a user's summary.
 
+use carehub_platform::audit::Purpose;
+use carehub_platform::call::Call;
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::identity::v1 as pb;
 use carehub_proto::identity::v1::*;
-use tonic::{Request, Response};
 
 use super::accounts::checked;
-use super::credentials::{secs, Reply};
+use super::credentials::secs;
+use super::kinds;
 use crate::api::convert::{role_to_pb, status_to_pb, timestamp};
 use crate::domain::validation as val;
-use crate::error::{IdentityError, Result};
+use crate::error::Result;
 use crate::store::accounts as account_store;
 use crate::store::sessions as store;
 use crate::AppState;
@@ -23,8 +25,9 @@ const REVOCATION_FEED_LAG_SECS: i64 = 5;
 
 pub async fn list_signing_keys(
     state: &AppState,
-    _req: Request<ListSigningKeysRequest>,
-) -> Reply<ListSigningKeysResponse> {
+    _call: &Call,
+    _r: ListSigningKeysRequest,
+) -> Result<ListSigningKeysResponse> {
     let keys = state
         .keys
         .published()
@@ -38,21 +41,15 @@ pub async fn list_signing_keys(
             not_before_time: Some(timestamp(k.not_before)),
         })
         .collect();
-    Ok(Response::new(ListSigningKeysResponse { keys }))
+    Ok(ListSigningKeysResponse { keys })
 }
 
+/// Ids and instants only (no personal data): not a read to audit.
 pub async fn list_revocations(
     state: &AppState,
-    req: Request<ListRevocationsRequest>,
-) -> Reply<ListRevocationsResponse> {
-    Ok(Response::new(list_revocations_inner(state, req).await?))
-}
-
-async fn list_revocations_inner(
-    state: &AppState,
-    req: Request<ListRevocationsRequest>,
+    _call: &Call,
+    r: ListRevocationsRequest,
 ) -> Result<ListRevocationsResponse> {
-    let r = req.into_inner();
     let mut v = FieldViolations::new();
     let since = carehub_platform::timestamps::field(r.since.as_ref(), "since", &mut v);
     v.finish()?;
@@ -88,19 +85,28 @@ async fn list_revocations_inner(
     })
 }
 
-pub async fn lookup_user(state: &AppState, req: Request<LookupUserRequest>) -> Reply<UserSummary> {
-    let r = req.into_inner();
+/// Another service reads a user's summary (name, role, status) for its own work: purpose
+/// OPERATIONS, the calling workload as actor.
+pub async fn lookup_user(
+    state: &AppState,
+    call: &Call,
+    r: LookupUserRequest,
+) -> Result<UserSummary> {
     let mut v = FieldViolations::new();
     let id = val::check_uuid(&mut v, "user_id", &r.user_id);
     v.finish()?;
     let id = checked(id)?;
-    let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = account_store::require_user(&mut conn, &state.crypto, id).await?;
-    Ok(Response::new(UserSummary {
+    let a = {
+        let mut conn = state.pool.acquire().await?;
+        account_store::require_user(&mut conn, &state.crypto, id).await?
+    };
+    let summary = UserSummary {
         user_id: a.id.to_string(),
         roles: vec![role_to_pb(a.role) as i32],
         status: status_to_pb(a.status) as i32,
         display_name: a.display_name(),
         time_zone: a.time_zone,
-    }))
+    };
+    let read = call.event(kinds::USER_LOOKUP, Purpose::Operations, "user", id, id);
+    call.read(&state.pool, read, summary).await
 }

@@ -1,20 +1,19 @@
 //! Login: password login with throttling and lockout, and device PINs (enrollment and unlock).
 
-use carehub_platform::audit::{Action, Outcome};
+use carehub_platform::audit::Outcome;
 use carehub_platform::auth;
+use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
 use chrono::{DateTime, Utc};
-use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{
-    check_secret, check_token, check_uuid, hash_password, is_active, secs, signed_in, Reply,
-    PASSWORD_MAX,
+    check_secret, check_token, check_uuid, hash_password, is_active, secs, PASSWORD_MAX,
 };
-use super::security;
 use super::sessions::open_session;
+use super::{kinds, security};
 use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
 use crate::domain::throttle::{self, Counters, ThrottlePolicy};
@@ -172,7 +171,7 @@ fn login_failure(
 ) -> carehub_platform::audit::AuditEvent {
     match attempted {
         Some(id) => security::failed(
-            security::account(caller, "identity.login", Action::Execute, id),
+            security::account(caller, kinds::LOGIN, id),
             Outcome::MinorFailure,
             reason,
         ),
@@ -180,13 +179,10 @@ fn login_failure(
     }
 }
 
-pub async fn login(state: &AppState, req: Request<LoginRequest>) -> Reply<LoginResponse> {
-    Ok(Response::new(login_inner(state, req).await?))
-}
-
-async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<LoginResponse> {
-    let caller = auth::caller(&req)?;
-    let r = req.into_inner();
+/// Password login. Its own transactions: attempts are counted, and failures and lockouts
+/// recorded, even when the login is refused.
+pub async fn login(state: &AppState, call: &Call, r: LoginRequest) -> Result<LoginResponse> {
+    let caller = &call.caller;
     let mut v = FieldViolations::new();
     let email = validation::check_email(&mut v, "email", &r.email);
     check_secret(&mut v, "password", &r.password, PASSWORD_MAX);
@@ -209,7 +205,7 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
 
     let (reservation, cred) = match reserve(
         state,
-        &caller,
+        caller,
         &account_key,
         source_key.as_deref(),
         &email_index,
@@ -232,10 +228,10 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         _ => {
             let mut tx = state.pool.begin().await?;
             count_failure(&mut tx, &account_key, source_key.as_deref()).await?;
-            let event = login_failure(&caller, attempted, ErrorReason::InvalidCredentials);
+            let event = login_failure(caller, attempted, ErrorReason::InvalidCredentials);
             security::record(&mut tx, event).await?;
             if let (Some(id), Some(_)) = (attempted, reservation.locks) {
-                record_lockout(&mut tx, &caller, id).await?;
+                record_lockout(&mut tx, caller, id).await?;
             }
             tx.commit().await?;
             // Even when its reservation set a lock: this guess was checked, the next is refused.
@@ -245,8 +241,8 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
     if !is_active(&cred) {
         // The right password: not a guess, so its place is given back.
         let mut tx = state.pool.begin().await?;
-        release(&mut tx, &caller, cred.id, &account_key, &reservation).await?;
-        let event = security::account(&caller, "identity.login", Action::Execute, cred.id);
+        release(&mut tx, caller, cred.id, &account_key, &reservation).await?;
+        let event = security::account(caller, kinds::LOGIN, cred.id);
         let event = security::failed(event, Outcome::MinorFailure, ErrorReason::AccountDisabled);
         security::record(&mut tx, event).await?;
         tx.commit().await?;
@@ -254,7 +250,7 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
     }
 
     let mut tx = state.pool.begin().await?;
-    release(&mut tx, &caller, cred.id, &account_key, &reservation).await?;
+    release(&mut tx, caller, cred.id, &account_key, &reservation).await?;
     let result = if cred.totp_secret.is_some() {
         let challenge = tokens::new_token();
         let expires_at = store::insert_mfa_challenge(
@@ -264,12 +260,7 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
             secs(state.settings.mfa_challenge_ttl_secs),
         )
         .await?;
-        let event = security::account(
-            &caller,
-            "identity.login.mfa_challenge",
-            Action::Execute,
-            cred.id,
-        );
+        let event = security::account(caller, kinds::LOGIN_MFA_CHALLENGE, cred.id);
         security::record(&mut tx, event).await?;
         login_response::Result::MfaChallenge(MfaChallenge {
             challenge_token: challenge,
@@ -277,10 +268,12 @@ async fn login_inner(state: &AppState, req: Request<LoginRequest>) -> Result<Log
         })
     } else {
         login_response::Result::Tokens(
-            open_session(state, &mut tx, &cred, &["pwd"], &caller, None).await?,
+            open_session(state, &mut tx, &cred, &["pwd"], caller, None).await?,
         )
     };
     tx.commit().await?;
+    // The session's opening or the MFA challenge was recorded in that transaction.
+    call.mark_audited();
     Ok(LoginResponse {
         result: Some(result),
     })
@@ -292,7 +285,7 @@ async fn record_lockout(
     caller: &auth::Caller,
     id: Uuid,
 ) -> Result<()> {
-    let lockout = security::account(caller, "identity.login.lockout", Action::Execute, id);
+    let lockout = security::account(caller, kinds::LOGIN_LOCKOUT, id);
     let lockout = security::failed(lockout, Outcome::MajorFailure, ErrorReason::AccountLocked);
     security::record(conn, lockout).await
 }
@@ -339,18 +332,11 @@ async fn pin_failure(
 ) -> Result<()> {
     let kind = if revoke && store::revoke_device_pin(conn, device.id).await? {
         tracing::warn!(device_id = %device.id, user_id = %device.user_id, "device pin revoked after repeated failures");
-        "identity.device_pin.revoke"
+        kinds::DEVICE_PIN_REVOKE
     } else {
-        "identity.login"
+        kinds::LOGIN
     };
-    let event = security::about(
-        caller,
-        kind,
-        Action::Execute,
-        device.user_id,
-        "device",
-        device.id,
-    );
+    let event = security::about(caller, kind, device.user_id, "device", device.id);
     let event = security::failed(
         event,
         Outcome::MinorFailure,
@@ -359,20 +345,13 @@ async fn pin_failure(
     security::record(conn, event).await
 }
 
+/// The answer carries the device secret: never stored for replay.
 pub async fn enroll_device_pin(
     state: &AppState,
-    req: Request<EnrollDevicePinRequest>,
-) -> Reply<EnrollDevicePinResponse> {
-    Ok(Response::new(enroll_pin_inner(state, req).await?))
-}
-
-async fn enroll_pin_inner(
-    state: &AppState,
-    req: Request<EnrollDevicePinRequest>,
+    call: &Call,
+    r: EnrollDevicePinRequest,
 ) -> Result<EnrollDevicePinResponse> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let r = req.into_inner();
+    let user = call.user()?;
     let mut v = FieldViolations::new();
     check_pin(&mut v, "pin", &r.pin);
     v.require_len(&r.device_name, "device_name", 1, DEVICE_NAME_MAX);
@@ -393,43 +372,43 @@ async fn enroll_pin_inner(
         r.device_name.trim(),
     )
     .await?;
-    let mut tx = state.pool.begin().await?;
-    store::insert_device_pin(
-        &mut tx,
-        device_id,
-        user.user_id,
-        &device_name,
-        &tokens::hash(&secret),
-        &pin_hash,
-    )
-    .await?;
     let event = security::about(
-        &caller,
-        "identity.device_pin.enroll",
-        Action::Create,
+        &call.caller,
+        kinds::DEVICE_PIN_ENROLL,
         user.user_id,
         "device",
         device_id,
     );
-    security::record(&mut tx, event).await?;
-    tx.commit().await?;
+    let answer = call
+        .mutate_secret(&state.pool, async |tx| {
+            store::insert_device_pin(
+                tx,
+                device_id,
+                user.user_id,
+                &device_name,
+                &tokens::hash(&secret),
+                &pin_hash,
+            )
+            .await?;
+            let answer = EnrollDevicePinResponse {
+                device_id: device_id.to_string(),
+                device_secret: secret.clone(),
+            };
+            Ok::<_, IdentityError>(Change::new(answer, event))
+        })
+        .await?;
     tracing::info!(user_id = %user.user_id, device_id = %device_id, "device pin enrolled");
-    Ok(EnrollDevicePinResponse {
-        device_id: device_id.to_string(),
-        device_secret: secret,
-    })
+    Ok(answer)
 }
 
+/// Device-PIN unlock. Its own transactions: the attempt's place is reserved, and a failure
+/// recorded, even when the unlock is refused.
 pub async fn unlock_with_pin(
     state: &AppState,
-    req: Request<UnlockWithPinRequest>,
-) -> Reply<AuthTokens> {
-    Ok(Response::new(unlock_inner(state, req).await?))
-}
-
-async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> Result<AuthTokens> {
-    let caller = auth::caller(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: UnlockWithPinRequest,
+) -> Result<AuthTokens> {
+    let caller = &call.caller;
     let mut v = FieldViolations::new();
     let device_id = check_uuid(&mut v, "device_id", &r.device_id);
     check_token(&mut v, "device_secret", &r.device_secret);
@@ -459,7 +438,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
             return Err(IdentityError::InvalidCredentials);
         };
         if place > PIN_MAX_FAILURES {
-            pin_failure(&mut tx, &caller, &device, true).await?;
+            pin_failure(&mut tx, caller, &device, true).await?;
             tx.commit().await?;
             return Err(IdentityError::InvalidCredentials);
         }
@@ -470,7 +449,7 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     drop(permit);
     if !ok {
         let mut tx = state.pool.begin().await?;
-        pin_failure(&mut tx, &caller, &device, place >= PIN_MAX_FAILURES).await?;
+        pin_failure(&mut tx, caller, &device, place >= PIN_MAX_FAILURES).await?;
         tx.commit().await?;
         return Err(IdentityError::InvalidCredentials);
     }
@@ -484,7 +463,9 @@ async fn unlock_inner(state: &AppState, req: Request<UnlockWithPinRequest>) -> R
     if !store::succeed_device_pin(&mut tx, device.id, place).await? {
         return Err(IdentityError::InvalidCredentials);
     }
-    let tokens = open_session(state, &mut tx, &cred, &["pin"], &caller, Some(device.id)).await?;
+    let tokens = open_session(state, &mut tx, &cred, &["pin"], caller, Some(device.id)).await?;
     tx.commit().await?;
+    // The session's opening was recorded in that transaction.
+    call.mark_audited();
     Ok(tokens)
 }

@@ -1,24 +1,20 @@
 //! MFA: TOTP enrollment, confirmation (which hands out recovery codes) and disabling, and the
 //! challenge that completes a login of an account with TOTP.
 
-use carehub_platform::audit::{Action, Outcome};
-use carehub_platform::auth;
+use carehub_platform::audit::Outcome;
+use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
-use carehub_platform::idempotency;
 use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
 use chrono::Utc;
-use futures::future::BoxFuture;
-use sqlx::PgConnection;
-use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{
     check_own_password, check_secret, check_token, confirm_checked_password, is_active,
-    lock_own_credentials, signed_in, Reply, PASSWORD_MAX,
+    lock_own_credentials, PASSWORD_MAX,
 };
 use super::sessions::open_session;
-use super::{scope, security};
+use super::{kinds, security};
 use crate::domain::{tokens, totp};
 use crate::error::{IdentityError, Result};
 use crate::store::sessions as store;
@@ -51,20 +47,15 @@ fn conflict(kind: &'static str, user_id: Uuid, description: &str) -> IdentityErr
     }
 }
 
+/// The second factor of a login. Its own transactions: the attempt is counted, and a wrong
+/// code recorded, even when the call is refused.
 pub async fn complete_mfa_challenge(
     state: &AppState,
-    req: Request<CompleteMfaChallengeRequest>,
-) -> Reply<AuthTokens> {
-    Ok(Response::new(complete_mfa_inner(state, req).await?))
-}
-
-async fn complete_mfa_inner(
-    state: &AppState,
-    req: Request<CompleteMfaChallengeRequest>,
+    call: &Call,
+    r: CompleteMfaChallengeRequest,
 ) -> Result<AuthTokens> {
     use complete_mfa_challenge_request::Code;
-    let caller = auth::caller(&req)?;
-    let r = req.into_inner();
+    let caller = &call.caller;
     let mut v = FieldViolations::new();
     check_token(&mut v, "challenge_token", &r.challenge_token);
     match &r.code {
@@ -127,7 +118,7 @@ async fn complete_mfa_inner(
         Ok(amr) => amr,
         Err(e) => {
             drop(tx);
-            let event = security::account(&caller, "identity.login.mfa", Action::Execute, cred.id);
+            let event = security::account(caller, kinds::LOGIN_MFA, cred.id);
             let event = security::failed(event, Outcome::MinorFailure, ErrorReason::MfaRequired);
             security::record_alone(&state.pool, event).await?;
             return Err(e);
@@ -136,8 +127,10 @@ async fn complete_mfa_inner(
     if !store::consume_mfa_challenge(&mut tx, &challenge_hash).await? {
         return Err(invalid);
     }
-    let tokens = open_session(state, &mut tx, &cred, &amr, &caller, None).await?;
+    let tokens = open_session(state, &mut tx, &cred, &amr, caller, None).await?;
     tx.commit().await?;
+    // The session's opening was recorded in that transaction.
+    call.mark_audited();
     tracing::info!(user_id = %challenge.user_id, attempts = challenge.attempts, "mfa challenge completed");
     Ok(tokens)
 }
@@ -145,102 +138,86 @@ async fn complete_mfa_inner(
 // ---------------------------------------------------------------------------------------------
 // TOTP
 
+/// The answer carries the TOTP secret: never stored for replay.
 pub async fn enroll_totp(
     state: &AppState,
-    req: Request<EnrollTotpRequest>,
-) -> Reply<EnrollTotpResponse> {
-    Ok(Response::new(enroll_totp_inner(state, req).await?))
-}
-
-async fn enroll_totp_inner(
-    state: &AppState,
-    req: Request<EnrollTotpRequest>,
+    call: &Call,
+    _r: EnrollTotpRequest,
 ) -> Result<EnrollTotpResponse> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let mut tx = state.pool.begin().await?;
-    let cred = lock_own_credentials(&mut tx, user.user_id).await?;
-    if cred.totp_secret.is_some() {
-        return Err(conflict(
-            "MFA_ENABLED",
-            user.user_id,
-            "TOTP is already enabled; disable it first",
-        ));
-    }
-    let secret = totp::generate_secret();
-    store::set_pending_totp(&mut tx, user.user_id, &secret).await?;
-    let event = security::account(&caller, "identity.mfa.enroll", Action::Update, user.user_id);
-    security::record(&mut tx, event).await?;
-    tx.commit().await?;
-    Ok(EnrollTotpResponse {
-        secret: totp::encode_secret(&secret),
-        otpauth_uri: totp::otpauth_uri(&secret, &user.user_id.to_string()),
+    let user_id = call.user()?.user_id;
+    let event = security::account(&call.caller, kinds::MFA_ENROLL, user_id);
+    call.mutate_secret(&state.pool, async |tx| {
+        let cred = lock_own_credentials(tx, user_id).await?;
+        if cred.totp_secret.is_some() {
+            return Err(conflict(
+                "MFA_ENABLED",
+                user_id,
+                "TOTP is already enabled; disable it first",
+            ));
+        }
+        let secret = totp::generate_secret();
+        store::set_pending_totp(tx, user_id, &secret).await?;
+        let answer = EnrollTotpResponse {
+            secret: totp::encode_secret(&secret),
+            otpauth_uri: totp::otpauth_uri(&secret, &user_id.to_string()),
+        };
+        Ok(Change::new(answer, event))
     })
+    .await
 }
 
+/// The answer carries the recovery codes: never stored for replay.
 pub async fn confirm_totp(
     state: &AppState,
-    req: Request<ConfirmTotpRequest>,
-) -> Reply<ConfirmTotpResponse> {
-    Ok(Response::new(confirm_totp_inner(state, req).await?))
-}
-
-async fn confirm_totp_inner(
-    state: &AppState,
-    req: Request<ConfirmTotpRequest>,
+    call: &Call,
+    r: ConfirmTotpRequest,
 ) -> Result<ConfirmTotpResponse> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let r = req.into_inner();
+    let user_id = call.user()?.user_id;
     let mut v = FieldViolations::new();
     check_totp_code(&mut v, "totp_code", &r.totp_code);
     v.finish()?;
-    let mut tx = state.pool.begin().await?;
-    let cred = lock_own_credentials(&mut tx, user.user_id).await?;
-    let Some(pending) = cred.totp_pending_secret else {
-        return Err(conflict(
-            "TOTP_NOT_ENROLLED",
-            user.user_id,
-            "call EnrollTotp first",
-        ));
-    };
-    let step = totp::verify(&pending, &r.totp_code, Utc::now().timestamp(), None)
-        .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
-    if !store::activate_totp(&mut tx, user.user_id, step).await? {
-        return Err(conflict(
-            "TOTP_NOT_ENROLLED",
-            user.user_id,
-            "call EnrollTotp first",
-        ));
-    }
-    let codes: Vec<String> = (0..tokens::RECOVERY_CODE_COUNT)
-        .map(|_| tokens::new_recovery_code())
-        .collect();
-    let hashes: Vec<Vec<u8>> = codes
-        .iter()
-        .filter_map(|c| tokens::hash_recovery_code(c))
-        .collect();
-    store::replace_recovery_codes(&mut tx, user.user_id, &hashes).await?;
-    let event = security::account(&caller, "identity.mfa.enable", Action::Update, user.user_id);
-    security::record(&mut tx, event).await?;
-    tx.commit().await?;
-    tracing::info!(user_id = %user.user_id, "totp enabled");
-    Ok(ConfirmTotpResponse {
-        recovery_codes: codes,
-    })
+    let event = security::account(&call.caller, kinds::MFA_ENABLE, user_id);
+    let answer = call
+        .mutate_secret(&state.pool, async |tx| {
+            let cred = lock_own_credentials(tx, user_id).await?;
+            let Some(pending) = cred.totp_pending_secret else {
+                return Err(conflict(
+                    "TOTP_NOT_ENROLLED",
+                    user_id,
+                    "call EnrollTotp first",
+                ));
+            };
+            let step = totp::verify(&pending, &r.totp_code, Utc::now().timestamp(), None)
+                .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
+            if !store::activate_totp(tx, user_id, step).await? {
+                return Err(conflict(
+                    "TOTP_NOT_ENROLLED",
+                    user_id,
+                    "call EnrollTotp first",
+                ));
+            }
+            let codes: Vec<String> = (0..tokens::RECOVERY_CODE_COUNT)
+                .map(|_| tokens::new_recovery_code())
+                .collect();
+            let hashes: Vec<Vec<u8>> = codes
+                .iter()
+                .filter_map(|c| tokens::hash_recovery_code(c))
+                .collect();
+            store::replace_recovery_codes(tx, user_id, &hashes).await?;
+            let answer = ConfirmTotpResponse {
+                recovery_codes: codes,
+            };
+            Ok(Change::new(answer, event))
+        })
+        .await?;
+    tracing::info!(user_id = %user_id, "totp enabled");
+    Ok(answer)
 }
 
-pub async fn disable_totp(state: &AppState, req: Request<DisableTotpRequest>) -> Reply<()> {
-    disable_totp_inner(state, req).await?;
-    Ok(Response::new(()))
-}
-
-async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) -> Result<()> {
+pub async fn disable_totp(state: &AppState, call: &Call, r: DisableTotpRequest) -> Result<()> {
     use disable_totp_request::Code;
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.get_ref();
+    let user = call.user()?;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     check_secret(
         &mut v,
@@ -263,48 +240,34 @@ async fn disable_totp_inner(state: &AppState, req: Request<DisableTotpRequest>) 
     let checked =
         check_own_password(&state.pool, &permit, user_id, r.current_password.clone()).await?;
     drop(permit);
-    let event = security::account(&caller, "identity.mfa.disable", Action::Update, user_id);
-    idempotency::run(
-        &state.idempotency,
-        &scope("DisableTotp"),
-        &caller.actor_key(),
-        key.as_deref(),
-        req.get_ref(),
-        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
-            Box::pin(async move {
-                let cred = lock_own_credentials(conn, user_id).await?;
-                let Some(secret) = cred.totp_secret.clone() else {
-                    return Err(conflict("MFA_NOT_ENABLED", user_id, "TOTP is not enabled"));
-                };
-                confirm_checked_password(&cred, checked.as_deref())?;
-                match code {
-                    Code::TotpCode(c) => {
-                        let step =
-                            totp::verify(&secret, &c, Utc::now().timestamp(), cred.totp_last_step)
-                                .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
-                        if !store::advance_totp_step(conn, user_id, step).await? {
-                            return Err(IdentityError::CodeInvalid { field: "totp_code" });
-                        }
-                    }
-                    Code::RecoveryCode(c) => {
-                        let invalid = IdentityError::CodeInvalid {
-                            field: "recovery_code",
-                        };
-                        let hash =
-                            tokens::hash_recovery_code(&c).ok_or(IdentityError::CodeInvalid {
-                                field: "recovery_code",
-                            })?;
-                        if !store::use_recovery_code(conn, user_id, &hash).await? {
-                            return Err(invalid);
-                        }
-                    }
+    let event = security::account(&call.caller, kinds::MFA_DISABLE, user_id);
+    call.mutate(&state.idempotency, &r, async |conn| {
+        let cred = lock_own_credentials(conn, user_id).await?;
+        let Some(secret) = cred.totp_secret.clone() else {
+            return Err(conflict("MFA_NOT_ENABLED", user_id, "TOTP is not enabled"));
+        };
+        confirm_checked_password(&cred, checked.as_deref())?;
+        match code {
+            Code::TotpCode(c) => {
+                let step = totp::verify(&secret, &c, Utc::now().timestamp(), cred.totp_last_step)
+                    .ok_or(IdentityError::CodeInvalid { field: "totp_code" })?;
+                if !store::advance_totp_step(conn, user_id, step).await? {
+                    return Err(IdentityError::CodeInvalid { field: "totp_code" });
                 }
-                store::disable_totp(conn, user_id).await?;
-                security::record(conn, event).await?;
-                Ok(())
-            })
-        },
-    )
+            }
+            Code::RecoveryCode(c) => {
+                let invalid = || IdentityError::CodeInvalid {
+                    field: "recovery_code",
+                };
+                let hash = tokens::hash_recovery_code(&c).ok_or_else(invalid)?;
+                if !store::use_recovery_code(conn, user_id, &hash).await? {
+                    return Err(invalid());
+                }
+            }
+        }
+        store::disable_totp(conn, user_id).await?;
+        Ok(Change::new((), event))
+    })
     .await?;
     tracing::info!(user_id = %user_id, "totp disabled");
     Ok(())

@@ -1,7 +1,8 @@
 //! The gRPC surface of identity: proto <-> domain, authorization, idempotency. No SQL here.
 //!
-//! The generated service traits are implemented once, below, by delegating each RPC to the
-//! module that owns it:
+//! The generated service traits are implemented once, below: each RPC gets its per-call context
+//! ([`Call`]), runs its handler, and the handler's [`IdentityError`] becomes a `tonic::Status`
+//! here and nowhere else. The handlers live in the module that owns them:
 //! - accounts: `registration` (self-registration, contact verification codes), `profile` (own
 //!   profile, consents, communication preferences), `admin` (admin-created users, reading any
 //!   account, suspension/reactivation/termination); `accounts` holds what they share;
@@ -10,17 +11,23 @@
 //!   refresh, logout, listing, revocation); `credentials` holds what they share;
 //! - `internal`: what other services ask for (signing keys, revocations, user lookup).
 //!
-//! `policy` says who may call what; `convert` holds shared proto encodings.
+//! `policy` says who may call what; `convert` holds shared proto encodings; `kinds` is
+//! identity's audit vocabulary and `security` builds its security events.
 //!
-//! RPCs whose answer carries a secret (tokens, TOTP secrets, recovery codes, device secrets) run
-//! in a plain transaction: an idempotency record would keep that secret in clear. The other
-//! mutating RPCs go through `idempotency::run`.
+//! Every handler has one shape: `(state, call, request) -> Result<answer, IdentityError>`.
+//! Mutating RPCs go through [`Call::mutate`] (change, audit events and stored answer in one
+//! transaction; retries replay), or [`Call::mutate_secret`] when the answer carries a secret
+//! (tokens, TOTP secrets, recovery codes, device secrets: an idempotency record would keep it in
+//! clear). Reading RPCs that return personal data answer through [`Call::read`], which records
+//! the read first. Login, refresh, MFA completion and PIN unlock commit attempt counters and
+//! failure events even when they refuse, so they run their own transactions.
 
 pub mod accounts;
 pub mod admin;
 pub mod convert;
 pub mod credentials;
 pub mod internal;
+pub mod kinds;
 pub mod login;
 pub mod mfa;
 pub mod password;
@@ -32,16 +39,41 @@ pub mod sessions;
 
 use std::sync::Arc;
 
+use carehub_platform::call::{Audited, Call};
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternal;
 use carehub_proto::identity::v1::identity_service_server::IdentityService;
 use carehub_proto::identity::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::error::IdentityError;
 use crate::AppState;
 
-/// Idempotency scope of an IdentityService RPC: its gRPC path.
-fn scope(method: &str) -> String {
-    format!("/carehub.identity.v1.IdentityService/{method}")
+// The RPCs whose successful answers may leave no audit event, and why. Every other RPC is
+// `Audited::Always`: it returns or changes personal data.
+const REFRESH: Audited = Audited::Exempt(
+    "rotates the refresh token of a session whose opening was audited; reuse is audited",
+);
+const RESET_REQUEST: Audited = Audited::Exempt(
+    "answers nothing; a token sent to an existing account is audited in its transaction",
+);
+const PUBLIC_KEYS: Audited = Audited::Exempt("public signing keys only");
+const REVOCATIONS: Audited = Audited::Exempt("session and user ids with instants only");
+
+/// Runs `$handler` as the RPC `$method` of `$service`: builds the call's context, decodes the
+/// request, refuses an answer that `$audited` says must be audited but was not, and maps the
+/// handler's error to a `Status` (the one place identity does).
+macro_rules! rpc {
+    ($self:ident, $req:ident, $service:literal, $method:literal, $audited:expr, $handler:path) => {{
+        let call = Call::new(
+            &$req,
+            concat!("/carehub.identity.v1.", $service, "/", $method),
+        )?;
+        let answer: Result<_, IdentityError> =
+            $handler(&$self.state, &call, $req.into_inner()).await;
+        call.check_audited($audited, answer)
+            .map(Response::new)
+            .map_err(Status::from)
+    }};
 }
 
 /// Implements both generated services over the shared state.
@@ -56,160 +88,363 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<RegisterPatientRequest>,
     ) -> Result<Response<User>, Status> {
-        registration::register_patient(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "RegisterPatient",
+            Audited::Always,
+            registration::register_patient
+        )
     }
     async fn create_user(
         &self,
         req: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        admin::create_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "CreateUser",
+            Audited::Always,
+            admin::create_user
+        )
     }
     async fn send_verification_code(
         &self,
         req: Request<SendVerificationCodeRequest>,
     ) -> Result<Response<SendVerificationCodeResponse>, Status> {
-        registration::send_verification_code(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "SendVerificationCode",
+            Audited::Always,
+            registration::send_verification_code
+        )
     }
     async fn verify_contact(
         &self,
         req: Request<VerifyContactRequest>,
     ) -> Result<Response<User>, Status> {
-        registration::verify_contact(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "VerifyContact",
+            Audited::Always,
+            registration::verify_contact
+        )
     }
     async fn get_profile(&self, req: Request<GetProfileRequest>) -> Result<Response<User>, Status> {
-        profile::get_profile(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "GetProfile",
+            Audited::Always,
+            profile::get_profile
+        )
     }
     async fn update_profile(
         &self,
         req: Request<UpdateProfileRequest>,
     ) -> Result<Response<User>, Status> {
-        profile::update_profile(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "UpdateProfile",
+            Audited::Always,
+            profile::update_profile
+        )
     }
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        admin::get_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "GetUser",
+            Audited::Always,
+            admin::get_user
+        )
     }
     async fn suspend_user(
         &self,
         req: Request<SuspendUserRequest>,
     ) -> Result<Response<User>, Status> {
-        admin::suspend_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "SuspendUser",
+            Audited::Always,
+            admin::suspend_user
+        )
     }
     async fn reactivate_user(
         &self,
         req: Request<ReactivateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        admin::reactivate_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ReactivateUser",
+            Audited::Always,
+            admin::reactivate_user
+        )
     }
     async fn terminate_user(
         &self,
         req: Request<TerminateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        admin::terminate_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "TerminateUser",
+            Audited::Always,
+            admin::terminate_user
+        )
     }
     async fn get_consents(
         &self,
         req: Request<GetConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        profile::get_consents(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "GetConsents",
+            Audited::Always,
+            profile::get_consents
+        )
     }
     async fn update_consents(
         &self,
         req: Request<UpdateConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        profile::update_consents(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "UpdateConsents",
+            Audited::Always,
+            profile::update_consents
+        )
     }
     async fn get_communication_preferences(
         &self,
         req: Request<GetCommunicationPreferencesRequest>,
     ) -> Result<Response<CommunicationPreferences>, Status> {
-        profile::get_communication_preferences(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "GetCommunicationPreferences",
+            Audited::Always,
+            profile::get_communication_preferences
+        )
     }
     async fn update_communication_preferences(
         &self,
         req: Request<UpdateCommunicationPreferencesRequest>,
     ) -> Result<Response<CommunicationPreferences>, Status> {
-        profile::update_communication_preferences(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "UpdateCommunicationPreferences",
+            Audited::Always,
+            profile::update_communication_preferences
+        )
     }
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        login::login(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "Login",
+            Audited::Always,
+            login::login
+        )
     }
     async fn complete_mfa_challenge(
         &self,
         req: Request<CompleteMfaChallengeRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        mfa::complete_mfa_challenge(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "CompleteMfaChallenge",
+            Audited::Always,
+            mfa::complete_mfa_challenge
+        )
     }
     async fn refresh_session(
         &self,
         req: Request<RefreshSessionRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        sessions::refresh_session(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "RefreshSession",
+            REFRESH,
+            sessions::refresh_session
+        )
     }
     async fn logout(&self, req: Request<LogoutRequest>) -> Result<Response<()>, Status> {
-        sessions::logout(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "Logout",
+            Audited::Always,
+            sessions::logout
+        )
     }
     async fn list_sessions(
         &self,
         req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        sessions::list_sessions(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ListSessions",
+            Audited::Always,
+            sessions::list_sessions
+        )
     }
     async fn revoke_session(
         &self,
         req: Request<RevokeSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        sessions::revoke_session(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "RevokeSession",
+            Audited::Always,
+            sessions::revoke_session
+        )
     }
     async fn request_password_reset(
         &self,
         req: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
-        password::request_password_reset(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "RequestPasswordReset",
+            RESET_REQUEST,
+            password::request_password_reset
+        )
     }
     async fn reset_password(
         &self,
         req: Request<ResetPasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        password::reset_password(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ResetPassword",
+            Audited::Always,
+            password::reset_password
+        )
     }
     async fn change_password(
         &self,
         req: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        password::change_password(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ChangePassword",
+            Audited::Always,
+            password::change_password
+        )
     }
     async fn enroll_totp(
         &self,
         req: Request<EnrollTotpRequest>,
     ) -> Result<Response<EnrollTotpResponse>, Status> {
-        mfa::enroll_totp(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "EnrollTotp",
+            Audited::Always,
+            mfa::enroll_totp
+        )
     }
     async fn confirm_totp(
         &self,
         req: Request<ConfirmTotpRequest>,
     ) -> Result<Response<ConfirmTotpResponse>, Status> {
-        mfa::confirm_totp(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ConfirmTotp",
+            Audited::Always,
+            mfa::confirm_totp
+        )
     }
     async fn disable_totp(&self, req: Request<DisableTotpRequest>) -> Result<Response<()>, Status> {
-        mfa::disable_totp(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "DisableTotp",
+            Audited::Always,
+            mfa::disable_totp
+        )
     }
     async fn enroll_device_pin(
         &self,
         req: Request<EnrollDevicePinRequest>,
     ) -> Result<Response<EnrollDevicePinResponse>, Status> {
-        login::enroll_device_pin(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "EnrollDevicePin",
+            Audited::Always,
+            login::enroll_device_pin
+        )
     }
     async fn unlock_with_pin(
         &self,
         req: Request<UnlockWithPinRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        login::unlock_with_pin(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "UnlockWithPin",
+            Audited::Always,
+            login::unlock_with_pin
+        )
     }
     async fn list_signing_keys(
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        internal::list_signing_keys(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityService",
+            "ListSigningKeys",
+            PUBLIC_KEYS,
+            internal::list_signing_keys
+        )
     }
 }
 
@@ -219,18 +454,39 @@ impl IdentityInternal for IdentityApi {
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        internal::list_signing_keys(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityInternal",
+            "ListSigningKeys",
+            PUBLIC_KEYS,
+            internal::list_signing_keys
+        )
     }
     async fn list_revocations(
         &self,
         req: Request<ListRevocationsRequest>,
     ) -> Result<Response<ListRevocationsResponse>, Status> {
-        internal::list_revocations(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityInternal",
+            "ListRevocations",
+            REVOCATIONS,
+            internal::list_revocations
+        )
     }
     async fn lookup_user(
         &self,
         req: Request<LookupUserRequest>,
     ) -> Result<Response<UserSummary>, Status> {
-        internal::lookup_user(&self.state, req).await
+        rpc!(
+            self,
+            req,
+            "IdentityInternal",
+            "LookupUser",
+            Audited::Always,
+            internal::lookup_user
+        )
     }
 }

@@ -1,23 +1,16 @@
 //! Passwords: reset by emailed token, and change by the signed-in user. Either revokes sessions.
 
-use std::sync::{Arc, Mutex};
-
-use carehub_platform::audit::Action;
-use carehub_platform::auth;
+use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
-use carehub_platform::idempotency;
 use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
-use futures::future::BoxFuture;
-use sqlx::PgConnection;
-use tonic::{Request, Response};
 use uuid::Uuid;
 
 use super::credentials::{
     check_own_password, check_secret, check_token, confirm_checked_password, is_active,
-    lock_own_credentials, secs, signed_in, Reply, PASSWORD_MAX,
+    lock_own_credentials, secs, PASSWORD_MAX,
 };
-use super::{scope, security};
+use super::{kinds, security};
 use crate::domain::{password, tokens, validation};
 use crate::error::{IdentityError, Result};
 use crate::notify::{Channel, Notification, NotificationKind};
@@ -33,69 +26,44 @@ fn check_new_password(v: &mut FieldViolations, field: &str, value: &str) {
     }
 }
 
+/// Answers kept under one actor for everyone: nobody is signed in, and the answer is the
+/// same empty one whether or not the email has an account.
 pub async fn request_password_reset(
     state: &AppState,
-    req: Request<RequestPasswordResetRequest>,
-) -> Reply<()> {
-    request_reset_inner(state, req).await?;
-    Ok(Response::new(()))
-}
-
-async fn request_reset_inner(
-    state: &AppState,
-    req: Request<RequestPasswordResetRequest>,
+    call: &Call,
+    r: RequestPasswordResetRequest,
 ) -> Result<()> {
-    let caller = auth::caller(&req)?;
-    let key = idempotency::key_of(&req)?;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
-    let email = validation::check_email(&mut v, "email", &req.get_ref().email);
+    let email = validation::check_email(&mut v, "email", &r.email);
     v.finish()?;
     let email = email.unwrap_or_default();
     let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
     let ttl = secs(state.settings.password_reset_ttl_secs);
     // The token leaves the transaction only to be sent after the commit; a replayed request
     // sends nothing again.
-    let outbox: Arc<Mutex<Option<Notification>>> = Arc::default();
-    let slot = outbox.clone();
-    idempotency::run(
-        &state.idempotency,
-        &scope("RequestPasswordReset"),
-        "anon",
-        key.as_deref(),
-        req.get_ref(),
-        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
-            Box::pin(async move {
-                let Some(cred) = store::credentials_by_email(conn, &email_index).await? else {
-                    return Ok(());
-                };
-                if !is_active(&cred) {
-                    return Ok(());
-                }
-                let token = tokens::new_token();
-                store::insert_password_reset(conn, &tokens::hash(&token), cred.id, ttl).await?;
-                let event = security::account(
-                    &caller,
-                    "identity.password.reset_request",
-                    Action::Execute,
-                    cred.id,
-                );
-                security::record(conn, event).await?;
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(Notification {
-                        user_id: cred.id,
-                        channel: Channel::Email,
-                        // The address asked for: the account was found by its blind index.
-                        destination: email.clone(),
-                        kind: NotificationKind::PasswordReset { token },
-                    });
-                }
-                Ok(())
-            })
-        },
-    )
+    let mut outbox: Option<Notification> = None;
+    call.mutate_as(&state.idempotency, "anon", &r, async |conn| {
+        let Some(cred) = store::credentials_by_email(conn, &email_index).await? else {
+            return Ok(Change::unaudited(()));
+        };
+        if !is_active(&cred) {
+            return Ok(Change::unaudited(()));
+        }
+        let token = tokens::new_token();
+        store::insert_password_reset(conn, &tokens::hash(&token), cred.id, ttl).await?;
+        let event = security::account(&call.caller, kinds::PASSWORD_RESET_REQUEST, cred.id);
+        outbox = Some(Notification {
+            user_id: cred.id,
+            channel: Channel::Email,
+            // The address asked for: the account was found by its blind index.
+            destination: email.clone(),
+            kind: NotificationKind::PasswordReset { token },
+        });
+        Ok::<_, IdentityError>(Change::new((), event))
+    })
     .await?;
-    let pending = outbox.lock().ok().and_then(|mut s| s.take());
-    if let Some(n) = pending {
+    if let Some(n) = outbox {
         let user_id = n.user_id;
         if let Err(e) = state.notifier.send(n).await {
             tracing::warn!(user_id = %user_id, error = %e, "password-reset notification not sent");
@@ -126,15 +94,8 @@ async fn notify_password_changed(state: &AppState, user_id: Uuid) {
     }
 }
 
-pub async fn reset_password(state: &AppState, req: Request<ResetPasswordRequest>) -> Reply<()> {
-    reset_password_inner(state, req).await?;
-    Ok(Response::new(()))
-}
-
-async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordRequest>) -> Result<()> {
-    let caller = auth::caller(&req)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.get_ref();
+pub async fn reset_password(state: &AppState, call: &Call, r: ResetPasswordRequest) -> Result<()> {
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     check_token(&mut v, "reset_token", &r.reset_token);
     check_new_password(&mut v, "new_password", &r.new_password);
@@ -153,58 +114,36 @@ async fn reset_password_inner(state: &AppState, req: Request<ResetPasswordReques
         None
     };
     drop(permit);
-    let changed: Arc<Mutex<Option<Uuid>>> = Arc::default();
-    let slot = changed.clone();
-    idempotency::run(
-        &state.idempotency,
-        &scope("ResetPassword"),
-        "anon",
-        key.as_deref(),
-        req.get_ref(),
-        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
-            Box::pin(async move {
-                let user_id = store::consume_password_reset(conn, &token_hash)
-                    .await?
-                    .ok_or(IdentityError::CodeInvalid {
-                        field: "reset_token",
-                    })?;
-                let phc = phc.ok_or(IdentityError::CodeInvalid {
-                    field: "reset_token",
-                })?;
-                store::set_password(conn, user_id, &phc).await?;
-                revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
-                let event =
-                    security::account(&caller, "identity.password.reset", Action::Update, user_id);
-                security::record(conn, event).await?;
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(user_id);
-                }
-                Ok(())
-            })
-        },
-    )
+    let mut changed: Option<Uuid> = None;
+    call.mutate_as(&state.idempotency, "anon", &r, async |conn| {
+        let invalid = || IdentityError::CodeInvalid {
+            field: "reset_token",
+        };
+        let user_id = store::consume_password_reset(conn, &token_hash)
+            .await?
+            .ok_or_else(invalid)?;
+        let phc = phc.ok_or_else(invalid)?;
+        store::set_password(conn, user_id, &phc).await?;
+        revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
+        let event = security::account(&call.caller, kinds::PASSWORD_RESET, user_id);
+        changed = Some(user_id);
+        Ok::<_, IdentityError>(Change::new((), event))
+    })
     .await?;
-    let user = changed.lock().ok().and_then(|mut s| s.take());
-    if let Some(user_id) = user {
+    if let Some(user_id) = changed {
         tracing::info!(user_id = %user_id, "password reset; every session revoked");
         notify_password_changed(state, user_id).await;
     }
     Ok(())
 }
 
-pub async fn change_password(state: &AppState, req: Request<ChangePasswordRequest>) -> Reply<()> {
-    change_password_inner(state, req).await?;
-    Ok(Response::new(()))
-}
-
-async fn change_password_inner(
+pub async fn change_password(
     state: &AppState,
-    req: Request<ChangePasswordRequest>,
+    call: &Call,
+    r: ChangePasswordRequest,
 ) -> Result<()> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.get_ref();
+    let user = call.user()?;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     check_secret(
         &mut v,
@@ -228,32 +167,17 @@ async fn change_password_inner(
         None => None,
     };
     drop(permit);
-    let event = security::account(&caller, "identity.password.change", Action::Update, user_id);
-    idempotency::run(
-        &state.idempotency,
-        &scope("ChangePassword"),
-        &caller.actor_key(),
-        key.as_deref(),
-        req.get_ref(),
-        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
-            Box::pin(async move {
-                let cred = lock_own_credentials(conn, user_id).await?;
-                confirm_checked_password(&cred, checked.as_deref())?;
-                let phc = phc.ok_or(IdentityError::InvalidCredentials)?;
-                store::set_password(conn, user_id, &phc).await?;
-                store::clear_session_password_change(conn, session_id).await?;
-                revocation::revoke_user_sessions(
-                    conn,
-                    user_id,
-                    "password_changed",
-                    Some(session_id),
-                )
-                .await?;
-                security::record(conn, event).await?;
-                Ok(())
-            })
-        },
-    )
+    let event = security::account(&call.caller, kinds::PASSWORD_CHANGE, user_id);
+    call.mutate(&state.idempotency, &r, async |conn| {
+        let cred = lock_own_credentials(conn, user_id).await?;
+        confirm_checked_password(&cred, checked.as_deref())?;
+        let phc = phc.ok_or(IdentityError::InvalidCredentials)?;
+        store::set_password(conn, user_id, &phc).await?;
+        store::clear_session_password_change(conn, session_id).await?;
+        revocation::revoke_user_sessions(conn, user_id, "password_changed", Some(session_id))
+            .await?;
+        Ok::<_, IdentityError>(Change::new((), event))
+    })
     .await?;
     tracing::info!(user_id = %user_id, "password changed; other sessions revoked");
     notify_password_changed(state, user_id).await;

@@ -1,20 +1,19 @@
 //! The signed-in user's own account: profile, consents and communication preferences.
 
-use carehub_platform::audit::Action;
-use carehub_platform::auth::caller;
+use carehub_platform::audit::Purpose;
+use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
-use carehub_platform::idempotency;
 use carehub_proto::identity::v1::*;
-use tonic::{Request, Response, Status};
 
-use super::accounts::{caller_user_id, checked, on_locked_account, Outbox};
+use super::accounts::{checked, lock_account, Outbox};
+use super::kinds;
 use super::registration::issue_code;
 use crate::api::convert::{opt_timestamp, user_to_pb};
 use crate::domain::account::{
     CommPrefs, ConsentChange, ConsentState, Contact, PREFS_MASK_PATHS, PROFILE_MASK_PATHS,
 };
 use crate::domain::validation as val;
-use crate::error::IdentityError;
+use crate::error::{IdentityError, Result};
 use crate::store::accounts::{self as store, PrefsUpdate, ProfileUpdate};
 use crate::AppState;
 
@@ -73,26 +72,32 @@ fn prefs_to_pb(p: &CommPrefs) -> CommunicationPreferences {
 }
 
 // ---- profile ----
+//
+// The holder reads and changes their own account: purpose PATIENT_REQUEST.
 
-pub async fn get_profile(
-    state: &AppState,
-    req: Request<GetProfileRequest>,
-) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let a = store::require_user(&mut conn, &state.crypto, user_id).await?;
-    Ok(Response::new(user_to_pb(&a)))
+pub async fn get_profile(state: &AppState, call: &Call, _r: GetProfileRequest) -> Result<User> {
+    let user_id = call.user()?.user_id;
+    let a = {
+        let mut conn = state.pool.acquire().await?;
+        store::require_user(&mut conn, &state.crypto, user_id).await?
+    };
+    let read = call.event(
+        kinds::PROFILE_READ,
+        Purpose::PatientRequest,
+        "user",
+        user_id,
+        user_id,
+    );
+    call.read(&state.pool, read, user_to_pb(&a)).await
 }
 
 pub async fn update_profile(
     state: &AppState,
-    req: Request<UpdateProfileRequest>,
-) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: UpdateProfileRequest,
+) -> Result<User> {
+    let user_id = call.user()?.user_id;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     let paths = mask_paths(&mut v, r.update_mask.as_ref(), &PROFILE_MASK_PATHS);
     let mut update = ProfileUpdate::default();
@@ -126,82 +131,88 @@ pub async fn update_profile(
     v.finish()?;
     let ttl = state.settings.verification_code_ttl_secs;
     let outbox = Outbox::default();
-    let out = outbox.clone();
-    let crypto = state.crypto.clone();
-    let consent_event =
-        super::security::account(&caller, "identity.consent.update", Action::Update, user_id);
-    let user = on_locked_account(
-        state,
-        "UpdateProfile",
-        &caller,
-        key.as_deref(),
-        &r,
+    let crypto = &state.crypto;
+    let changed = call.event(
+        kinds::PROFILE_UPDATE,
+        Purpose::PatientRequest,
+        "user",
         user_id,
-        move |tx, before| {
-            Box::pin(async move {
-                let after = store::update_profile(tx, &crypto, user_id, &update).await?;
-                if after.email != before.email {
-                    store::expire_codes(tx, user_id, Contact::Email).await?;
-                    issue_code(
-                        tx,
-                        &crypto,
-                        &out,
-                        user_id,
-                        Contact::Email,
-                        &after.email,
-                        ttl,
-                    )
-                    .await?;
-                }
-                if after.phone != before.phone {
-                    store::expire_codes(tx, user_id, Contact::Phone).await?;
-                    match &after.phone {
-                        Some(p) => {
-                            issue_code(tx, &crypto, &out, user_id, Contact::Phone, p, ttl).await?;
-                        }
-                        None => {
-                            // No phone, no SMS consent.
-                            if store::get_consents(tx, user_id).await?.sms_opt_in {
-                                let change = ConsentChange {
-                                    sms_opt_in: Some(false),
-                                    ..ConsentChange::default()
-                                };
-                                store::update_consents(tx, user_id, &change).await?;
-                                super::security::record(tx, consent_event).await?;
-                            }
+        user_id,
+    );
+    let consent_withdrawn = super::security::account(&call.caller, kinds::CONSENT_UPDATE, user_id);
+    let user = call
+        .mutate(&state.idempotency, &r, async |tx| {
+            let before = lock_account(tx, &state.crypto, user_id).await?;
+            let after = store::update_profile(tx, crypto, user_id, &update).await?;
+            let mut change = Change::new(user_to_pb(&after), changed);
+            if after.email != before.email {
+                store::expire_codes(tx, user_id, Contact::Email).await?;
+                issue_code(
+                    tx,
+                    crypto,
+                    &outbox,
+                    user_id,
+                    Contact::Email,
+                    &after.email,
+                    ttl,
+                )
+                .await?;
+            }
+            if after.phone != before.phone {
+                store::expire_codes(tx, user_id, Contact::Phone).await?;
+                match &after.phone {
+                    Some(p) => {
+                        issue_code(tx, crypto, &outbox, user_id, Contact::Phone, p, ttl).await?;
+                    }
+                    None => {
+                        // No phone, no SMS consent.
+                        if store::get_consents(tx, user_id).await?.sms_opt_in {
+                            let withdraw = ConsentChange {
+                                sms_opt_in: Some(false),
+                                ..ConsentChange::default()
+                            };
+                            store::update_consents(tx, user_id, &withdraw).await?;
+                            change = change.with(consent_withdrawn);
                         }
                     }
                 }
-                Ok::<_, IdentityError>(user_to_pb(&after))
-            })
-        },
-    )
-    .await?;
+            }
+            Ok::<_, IdentityError>(change)
+        })
+        .await?;
     outbox.deliver(state).await;
-    Ok(Response::new(user))
+    Ok(user.answer)
 }
 
 // ---- consents ----
 
 pub async fn get_consents(
     state: &AppState,
-    req: Request<GetConsentsRequest>,
-) -> Result<Response<Consents>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let c = store::get_consents(&mut conn, user_id).await?;
-    Ok(Response::new(consents_to_pb(&c)))
+    call: &Call,
+    _r: GetConsentsRequest,
+) -> Result<Consents> {
+    let user_id = call.user()?.user_id;
+    let c = {
+        let mut conn = state.pool.acquire().await?;
+        store::get_consents(&mut conn, user_id).await?
+    };
+    let read = call.event(
+        kinds::CONSENT_READ,
+        Purpose::PatientRequest,
+        "user",
+        user_id,
+        user_id,
+    );
+    call.read(&state.pool, read, consents_to_pb(&c)).await
 }
 
 pub async fn update_consents(
     state: &AppState,
-    req: Request<UpdateConsentsRequest>,
-) -> Result<Response<Consents>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: UpdateConsentsRequest,
+) -> Result<Consents> {
+    let user_id = call.user()?.user_id;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     let terms = val::check_version(
         &mut v,
@@ -222,55 +233,53 @@ pub async fn update_consents(
         marketing_opt_in: r.marketing_opt_in,
         sms_opt_in: r.sms_opt_in,
     };
-    let event =
-        super::security::account(&caller, "identity.consent.update", Action::Update, user_id);
-    let consents = on_locked_account(
-        state,
-        "UpdateConsents",
-        &caller,
-        key.as_deref(),
-        &r,
-        user_id,
-        move |tx, a| {
-            Box::pin(async move {
-                if change.sms_opt_in == Some(true) && a.phone.is_none() {
-                    return Err(IdentityError::Conflict {
-                        kind: "PHONE",
-                        subject: user_id.to_string(),
-                        description: "SMS consent needs a phone number on the account".to_owned(),
-                    });
-                }
-                let c = store::update_consents(tx, user_id, &change).await?;
-                super::security::record(tx, event).await?;
-                Ok(consents_to_pb(&c))
-            })
-        },
-    )
-    .await?;
-    Ok(Response::new(consents))
+    let event = super::security::account(&call.caller, kinds::CONSENT_UPDATE, user_id);
+    let consents = call
+        .mutate(&state.idempotency, &r, async |tx| {
+            let a = lock_account(tx, &state.crypto, user_id).await?;
+            if change.sms_opt_in == Some(true) && a.phone.is_none() {
+                return Err(IdentityError::Conflict {
+                    kind: "PHONE",
+                    subject: user_id.to_string(),
+                    description: "SMS consent needs a phone number on the account".to_owned(),
+                });
+            }
+            let c = store::update_consents(tx, user_id, &change).await?;
+            Ok(Change::new(consents_to_pb(&c), event))
+        })
+        .await?;
+    Ok(consents.answer)
 }
 
 // ---- communication preferences ----
 
 pub async fn get_communication_preferences(
     state: &AppState,
-    req: Request<GetCommunicationPreferencesRequest>,
-) -> Result<Response<CommunicationPreferences>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let mut conn = state.pool.acquire().await.map_err(IdentityError::from)?;
-    let p = store::get_prefs(&mut conn, user_id).await?;
-    Ok(Response::new(prefs_to_pb(&p)))
+    call: &Call,
+    _r: GetCommunicationPreferencesRequest,
+) -> Result<CommunicationPreferences> {
+    let user_id = call.user()?.user_id;
+    let p = {
+        let mut conn = state.pool.acquire().await?;
+        store::get_prefs(&mut conn, user_id).await?
+    };
+    let read = call.event(
+        kinds::PREFERENCES_READ,
+        Purpose::PatientRequest,
+        "user",
+        user_id,
+        user_id,
+    );
+    call.read(&state.pool, read, prefs_to_pb(&p)).await
 }
 
 pub async fn update_communication_preferences(
     state: &AppState,
-    req: Request<UpdateCommunicationPreferencesRequest>,
-) -> Result<Response<CommunicationPreferences>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: UpdateCommunicationPreferencesRequest,
+) -> Result<CommunicationPreferences> {
+    let user_id = call.user()?.user_id;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     let paths = mask_paths(&mut v, r.update_mask.as_ref(), &PREFS_MASK_PATHS);
     let mut update = PrefsUpdate::default();
@@ -309,20 +318,19 @@ pub async fn update_communication_preferences(
         }
     }
     v.finish()?;
-    let prefs = on_locked_account(
-        state,
-        "UpdateCommunicationPreferences",
-        &caller,
-        key.as_deref(),
-        &r,
+    let event = call.event(
+        kinds::PREFERENCES_UPDATE,
+        Purpose::PatientRequest,
+        "user",
         user_id,
-        move |tx, _| {
-            Box::pin(async move {
-                let p = store::update_prefs(tx, user_id, &update).await?;
-                Ok::<_, IdentityError>(prefs_to_pb(&p))
-            })
-        },
-    )
-    .await?;
-    Ok(Response::new(prefs))
+        user_id,
+    );
+    let prefs = call
+        .mutate(&state.idempotency, &r, async |tx| {
+            lock_account(tx, &state.crypto, user_id).await?;
+            let p = store::update_prefs(tx, user_id, &update).await?;
+            Ok::<_, IdentityError>(Change::new(prefs_to_pb(&p), event))
+        })
+        .await?;
+    Ok(prefs.answer)
 }

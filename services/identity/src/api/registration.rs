@@ -1,23 +1,21 @@
 //! Registration and contact verification: patient self-registration and the verification codes
 //! that prove an email address or phone number.
 
-use std::sync::{Arc, Mutex};
-
-use carehub_platform::auth::{caller, Role};
+use carehub_platform::audit::Purpose;
+use carehub_platform::auth::Role;
+use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
-use carehub_platform::idempotency;
 use carehub_proto::identity::v1::*;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::accounts::{caller_user_id, checked, on_locked_account, Outbox};
-use super::scope;
+use super::accounts::{checked, lock_account, Outbox};
+use super::kinds;
 use crate::api::convert::{timestamp, user_to_pb};
 use crate::domain::account::{self, ConsentChange, Contact, NewAccount, MAX_CODE_ATTEMPTS};
 use crate::domain::validation as val;
-use crate::error::IdentityError;
+use crate::error::{IdentityError, Result};
 use crate::notify::{Channel, Notification, NotificationKind};
 use crate::store::accounts as store;
 use crate::AppState;
@@ -34,7 +32,7 @@ pub(super) async fn issue_code(
     channel: Contact,
     destination: &str,
     ttl_secs: u64,
-) -> Result<DateTime<Utc>, IdentityError> {
+) -> Result<DateTime<Utc>> {
     let code = account::new_verification_code();
     let expires = store::insert_verification_code(
         conn,
@@ -74,11 +72,10 @@ fn contact_of(v: &mut FieldViolations, field: &str, channel: i32) -> Option<Cont
 
 pub async fn register_patient(
     state: &AppState,
-    req: Request<RegisterPatientRequest>,
-) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: RegisterPatientRequest,
+) -> Result<User> {
+    call.idempotency_key()?;
     let today = Utc::now().date_naive();
 
     let mut v = FieldViolations::new();
@@ -112,11 +109,7 @@ pub async fn register_patient(
     }
     v.finish()?;
 
-    let password_hash = state
-        .hasher
-        .hash_async(r.password.clone())
-        .await
-        .map_err(|e| Status::from(IdentityError::from(e)))?;
+    let password_hash = state.hasher.hash_async(r.password.clone()).await?;
     let phone = checked(phone)?;
     let new = NewAccount {
         id: Uuid::now_v7(),
@@ -139,102 +132,86 @@ pub async fn register_patient(
     let sms = r.sms_opt_in;
     let ttl = state.settings.verification_code_ttl_secs;
     let outbox = Outbox::default();
-    let out = outbox.clone();
-    let actor = format!("anon:{}", caller.workload);
-    let crypto = state.crypto.clone();
-    let event = super::security::account(
-        &caller,
-        "identity.account.register",
-        carehub_platform::audit::Action::Create,
-        new.id,
-    );
-    let user = idempotency::run(
-        &state.idempotency,
-        &scope("RegisterPatient"),
-        &actor,
-        key.as_deref(),
-        &r,
-        move |tx| {
-            Box::pin(async move {
-                let a = store::insert_user(tx, &crypto, &new).await?;
-                store::insert_consents(tx, a.id, &change).await?;
-                store::insert_prefs(tx, a.id, sms).await?;
-                super::security::record(tx, event).await?;
-                issue_code(tx, &crypto, &out, a.id, Contact::Email, &a.email, ttl).await?;
-                if let Some(p) = &a.phone {
-                    issue_code(tx, &crypto, &out, a.id, Contact::Phone, p, ttl).await?;
-                }
-                Ok::<_, IdentityError>(user_to_pb(&a))
-            })
-        },
-    )
-    .await?;
+    // Nobody is signed in yet: answers are kept per calling workload.
+    let actor = format!("anon:{}", call.caller.workload);
+    let crypto = &state.crypto;
+    let event = super::security::account(&call.caller, kinds::ACCOUNT_REGISTER, new.id);
+    let user = call
+        .mutate_as(&state.idempotency, &actor, &r, async |tx| {
+            let a = store::insert_user(tx, crypto, &new).await?;
+            store::insert_consents(tx, a.id, &change).await?;
+            store::insert_prefs(tx, a.id, sms).await?;
+            issue_code(tx, crypto, &outbox, a.id, Contact::Email, &a.email, ttl).await?;
+            if let Some(p) = &a.phone {
+                issue_code(tx, crypto, &outbox, a.id, Contact::Phone, p, ttl).await?;
+            }
+            Ok::<_, IdentityError>(Change::new(user_to_pb(&a), event))
+        })
+        .await?
+        .answer;
     tracing::info!(user_id = %user.user_id, "patient registered");
     outbox.deliver(state).await;
-    Ok(Response::new(user))
+    Ok(user)
 }
 
 // ---- contact verification ----
 
 pub async fn send_verification_code(
     state: &AppState,
-    req: Request<SendVerificationCodeRequest>,
-) -> Result<Response<SendVerificationCodeResponse>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: SendVerificationCodeRequest,
+) -> Result<SendVerificationCodeResponse> {
+    let user_id = call.user()?.user_id;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     let channel = contact_of(&mut v, "channel", r.channel);
     v.finish()?;
     let channel = checked(channel)?;
     let ttl = state.settings.verification_code_ttl_secs;
     let outbox = Outbox::default();
-    let out = outbox.clone();
-    let crypto = state.crypto.clone();
-    let resp = on_locked_account(
-        state,
-        "SendVerificationCode",
-        &caller,
-        key.as_deref(),
-        &r,
+    let crypto = &state.crypto;
+    let event = call.event(
+        kinds::CONTACT_CODE_SEND,
+        Purpose::PatientRequest,
+        "user",
         user_id,
-        move |tx, a| {
-            Box::pin(async move {
-                let destination = match channel {
-                    Contact::Email => a.email.clone(),
-                    Contact::Phone => a.phone.clone().ok_or_else(|| IdentityError::Conflict {
-                        kind: "PHONE",
-                        subject: user_id.to_string(),
-                        description: "the account has no phone number".to_owned(),
-                    })?,
-                };
-                if store::codes_sent_last_hour(tx, user_id, channel).await? >= MAX_CODES_PER_HOUR {
-                    return Err(IdentityError::RateLimited {
-                        retry_after: std::time::Duration::from_secs(3600),
-                    });
-                }
-                let expires =
-                    issue_code(tx, &crypto, &out, user_id, channel, &destination, ttl).await?;
-                Ok(SendVerificationCodeResponse {
-                    expire_time: Some(timestamp(expires)),
-                })
-            })
-        },
-    )
-    .await?;
+        user_id,
+    );
+    let resp = call
+        .mutate(&state.idempotency, &r, async |tx| {
+            let a = lock_account(tx, crypto, user_id).await?;
+            let destination = match channel {
+                Contact::Email => a.email.clone(),
+                Contact::Phone => a.phone.clone().ok_or_else(|| IdentityError::Conflict {
+                    kind: "PHONE",
+                    subject: user_id.to_string(),
+                    description: "the account has no phone number".to_owned(),
+                })?,
+            };
+            if store::codes_sent_last_hour(tx, user_id, channel).await? >= MAX_CODES_PER_HOUR {
+                return Err(IdentityError::RateLimited {
+                    retry_after: std::time::Duration::from_secs(3600),
+                });
+            }
+            let expires =
+                issue_code(tx, crypto, &outbox, user_id, channel, &destination, ttl).await?;
+            let answer = SendVerificationCodeResponse {
+                expire_time: Some(timestamp(expires)),
+            };
+            Ok(Change::new(answer, event))
+        })
+        .await?;
     outbox.deliver(state).await;
-    Ok(Response::new(resp))
+    Ok(resp.answer)
 }
 
 pub async fn verify_contact(
     state: &AppState,
-    req: Request<VerifyContactRequest>,
-) -> Result<Response<User>, Status> {
-    let caller = caller(&req)?;
-    let user_id = caller_user_id(&caller)?;
-    let key = idempotency::key_of(&req)?;
-    let r = req.into_inner();
+    call: &Call,
+    r: VerifyContactRequest,
+) -> Result<User> {
+    let user_id = call.user()?.user_id;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
     let channel = contact_of(&mut v, "channel", r.channel);
     val::check_code(&mut v, "code", &r.code);
@@ -242,50 +219,45 @@ pub async fn verify_contact(
     let channel = checked(channel)?;
     let given = account::hash_secret(&r.code);
     // A wrong code rolls the transaction back; its attempt is counted afterwards.
-    let wrong: Arc<Mutex<Option<Uuid>>> = Arc::default();
-    let wrong_in = wrong.clone();
-    let crypto = state.crypto.clone();
-    let result = idempotency::run(
-        &state.idempotency,
-        &scope("VerifyContact"),
-        &caller.actor_key(),
-        key.as_deref(),
-        &r,
-        move |tx| {
-            Box::pin(async move {
-                let invalid = || IdentityError::CodeInvalid { field: "code" };
-                let code = store::lock_live_code(tx, &crypto, user_id, channel)
-                    .await?
-                    .ok_or_else(invalid)?;
-                if code.attempts >= MAX_CODE_ATTEMPTS {
-                    return Err(invalid());
-                }
-                if !account::hashes_match(&code.code_hash, &given) {
-                    if let Ok(mut w) = wrong_in.lock() {
-                        *w = Some(code.id);
-                    }
-                    return Err(invalid());
-                }
-                if !store::use_code(tx, code.id).await? {
-                    return Err(invalid());
-                }
-                // The address must still be the one the code was sent to.
-                let a = store::mark_verified(tx, &crypto, user_id, channel, &code.destination)
-                    .await?
-                    .ok_or_else(invalid)?;
-                Ok(user_to_pb(&a))
-            })
-        },
-    )
-    .await;
+    let mut wrong: Option<Uuid> = None;
+    let crypto = &state.crypto;
+    let event = call.event(
+        kinds::CONTACT_VERIFY,
+        Purpose::PatientRequest,
+        "user",
+        user_id,
+        user_id,
+    );
+    let result = call
+        .mutate(&state.idempotency, &r, async |tx| {
+            let invalid = || IdentityError::CodeInvalid { field: "code" };
+            let code = store::lock_live_code(tx, crypto, user_id, channel)
+                .await?
+                .ok_or_else(invalid)?;
+            if code.attempts >= MAX_CODE_ATTEMPTS {
+                return Err(invalid());
+            }
+            if !account::hashes_match(&code.code_hash, &given) {
+                wrong = Some(code.id);
+                return Err(invalid());
+            }
+            if !store::use_code(tx, code.id).await? {
+                return Err(invalid());
+            }
+            // The address must still be the one the code was sent to.
+            let a = store::mark_verified(tx, crypto, user_id, channel, &code.destination)
+                .await?
+                .ok_or_else(invalid)?;
+            Ok(Change::new(user_to_pb(&a), event))
+        })
+        .await;
     match result {
-        Ok(user) => Ok(Response::new(user)),
+        Ok(user) => Ok(user.answer),
         Err(e) => {
-            let failed = wrong.lock().ok().and_then(|w| *w);
-            if let Some(code_id) = failed {
+            if let Some(code_id) = wrong {
                 store::record_failed_code_attempt(&state.pool, code_id).await?;
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }

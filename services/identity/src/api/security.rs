@@ -7,57 +7,44 @@
 //! The subject is the account holder; the actor is the signed-in user or, before sign-in, the
 //! account that tried. Ids and codes only.
 
-use carehub_platform::audit::{self, Action, AuditEvent, Outcome, Purpose};
+use carehub_platform::audit::{self, AuditEvent, Kind, Outcome, Purpose};
 use carehub_platform::auth::Caller;
 use carehub_proto::common::v1::ErrorReason;
 use sqlx::{PgConnection, PgPool};
-use tonic::Status;
 use uuid::Uuid;
 
+use super::kinds;
 use crate::error::Result;
 
 /// An event about `account`.
-pub(crate) fn account(caller: &Caller, kind: &str, action: Action, account: Uuid) -> AuditEvent {
-    about(caller, kind, action, account, "user", account)
+pub(crate) fn account(caller: &Caller, kind: Kind, account: Uuid) -> AuditEvent {
+    about(caller, kind, account, "user", account)
 }
 
 /// An event about `session` of `account`.
-pub(crate) fn session(
-    caller: &Caller,
-    kind: &str,
-    action: Action,
-    account: Uuid,
-    session: Uuid,
-) -> AuditEvent {
-    about(caller, kind, action, account, "session", session)
+pub(crate) fn session(caller: &Caller, kind: Kind, account: Uuid, session: Uuid) -> AuditEvent {
+    about(caller, kind, account, "session", session)
 }
 
 /// An event about one of `account`'s things (`entity_type`, `id`).
 pub(crate) fn about(
     caller: &Caller,
-    kind: &str,
-    action: Action,
+    kind: Kind,
     account: Uuid,
     entity_type: &str,
     id: Uuid,
 ) -> AuditEvent {
     actor_or_self(
-        AuditEvent::new(kind, action, Purpose::Security, entity_type, id).caller(caller),
+        AuditEvent::of(kind, Purpose::Security, entity_type, id).caller(caller),
         account,
     )
 }
 
 /// A login attempt that found no account to name (unknown email, or refused before lookup).
 pub(crate) fn unknown_account_login(caller: &Caller, reason: ErrorReason) -> AuditEvent {
-    AuditEvent::new(
-        "identity.login",
-        Action::Execute,
-        Purpose::Security,
-        "user",
-        "unknown",
-    )
-    .caller(caller)
-    .outcome(Outcome::MinorFailure, Some(reason.as_str_name()))
+    AuditEvent::of(kinds::LOGIN, Purpose::Security, "user", "unknown")
+        .caller(caller)
+        .outcome(Outcome::MinorFailure, Some(reason.as_str_name()))
 }
 
 fn actor_or_self(event: AuditEvent, account: Uuid) -> AuditEvent {
@@ -76,14 +63,12 @@ pub(crate) fn failed(event: AuditEvent, outcome: Outcome, reason: ErrorReason) -
 
 /// Records `event` in the transaction of the change it describes.
 pub(crate) async fn record(conn: &mut PgConnection, event: AuditEvent) -> Result<()> {
-    audit::record(conn, &event).await.map_err(Status::from)?;
+    audit::record(conn, &event).await?;
     Ok(())
 }
 
 /// Records `event` in a transaction of its own.
 pub(crate) async fn record_alone(pool: &PgPool, event: AuditEvent) -> Result<()> {
-    audit::record_read(pool, &event)
-        .await
-        .map_err(Status::from)?;
+    audit::record_read(pool, &event).await?;
     Ok(())
 }

@@ -1,23 +1,21 @@
 //! Sessions: opening one (first tokens), refreshing it with rotating refresh tokens (reuse ends
 //! the session), logout, and listing and revoking the user's sessions.
 
-use carehub_platform::audit::Action;
-use carehub_platform::auth::{self, Caller, Role};
+use carehub_platform::audit::Purpose;
+use carehub_platform::auth::{Caller, Role};
+use carehub_platform::call::{Call, Change};
 use carehub_platform::crypto::Envelope;
 use carehub_platform::errors::FieldViolations;
-use carehub_platform::idempotency;
 use carehub_platform::paging::{self, Page};
 use carehub_proto::common::v1::PageResponse;
 use carehub_proto::identity::v1 as pb;
 use carehub_proto::identity::v1::*;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
-use tonic::{Request, Response};
 use uuid::Uuid;
 
-use super::credentials::{check_token, check_uuid, is_active, secs, signed_in, Reply};
-use super::{scope, security};
+use super::credentials::{check_token, check_uuid, is_active, secs};
+use super::{kinds, security};
 use crate::api::convert::timestamp;
 use crate::config::IdentitySettings;
 use crate::domain::tokens;
@@ -80,14 +78,8 @@ pub(super) async fn open_session(
     )
     .await?;
     tracing::info!(user_id = %cred.id, session_id = %session.id, "session opened");
-    let event = security::session(
-        caller,
-        "identity.login",
-        Action::Execute,
-        cred.id,
-        session.id,
-    )
-    .actor_session(session.id);
+    let event =
+        security::session(caller, kinds::LOGIN, cred.id, session.id).actor_session(session.id);
     security::record(conn, event).await?;
     issue_tokens(state, conn, &session, role).await
 }
@@ -161,51 +153,41 @@ async fn session_to_pb(
     })
 }
 
+/// Rotates the refresh token. Its own transaction: a reused token revokes the session and a
+/// dead one is marked revoked, committed although the call is refused.
 pub async fn refresh_session(
     state: &AppState,
-    req: Request<RefreshSessionRequest>,
-) -> Reply<AuthTokens> {
-    Ok(Response::new(refresh_inner(state, req).await?))
-}
-
-async fn refresh_inner(
-    state: &AppState,
-    req: Request<RefreshSessionRequest>,
+    call: &Call,
+    r: RefreshSessionRequest,
 ) -> Result<AuthTokens> {
-    let caller = auth::caller(&req)?;
-    let r = req.into_inner();
+    let caller = &call.caller;
     let mut v = FieldViolations::new();
     check_token(&mut v, "refresh_token", &r.refresh_token);
     v.finish()?;
 
     let mut tx = state.pool.begin().await?;
-    let session_id =
-        match store::spend_refresh_token(&mut tx, &tokens::hash(&r.refresh_token)).await? {
-            Spend::Unknown => return Err(IdentityError::InvalidToken),
-            Spend::AlreadySpent(session_id) => {
-                // A spent token seen again: someone holds a copy. End the whole session.
-                revocation::revoke_session(&mut tx, session_id, "refresh_token_reused").await?;
-                if let Some(s) = store::session_for_update(&mut tx, session_id).await? {
-                    let event = security::session(
-                        &caller,
-                        "identity.session.revoke",
-                        Action::Update,
-                        s.user_id,
-                        session_id,
-                    );
-                    let event = security::failed(
-                        event,
-                        carehub_platform::audit::Outcome::MajorFailure,
-                        carehub_proto::common::v1::ErrorReason::RefreshTokenReused,
-                    );
-                    security::record(&mut tx, event).await?;
-                }
-                tx.commit().await?;
-                tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
-                return Err(IdentityError::RefreshTokenReused);
+    let session_id = match store::spend_refresh_token(&mut tx, &tokens::hash(&r.refresh_token))
+        .await?
+    {
+        Spend::Unknown => return Err(IdentityError::InvalidToken),
+        Spend::AlreadySpent(session_id) => {
+            // A spent token seen again: someone holds a copy. End the whole session.
+            revocation::revoke_session(&mut tx, session_id, "refresh_token_reused").await?;
+            if let Some(s) = store::session_for_update(&mut tx, session_id).await? {
+                let event = security::session(caller, kinds::SESSION_REVOKE, s.user_id, session_id);
+                let event = security::failed(
+                    event,
+                    carehub_platform::audit::Outcome::MajorFailure,
+                    carehub_proto::common::v1::ErrorReason::RefreshTokenReused,
+                );
+                security::record(&mut tx, event).await?;
             }
-            Spend::Spent(session_id) => session_id,
-        };
+            tx.commit().await?;
+            tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
+            return Err(IdentityError::RefreshTokenReused);
+        }
+        Spend::Spent(session_id) => session_id,
+    };
     let Some(session) = store::session_for_update(&mut tx, session_id).await? else {
         return Err(IdentityError::InvalidToken);
     };
@@ -246,37 +228,17 @@ async fn refresh_inner(
     Ok(tokens)
 }
 
-pub async fn logout(state: &AppState, req: Request<LogoutRequest>) -> Reply<()> {
-    let run = async {
-        let caller = auth::caller(&req)?;
-        let user = signed_in(&caller)?;
-        let key = idempotency::key_of(&req)?;
-        let (session_id, user_id) = (user.session_id, user.user_id);
-        let event = security::session(
-            &caller,
-            "identity.session.logout",
-            Action::Update,
-            user_id,
-            session_id,
-        );
-        idempotency::run(
-            &state.idempotency,
-            &scope("Logout"),
-            &caller.actor_key(),
-            key.as_deref(),
-            req.get_ref(),
-            move |conn: &mut PgConnection| -> BoxFuture<'_, Result<()>> {
-                Box::pin(async move {
-                    revocation::revoke_session(conn, session_id, "logout").await?;
-                    security::record(conn, event).await?;
-                    Ok(())
-                })
-            },
-        )
-        .await
-    };
-    run.await?;
-    Ok(Response::new(()))
+pub async fn logout(state: &AppState, call: &Call, r: LogoutRequest) -> Result<()> {
+    let user = call.user()?;
+    call.idempotency_key()?;
+    let (session_id, user_id) = (user.session_id, user.user_id);
+    let event = security::session(&call.caller, kinds::SESSION_LOGOUT, user_id, session_id);
+    call.mutate(&state.idempotency, &r, async |conn| {
+        revocation::revoke_session(conn, session_id, "logout").await?;
+        Ok::<_, IdentityError>(Change::new((), event))
+    })
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,20 +250,14 @@ fn page_filter(user_id: Uuid) -> paging::Filter {
         .field("user_id", Some(user_id.as_bytes()))
 }
 
+/// The user's own sessions, with their addresses and user agents: an audited read (purpose
+/// SECURITY, like the other session events).
 pub async fn list_sessions(
     state: &AppState,
-    req: Request<ListSessionsRequest>,
-) -> Reply<ListSessionsResponse> {
-    Ok(Response::new(list_sessions_inner(state, req).await?))
-}
-
-async fn list_sessions_inner(
-    state: &AppState,
-    req: Request<ListSessionsRequest>,
+    call: &Call,
+    r: ListSessionsRequest,
 ) -> Result<ListSessionsResponse> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let r = req.into_inner();
+    let user = call.user()?.clone();
     let mut v = FieldViolations::new();
     let filter = page_filter(user.user_id);
     let page = Page::<store::SessionCursor>::read(r.page.as_ref(), &filter, "page", &mut v);
@@ -314,68 +270,57 @@ async fn list_sessions_inner(
     let next_page_token = page.finish(&mut rows, &filter, |last| {
         (last.active, last.session.created_at, last.session.id)
     });
+    drop(conn);
     let mut sessions = Vec::with_capacity(rows.len());
     for r in &rows {
         sessions.push(session_to_pb(&state.crypto, &r.session, r.active, user.session_id).await?);
     }
-    Ok(ListSessionsResponse {
+    let answer = ListSessionsResponse {
         sessions,
         page: Some(PageResponse { next_page_token }),
-    })
+    };
+    // The entity is the user whose sessions were listed.
+    let read = call.event(
+        kinds::SESSIONS_LIST,
+        Purpose::Security,
+        "user",
+        user.user_id,
+        user.user_id,
+    );
+    call.read(&state.pool, read, answer).await
 }
 
 pub async fn revoke_session(
     state: &AppState,
-    req: Request<RevokeSessionRequest>,
-) -> Reply<pb::Session> {
-    Ok(Response::new(revoke_session_inner(state, req).await?))
-}
-
-async fn revoke_session_inner(
-    state: &AppState,
-    req: Request<RevokeSessionRequest>,
+    call: &Call,
+    r: RevokeSessionRequest,
 ) -> Result<pb::Session> {
-    let caller = auth::caller(&req)?;
-    let user = signed_in(&caller)?;
-    let key = idempotency::key_of(&req)?;
+    let user = call.user()?;
+    call.idempotency_key()?;
     let mut v = FieldViolations::new();
-    let id = check_uuid(&mut v, "session_id", &req.get_ref().session_id);
+    let id = check_uuid(&mut v, "session_id", &r.session_id);
     v.finish()?;
     let Some(id) = id else {
         return Err(IdentityError::Internal("validated id missing".into()));
     };
     let (user_id, current) = (user.user_id, user.session_id);
-    let crypto = state.crypto.clone();
-    let event = security::session(
-        &caller,
-        "identity.session.revoke",
-        Action::Update,
-        user_id,
-        id,
-    );
-    idempotency::run(
-        &state.idempotency,
-        &scope("RevokeSession"),
-        &caller.actor_key(),
-        key.as_deref(),
-        req.get_ref(),
-        move |conn: &mut PgConnection| -> BoxFuture<'_, Result<pb::Session>> {
-            Box::pin(async move {
-                let not_found = || IdentityError::NotFound {
-                    what: "session",
-                    id: id.to_string(),
-                };
-                if store::session_of_user(conn, id, user_id).await?.is_none() {
-                    return Err(not_found());
-                }
-                revocation::revoke_session(conn, id, "revoked_by_user").await?;
-                security::record(conn, event).await?;
-                let s = store::session_of_user(conn, id, user_id)
-                    .await?
-                    .ok_or_else(not_found)?;
-                session_to_pb(&crypto, &s, false, current).await
-            })
-        },
-    )
-    .await
+    let event = security::session(&call.caller, kinds::SESSION_REVOKE, user_id, id);
+    let ran = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            let not_found = || IdentityError::NotFound {
+                what: "session",
+                id: id.to_string(),
+            };
+            if store::session_of_user(conn, id, user_id).await?.is_none() {
+                return Err(not_found());
+            }
+            revocation::revoke_session(conn, id, "revoked_by_user").await?;
+            let s = store::session_of_user(conn, id, user_id)
+                .await?
+                .ok_or_else(not_found)?;
+            let answer = session_to_pb(&state.crypto, &s, false, current).await?;
+            Ok(Change::new(answer, event))
+        })
+        .await?;
+    Ok(ran.answer)
 }

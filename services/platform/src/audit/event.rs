@@ -10,6 +10,7 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::kind::Kind;
 use crate::auth::Caller;
 
 /// FHIR AuditEvent.action (C R U D E), plus `disclose` for HIPAA's accounting of disclosures.
@@ -157,8 +158,11 @@ pub struct InvalidEvent {
 impl AuditEvent {
     /// A successful event at this instant, with the current span's trace and the current
     /// RPC's request id; set the rest with the builder methods.
+    ///
+    /// Services pass a [`Kind`] of their vocabulary (see [`super::kind`]); a plain string is
+    /// accepted for tests and tools.
     pub fn new(
-        kind: &str,
+        kind: impl AsRef<str>,
         action: Action,
         purpose: Purpose,
         entity_type: &str,
@@ -168,7 +172,7 @@ impl AuditEvent {
         AuditEvent {
             event_id: Uuid::now_v7(),
             occurred_at: Utc::now().trunc_subsecs(6),
-            kind: kind.to_owned(),
+            kind: kind.as_ref().to_owned(),
             action,
             outcome: Outcome::Success,
             outcome_reason: None,
@@ -187,6 +191,11 @@ impl AuditEvent {
             span_id,
             sealer: super::seal::current().map(super::seal::CapturedSealer),
         }
+    }
+
+    /// [`AuditEvent::new`] with the action the kind always records.
+    pub fn of(kind: Kind, purpose: Purpose, entity_type: &str, entity_id: impl ToString) -> Self {
+        Self::new(kind, kind.action(), purpose, entity_type, entity_id)
     }
 
     /// Who called: user, the role they act in (the first of theirs), session, workload, and

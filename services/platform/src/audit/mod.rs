@@ -24,6 +24,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod event;
+pub mod kind;
 pub mod seal;
 pub mod service;
 pub mod sink;
@@ -36,6 +37,7 @@ use sqlx::PgPool;
 
 pub use chain::{record, record_read, record_read_with, record_with, AuditError};
 pub use event::{Action, AuditEvent, ChainedEvent, Outcome, Purpose};
+pub use kind::{Kind, Vocabulary};
 pub use seal::{ClientSealer, SealedClient};
 pub use sink::{Sink, SinkKind};
 pub use verify::{verify, verify_with, Problem, ProblemKind, VerifyRange, VerifyReport};

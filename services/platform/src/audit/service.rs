@@ -24,7 +24,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer as _, Service, ServiceExt as _};
 use uuid::Uuid;
 
-use super::event::{to_hex, Action, AuditEvent, ChainedEvent, Purpose};
+use super::event::{to_hex, AuditEvent, ChainedEvent, Purpose};
 use super::seal::ClientSealer;
 use super::verify::{self, VerifyRange};
 use super::{chain, record_read};
@@ -272,17 +272,11 @@ impl AuditLog for AuditLogApi {
         // Reading the audit log is itself an access to be accounted for. Not filed under the
         // subject: the patient's own access log would otherwise grow with every look at it.
         let kind = if column == "subject_id" {
-            "audit.events.list_by_subject"
+            super::kind::AUDIT_LIST_BY_SUBJECT
         } else {
-            "audit.events.list_by_actor"
+            super::kind::AUDIT_LIST_BY_ACTOR
         };
-        let mut read = AuditEvent::new(
-            kind,
-            Action::Read,
-            Purpose::Operations,
-            "audit_log",
-            opt(id),
-        );
+        let mut read = AuditEvent::of(kind, Purpose::Operations, "audit_log", opt(id));
         if let Some(caller) = &caller {
             read = read.caller(caller);
         }

@@ -1,0 +1,387 @@
+//! One handler shape (DESIGN.md §3): the per-call context and the two helpers every handler
+//! goes through.
+//!
+//! A service's generated-trait impl builds a [`Call`] once per RPC ([`Call::new`]) and hands
+//! the handler the call and the decoded request; the handler returns the service's own error
+//! enum, converted to `tonic::Status` in that one impl. Then:
+//! - a **mutating** handler runs its change through [`Call::mutate`]: the change, its audit
+//!   events ([`Change`]) and the stored answer commit in one transaction; a retry with the same
+//!   idempotency key gets the stored answer back ([`Ran::replayed`]); the same key with another
+//!   request is refused. An answer that carries a secret (tokens, TOTP secrets) is never stored:
+//!   [`Call::mutate_secret`] runs the same transaction without the answer;
+//! - a **reading** handler hands its answer through [`Call::read`], which records the read event
+//!   durably first: a read that cannot be audited is refused, never answered.
+//!
+//! Each RPC declares once, where its trait method is implemented, whether its answers are
+//! [`Audited::Always`] or [`Audited::Exempt`] (with the reason), and [`Call::check_audited`]
+//! refuses a successful answer of an `Always` RPC that recorded no event: a handler that forgets
+//! its event fails closed (INTERNAL) in its first test instead of answering unaudited.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prost::Message;
+use sqlx::{PgConnection, PgPool};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditError, AuditEvent, Kind, Purpose};
+use crate::auth::{Caller, UserCaller};
+use crate::idempotency::{self, IdempotencyStore, Once};
+
+pub use crate::idempotency::Ran;
+
+/// Whether an RPC's successful answers always leave an audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audited {
+    /// Every successful answer recorded at least one event: a read, or its change's events.
+    Always,
+    /// The RPC returns and changes no personal data, or audits only some outcomes; says why.
+    Exempt(&'static str),
+}
+
+/// What the platform knows about one RPC call, built once before its handler runs.
+#[derive(Debug)]
+pub struct Call {
+    /// Who called: workload (mTLS), user (bearer token), gateway-forwarded address and agent.
+    pub caller: Caller,
+    /// The gRPC path, `/carehub.identity.v1.IdentityService/GetProfile`: the idempotency scope.
+    pub rpc: &'static str,
+    /// `x-request-id` (generated when the client sent none).
+    pub request_id: Option<String>,
+    /// `idempotency-key`, checked only when a mutation asks for it (a reading RPC ignores it).
+    idempotency_key: Result<Option<String>, Status>,
+    /// Whether an event of this call was recorded (or a stored answer, whose events were
+    /// recorded by the first call, was replayed).
+    audited: AtomicBool,
+}
+
+impl Call {
+    /// The context of `req`, a call of `rpc`. INTERNAL when the auth layer did not run (a
+    /// wiring bug: every served RPC passes it).
+    pub fn new<T>(req: &tonic::Request<T>, rpc: &'static str) -> Result<Call, Status> {
+        let caller = crate::auth::caller(req)?;
+        let request_id = caller
+            .request_id
+            .clone()
+            .or_else(crate::server::current_request_id);
+        Ok(Call {
+            caller,
+            rpc,
+            request_id,
+            idempotency_key: idempotency::key_of(req),
+            audited: AtomicBool::new(false),
+        })
+    }
+
+    /// For handlers that record their events in transactions of their own (attempt counters
+    /// and failure events that commit although the call is refused): their events committed.
+    pub fn mark_audited(&self) {
+        self.audited.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this call recorded an event through its helpers or [`Call::mark_audited`].
+    pub fn was_audited(&self) -> bool {
+        self.audited.load(Ordering::Relaxed)
+    }
+
+    /// `result`, unless it is a successful answer of an [`Audited::Always`] RPC that recorded no
+    /// event: that one is refused (INTERNAL) and logged, never answered.
+    pub fn check_audited<T, E: From<Status>>(
+        &self,
+        rule: Audited,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        match (rule, &result) {
+            (Audited::Always, Ok(_)) if !self.was_audited() => {
+                tracing::error!(rpc = self.rpc, "answer without an audit event refused");
+                Err(crate::errors::internal("answer not audited").into())
+            }
+            _ => result,
+        }
+    }
+
+    /// The signed-in user (UNAUTHENTICATED without an access token).
+    pub fn user(&self) -> Result<&UserCaller, Status> {
+        self.caller.user()
+    }
+
+    /// The end user's address, only when forwarded by a trusted gateway.
+    pub fn client_ip(&self) -> Option<&str> {
+        self.caller.client_ip.as_deref()
+    }
+
+    /// The request's idempotency key, if it sent one (INVALID_ARGUMENT when malformed).
+    /// [`Call::mutate`] reads it; a mutating handler may ask first, so that a malformed key is
+    /// refused before the request's fields are checked.
+    pub fn idempotency_key(&self) -> Result<Option<&str>, Status> {
+        match &self.idempotency_key {
+            Ok(key) => Ok(key.as_deref()),
+            Err(status) => Err(status.clone()),
+        }
+    }
+
+    /// An event of `kind` by this caller about `entity_type`/`entity_id`, filed under `subject`
+    /// (whose data it is), for `purpose`.
+    pub fn event(
+        &self,
+        kind: Kind,
+        purpose: Purpose,
+        entity_type: &str,
+        entity_id: impl ToString,
+        subject: Uuid,
+    ) -> AuditEvent {
+        AuditEvent::of(kind, purpose, entity_type, entity_id)
+            .caller(&self.caller)
+            .subject(subject)
+    }
+
+    /// Records `event` (a read) durably, then gives `answer` back: the answer leaves only once
+    /// its access is on the audit trail. An unrecordable read fails with the audit error
+    /// (UNAVAILABLE with reason UNAVAILABLE when the trail cannot be written). Concurrent reads
+    /// of one database are committed together ([`reads`]).
+    pub async fn read<T, E>(&self, pool: &PgPool, event: AuditEvent, answer: T) -> Result<T, E>
+    where
+        E: From<AuditError>,
+    {
+        reads::record(pool, event).await?;
+        self.mark_audited();
+        Ok(answer)
+    }
+
+    /// Runs `op` once per idempotency key of this call, in one transaction with its audit events
+    /// and its stored answer (see the module doc). The idempotency actor is the caller
+    /// ([`Caller::actor_key`]).
+    pub async fn mutate<Req, Resp, E, F>(
+        &self,
+        store: &IdempotencyStore,
+        request: &Req,
+        op: F,
+    ) -> Result<Ran<Resp>, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        E: From<Status> + From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        self.mutate_as(store, &self.caller.actor_key(), request, op)
+            .await
+    }
+
+    /// [`Call::mutate`] with answers kept under `actor` (public RPCs that no user signs, whose
+    /// keys are shared by every caller of them, such as a password reset).
+    pub async fn mutate_as<Req, Resp, E, F>(
+        &self,
+        store: &IdempotencyStore,
+        actor: &str,
+        request: &Req,
+        op: F,
+    ) -> Result<Ran<Resp>, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        E: From<Status> + From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        let once = Once {
+            scope: self.rpc,
+            actor,
+            key: self.idempotency_key()?,
+            request,
+        };
+        let mut recorded = false;
+        let ran = idempotency::run_once(store, &once, async |tx: &mut PgConnection| {
+            let change = op(tx).await?;
+            change.record(tx).await?;
+            recorded = !change.events.is_empty();
+            Ok::<_, E>(change.answer)
+        })
+        .await?;
+        // A replayed answer's events were recorded by the call that stored it.
+        if recorded || ran.replayed {
+            self.mark_audited();
+        }
+        Ok(ran)
+    }
+
+    /// A change whose answer carries a secret (tokens, a TOTP secret, recovery codes): one
+    /// transaction with its audit events, but the answer is never stored, so a retry runs
+    /// again (an idempotency key is not read).
+    pub async fn mutate_secret<Resp, E, F>(&self, pool: &PgPool, op: F) -> Result<Resp, E>
+    where
+        E: From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        let mut tx = pool.begin().await?;
+        let change = op(&mut tx).await?;
+        change.record(&mut tx).await?;
+        tx.commit().await?;
+        if !change.events.is_empty() {
+            self.mark_audited();
+        }
+        Ok(change.answer)
+    }
+}
+
+/// What a mutation did: its answer and the audit events that describe it, recorded by the
+/// helper in the change's transaction just before the commit (the chain head is held from the
+/// first event to the commit, so events go last).
+#[derive(Debug)]
+pub struct Change<T> {
+    pub answer: T,
+    pub events: Vec<AuditEvent>,
+}
+
+impl<T> Change<T> {
+    /// An answer with the one event that describes the change.
+    pub fn new(answer: T, event: AuditEvent) -> Self {
+        Change {
+            answer,
+            events: vec![event],
+        }
+    }
+
+    /// An answer whose change needs no event of its own (nothing personal changed, or an
+    /// event was already recorded by a step that shares the transaction).
+    pub fn unaudited(answer: T) -> Self {
+        Change {
+            answer,
+            events: Vec::new(),
+        }
+    }
+
+    /// One more event.
+    pub fn with(mut self, event: AuditEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    async fn record(&self, tx: &mut PgConnection) -> Result<(), AuditError> {
+        for event in &self.events {
+            audit::record(tx, event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Group commit of read events (DESIGN.md §4): every read's event must be durable before its
+/// answer leaves, and every append holds the database's one chain head until its commit, so one
+/// transaction per read would make concurrent reads commit one at a time. Instead, while one
+/// reader appends a batch, the reads that arrive queue up, and the next reader to take the
+/// writer's turn appends all of them in one transaction and tells each its outcome. No timer
+/// and no background task: a lone read is written at once, by itself. Batches are per database,
+/// as the chain is.
+pub mod reads {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+    use sqlx::PgPool;
+    use tokio::sync::oneshot::{self, error::TryRecvError};
+
+    use crate::audit::{self, AuditError, AuditEvent};
+
+    /// Most events one transaction appends.
+    pub const MAX_BATCH: usize = 256;
+
+    type Outcome = Result<(), String>;
+
+    #[derive(Default)]
+    struct Group {
+        pending: Mutex<Vec<(AuditEvent, oneshot::Sender<Outcome>)>>,
+        /// Held by the reader appending a batch.
+        writer: tokio::sync::Mutex<()>,
+    }
+
+    type DatabaseKey = (String, u16, String);
+
+    static GROUPS: LazyLock<Mutex<HashMap<DatabaseKey, Arc<Group>>>> =
+        LazyLock::new(Mutex::default);
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn group(pool: &PgPool) -> Arc<Group> {
+        let options = pool.connect_options();
+        let key = (
+            options.get_host().to_owned(),
+            options.get_port(),
+            options.get_database().unwrap_or_default().to_owned(),
+        );
+        lock(&GROUPS).entry(key).or_default().clone()
+    }
+
+    /// A batch that failed, as seen by the reads that were in it but did not write it.
+    fn batch_failed(why: String) -> AuditError {
+        AuditError::Db(sqlx::Error::Protocol(format!(
+            "the batch of read events failed: {why}"
+        )))
+    }
+
+    /// Records `event` with the other reads of its database that are waiting, and returns once
+    /// it is committed (or refused).
+    pub async fn record(pool: &PgPool, mut event: AuditEvent) -> Result<(), AuditError> {
+        let pool = pool.clone();
+        // Refused here, alone: an invalid event must not fail the reads batched with it.
+        event.validate()?;
+        // Another task may append it: it takes the sealer of this call's service along.
+        if event.sealer.is_none() {
+            event.sealer = audit::seal::current().map(audit::seal::CapturedSealer);
+        }
+        if (event.source_ip.is_some() || event.user_agent.is_some()) && event.sealer.is_none() {
+            return Err(AuditError::NoSealer);
+        }
+        let group = group(&pool);
+        let (reply, mut outcome) = oneshot::channel();
+        lock(&group.pending).push((event, reply));
+        loop {
+            let _turn = group.writer.lock().await;
+            match outcome.try_recv() {
+                Ok(result) => return result.map_err(batch_failed),
+                Err(TryRecvError::Closed) => {
+                    return Err(batch_failed("its writer was cancelled".to_owned()))
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            let batch: Vec<_> = {
+                let mut pending = lock(&group.pending);
+                let n = pending.len().min(MAX_BATCH);
+                pending.drain(..n).collect()
+            };
+            // On a task of its own: the batch's readers get their outcome even if this reader's
+            // call is cancelled meanwhile (the client went away).
+            let pool = pool.clone();
+            let written = tokio::spawn(async move {
+                let written = append(&pool, &batch).await;
+                let shared = written.as_ref().map(|_| ()).map_err(ToString::to_string);
+                for (_, reply) in batch {
+                    // A reader that gave up no longer listens; its event is committed anyway.
+                    let _ = reply.send(shared.clone());
+                }
+                written
+            })
+            .await
+            .unwrap_or_else(|e| Err(batch_failed(e.to_string())));
+            if let Ok(result) = outcome.try_recv() {
+                // This reader wrote its own event: its error keeps its kind.
+                return match (result, written) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(_), Err(e)) => Err(e),
+                    (Err(why), Ok(())) => Err(batch_failed(why)),
+                };
+            }
+            // Its event was past this batch: the next turn.
+        }
+    }
+
+    async fn append(
+        pool: &PgPool,
+        batch: &[(AuditEvent, oneshot::Sender<Outcome>)],
+    ) -> Result<(), AuditError> {
+        let mut tx = pool.begin().await?;
+        for (event, _) in batch {
+            audit::record(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
