@@ -4,7 +4,7 @@
 //! 200, `carehub health` (what `helm test` runs) answers SERVING, and SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

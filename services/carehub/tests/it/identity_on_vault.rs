@@ -4,7 +4,7 @@
 //! rotated signing key without a restart, and keeps serving while Vault is sealed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -4,65 +4,31 @@
 //! in the middle of a steady state). Speed is not asserted: scripts/bench.sh measures it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 
-use carehub_identity::config::{IdentityConfig, IdentitySettings, NotifierKind};
-use carehub_platform::config::{DatabaseConfig, KeysConfig, PlatformConfig, TlsConfig};
-use carehub_platform::db::TestDatabase;
-use carehub_platform::devcerts::DevPki;
-use secrecy::{ExposeSecret, SecretString};
+use carehub_testkit::service::TestService;
 use tokio::io::AsyncBufReadExt as _;
 
-const TRUST_DOMAIN: &str = "carehub.local";
+use crate::identity_launch::{IdentityUnderTest, TRUST_DOMAIN};
 
-async fn identity(dir: &Path, db: &TestDatabase) -> carehub_identity::Identity {
-    let pki = DevPki::new(TRUST_DOMAIN).unwrap();
-    pki.write_to(dir, &["identity", "gateway"]).unwrap();
-    let key_file = dir.join("dev-keys.json");
-    carehub_platform::keys::file::write_dev_key_file(&key_file).unwrap();
-    let config = IdentityConfig {
-        server: PlatformConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: TlsConfig {
-                cert_file: dir.join("identity.pem"),
-                key_file: dir.join("identity-key.pem"),
-                ca_file: dir.join("ca.pem"),
-                trust_domain: TRUST_DOMAIN.to_owned(),
-                ..TlsConfig::default()
-            },
-            database: DatabaseConfig {
-                url: Some(SecretString::from(db.url.expose_secret().to_owned())),
-                max_connections: 10,
-                acquire_timeout_secs: 5,
-                migrate_on_start: false,
-            },
-            keys: KeysConfig {
-                file: key_file,
-                ..Default::default()
-            },
-            ..PlatformConfig::default()
-        },
-        identity: IdentitySettings {
-            notifier: NotifierKind::MemorySandbox,
-            argon2_memory_kib: 19 * 1024,
-            argon2_iterations: 2,
-            argon2_parallelism: 1,
-            ..IdentitySettings::default()
-        },
-    };
-    carehub_identity::serve(config, std::future::pending())
-        .await
+/// Identity as its own tests run it, plus a gateway certificate in its directory for loadgen.
+async fn identity() -> TestService<IdentityUnderTest> {
+    let id = TestService::<IdentityUnderTest>::start(TRUST_DOMAIN, |_| {}).await;
+    id.pki()
+        .ca()
+        .issue("gateway")
         .unwrap()
+        .write_to(id.dir(), "gateway")
+        .unwrap();
+    id
 }
 
 fn loadgen(
     dir: &Path,
-    id: &carehub_identity::Identity,
+    id: &TestService<IdentityUnderTest>,
     scenarios: &[&str],
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
@@ -74,8 +40,8 @@ fn loadgen(
         .arg(dir.join("gateway-key.pem"))
         .arg("--ca")
         .arg(dir.join("ca.pem"))
-        .args(["--identity", &format!("https://{}", id.server.grpc_addr)])
-        .args(["--admin", &id.server.admin_addr.to_string()])
+        .args(["--identity", &format!("https://{}", id.grpc_addr)])
+        .args(["--admin", &id.admin_addr.to_string()])
         .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
         .args(["--login-in-flight", "2", "--payload-bytes", "64"])
         .env_remove("CAREHUB_DATABASE_URL")
@@ -85,14 +51,11 @@ fn loadgen(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
-    let db = TestDatabase::new(&carehub_identity::MIGRATOR)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let id = identity(dir.path(), &db).await;
+    let mut id = identity().await;
+    let dir = id.dir().to_owned();
 
     // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it).
-    let out = loadgen(dir.path(), &id, &["echo", "identity"])
+    let out = loadgen(&dir, &id, &["echo", "identity"])
         .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
         .output()
         .await
@@ -137,7 +100,7 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     }
 
     // Errors in a steady state fail the run: identity stops while profile-read measures.
-    let mut child = loadgen(dir.path(), &id, &["profile-read"])
+    let mut child = loadgen(&dir, &id, &["profile-read"])
         .args(["--warmup", "0.2", "--duration", "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -157,7 +120,8 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
             break;
         }
     }
-    id.server.shutdown().await.unwrap();
+    let running = id.take_running().unwrap();
+    running.server.shutdown().await.unwrap();
     let mut rest = String::new();
     while let Ok(Some(line)) = lines.next_line().await {
         rest.push_str(&line);
@@ -168,5 +132,6 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     assert!(rest.contains("scenarios reported errors"), "{seen}{rest}");
     assert!(rest.contains("profile-read"), "{seen}{rest}");
 
-    db.drop_database().await.unwrap();
+    running.state.pool.close().await;
+    id.shutdown().await;
 }

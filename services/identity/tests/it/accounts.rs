@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Accounts RPCs against a real identity server (real Postgres, real mTLS).
 
-mod common;
+use crate::common;
 
 use carehub_platform::auth::Role as PRole;
 use carehub_proto::common::v1::Date;

@@ -4,7 +4,7 @@
 //! suspension, consent changes; a refused change records nothing; the chain verifies; the
 //! AuditLog is mounted and callable by `records` only.
 
-mod common;
+use crate::common;
 
 use carehub_platform::audit::{self, VerifyRange};
 use carehub_proto::audit::v1::audit_log_client::AuditLogClient;

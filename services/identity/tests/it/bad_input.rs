@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Bad input to every accounts RPC: INVALID_ARGUMENT naming each bad field, and nothing written.
 
-mod common;
+use crate::common;
 
 use carehub_proto::common::v1::Date;
 use carehub_proto::identity::v1::*;

@@ -1,4 +1,5 @@
-//! Test harness: a real identity server (real Postgres, real mTLS) per test.
+//! Test harness: a real identity server (real Postgres, real mTLS) per test, on the test kit
+//! (`carehub-testkit`); what is identity's own (its settings, its users and sandboxes) is here.
 //!
 //! ```ignore
 //! let app = common::spawn().await;
@@ -13,35 +14,30 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use carehub_identity::config::{IdentityConfig, IdentitySettings, NotifierKind};
+use carehub_identity::config::IdentityConfig;
 use carehub_identity::domain::account::Account;
 use carehub_identity::notify::{Channel as NotifyChannel, MemorySandboxNotifier};
 use carehub_identity::{AppState, Identity};
 use carehub_platform::auth::Role;
-use carehub_platform::config::{DatabaseConfig, PlatformConfig, TlsConfig};
-use carehub_platform::db::TestDatabase;
 use carehub_platform::devcerts::DevPki;
-use carehub_platform::keys::{KeyError, KeyName, KeySource, KeyVersions, StaticKeys};
-use carehub_platform::tls::TlsStore;
+use carehub_platform::keys::KeySource;
 use carehub_proto::common::v1::Date;
 use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
 use carehub_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use carehub_proto::identity::v1::*;
-use secrecy::{ExposeSecret, SecretString};
+use carehub_testkit::service::TestService;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-/// A password that satisfies the policy.
-pub const PASSWORD: &str = "correct horse battery staple";
-pub const TRUST_DOMAIN: &str = "carehub.local";
+pub use carehub_testkit::grpc::{assert_status, with_key, with_token};
+pub use carehub_testkit::keys::RotatingKeys;
+pub use carehub_testkit::PASSWORD;
+
+pub use crate::launch::{IdentityUnderTest, TRUST_DOMAIN};
 
 pub struct TestApp {
-    pub identity: Option<Identity>,
-    db: Option<TestDatabase>,
-    pool: PgPool,
-    pki: DevPki,
-    dir: tempfile::TempDir,
+    svc: TestService<IdentityUnderTest>,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
 }
@@ -69,79 +65,35 @@ async fn spawn_keyed(
     keys: Option<Arc<dyn KeySource>>,
     adjust: impl FnOnce(&mut IdentityConfig),
 ) -> TestApp {
-    let db = TestDatabase::new(&carehub_identity::MIGRATOR)
-        .await
-        .expect("test database");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = DevPki::new(TRUST_DOMAIN).expect("dev pki");
-    pki.write_to(dir.path(), &["identity"])
-        .expect("writing certs");
-    // The development key file, as `carehub up` makes it (KEK, blind-index, signing keys).
-    let key_file = dir.path().join("dev-keys.json");
-    carehub_platform::keys::file::write_dev_key_file(&key_file).expect("dev key file");
-
-    let mut config = IdentityConfig {
-        server: PlatformConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: TlsConfig {
-                cert_file: dir.path().join("identity.pem"),
-                key_file: dir.path().join("identity-key.pem"),
-                ca_file: dir.path().join("ca.pem"),
-                trust_domain: TRUST_DOMAIN.to_owned(),
-                reload_interval_secs: 30,
-                ..TlsConfig::default()
-            },
-            database: DatabaseConfig {
-                url: Some(SecretString::from(db.url.expose_secret().to_owned())),
-                max_connections: 10,
-                acquire_timeout_secs: 5,
-                migrate_on_start: false,
-            },
-            keys: carehub_platform::config::KeysConfig {
-                file: key_file,
-                ..Default::default()
-            },
-            ..PlatformConfig::default()
-        },
-        identity: IdentitySettings {
-            notifier: NotifierKind::MemorySandbox,
-            argon2_memory_kib: 19 * 1024,
-            argon2_iterations: 2,
-            argon2_parallelism: 1,
-            ..IdentitySettings::default()
-        },
-    };
-    adjust(&mut config);
-    let identity = match keys {
-        Some(keys) => carehub_identity::serve_with_keys(config, keys, std::future::pending()).await,
-        None => carehub_identity::serve(config, std::future::pending()).await,
-    }
-    .expect("identity starts");
+    let svc = TestService::start_keyed(TRUST_DOMAIN, keys, adjust).await;
     TestApp {
-        grpc_addr: identity.server.grpc_addr,
-        admin_addr: identity.server.admin_addr,
-        pool: db.pool.clone(),
-        identity: Some(identity),
-        db: Some(db),
-        pki,
-        dir,
+        grpc_addr: svc.grpc_addr,
+        admin_addr: svc.admin_addr,
+        svc,
     }
 }
 
 impl TestApp {
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.svc.pool()
+    }
+
+    fn identity(&self) -> &Identity {
+        self.svc.running()
+    }
+
+    /// Takes the running server out (to stop it mid-test); [`TestApp::shutdown`] still drops
+    /// the database.
+    pub fn take_identity(&mut self) -> Option<Identity> {
+        self.svc.take_running()
     }
 
     pub fn state(&self) -> Arc<AppState> {
-        self.identity.as_ref().expect("running").state.clone()
+        self.identity().state.clone()
     }
 
     pub fn sandbox(&self) -> MemorySandboxNotifier {
-        self.identity
-            .as_ref()
-            .expect("running")
+        self.identity()
             .sandbox
             .clone()
             .expect("memory sandbox configured")
@@ -153,31 +105,16 @@ impl TestApp {
 
     /// The dev CA, to issue more certificates.
     pub fn pki(&self) -> &DevPki {
-        &self.pki
+        self.svc.pki().ca()
     }
 
     pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+        self.svc.dir()
     }
 
     /// An mTLS channel to identity presenting a certificate of `workload`.
     pub async fn channel(&self, workload: &str) -> Channel {
-        let cert = self.pki.issue(workload).expect("issuing client cert");
-        let store = TlsStore::from_pem(
-            &cert.cert_pem,
-            &cert.key_pem,
-            &self.pki.ca_pem,
-            TRUST_DOMAIN,
-        )
-        .expect("client tls");
-        carehub_platform::client::connect(
-            &format!("https://{}", self.grpc_addr),
-            &store,
-            "identity",
-        )
-        .await
-        .expect("connecting to identity")
-        .into_inner()
+        self.svc.channel(workload).await.into_inner()
     }
 
     /// IdentityService client calling as `workload` (usually "gateway").
@@ -212,20 +149,27 @@ impl TestApp {
 
     /// Logs in through the gateway; panics unless tokens come back (no MFA).
     pub async fn login(&self, email: &str, password: &str) -> AuthTokens {
-        let resp = self
-            .public("gateway")
+        carehub_testkit::users::login(self.channel("gateway").await, email, password).await
+    }
+
+    /// Enrolls a device PIN for the holder of `access_token` through the gateway.
+    pub async fn enroll_device_pin(
+        &self,
+        access_token: &str,
+        pin: &str,
+    ) -> EnrollDevicePinResponse {
+        self.public("gateway")
             .await
-            .login(LoginRequest {
-                email: email.to_owned(),
-                password: password.to_owned(),
-            })
+            .enroll_device_pin(self.with_token(
+                EnrollDevicePinRequest {
+                    pin: pin.to_owned(),
+                    device_name: "Pixel 9".to_owned(),
+                },
+                access_token,
+            ))
             .await
-            .expect("Login")
-            .into_inner();
-        match resp.result {
-            Some(login_response::Result::Tokens(t)) => t,
-            other => panic!("login did not return tokens: {other:?}"),
-        }
+            .expect("EnrollDevicePin")
+            .into_inner()
     }
 
     /// Inserts an active user of `role` with `password` directly through the store (no
@@ -233,7 +177,7 @@ impl TestApp {
     pub async fn create_user_with_role(&self, email: &str, role: Role, password: &str) -> Account {
         let state = self.state();
         let (account, _) = carehub_identity::store::accounts::create_user_direct(
-            &self.pool,
+            self.pool(),
             &state.crypto,
             &state.hasher,
             email,
@@ -262,7 +206,7 @@ impl TestApp {
         .bind(account.id)
         .bind(lifetime as f64)
         .bind(account.password_change_required)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await
         .expect("inserting a session");
         let amr = vec!["pwd".to_owned()];
@@ -283,7 +227,7 @@ impl TestApp {
 
     /// The account of a user id (for [`TestApp::token_for`] after RegisterPatient).
     pub async fn account(&self, user_id: &str) -> Account {
-        let mut conn = self.pool.acquire().await.unwrap();
+        let mut conn = self.pool().acquire().await.unwrap();
         let crypto = self.state().crypto.clone();
         carehub_identity::store::accounts::get_user(
             &mut conn,
@@ -321,10 +265,7 @@ impl TestApp {
 
     /// `SELECT count(*) FROM <table>` (table names are test constants).
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&self.pool)
-            .await
-            .expect("count")
+        self.svc.count(table).await
     }
 
     /// Row counts of every table a bad request must not touch.
@@ -351,31 +292,9 @@ impl TestApp {
     }
 
     /// Stops the server and drops the database.
-    pub async fn shutdown(mut self) {
-        if let Some(identity) = self.identity.take() {
-            let _ = identity.server.shutdown().await;
-            identity.state.pool.close().await;
-        }
-        if let Some(db) = self.db.take() {
-            db.drop_database().await.expect("dropping test database");
-        }
+    pub async fn shutdown(self) {
+        self.svc.shutdown().await;
     }
-}
-
-pub fn with_token<T>(mut req: tonic::Request<T>, access_token: &str) -> tonic::Request<T> {
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {access_token}")
-            .parse()
-            .expect("header value"),
-    );
-    req
-}
-
-pub fn with_key<T>(mut req: tonic::Request<T>, key: &str) -> tonic::Request<T> {
-    req.metadata_mut()
-        .insert("idempotency-key", key.parse().expect("header value"));
-    req
 }
 
 /// A valid adult RegisterPatientRequest.
@@ -396,48 +315,5 @@ pub fn patient_request(email: &str, password: &str) -> RegisterPatientRequest {
         accepted_privacy_version: "2025-01".to_owned(),
         marketing_opt_in: false,
         sms_opt_in: false,
-    }
-}
-
-/// Asserts `status` is `code` and, when given, carries `reason`; returns the violated fields.
-pub fn assert_status(
-    status: &tonic::Status,
-    code: tonic::Code,
-    reason: Option<&str>,
-) -> Vec<String> {
-    assert_eq!(status.code(), code, "unexpected status: {status:?}");
-    let d = carehub_platform::errors::details_of(status);
-    if let Some(r) = reason {
-        assert_eq!(
-            d.reason.as_deref(),
-            Some(r),
-            "unexpected reason: {status:?}"
-        );
-    }
-    d.field_violations.into_iter().map(|(f, _)| f).collect()
-}
-
-/// A key source the test can rotate while identity runs.
-#[derive(Default)]
-pub struct RotatingKeys(std::sync::RwLock<StaticKeys>);
-
-impl RotatingKeys {
-    pub fn new() -> Arc<Self> {
-        Arc::new(RotatingKeys(std::sync::RwLock::new(StaticKeys::generate())))
-    }
-
-    /// Adds a version of `name` and makes it current; returns its number.
-    pub fn rotate(&self, name: KeyName) -> u32 {
-        let mut keys = self.0.write().unwrap();
-        let mut versions: KeyVersions = keys.versions(name).unwrap().as_ref().clone();
-        let next = versions.rotate();
-        *keys = keys.clone().with(name, versions);
-        next
-    }
-}
-
-impl KeySource for RotatingKeys {
-    fn versions(&self, name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
-        self.0.read().unwrap().versions(name)
     }
 }

@@ -6,7 +6,7 @@
 //! through the blind index, also after the blind-index key is rotated, and a ciphertext moved
 //! to another user's row is refused.
 
-mod common;
+use crate::common;
 
 use carehub_identity::domain::totp;
 use carehub_platform::keys::KeyName;

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The JWKS document on the plain-HTTP admin port verifies identity's access tokens.
 
-mod common;
+use crate::common;
 
 use carehub_platform::jwt;
 use common::PASSWORD;

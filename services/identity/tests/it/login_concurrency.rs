@@ -4,7 +4,7 @@
 //! RetryInfo, other RPCs keep working, memory stays bounded), and every counted failure is
 //! audited.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -216,18 +216,7 @@ async fn a_burst_of_pin_guesses_gets_five_checks_and_revokes_the_device() {
     app.register_patient("pin@example.org", PASSWORD).await;
     let t = app.login("pin@example.org", PASSWORD).await;
     let client = app.public("gateway").await;
-    let device = client
-        .clone()
-        .enroll_device_pin(app.with_token(
-            EnrollDevicePinRequest {
-                pin: "482916".into(),
-                device_name: "Pixel 9".into(),
-            },
-            &t.access_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let device = app.enroll_device_pin(&t.access_token, "482916").await;
     let checks_before = app.state().hasher.verifications();
     let events_before = audit_count(&app, "identity.login", true).await;
     let mut tasks = Vec::new();

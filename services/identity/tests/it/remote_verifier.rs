@@ -4,7 +4,7 @@
 //! feed goes quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -244,7 +244,7 @@ async fn tokens_are_refused_once_the_revocation_feed_is_stale() {
     verifier.verify(&token).await.unwrap();
 
     // Identity goes away: after the staleness limit the verifier no longer vouches for tokens.
-    let identity = app.identity.take().unwrap();
+    let identity = app.take_identity().unwrap();
     identity.server.shutdown().await.unwrap();
     eventually(Duration::from_secs(30), "stale feed refused", || {
         let (v, t) = (verifier.clone(), token.clone());

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Login, MFA, PIN, refresh, logout, sessions, passwords and keys over real mTLS and Postgres.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -840,17 +840,7 @@ async fn device_pin_unlock_and_revocation_after_five_failures() {
     app.register_patient("kim@example.org", PASSWORD).await;
     let t = app.login("kim@example.org", PASSWORD).await;
     let mut c = app.public("gateway").await;
-    let device = c
-        .enroll_device_pin(app.with_token(
-            EnrollDevicePinRequest {
-                pin: "482916".into(),
-                device_name: "Pixel 9".into(),
-            },
-            &t.access_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let device = app.enroll_device_pin(&t.access_token, "482916").await;
     let unlock = |secret: &str, pin: &str| UnlockWithPinRequest {
         device_id: device.device_id.clone(),
         device_secret: secret.to_owned(),

@@ -5,7 +5,7 @@
 //!
 //! Time is moved by back-dating `signing_key_versions.first_seen_at`, not by waiting.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

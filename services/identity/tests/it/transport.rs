@@ -2,7 +2,7 @@
 //! Identity's gRPC port speaks mTLS only: a client without a certificate, with a certificate
 //! from another CA, or in plaintext never reaches a handler (and writes nothing).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

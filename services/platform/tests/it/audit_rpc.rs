@@ -4,7 +4,7 @@
 //! service's own policy says; events carry the caller, the gateway-forwarded address and the
 //! request id; listing pages; verification over the RPC finds tampering.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 //!
 //! One test per binary: telemetry installs the process-wide subscriber once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,7 @@ use carehub_platform::db::TestDatabase;
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::keys::StaticKeys;
 use carehub_platform::server::ServiceHost;
-use carehub_platform::tls::TlsStore;
-use carehub_platform::{client, telemetry};
+use carehub_platform::telemetry;
 use common::audited::{self, Audited};
 use common::otlp::{attr, hex, Receiver};
 use common::*;
@@ -78,21 +77,7 @@ async fn the_audit_event_is_on_the_span_of_the_rpc_and_the_row_has_its_trace_id(
         .start(pending_forever())
         .await
         .unwrap();
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = client::connect(
-        &format!("https://{}", running.grpc_addr),
-        &store,
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let channel = connect_as(&pki, running.grpc_addr, "gateway", "localhost").await;
 
     let root = tracing::info_span!("test.root");
     let root_trace = root.context().span().span_context().trace_id().to_string();

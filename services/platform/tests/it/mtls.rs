@@ -2,7 +2,7 @@
 //! mTLS end to end: a real `ServiceHost` on 127.0.0.1:0 with certificates from an in-memory
 //! dev CA; clients with and without valid certificates; hot reload; graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,17 +105,8 @@ async fn mtls_accepts_our_workloads_only_and_reports_the_peer() {
     let addr = running.grpc_addr;
 
     // A workload of our CA: health SERVING, and the server sees which workload called.
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = client::connect(&target(addr), &store, "localhost")
-        .await
-        .unwrap();
+    let store = client_store(&pki, "gateway");
+    let channel = connect_as(&pki, addr, "gateway", "localhost").await;
     assert_eq!(
         check(channel.clone(), "").await.unwrap(),
         ServingStatus::Serving as i32
@@ -313,14 +304,7 @@ async fn rotated_certificates_are_served_without_restart() {
         .start(pending_forever())
         .await
         .unwrap();
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
+    let store = client_store(&pki, "gateway");
     assert_eq!(peer_serial(running.grpc_addr, &store).await, original);
 
     // Rotate the server certificate on disk.
@@ -411,17 +395,8 @@ async fn shutdown_turns_health_not_serving_before_the_listener_closes() {
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
 
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = client::connect(&target(addr), &store, "localhost")
-        .await
-        .unwrap();
+    let store = client_store(&pki, "gateway");
+    let channel = connect_as(&pki, addr, "gateway", "localhost").await;
     let mut health = HealthClient::new(channel);
     let mut watch = health
         .watch(HealthCheckRequest {
@@ -525,17 +500,7 @@ async fn whoami_server() -> (
         .start(pending_forever())
         .await
         .unwrap();
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = client::connect(&target(running.grpc_addr), &store, "localhost")
-        .await
-        .unwrap();
+    let channel = connect_as(&pki, running.grpc_addr, "gateway", "localhost").await;
     (dir, running, channel)
 }
 

@@ -4,7 +4,7 @@
 //! `""` follows readiness, `"liveness"` stays SERVING while the process answers — and nothing
 //! else of the gRPC API reachable there.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -4,15 +4,14 @@
 //!
 //! One test per binary: telemetry installs the process-wide subscriber once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use carehub_platform::config::{LogFormat, TelemetryConfig};
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::server::ServiceHost;
-use carehub_platform::tls::TlsStore;
-use carehub_platform::{client, telemetry};
+use carehub_platform::telemetry;
 use common::otlp::{attr, hex, Receiver};
 use common::*;
 use opentelemetry::trace::TraceContextExt as _;
@@ -50,21 +49,7 @@ async fn server_span_continues_the_client_trace() {
         .await
         .unwrap();
 
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = client::connect(
-        &format!("https://{}", running.grpc_addr),
-        &store,
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let channel = connect_as(&pki, running.grpc_addr, "gateway", "localhost").await;
 
     let root = tracing::info_span!("test.root");
     let root_cx = root.context();

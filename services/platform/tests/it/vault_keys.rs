@@ -4,7 +4,7 @@
 //! background refresh. Each `both_backends!` test runs against the Vault API double and — when
 //! `VAULT_ADDR`/`VAULT_TOKEN` are set — against a real Vault.
 
-mod vault_support;
+use crate::vault_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! key lookups fail closed and /readyz and gRPC health report not serving; when Vault returns,
 //! the next refresh recovers. Sealed and slow Vaults behave like unreachable ones.
 
-mod common;
-mod vault_support;
+use crate::common;
+use crate::vault_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! it, renews it at two thirds of its lifetime and keeps serving with the new one after the
 //! first has expired. Runs against the double and, when configured, a real Vault.
 
-mod vault_support;
+use crate::vault_support;
 
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! makes zero Vault requests per call once warmed up — counted both by the client
 //! (`vault_requests_total`) and by the Vault API double itself.
 
-mod common;
-mod vault_support;
+use crate::common;
+use crate::vault_support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use carehub_platform::keys::vault::{vault_requests_total, VaultConn};
 use carehub_platform::keys::vault_keys::VaultKeys;
 use carehub_platform::keys::KeySource;
 use carehub_platform::server::ServiceHost;
-use carehub_platform::tls::TlsStore;
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use tonic::body::Body;
@@ -117,21 +116,7 @@ async fn rpcs_make_no_vault_requests_once_keys_are_cached() {
         .start(common::pending_forever())
         .await
         .unwrap();
-    let gateway = pki.issue("gateway").unwrap();
-    let store = TlsStore::from_pem(
-        &gateway.cert_pem,
-        &gateway.key_pem,
-        &pki.ca_pem,
-        common::TRUST_DOMAIN,
-    )
-    .unwrap();
-    let channel = carehub_platform::client::connect(
-        &format!("https://{}", running.grpc_addr),
-        &store,
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let channel = common::connect_as(&pki, running.grpc_addr, "gateway", "localhost").await;
 
     // Warm-up: the first call creates the subject's data key.
     assert_eq!(roundtrip(channel.clone(), "warm-up").await, "warm-up");

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 //! Shared helpers for the platform's integration tests: a dev PKI on disk, a config that binds
-//! port 0, a tiny `test.Whoami/Get` service answering the caller's workload, raw HTTP GET.
+//! port 0, a tiny `test.Whoami/Get` service answering the caller's workload; mTLS clients and a
+//! raw HTTP GET come from the test kit.
 
 pub mod audited;
 pub mod otlp;
@@ -14,8 +15,10 @@ use carehub_platform::config::PlatformConfig;
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::tls::PeerInfo;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::body::Body;
+
+pub use carehub_testkit::grpc::http_get;
+pub use carehub_testkit::pki::{client_store, connect_as};
 
 pub const TRUST_DOMAIN: &str = "carehub.test";
 
@@ -101,30 +104,6 @@ where
         )
         .await?;
     Ok(response.into_inner())
-}
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 pub fn pending_forever() -> impl std::future::Future<Output = ()> + Send + 'static {
