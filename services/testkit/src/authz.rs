@@ -154,22 +154,43 @@ impl CallerKind {
 pub enum Outcome {
     /// Past authorization: any answer but PERMISSION_DENIED or UNAUTHENTICATED.
     Allow,
+    /// Past authorization, and then refused with this code (not PERMISSION_DENIED or
+    /// UNAUTHENTICATED): e.g. NOT_FOUND for another user's session, which a service does not
+    /// admit exists.
+    Refused(Code),
     /// Refused with this code (PERMISSION_DENIED or UNAUTHENTICATED) and `ErrorInfo` reason.
     Deny(Code, &'static str),
 }
 
+fn is_denial(code: Code) -> bool {
+    matches!(code, Code::PermissionDenied | Code::Unauthenticated)
+}
+
 impl Outcome {
-    /// What a call came to.
-    pub fn of(result: &Result<(), tonic::Status>) -> Outcome {
-        match result {
-            Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated) => {
-                let reason = crate::grpc::reason(s).unwrap_or_default();
-                // Reasons are a closed vocabulary; leaking a few bytes per distinct reason
-                // seen in a test run keeps `Outcome` Copy and comparable with the table.
-                Outcome::Deny(s.code(), Box::leak(reason.into_boxed_str()))
+    /// Whether `result` is this outcome.
+    pub fn matches(self, result: &Result<(), tonic::Status>) -> bool {
+        match (self, result) {
+            (Outcome::Allow, Ok(())) => true,
+            (Outcome::Allow, Err(s)) => !is_denial(s.code()),
+            (Outcome::Refused(code), Err(s)) => s.code() == code,
+            (Outcome::Deny(code, reason), Err(s)) => {
+                s.code() == code && crate::grpc::reason(s).as_deref() == Some(reason)
             }
-            _ => Outcome::Allow,
+            (Outcome::Refused(_) | Outcome::Deny(..), Ok(())) => false,
         }
+    }
+}
+
+/// What a call came to, for a report: `ok`, or the code and reason.
+pub fn describe(result: &Result<(), tonic::Status>) -> String {
+    match result {
+        Ok(()) => "ok".to_owned(),
+        Err(s) => format!(
+            "{:?} {} ({})",
+            s.code(),
+            crate::grpc::reason(s).unwrap_or_default(),
+            s.message()
+        ),
     }
 }
 
@@ -177,6 +198,7 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Allow => f.write_str("allow"),
+            Outcome::Refused(code) => write!(f, "allow, then {code:?}"),
             Outcome::Deny(code, reason) => write!(f, "deny {code:?} {reason}"),
         }
     }
@@ -195,9 +217,8 @@ pub struct Mismatch {
     pub rpc: String,
     pub caller: &'static str,
     pub expected: Outcome,
-    pub got: Outcome,
-    /// The status, when the call failed.
-    pub status: Option<String>,
+    /// What it came to ([`describe`]).
+    pub got: String,
 }
 
 /// The authorization matrix: RPCs × caller kinds, each cell an [`Outcome`] or not applicable.
@@ -288,14 +309,12 @@ impl Matrix {
             for (caller, expected) in self.callers.iter().zip(cells) {
                 let Some(expected) = *expected else { continue };
                 let result = call(rpc.clone(), caller.clone()).await;
-                let got = Outcome::of(&result);
-                if got != expected {
+                if !expected.matches(&result) {
                     mismatches.push(Mismatch {
                         rpc: rpc.clone(),
                         caller: caller.label,
                         expected,
-                        got,
-                        status: result.err().map(|s| format!("{s:?}")),
+                        got: describe(&result),
                     });
                 }
             }
@@ -314,15 +333,8 @@ impl Matrix {
             .iter()
             .map(|m| {
                 format!(
-                    "{} as {}: expected {}, got {}{}",
-                    m.rpc,
-                    m.caller,
-                    m.expected,
-                    m.got,
-                    m.status
-                        .as_ref()
-                        .map(|s| format!(" ({s})"))
-                        .unwrap_or_default()
+                    "{} as {}: expected {}, got {}",
+                    m.rpc, m.caller, m.expected, m.got
                 )
             })
             .collect();
@@ -419,25 +431,29 @@ mod tests {
             .await;
         let got: Vec<(String, &str, String)> = mismatches
             .iter()
-            .map(|m| (m.rpc.clone(), m.caller, m.got.to_string()))
+            .map(|m| (m.rpc.clone(), m.caller, m.got.clone()))
             .collect();
         assert_eq!(
             got,
             [
-                ("/s.S/A".to_owned(), "patient", "allow".to_owned()),
+                ("/s.S/A".to_owned(), "patient", "ok".to_owned()),
                 (
                     "/s.S/B".to_owned(),
                     "records",
-                    "deny Unauthenticated UNAUTHENTICATED_TOKEN".to_owned()
+                    "Unauthenticated UNAUTHENTICATED_TOKEN (no)".to_owned()
                 ),
             ]
         );
-        // A refusal that is not an authorization refusal counts as allowed.
-        let m = two_callers().row("/s.S/A", ". -");
-        assert!(m
+        // A refusal that is not an authorization refusal counts as allowed; a refusal the
+        // table names must be that one.
+        let m = two_callers()
+            .legend('n', Outcome::Refused(Code::NotFound))
+            .row("/s.S/A", ". n");
+        let mismatches = m
             .check(|_, _| async { Err(tonic::Status::invalid_argument("bad")) })
-            .await
-            .is_empty());
+            .await;
+        assert_eq!(mismatches.len(), 1);
+        assert_eq!(mismatches[0].caller, "patient");
     }
 
     #[test]

@@ -194,6 +194,11 @@ impl TestApp {
     /// An access token for `account` on a fresh session inserted directly (password method),
     /// for tests that are not about logging in.
     pub async fn token_for(&self, account: &Account) -> String {
+        self.session_token_for(account).await.1
+    }
+
+    /// Like [`TestApp::token_for`]: (the new session's id, the access token).
+    pub async fn session_token_for(&self, account: &Account) -> (Uuid, String) {
         let state = self.state();
         let session_id = Uuid::now_v7();
         let lifetime = i64::try_from(state.settings.session_lifetime_secs).unwrap();
@@ -210,7 +215,7 @@ impl TestApp {
         .await
         .expect("inserting a session");
         let amr = vec!["pwd".to_owned()];
-        carehub_identity::token::issue_access_token(
+        let token = carehub_identity::token::issue_access_token(
             &state,
             &carehub_identity::token::TokenSubject {
                 user_id: account.id,
@@ -221,8 +226,8 @@ impl TestApp {
                 session_expires_at: expires_at,
             },
         )
-        .expect("issuing a token")
-        .token
+        .expect("issuing a token");
+        (session_id, token.token)
     }
 
     /// The account of a user id (for [`TestApp::token_for`] after RegisterPatient).

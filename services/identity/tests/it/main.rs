@@ -6,6 +6,7 @@ mod launch;
 
 mod accounts;
 mod audit_events;
+mod authz;
 mod bad_input;
 mod encryption;
 mod jwks;
