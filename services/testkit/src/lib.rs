@@ -7,6 +7,7 @@
 //!   file, rotatable keys and the Vault API double.
 //! - [`grpc`] — request metadata (bearer token, idempotency key), status assertions, plain HTTP.
 //! - [`users`] — signing in through identity's public API; the roles to sign in.
+//! - [`process`] — running a test in a process of its own under `cargo test` too.
 //! - [`authz`] — the authorization check: every RPC of a mounted service has a policy rule, and a
 //!   table-driven runner compares allow/deny for each kind of caller with the table.
 //!
@@ -19,6 +20,7 @@ pub mod db;
 pub mod grpc;
 pub mod keys;
 pub mod pki;
+pub mod process;
 pub mod service;
 pub mod users;
 

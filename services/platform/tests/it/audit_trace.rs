@@ -40,6 +40,12 @@ impl TokenVerifier for NoTokens {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_event_is_on_the_span_of_the_rpc_and_the_row_has_its_trace_id() {
+    // Installs the process's tracer provider: needs a process of its own.
+    if !carehub_testkit::process::in_own_process(
+        "audit_trace::the_audit_event_is_on_the_span_of_the_rpc_and_the_row_has_its_trace_id",
+    ) {
+        return;
+    }
     let receiver = Receiver::default();
     let (otlp_addr, collector) = receiver.start().await;
     let guard = telemetry::init(

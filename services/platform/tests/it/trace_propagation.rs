@@ -23,6 +23,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_span_continues_the_client_trace() {
+    // Installs the process's tracer provider: needs a process of its own.
+    if !carehub_testkit::process::in_own_process(
+        "trace_propagation::server_span_continues_the_client_trace",
+    ) {
+        return;
+    }
     // The OTLP receiver (plaintext, like a local collector).
     let receiver = Receiver::default();
     let (otlp_addr, collector) = receiver.start().await;
