@@ -4,7 +4,9 @@
 //!   key file (or keys the test holds) and in-memory sandboxes: [`service::TestService`].
 //! - [`db`], [`pki`], [`keys`] — the pieces on their own: a throwaway database on the Postgres at
 //!   `DATABASE_URL`, a dev CA with workload certificates and mTLS clients, the development key
-//!   file, rotatable keys and the Vault API double.
+//!   file, rotatable keys and the Vault API double; [`vault`] sets Vault up through its API (the
+//!   double, or a real Vault for the live tests) and declares a test for both
+//!   (`both_backends!`).
 //! - [`grpc`] — request metadata (bearer token, idempotency key), status assertions, plain HTTP.
 //! - [`users`] — signing in through identity's public API; the roles to sign in.
 //! - [`process`] — running a test in a process of its own under `cargo test` too.
@@ -23,6 +25,7 @@ pub mod pki;
 pub mod process;
 pub mod service;
 pub mod users;
+pub mod vault;
 
 pub use carehub_platform::vault_double;
 pub use db::TestDb;

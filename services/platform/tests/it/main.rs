@@ -1,9 +1,10 @@
 //! The platform's integration tests: one test binary, one module per area.
 
-mod common;
-// First, so that `both_backends!` is in scope in the modules below.
+// `both_backends!` (the Vault tests against the double and a live Vault) for every module.
 #[macro_use]
-mod vault_support;
+extern crate carehub_testkit;
+
+mod common;
 
 mod audit;
 mod audit_rpc;

@@ -4,8 +4,6 @@
 //! background refresh. Each `both_backends!` test runs against the Vault API double and — when
 //! `VAULT_ADDR`/`VAULT_TOKEN` are set — against a real Vault.
 
-use crate::vault_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use carehub_platform::config::VaultAuthMethod;
 use carehub_platform::keys::vault::{VaultConn, VaultError};
 use carehub_platform::keys::vault_keys::VaultKeys;
 use carehub_platform::keys::{KeyName, KeySource};
-use vault_support::{keys_config, TestVault};
+use carehub_testkit::vault::{keys_config, TestVault};
 
 async fn fetch_and_cache(vault: &TestVault, version: u8) {
     let mount = vault.enable_kv(version).await;

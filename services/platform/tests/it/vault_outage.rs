@@ -5,7 +5,6 @@
 //! the next refresh recovers. Sealed and slow Vaults behave like unreachable ones.
 
 use crate::common;
-use crate::vault_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +13,10 @@ use carehub_platform::keys::vault::{VaultConn, VaultError};
 use carehub_platform::keys::vault_keys::VaultKeys;
 use carehub_platform::keys::{self, KeyError, KeyName, KeySource};
 use carehub_platform::server::ServiceHost;
+use carehub_testkit::vault::{keys_config, TestVault};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use vault_support::{keys_config, TestVault};
 
 /// gRPC health of the whole server, as a Kubernetes gRPC probe asks it.
 async fn grpc_health(addr: std::net::SocketAddr, pki: &carehub_platform::devcerts::DevPki) -> i32 {

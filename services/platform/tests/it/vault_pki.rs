@@ -4,8 +4,6 @@
 //! it, renews it at two thirds of its lifetime and keeps serving with the new one after the
 //! first has expired. Runs against the double and, when configured, a real Vault.
 
-use crate::vault_support;
-
 use std::time::Duration;
 
 use carehub_platform::client;
@@ -13,11 +11,11 @@ use carehub_platform::config::{PlatformConfig, TlsSource};
 use carehub_platform::keys::vault::{VaultConn, VaultError};
 use carehub_platform::server::ServiceHost;
 use carehub_platform::tls::{self, TlsStore};
+use carehub_testkit::vault::TestVault;
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use vault_support::TestVault;
 
 const TRUST_DOMAIN: &str = "carehub.test";
 

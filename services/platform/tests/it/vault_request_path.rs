@@ -5,7 +5,6 @@
 //! (`vault_requests_total`) and by the Vault API double itself.
 
 use crate::common;
-use crate::vault_support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +16,10 @@ use carehub_platform::keys::vault::{vault_requests_total, VaultConn};
 use carehub_platform::keys::vault_keys::VaultKeys;
 use carehub_platform::keys::KeySource;
 use carehub_platform::server::ServiceHost;
+use carehub_testkit::vault::{keys_config, TestVault};
 use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use tonic::body::Body;
-use vault_support::{keys_config, TestVault};
 
 static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
 

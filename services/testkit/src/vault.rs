@@ -1,5 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
-//! One harness for the Vault tests, over either backend:
+//! One harness for the Vault tests of any service, over either backend:
 //!
 //! - the in-process Vault API double (`carehub_platform::vault_double`), always;
 //! - a real Vault when `VAULT_ADDR` and `VAULT_TOKEN` (a root or operator token) are set — the
@@ -279,14 +278,14 @@ macro_rules! both_backends {
     ($double:ident, $live:ident, $body:path) => {
         #[tokio::test]
         async fn $double() {
-            let vault = $crate::vault_support::TestVault::double().await;
+            let vault = $crate::vault::TestVault::double().await;
             $body(&vault).await;
         }
 
         #[tokio::test]
         #[ignore = "needs VAULT_ADDR/VAULT_TOKEN (real Vault)"]
         async fn $live() {
-            let vault = $crate::vault_support::TestVault::live(stringify!($live))
+            let vault = $crate::vault::TestVault::live(stringify!($live))
                 .await
                 .expect("live Vault tests need VAULT_ADDR and VAULT_TOKEN (a real Vault)");
             $body(&vault).await;
