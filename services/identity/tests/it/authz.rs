@@ -172,6 +172,35 @@ fn the_matrix_has_a_row_for_every_rpc() {
     matrix().assert_covers(&rpcs);
 }
 
+#[tokio::test]
+async fn a_user_of_every_role_signs_in_and_is_that_role() {
+    let app = common::spawn().await;
+    let users = app.sign_in_every_role("roles").await;
+    assert_eq!(users.iter().map(|u| u.role).collect::<Vec<_>>(), PRole::ALL);
+    let mut c = app.public("gateway").await;
+    for u in &users {
+        let me = c
+            .get_profile(with_token(
+                tonic::Request::new(GetProfileRequest {}),
+                &u.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(me.user_id, u.user_id);
+        assert_eq!(me.email, u.email);
+        let role = match u.role {
+            PRole::Patient => Role::Patient,
+            PRole::Provider => Role::Provider,
+            PRole::Staff => Role::Staff,
+            PRole::Billing => Role::Billing,
+            PRole::Admin => Role::Admin,
+        };
+        assert_eq!(me.roles, [role as i32], "{}", u.role);
+    }
+    app.shutdown().await;
+}
+
 /// The caller's token, when it has a user, and an idempotency key on every call.
 struct Meta {
     key: String,

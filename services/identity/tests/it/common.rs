@@ -26,6 +26,7 @@ use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClien
 use carehub_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use carehub_proto::identity::v1::*;
 use carehub_testkit::service::TestService;
+use carehub_testkit::users::SignedIn;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -150,6 +151,22 @@ impl TestApp {
     /// Logs in through the gateway; panics unless tokens come back (no MFA).
     pub async fn login(&self, email: &str, password: &str) -> AuthTokens {
         carehub_testkit::users::login(self.channel("gateway").await, email, password).await
+    }
+
+    /// One user of each role (made through the store with [`PASSWORD`]), signed in through the
+    /// gateway: emails `<tag>-<role>@example.org`.
+    pub async fn sign_in_every_role(&self, tag: &str) -> Vec<SignedIn> {
+        carehub_testkit::users::sign_in_every_role(
+            tag,
+            |role, email| async move {
+                self.create_user_with_role(&email, role, PASSWORD)
+                    .await
+                    .id
+                    .to_string()
+            },
+            |email| async move { self.login(&email, PASSWORD).await.access_token },
+        )
+        .await
     }
 
     /// Enrolls a device PIN for the holder of `access_token` through the gateway.
