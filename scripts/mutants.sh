@@ -9,11 +9,13 @@
 #
 # Groups, and the only tests each mutant runs (test selection kept tight on purpose):
 #   auth      platform/src/auth/{mod,verified}.rs  platform unit tests
-#   remote    platform/src/auth/remote.rs       identity tests/remote_verifier.rs (a real identity)
-#   audit     platform/src/audit/{verify,chain}.rs  platform unit tests + tests/audit.rs
-#   crypto    platform/src/crypto/format.rs     platform unit tests + tests/crypto.rs
-#   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/login_concurrency.rs
-#   policy    identity/src/api/policy.rs        identity tests/transport.rs + tests/accounts.rs
+#   remote    platform/src/auth/remote.rs       identity tests/it/remote_verifier.rs (a real identity)
+#   audit     platform/src/audit/{verify,chain}.rs  platform unit tests + tests/it/audit.rs
+#   crypto    platform/src/crypto/format.rs     platform unit tests + tests/it/crypto.rs
+#   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/it/login_concurrency.rs
+#   policy    identity/src/api/policy.rs        identity tests/it/{authz,transport,accounts}.rs
+# Each crate's integration tests are one binary (`it`); a group picks its modules with a nextest
+# filter expression (no spaces in it: the arguments below are split on spaces).
 #
 # Mutants that survive because they are equivalent (no behaviour can tell them apart) are
 # excluded, each with its reason, in .cargo/mutants.toml (exclude_re). Any other survivor
@@ -39,11 +41,11 @@ jobs="${MUTANTS_JOBS:-1}"
 group_args() {
   case "$1" in
     auth) echo "-f services/platform/src/auth/mod.rs -f services/platform/src/auth/verified.rs -- --lib" ;;
-    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity -- --test remote_verifier" ;;
-    audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -- --lib --test audit" ;;
-    crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test crypto" ;;
-    throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test login_concurrency" ;;
-    policy) echo "-f services/identity/src/api/policy.rs -- --test transport --test accounts" ;;
+    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity -- --test it -E test(/^remote_verifier::/)" ;;
+    audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -- --lib --test it -E kind(lib)|test(/^audit::/)" ;;
+    crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test it -E kind(lib)|test(/^crypto::/)" ;;
+    throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
+    policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;
     *) return 1 ;;
   esac
 }

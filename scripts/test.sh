@@ -93,8 +93,9 @@ else
   cargo test --workspace --locked --no-fail-fast || status=$?
 fi
 
-# The live Vault suite: the ignored `*_live` tests of the Vault test binaries, only with a Vault.
-live_tests=(--test vault_keys --test vault_pki)
+# The live Vault suite: the ignored `*_live` tests (modules vault_keys and vault_pki of the
+# platform's one test binary, `it`), only with a Vault.
+live_tests=(--test it)
 if [ -n "$live_vault" ]; then
   log "live Vault tests against $VAULT_ADDR"
   if command -v cargo-nextest >/dev/null; then

@@ -26,7 +26,7 @@
 //! count the HTTP requests it answered.
 //!
 //! The same tests also run against a real Vault when `VAULT_ADDR` and `VAULT_TOKEN` are set (see
-//! services/platform/tests/vault_support), so where the double and Vault differ, the live suite
+//! carehub_testkit::vault), so where the double and Vault differ, the live suite
 //! shows it.
 
 mod auth;

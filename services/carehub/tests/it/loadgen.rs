@@ -1,0 +1,137 @@
+//! Smoke run of `carehub loadgen` against a real identity server (real Postgres, real mTLS,
+//! development certificates): a second or so per scenario, every scenario free of errors;
+//! and the load generator exits non-zero when a scenario reports errors (the server stops
+//! in the middle of a steady state). Speed is not asserted: scripts/bench.sh measures it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use carehub_testkit::service::TestService;
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::identity_launch::{IdentityUnderTest, TRUST_DOMAIN};
+
+/// Identity as its own tests run it, plus a gateway certificate in its directory for loadgen.
+async fn identity() -> TestService<IdentityUnderTest> {
+    let id = TestService::<IdentityUnderTest>::start(TRUST_DOMAIN, |_| {}).await;
+    id.pki()
+        .ca()
+        .issue("gateway")
+        .unwrap()
+        .write_to(id.dir(), "gateway")
+        .unwrap();
+    id
+}
+
+fn loadgen(
+    dir: &Path,
+    id: &TestService<IdentityUnderTest>,
+    scenarios: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
+    cmd.arg("loadgen")
+        .args(scenarios)
+        .arg("--cert")
+        .arg(dir.join("gateway.pem"))
+        .arg("--key")
+        .arg(dir.join("gateway-key.pem"))
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .args(["--identity", &format!("https://{}", id.grpc_addr)])
+        .args(["--admin", &id.admin_addr.to_string()])
+        .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
+        .args(["--login-in-flight", "2", "--payload-bytes", "64"])
+        .env_remove("CAREHUB_DATABASE_URL")
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
+    let mut id = identity().await;
+    let dir = id.dir().to_owned();
+
+    // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it).
+    let out = loadgen(&dir, &id, &["echo", "identity"])
+        .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
+        .output()
+        .await
+        .unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["ok"], true, "{text}");
+    let scenarios = report["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for want in [
+        "echo",
+        "signing-keys",
+        "profile-read",
+        "profile-read-half",
+        "profile-update",
+        "refresh",
+        "login",
+        "mixed",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {text}");
+    }
+    for s in scenarios {
+        assert_eq!(s["error_count"], 0, "{text}");
+        assert!(s["requests"].as_u64().unwrap() > 0, "{text}");
+        assert!(s["p99_ms"].as_f64().unwrap() > 0.0, "{text}");
+        assert!(s["ratio_to_echo"].as_f64().is_some(), "{text}");
+    }
+    // The steady-state counters are read from identity's /metrics.
+    let read = scenarios
+        .iter()
+        .find(|s| s["name"] == "profile-read")
+        .unwrap();
+    for counter in ["vault_requests", "tls_handshakes", "db_connections_opened"] {
+        assert!(
+            read["steady_state"][counter].as_f64().is_some(),
+            "{counter} not read from /metrics: {text}"
+        );
+    }
+
+    // Errors in a steady state fail the run: identity stops while profile-read measures.
+    let mut child = loadgen(&dir, &id, &["profile-read"])
+        .args(["--warmup", "0.2", "--duration", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("loadgen progress in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("loadgen ended before measuring: {seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("measure") {
+            break;
+        }
+    }
+    let running = id.take_running().unwrap();
+    running.server.shutdown().await.unwrap();
+    let mut rest = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "{seen}{rest}");
+    assert!(rest.contains("scenarios reported errors"), "{seen}{rest}");
+    assert!(rest.contains("profile-read"), "{seen}{rest}");
+
+    running.state.pool.close().await;
+    id.shutdown().await;
+}
