@@ -7,13 +7,16 @@ extern crate carehub_testkit;
 mod common;
 
 mod audit;
+mod audit_page_tokens;
 mod audit_rpc;
 mod audit_trace;
+mod call;
 mod crypto;
 mod crypto_rotation;
 mod idempotency;
 mod keys_file;
 mod mtls;
+mod outbox;
 mod probes;
 mod trace_propagation;
 mod vault_keys;

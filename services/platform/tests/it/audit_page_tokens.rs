@@ -3,10 +3,10 @@
 //! subject's listing sent with another subject (or another time range) is refused with
 //! INVALID_ARGUMENT on `page.page_token`, never read as a position in the other listing.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::audited::{self, Audited};
+use crate::common::*;
 use carehub_platform::client;
 use carehub_platform::db::TestDatabase;
 use carehub_platform::devcerts::DevPki;
@@ -17,8 +17,6 @@ use carehub_platform::tls::TlsStore;
 use carehub_proto::audit::v1::audit_log_client::AuditLogClient;
 use carehub_proto::audit::v1::{list_events_request::Filter, ListEventsRequest};
 use carehub_proto::common::v1::PageRequest;
-use common::audited::{self, Audited};
-use common::*;
 use sqlx::migrate::Migrator;
 use tonic::Code;
 use uuid::Uuid;

@@ -3,12 +3,12 @@
 //! one is refused with INVALID_ARGUMENT on `page.page_token`, never shown a page of theirs from
 //! that position; an edited token is refused as such.
 
-mod common;
+use crate::common;
 
+use crate::common::{assert_status, PASSWORD};
 use carehub_platform::paging::TokenError;
 use carehub_proto::common::v1::PageRequest;
 use carehub_proto::identity::v1::*;
-use common::{assert_status, PASSWORD};
 use tonic::Code;
 
 fn page(token: &str) -> ListSessionsRequest {

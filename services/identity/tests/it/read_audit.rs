@@ -3,11 +3,11 @@
 //! (actor user or workload), whose data (subject) and why (purpose); a read whose event cannot
 //! be recorded is refused, never answered (real Postgres, real mTLS).
 
-mod common;
+use crate::common;
 
+use crate::common::{PASSWORD, *};
 use carehub_platform::auth::Role as PRole;
 use carehub_proto::identity::v1::*;
-use common::{PASSWORD, *};
 use tonic::Code;
 use uuid::Uuid;
 

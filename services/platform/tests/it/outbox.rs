@@ -8,13 +8,12 @@
 //!   `carehub outbox retry` runs) revives it;
 //! - two relays on one database never deliver the same row at the same time (a storm).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use carehub_platform::admin::Metrics;
 use carehub_platform::db::TestDatabase;
 use carehub_platform::devcerts::DevPki;
@@ -27,7 +26,6 @@ use carehub_platform::server::{RunningServer, ServiceHost};
 use carehub_platform::tls::{PeerInfo, TlsStore};
 use carehub_proto::common::v1::account_events_server::{AccountEvents, AccountEventsServer};
 use carehub_proto::identity::v1::{AccountStatus, AccountStatusChanged};
-use common::*;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};

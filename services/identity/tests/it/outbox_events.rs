@@ -8,19 +8,18 @@
 //!
 //! One test per binary: telemetry installs the process-wide subscriber once.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{assert_status, PASSWORD};
 use carehub_platform::config::{LogFormat, OutboxTarget, PlatformConfig, TelemetryConfig};
 use carehub_platform::server::ServiceHost;
 use carehub_platform::telemetry;
 use carehub_platform::tls::PeerInfo;
 use carehub_proto::common::v1::account_events_server::{AccountEvents, AccountEventsServer};
 use carehub_proto::identity::v1::*;
-use common::{assert_status, PASSWORD};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Code, Request, Response, Status};
 
 /// One delivery as the subscriber saw it.
@@ -62,13 +61,9 @@ impl AccountEvents for Subscriber {
     }
 }
 
+/// The body of an admin-port page.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    String::from_utf8(raw).unwrap()
+    carehub_testkit::grpc::http_get(addr, path).await.1
 }
 
 async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -84,6 +79,13 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_reaches_the_subscriber_with_the_trace_id_of_the_call() {
+    // telemetry::init installs the process-wide tracer: under `cargo test` this binary's other
+    // tests share the process, so the test runs again in a process of its own.
+    if !carehub_testkit::process::in_own_process(
+        "outbox_events::a_suspension_reaches_the_subscriber_with_the_trace_id_of_the_call",
+    ) {
+        return;
+    }
     let _telemetry = telemetry::init(
         "identity",
         &TelemetryConfig {
