@@ -18,6 +18,7 @@
 //! its event fails closed (INTERNAL) in its first test instead of answering unaudited.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
@@ -27,6 +28,7 @@ use uuid::Uuid;
 use crate::audit::{self, AuditError, AuditEvent, Kind, Purpose};
 use crate::auth::{Caller, UserCaller};
 use crate::idempotency::{self, IdempotencyStore, Once};
+use crate::request::RpcPath;
 
 pub use crate::idempotency::Ran;
 
@@ -44,8 +46,9 @@ pub enum Audited {
 pub struct Call {
     /// Who called: workload (mTLS), user (bearer token), gateway-forwarded address and agent.
     pub caller: Caller,
-    /// The gRPC path, `/carehub.identity.v1.IdentityService/GetProfile`: the idempotency scope.
-    pub rpc: &'static str,
+    /// The gRPC path, `/carehub.identity.v1.IdentityService/GetProfile`, as the server's
+    /// request-id layer read it from the request ([`RpcPath`]): the idempotency scope.
+    pub rpc: Arc<str>,
     /// `x-request-id` (generated when the client sent none).
     pub request_id: Option<String>,
     /// `idempotency-key`, checked only when a mutation asks for it (a reading RPC ignores it).
@@ -56,10 +59,15 @@ pub struct Call {
 }
 
 impl Call {
-    /// The context of `req`, a call of `rpc`. INTERNAL when the auth layer did not run (a
-    /// wiring bug: every served RPC passes it).
-    pub fn new<T>(req: &tonic::Request<T>, rpc: &'static str) -> Result<Call, Status> {
+    /// The context of `req`. INTERNAL when the server's layers did not run (a wiring bug:
+    /// every served RPC passes them): no caller from the auth layer, or no [`RpcPath`].
+    pub fn new<T>(req: &tonic::Request<T>) -> Result<Call, Status> {
         let caller = crate::auth::caller(req)?;
+        let rpc = req
+            .extensions()
+            .get::<RpcPath>()
+            .map(|path| path.0.clone())
+            .ok_or_else(|| crate::errors::internal("the call's RPC path is unknown"))?;
         let request_id = caller
             .request_id
             .clone()
@@ -93,7 +101,7 @@ impl Call {
     ) -> Result<T, E> {
         match (rule, &result) {
             (Audited::Always, Ok(_)) if !self.was_audited() => {
-                tracing::error!(rpc = self.rpc, "answer without an audit event refused");
+                tracing::error!(rpc = %self.rpc, "answer without an audit event refused");
                 Err(crate::errors::internal("answer not audited").into())
             }
             _ => result,
@@ -183,7 +191,7 @@ impl Call {
         F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
     {
         let once = Once {
-            scope: self.rpc,
+            scope: &self.rpc,
             actor,
             key: self.idempotency_key()?,
             request,

@@ -28,6 +28,12 @@ pub type BoxSvc = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+/// The gRPC path of a call (`/carehub.identity.v1.IdentityService/GetProfile`), in request
+/// extensions: handlers learn which RPC they serve from the request, so a name is written only
+/// in the proto and in the policy table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcPath(pub std::sync::Arc<str>);
+
 tokio::task_local! {
     static CURRENT_REQUEST_ID: String;
 }

@@ -59,15 +59,12 @@ const RESET_REQUEST: Audited = Audited::Exempt(
 const PUBLIC_KEYS: Audited = Audited::Exempt("public signing keys only");
 const REVOCATIONS: Audited = Audited::Exempt("session and user ids with instants only");
 
-/// Runs `$handler` as the RPC `$method` of `$service`: builds the call's context, decodes the
-/// request, refuses an answer that `$audited` says must be audited but was not, and maps the
-/// handler's error to a `Status` (the one place identity does).
+/// Runs `$handler` for the call `$req`: builds the call's context (the RPC's path comes from
+/// the request), decodes the request, refuses an answer that `$audited` says must be audited
+/// but was not, and maps the handler's error to a `Status` (the one place identity does).
 macro_rules! rpc {
-    ($self:ident, $req:ident, $service:literal, $method:literal, $audited:expr, $handler:path) => {{
-        let call = Call::new(
-            &$req,
-            concat!("/carehub.identity.v1.", $service, "/", $method),
-        )?;
+    ($self:ident, $req:ident, $audited:expr, $handler:path) => {{
+        let call = Call::new(&$req)?;
         let answer: Result<_, IdentityError> =
             $handler(&$self.state, &call, $req.into_inner()).await;
         call.check_audited($audited, answer)
@@ -88,27 +85,13 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<RegisterPatientRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "RegisterPatient",
-            Audited::Always,
-            registration::register_patient
-        )
+        rpc!(self, req, Audited::Always, registration::register_patient)
     }
     async fn create_user(
         &self,
         req: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "CreateUser",
-            Audited::Always,
-            admin::create_user
-        )
+        rpc!(self, req, Audited::Always, admin::create_user)
     }
     async fn send_verification_code(
         &self,
@@ -117,8 +100,6 @@ impl IdentityService for IdentityApi {
         rpc!(
             self,
             req,
-            "IdentityService",
-            "SendVerificationCode",
             Audited::Always,
             registration::send_verification_code
         )
@@ -127,112 +108,49 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<VerifyContactRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "VerifyContact",
-            Audited::Always,
-            registration::verify_contact
-        )
+        rpc!(self, req, Audited::Always, registration::verify_contact)
     }
     async fn get_profile(&self, req: Request<GetProfileRequest>) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "GetProfile",
-            Audited::Always,
-            profile::get_profile
-        )
+        rpc!(self, req, Audited::Always, profile::get_profile)
     }
     async fn update_profile(
         &self,
         req: Request<UpdateProfileRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "UpdateProfile",
-            Audited::Always,
-            profile::update_profile
-        )
+        rpc!(self, req, Audited::Always, profile::update_profile)
     }
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "GetUser",
-            Audited::Always,
-            admin::get_user
-        )
+        rpc!(self, req, Audited::Always, admin::get_user)
     }
     async fn suspend_user(
         &self,
         req: Request<SuspendUserRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "SuspendUser",
-            Audited::Always,
-            admin::suspend_user
-        )
+        rpc!(self, req, Audited::Always, admin::suspend_user)
     }
     async fn reactivate_user(
         &self,
         req: Request<ReactivateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ReactivateUser",
-            Audited::Always,
-            admin::reactivate_user
-        )
+        rpc!(self, req, Audited::Always, admin::reactivate_user)
     }
     async fn terminate_user(
         &self,
         req: Request<TerminateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "TerminateUser",
-            Audited::Always,
-            admin::terminate_user
-        )
+        rpc!(self, req, Audited::Always, admin::terminate_user)
     }
     async fn get_consents(
         &self,
         req: Request<GetConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "GetConsents",
-            Audited::Always,
-            profile::get_consents
-        )
+        rpc!(self, req, Audited::Always, profile::get_consents)
     }
     async fn update_consents(
         &self,
         req: Request<UpdateConsentsRequest>,
     ) -> Result<Response<Consents>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "UpdateConsents",
-            Audited::Always,
-            profile::update_consents
-        )
+        rpc!(self, req, Audited::Always, profile::update_consents)
     }
     async fn get_communication_preferences(
         &self,
@@ -241,8 +159,6 @@ impl IdentityService for IdentityApi {
         rpc!(
             self,
             req,
-            "IdentityService",
-            "GetCommunicationPreferences",
             Audited::Always,
             profile::get_communication_preferences
         )
@@ -254,197 +170,90 @@ impl IdentityService for IdentityApi {
         rpc!(
             self,
             req,
-            "IdentityService",
-            "UpdateCommunicationPreferences",
             Audited::Always,
             profile::update_communication_preferences
         )
     }
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "Login",
-            Audited::Always,
-            login::login
-        )
+        rpc!(self, req, Audited::Always, login::login)
     }
     async fn complete_mfa_challenge(
         &self,
         req: Request<CompleteMfaChallengeRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "CompleteMfaChallenge",
-            Audited::Always,
-            mfa::complete_mfa_challenge
-        )
+        rpc!(self, req, Audited::Always, mfa::complete_mfa_challenge)
     }
     async fn refresh_session(
         &self,
         req: Request<RefreshSessionRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "RefreshSession",
-            REFRESH,
-            sessions::refresh_session
-        )
+        rpc!(self, req, REFRESH, sessions::refresh_session)
     }
     async fn logout(&self, req: Request<LogoutRequest>) -> Result<Response<()>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "Logout",
-            Audited::Always,
-            sessions::logout
-        )
+        rpc!(self, req, Audited::Always, sessions::logout)
     }
     async fn list_sessions(
         &self,
         req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ListSessions",
-            Audited::Always,
-            sessions::list_sessions
-        )
+        rpc!(self, req, Audited::Always, sessions::list_sessions)
     }
     async fn revoke_session(
         &self,
         req: Request<RevokeSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "RevokeSession",
-            Audited::Always,
-            sessions::revoke_session
-        )
+        rpc!(self, req, Audited::Always, sessions::revoke_session)
     }
     async fn request_password_reset(
         &self,
         req: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "RequestPasswordReset",
-            RESET_REQUEST,
-            password::request_password_reset
-        )
+        rpc!(self, req, RESET_REQUEST, password::request_password_reset)
     }
     async fn reset_password(
         &self,
         req: Request<ResetPasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ResetPassword",
-            Audited::Always,
-            password::reset_password
-        )
+        rpc!(self, req, Audited::Always, password::reset_password)
     }
     async fn change_password(
         &self,
         req: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ChangePassword",
-            Audited::Always,
-            password::change_password
-        )
+        rpc!(self, req, Audited::Always, password::change_password)
     }
     async fn enroll_totp(
         &self,
         req: Request<EnrollTotpRequest>,
     ) -> Result<Response<EnrollTotpResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "EnrollTotp",
-            Audited::Always,
-            mfa::enroll_totp
-        )
+        rpc!(self, req, Audited::Always, mfa::enroll_totp)
     }
     async fn confirm_totp(
         &self,
         req: Request<ConfirmTotpRequest>,
     ) -> Result<Response<ConfirmTotpResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ConfirmTotp",
-            Audited::Always,
-            mfa::confirm_totp
-        )
+        rpc!(self, req, Audited::Always, mfa::confirm_totp)
     }
     async fn disable_totp(&self, req: Request<DisableTotpRequest>) -> Result<Response<()>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "DisableTotp",
-            Audited::Always,
-            mfa::disable_totp
-        )
+        rpc!(self, req, Audited::Always, mfa::disable_totp)
     }
     async fn enroll_device_pin(
         &self,
         req: Request<EnrollDevicePinRequest>,
     ) -> Result<Response<EnrollDevicePinResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "EnrollDevicePin",
-            Audited::Always,
-            login::enroll_device_pin
-        )
+        rpc!(self, req, Audited::Always, login::enroll_device_pin)
     }
     async fn unlock_with_pin(
         &self,
         req: Request<UnlockWithPinRequest>,
     ) -> Result<Response<AuthTokens>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "UnlockWithPin",
-            Audited::Always,
-            login::unlock_with_pin
-        )
+        rpc!(self, req, Audited::Always, login::unlock_with_pin)
     }
     async fn list_signing_keys(
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityService",
-            "ListSigningKeys",
-            PUBLIC_KEYS,
-            internal::list_signing_keys
-        )
+        rpc!(self, req, PUBLIC_KEYS, internal::list_signing_keys)
     }
 }
 
@@ -454,39 +263,18 @@ impl IdentityInternal for IdentityApi {
         &self,
         req: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityInternal",
-            "ListSigningKeys",
-            PUBLIC_KEYS,
-            internal::list_signing_keys
-        )
+        rpc!(self, req, PUBLIC_KEYS, internal::list_signing_keys)
     }
     async fn list_revocations(
         &self,
         req: Request<ListRevocationsRequest>,
     ) -> Result<Response<ListRevocationsResponse>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityInternal",
-            "ListRevocations",
-            REVOCATIONS,
-            internal::list_revocations
-        )
+        rpc!(self, req, REVOCATIONS, internal::list_revocations)
     }
     async fn lookup_user(
         &self,
         req: Request<LookupUserRequest>,
     ) -> Result<Response<UserSummary>, Status> {
-        rpc!(
-            self,
-            req,
-            "IdentityInternal",
-            "LookupUser",
-            Audited::Always,
-            internal::lookup_user
-        )
+        rpc!(self, req, Audited::Always, internal::lookup_user)
     }
 }

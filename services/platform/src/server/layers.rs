@@ -15,7 +15,7 @@ use tonic::body::Body;
 use tonic::Code;
 use tower::Service;
 
-use crate::request::{scope_request_id, RequestId};
+use crate::request::{scope_request_id, RequestId, RpcPath};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -61,6 +61,8 @@ where
             req.headers_mut().insert(REQUEST_ID, value.clone());
         }
         req.extensions_mut().insert(RequestId(id.clone()));
+        let path = RpcPath(req.uri().path().into());
+        req.extensions_mut().insert(path);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = scope_request_id(id, inner.call(req));

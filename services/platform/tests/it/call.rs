@@ -12,6 +12,7 @@ use carehub_platform::db::TestDatabase;
 use carehub_platform::errors;
 use carehub_platform::idempotency::IdempotencyStore;
 use carehub_platform::keys::StaticKeys;
+use carehub_platform::request::RpcPath;
 use sqlx::migrate::Migrator;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -72,11 +73,12 @@ fn caller(user: Uuid) -> Caller {
 fn call(user: Uuid, key: Option<&str>) -> Call {
     let mut req = tonic::Request::new(());
     req.extensions_mut().insert(caller(user));
+    req.extensions_mut().insert(RpcPath(RPC.into()));
     if let Some(key) = key {
         req.metadata_mut()
             .insert("idempotency-key", key.parse().unwrap());
     }
-    Call::new(&req, RPC).unwrap()
+    Call::new(&req).unwrap()
 }
 
 async fn hit(
@@ -224,7 +226,7 @@ async fn a_read_is_answered_only_once_its_event_is_durable() {
 fn the_context_is_built_once_from_the_request() {
     let user = Uuid::now_v7();
     let c = call(user, Some("key-00000004"));
-    assert_eq!(c.rpc, RPC);
+    assert_eq!(&*c.rpc, RPC);
     assert_eq!(c.request_id.as_deref(), Some("req-call-1"));
     assert_eq!(c.user().unwrap().user_id, user);
     assert_eq!(c.idempotency_key().unwrap(), Some("key-00000004"));
@@ -235,8 +237,14 @@ fn the_context_is_built_once_from_the_request() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Without the auth layer's caller: a wiring bug, INTERNAL.
-    let err = Call::new(&tonic::Request::new(()), RPC).unwrap_err();
+    let err = Call::new(&tonic::Request::new(())).unwrap_err();
     assert_eq!(err.code(), Code::Internal);
+    // Without the request-id layer's RPC path: the same.
+    let mut req = tonic::Request::new(());
+    req.extensions_mut().insert(caller(user));
+    let err = Call::new(&req).unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("the call's RPC path is unknown"));
 }
 
 #[tokio::test]
