@@ -14,6 +14,15 @@ pub fn dev_key_file(dir: &Path) -> PathBuf {
     file
 }
 
+/// [`dev_key_file`] holding the keys of `service` too (a service the platform's list of
+/// development services does not name yet).
+pub fn dev_key_file_for(dir: &Path, service: &str) -> PathBuf {
+    let file = dev_key_file(dir);
+    carehub_platform::keys::file::write_dev_key_file_for(&file, &[service])
+        .expect("writing the dev key file");
+    file
+}
+
 /// A key source the test can rotate while the service runs.
 #[derive(Default)]
 pub struct RotatingKeys(RwLock<StaticKeys>);

@@ -1,7 +1,8 @@
 //! The carehub test kit: what every service's integration tests share (a dev-dependency only).
 //!
-//! - [`service`] — a service started on 127.0.0.1:0 with its own database, development PKI,
-//!   key file (or keys the test holds) and in-memory sandboxes: [`service::TestService`].
+//! - [`service`] — any service of the platform's service kit (`carehub_platform::kit::Service`)
+//!   started on 127.0.0.1:0 with its own database, development PKI, key file (or keys the test
+//!   holds) and sandboxes: [`service::TestService`].
 //! - [`db`], [`pki`], [`keys`] — the pieces on their own: a throwaway database on the Postgres at
 //!   `DATABASE_URL`, a dev CA with workload certificates and mTLS clients, the development key
 //!   file, rotatable keys and the Vault API double; [`vault`] sets Vault up through its API (the
@@ -31,7 +32,7 @@ pub use carehub_platform::vault_double;
 pub use db::TestDb;
 pub use grpc::{assert_status, with_key, with_token};
 pub use pki::TestPki;
-pub use service::{Launch, TestEnv, TestService};
+pub use service::{TestEnv, TestService, TRUST_DOMAIN};
 
 /// A password that satisfies identity's policy.
 pub const PASSWORD: &str = "correct horse battery staple";

@@ -1,14 +1,18 @@
-//! A service under test: started on 127.0.0.1:0 with its own database, a fresh dev PKI, the
-//! development key file (or keys the test holds) and in-memory sandboxes.
+//! A service under test: any service described to the platform's service kit
+//! ([`carehub_platform::kit::Service`]) started through [`kit::start`] on 127.0.0.1:0 with its
+//! own database, a fresh dev PKI, the development key file (or keys the test holds) and the
+//! sandboxes its configuration offers.
 //!
-//! [`TestService::start`] is generic over [`Launch`], which says what the kit needs of a
-//! service: its name, migrator, how its configuration is made from a [`TestEnv`], and how it
-//! starts. It mirrors the platform's coming `Service` description (name, config type, migrator,
-//! build); once that lands, a blanket `impl<S: Service> Launch for S` here replaces the one
-//! hand-written `Launch` impl per test binary (identity's is in its `tests/it/common.rs`), and
-//! nothing that calls `TestService` changes.
+//! ```ignore
+//! let svc = TestService::start(&carehub_identity::SERVICE, |c| {
+//!     c.identity.notifier = NotifierKind::MemorySandbox;
+//! })
+//! .await;
+//! let state = &svc.handle().state; // the service's `Service::Handle`
+//! let channel = svc.channel("gateway").await;
+//! svc.shutdown().await;
+//! ```
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,42 +20,16 @@ use std::sync::Arc;
 use carehub_platform::client::ServiceChannel;
 use carehub_platform::config::{DatabaseConfig, KeysConfig, PlatformConfig};
 use carehub_platform::keys::KeySource;
+use carehub_platform::kit::{self, Service, ServiceConfig, Started};
+use carehub_platform::server::RunningServer;
 use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 use crate::{TestDb, TestPki};
 
-/// What the kit needs to start a service.
-pub trait Launch: Send + Sync + 'static {
-    /// The service's full configuration (platform part + its own settings).
-    type Config: Send;
-    /// What the running service hands back (its server, state, sandboxes).
-    type Running: Send + Sync;
-
-    /// The workload name (its certificate's SAN, `carehub serve <name>`).
-    const NAME: &'static str;
-
-    fn migrator() -> &'static Migrator;
-
-    /// The configuration for tests: `server` is ready (port 0, TLS, database, key file); the
-    /// service adds its own settings (sandboxes, cheap password hashing, ...).
-    fn config(server: PlatformConfig) -> Self::Config;
-
-    /// Starts serving until [`Launch::stop`]; `keys` replaces the configured key source. (No
-    /// `Send` bound: rustc cannot prove identity's `serve` future `Send` through sqlx's
-    /// higher-ranked `Acquire`, and tests await it on their own runtime anyway.)
-    fn start(
-        config: Self::Config,
-        keys: Option<Arc<dyn KeySource>>,
-    ) -> impl Future<Output = anyhow::Result<Self::Running>>;
-
-    /// The gRPC and admin addresses it listens on.
-    fn addrs(running: &Self::Running) -> (SocketAddr, SocketAddr);
-
-    /// Stops serving and closes its pool (so that its database can be dropped).
-    fn stop(running: Self::Running) -> impl Future<Output = ()>;
-}
+/// The trust domain of the services the kit starts (the platform's default).
+pub const TRUST_DOMAIN: &str = "carehub.local";
 
 /// What a service under test stands on: a database, a PKI and a directory holding the CA, the
 /// service's certificate and the development key file.
@@ -64,13 +42,13 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// A fresh database migrated with `migrator`, a fresh CA of `trust_domain`, a certificate
-    /// for `service` and a development key file.
+    /// A fresh database migrated with the platform's and `migrator`'s migrations, a fresh CA of
+    /// `trust_domain`, a certificate for `service` and a development key file holding its keys.
     pub async fn new(service: &'static str, migrator: &Migrator, trust_domain: &str) -> TestEnv {
         let db = TestDb::new(migrator).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(trust_domain);
-        let key_file = crate::keys::dev_key_file(dir.path());
+        let key_file = crate::keys::dev_key_file_for(dir.path(), service);
         TestEnv {
             db,
             pki,
@@ -108,55 +86,74 @@ impl TestEnv {
             ..PlatformConfig::default()
         }
     }
+
+    /// The configuration `service` starts with under test: its defaults, its
+    /// [`Service::dev_config`] (the sandboxes `carehub up` selects: nothing is delivered), and
+    /// [`TestEnv::platform_config`] as its `[server]` table. A test picks an in-memory sandbox
+    /// where it reads one (identity: `identity.notifier = "memory-sandbox"`).
+    pub fn config<S: Service>(&self, service: &S) -> S::Config {
+        let mut config = S::Config::default();
+        Service::dev_config(service, &mut config);
+        *ServiceConfig::server_mut(&mut config) = self.platform_config();
+        config
+    }
 }
 
 /// A running service with its environment.
-pub struct TestService<L: Launch> {
-    running: Option<L::Running>,
+pub struct TestService<S: Service> {
+    started: Option<Started<S::Handle>>,
     pub env: TestEnv,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
 }
 
-impl<L: Launch> TestService<L> {
-    /// Starts `L` with the test configuration, adjusted by `tweak`.
-    pub async fn start(trust_domain: &str, tweak: impl FnOnce(&mut L::Config)) -> Self {
-        Self::start_keyed(trust_domain, None, tweak).await
+impl<S: Service> TestService<S> {
+    /// Starts `service` through [`kit::start`] with the test configuration
+    /// ([`TestEnv::config`]), adjusted by `tweak`, and its keys from the development key file.
+    pub async fn start(service: &S, tweak: impl FnOnce(&mut S::Config)) -> Self {
+        Self::start_keyed(service, None, tweak).await
     }
 
     /// Like [`TestService::start`], with keys the test holds (to rotate them) instead of the
-    /// key file.
+    /// key file when `keys` is given.
     pub async fn start_keyed(
-        trust_domain: &str,
+        service: &S,
         keys: Option<Arc<dyn KeySource>>,
-        tweak: impl FnOnce(&mut L::Config),
+        tweak: impl FnOnce(&mut S::Config),
     ) -> Self {
-        let env = TestEnv::new(L::NAME, L::migrator(), trust_domain).await;
-        let mut config = L::config(env.platform_config());
+        let env = TestEnv::new(S::NAME, Service::migrator(service), TRUST_DOMAIN).await;
+        let mut config = env.config(service);
         tweak(&mut config);
-        let running = L::start(config, keys)
+        // Not spawned: rustc cannot prove a service's start future `Send` through sqlx's
+        // higher-ranked `Acquire`; the server it starts runs on its own tasks.
+        let started = kit::start(service, config, keys, std::future::pending())
             .await
-            .unwrap_or_else(|e| panic!("{} starts: {e:#}", L::NAME));
-        let (grpc_addr, admin_addr) = L::addrs(&running);
+            .unwrap_or_else(|e| panic!("{} starts: {e:#}", S::NAME));
         TestService {
-            running: Some(running),
+            grpc_addr: started.server.grpc_addr,
+            admin_addr: started.server.admin_addr,
+            started: Some(started),
             env,
-            grpc_addr,
-            admin_addr,
         }
     }
 
-    /// What the service handed back when it started.
-    pub fn running(&self) -> &L::Running {
-        self.running.as_ref().expect("running")
+    /// What the service handed back when it started (its [`Service::Handle`]).
+    pub fn handle(&self) -> &S::Handle {
+        &self.started.as_ref().expect("running").handle
     }
 
-    /// Takes the running service out (to stop it mid-test); [`TestService::shutdown`] still
+    /// The running server (metrics, health watch, TLS).
+    pub fn server(&self) -> &RunningServer {
+        &self.started.as_ref().expect("running").server
+    }
+
+    /// Takes the started service out (to stop it mid-test); [`TestService::shutdown`] still
     /// drops the database.
-    pub fn take_running(&mut self) -> Option<L::Running> {
-        self.running.take()
+    pub fn take_started(&mut self) -> Option<Started<S::Handle>> {
+        self.started.take()
     }
 
+    /// The test's own pool on the service's database (not the service's pool).
     pub fn pool(&self) -> &PgPool {
         self.env.db.pool()
     }
@@ -174,7 +171,7 @@ impl<L: Launch> TestService<L> {
     pub async fn channel(&self, workload: &str) -> ServiceChannel {
         self.env
             .pki
-            .channel(self.grpc_addr, workload, L::NAME)
+            .channel(self.grpc_addr, workload, S::NAME)
             .await
     }
 
@@ -183,10 +180,12 @@ impl<L: Launch> TestService<L> {
         self.env.db.count(table).await
     }
 
-    /// Stops the service and drops its database.
+    /// Stops the service (if still running), drops its handle and drops its database; the
+    /// drop is forced, so connections the service's pool still holds are closed by Postgres.
     pub async fn shutdown(mut self) {
-        if let Some(running) = self.running.take() {
-            L::stop(running).await;
+        if let Some(started) = self.started.take() {
+            let _ = started.server.shutdown().await;
+            drop(started.handle);
         }
         self.env.db.drop().await;
     }

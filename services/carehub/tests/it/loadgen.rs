@@ -9,14 +9,18 @@ use crate::common;
 use std::path::Path;
 use std::process::Stdio;
 
+use carehub_identity::config::NotifierKind;
+use carehub_identity::IdentityDef;
 use carehub_testkit::service::TestService;
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::identity_launch::{IdentityUnderTest, TRUST_DOMAIN};
-
-/// Identity as its own tests run it, plus a gateway certificate in its directory for loadgen.
-async fn identity() -> TestService<IdentityUnderTest> {
-    let id = TestService::<IdentityUnderTest>::start(TRUST_DOMAIN, |_| {}).await;
+/// Identity as its own tests run it (the test kit's start, the in-memory notification sandbox),
+/// plus a gateway certificate in its directory for loadgen.
+async fn identity() -> TestService<IdentityDef> {
+    let id = TestService::start(&carehub_identity::SERVICE, |c| {
+        c.identity.notifier = NotifierKind::MemorySandbox;
+    })
+    .await;
     id.pki()
         .ca()
         .issue("gateway")
@@ -28,7 +32,7 @@ async fn identity() -> TestService<IdentityUnderTest> {
 
 fn loadgen(
     dir: &Path,
-    id: &TestService<IdentityUnderTest>,
+    id: &TestService<IdentityDef>,
     scenarios: &[&str],
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
@@ -120,7 +124,7 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
             break;
         }
     }
-    let running = id.take_running().unwrap();
+    let running = id.take_started().unwrap();
     running.server.shutdown().await.unwrap();
     let mut rest = String::new();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -132,6 +136,6 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     assert!(rest.contains("scenarios reported errors"), "{seen}{rest}");
     assert!(rest.contains("profile-read"), "{seen}{rest}");
 
-    running.state.pool.close().await;
+    running.handle.state.pool.close().await;
     id.shutdown().await;
 }

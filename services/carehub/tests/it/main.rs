@@ -1,10 +1,6 @@
 //! The carehub binary's integration tests: one test binary, one module per area.
 
 mod common;
-// How the kit starts identity: identity's own test module, shared by path (the kit cannot depend
-// on identity without a cycle).
-#[path = "../../../identity/tests/it/launch.rs"]
-mod identity_launch;
 
 mod audit_cli;
 mod chart_boot;

@@ -6,9 +6,11 @@
 use std::net::TcpListener;
 use std::path::Path;
 
+use carehub_platform::client::ServiceChannel;
 use carehub_platform::db;
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::kit::ServiceDef;
+use carehub_testkit::service::TestService;
 
 /// The binary's list (src/services.rs) plus the one line a new service adds.
 static SERVICES: &[&dyn ServiceDef] = &[
@@ -263,6 +265,11 @@ async fn greet(addr: &str, certs: &Path, workload: &str) -> Result<String, tonic
     let channel = carehub_platform::client::connect(addr, &store, "scratch")
         .await
         .unwrap();
+    greet_over(channel).await
+}
+
+/// `Greet` over an open channel.
+async fn greet_over(channel: ServiceChannel) -> Result<String, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let reply: tonic::Response<scratch::GreetReply> = grpc
@@ -477,6 +484,23 @@ greeting_id = 1
     let (served, ()) = tokio::join!(serve, probe);
     served.unwrap();
     drop_database(&database).await;
+}
+
+/// The test kit starts any service of the kit the way it starts identity: scratch on port 0
+/// with its own migrated database, certificate and keys, answering under its own policy.
+#[tokio::test]
+async fn the_test_kit_starts_scratch_as_it_starts_identity() {
+    let svc = TestService::start(&scratch::SERVICE, |_| {}).await;
+    assert_eq!(svc.handle().greeting, "hello from scratch");
+    assert_eq!(
+        greet_over(svc.channel("gateway").await).await.unwrap(),
+        "hello from scratch, test"
+    );
+    let refused = greet_over(svc.channel("helm-test").await)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    svc.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,13 +14,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use carehub_identity::config::IdentityConfig;
+use carehub_identity::config::{IdentityConfig, NotifierKind};
 use carehub_identity::domain::account::Account;
 use carehub_identity::notify::{Channel as NotifyChannel, MemorySandboxNotifier};
-use carehub_identity::{AppState, Identity};
+use carehub_identity::{AppState, IdentityDef, IdentityHandle};
 use carehub_platform::auth::Role;
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::keys::KeySource;
+use carehub_platform::kit::Started;
 use carehub_proto::common::v1::Date;
 use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
 use carehub_proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -35,16 +36,17 @@ pub use carehub_testkit::grpc::{assert_status, with_key, with_token};
 pub use carehub_testkit::keys::RotatingKeys;
 pub use carehub_testkit::PASSWORD;
 
-pub use crate::launch::{IdentityUnderTest, TRUST_DOMAIN};
+pub use carehub_testkit::TRUST_DOMAIN;
 
 pub struct TestApp {
-    svc: TestService<IdentityUnderTest>,
+    svc: TestService<IdentityDef>,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
 }
 
-/// Starts identity on 127.0.0.1:0 with a fresh database, a fresh dev PKI, a fresh signing key,
-/// the in-memory notification sandbox and argon2 at its minimum allowed costs.
+/// Starts identity (`carehub_identity::SERVICE`, through the platform's service kit) on
+/// 127.0.0.1:0 with a fresh database, a fresh dev PKI, a fresh signing key, the in-memory
+/// notification sandbox and argon2 at its minimum allowed costs (its defaults).
 pub async fn spawn() -> TestApp {
     spawn_with(|_| {}).await
 }
@@ -66,7 +68,11 @@ async fn spawn_keyed(
     keys: Option<Arc<dyn KeySource>>,
     adjust: impl FnOnce(&mut IdentityConfig),
 ) -> TestApp {
-    let svc = TestService::start_keyed(TRUST_DOMAIN, keys, adjust).await;
+    let svc = TestService::start_keyed(&carehub_identity::SERVICE, keys, |config| {
+        config.identity.notifier = NotifierKind::MemorySandbox;
+        adjust(config);
+    })
+    .await;
     TestApp {
         grpc_addr: svc.grpc_addr,
         admin_addr: svc.admin_addr,
@@ -79,14 +85,14 @@ impl TestApp {
         self.svc.pool()
     }
 
-    fn identity(&self) -> &Identity {
-        self.svc.running()
+    fn identity(&self) -> &IdentityHandle {
+        self.svc.handle()
     }
 
-    /// Takes the running server out (to stop it mid-test); [`TestApp::shutdown`] still drops
-    /// the database.
-    pub fn take_identity(&mut self) -> Option<Identity> {
-        self.svc.take_running()
+    /// Takes the started server and its handle out (to stop it mid-test);
+    /// [`TestApp::shutdown`] still drops the database.
+    pub fn take_identity(&mut self) -> Option<Started<IdentityHandle>> {
+        self.svc.take_started()
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -313,8 +319,12 @@ impl TestApp {
         out
     }
 
-    /// Stops the server and drops the database.
-    pub async fn shutdown(self) {
+    /// Stops the server, closes its pool and drops the database.
+    pub async fn shutdown(mut self) {
+        if let Some(identity) = self.svc.take_started() {
+            let _ = identity.server.shutdown().await;
+            identity.handle.state.pool.close().await;
+        }
         self.svc.shutdown().await;
     }
 }

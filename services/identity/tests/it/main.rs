@@ -1,8 +1,7 @@
 //! Identity's integration tests: one test binary, one module per area (a real identity server
-//! on a real Postgres over mTLS per test, started through [`common`]).
+//! on a real Postgres over mTLS per test, started by the test kit through [`common`]).
 
 mod common;
-mod launch;
 
 mod accounts;
 mod audit_events;

@@ -258,7 +258,7 @@ async fn tokens_are_refused_once_the_revocation_feed_is_stale() {
     assert!(!verifier.is_ready());
 
     refresher.abort();
-    identity.state.pool.close().await;
+    identity.handle.state.pool.close().await;
     app.shutdown().await;
 }
 
