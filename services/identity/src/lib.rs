@@ -1,8 +1,8 @@
 //! carehub identity: users, roles, credentials, sessions, consents, token-signing keys.
 //!
 //! [`SERVICE`] describes identity to the platform's service kit (`carehub serve identity`,
-//! `carehub migrate identity`, `carehub up`); [`serve`] / [`serve_with_keys`] start it through
-//! the kit for tests.
+//! `carehub migrate identity`, `carehub up`, and the test kit's `TestService::start`): its only
+//! entry point.
 
 pub mod api;
 pub mod bootstrap;
@@ -15,14 +15,13 @@ pub mod notify;
 pub mod store;
 pub mod token;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use carehub_platform::config::{AuthConfig, PlatformConfig};
 use carehub_platform::crypto::{CryptoConfig, Envelope};
 use carehub_platform::idempotency::IdempotencyStore;
 use carehub_platform::keys::KeySource;
-use carehub_platform::kit::{self, Api, Context, Service, ServiceConfig};
+use carehub_platform::kit::{Api, Context, Service, ServiceConfig};
 use carehub_platform::server::RunningServer;
 use carehub_platform::with_message_limits;
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternalServer;
@@ -53,14 +52,6 @@ pub struct AppState {
     pub idempotency: IdempotencyStore,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
-}
-
-/// A started identity server.
-pub struct Identity {
-    pub server: RunningServer,
-    pub state: Arc<AppState>,
-    /// Set when the configuration chose the in-memory notification sandbox (tests).
-    pub sandbox: Option<MemorySandboxNotifier>,
 }
 
 /// Identity's envelope encryption over `pool` with the service's keys.
@@ -225,32 +216,6 @@ impl Service for IdentityDef {
         }
         Ok(lines)
     }
-}
-
-/// Connects to the database (migrating it when configured), loads keys from `server.keys`
-/// (Vault, or the development key file) and starts serving until `shutdown` resolves.
-pub async fn serve(
-    config: IdentityConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Identity> {
-    started(kit::start(&SERVICE, config, None, shutdown).await?)
-}
-
-/// [`serve`] with a key source given by the caller (tests rotate keys through it).
-pub async fn serve_with_keys(
-    config: IdentityConfig,
-    key_source: Arc<dyn KeySource>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Identity> {
-    started(kit::start(&SERVICE, config, Some(key_source), shutdown).await?)
-}
-
-fn started(s: kit::Started<IdentityHandle>) -> anyhow::Result<Identity> {
-    Ok(Identity {
-        server: s.server,
-        state: s.handle.state,
-        sandbox: s.handle.sandbox,
-    })
 }
 
 /// Picks up rotated signing keys (recording when this replica first saw them) until the keys
