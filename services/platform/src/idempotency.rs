@@ -12,16 +12,12 @@ use futures::future::BoxFuture;
 use prost::Message;
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use sqlx::{PgConnection, PgPool};
 use tonic::{Code, Status};
-use zeroize::Zeroizing;
 
+use crate::crypto::service_seal::{SealError, ServiceSealer};
 use crate::errors;
-use crate::keys::{KeyError, KeyName, KeySource};
+use crate::keys::{KeyError, KeySource};
 
 /// Metadata key carrying the client's idempotency key.
 pub const HEADER: &str = "idempotency-key";
@@ -50,64 +46,58 @@ pub fn key_of<T>(req: &tonic::Request<T>) -> Result<Option<String>, Status> {
 /// guesses of what a request contained. A rotated KEK keeps older versions, so answers stored
 /// before a rotation still replay. Answers of a crypto-shredded subject stay readable only until
 /// [`purge_older_than`] removes them (the retention is short: they only serve retries).
+///
+/// Sealing is [`crate::crypto::service_seal`]'s detached layout (`nonce ‖ ciphertext ‖ tag`,
+/// the KEK version in the row's `key_version` column) under the label below; the fingerprint is
+/// that key's HMAC of the encoded request.
 #[derive(Clone)]
 pub struct IdempotencyStore {
     pool: PgPool,
-    keys: Arc<dyn KeySource>,
+    sealer: ServiceSealer,
 }
 
 impl IdempotencyStore {
     pub fn new(pool: PgPool, keys: Arc<dyn KeySource>) -> Self {
-        IdempotencyStore { pool, keys }
+        IdempotencyStore {
+            pool,
+            sealer: ServiceSealer::new(SEALING_KEY_LABEL, keys),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// The sealing key of KEK `version`: derived, so the KEK itself only ever wraps data keys.
-    fn sealing_key(&self, version: u32) -> Result<Zeroizing<[u8; 32]>, Status> {
-        let kek = self
-            .keys
-            .version(KeyName::Kek, version)
-            .map_err(|e| key_status(&e))?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kek.as_bytes())
-            .map_err(|_| errors::internal("idempotency key derivation"))?;
-        mac.update(SEALING_KEY_LABEL);
-        Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+    fn fingerprint(&self, version: u32, request: &[u8]) -> Result<Vec<u8>, Status> {
+        self.sealer
+            .mac(version, request)
+            .map(|mac| mac.to_vec())
+            .map_err(|e| seal_status(e, "idempotency fingerprint"))
     }
 
-    fn fingerprint(&self, key: &[u8; 32], request: &[u8]) -> Result<Vec<u8>, Status> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .map_err(|_| errors::internal("idempotency fingerprint"))?;
-        mac.update(request);
-        Ok(mac.finalize().into_bytes().to_vec())
+    fn seal(&self, version: u32, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, Status> {
+        self.sealer
+            .seal_detached(version, aad, plain)
+            .map_err(|e| seal_status(e, "sealing the idempotent response"))
     }
 
-    fn seal(&self, key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, Status> {
-        let mut nonce = [0u8; 12];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let sealed = Aes256Gcm::new(key.into())
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
-            .map_err(|_| errors::internal("sealing the idempotent response"))?;
-        let mut out = Vec::with_capacity(12 + sealed.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(out)
-    }
-
-    fn open(&self, key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Status> {
-        if sealed.len() < 12 {
-            return Err(errors::internal("stored idempotent response unreadable"));
-        }
-        let (nonce, body) = sealed.split_at(12);
-        Aes256Gcm::new(key.into())
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
-            .map_err(|_| errors::internal("stored idempotent response unreadable"))
+    fn open(&self, version: u32, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Status> {
+        self.sealer
+            .open_detached(version, aad, sealed)
+            .map_err(|e| seal_status(e, "stored idempotent response unreadable"))
     }
 }
 
+/// The derivation label of the answers' key: part of the key, never to change (stored answers
+/// would stop opening).
 const SEALING_KEY_LABEL: &[u8] = b"carehub idempotency responses v1";
+
+fn seal_status(e: SealError, what: &'static str) -> Status {
+    match e {
+        SealError::Key(e) => key_status(&e),
+        _ => errors::internal(what),
+    }
+}
 
 fn key_status(e: &KeyError) -> Status {
     let code = match e {
@@ -211,12 +201,11 @@ where
         });
     };
     let encoded_request = request.encode_to_vec();
-    let (version, _) = store
-        .keys
-        .current(KeyName::Kek)
-        .map_err(|e| E::from(key_status(&e)))?;
-    let sealing_key = store.sealing_key(version)?;
-    let fingerprint = store.fingerprint(&sealing_key, &encoded_request)?;
+    let version = store
+        .sealer
+        .current_version()
+        .map_err(|e| E::from(seal_status(e, "idempotency key")))?;
+    let fingerprint = store.fingerprint(version, &encoded_request)?;
     let aad = associated_data(scope, actor, key);
     // Claim the key; a concurrent holder makes this wait until it commits or rolls back.
     let claimed = sqlx::query(
@@ -246,8 +235,8 @@ where
         tx.rollback().await?;
         let stored_version = u32::try_from(stored_version)
             .map_err(|_| E::from(errors::internal("stored idempotent response unreadable")))?;
-        let stored_key = store.sealing_key(stored_version)?;
-        let same_request = store.fingerprint(&stored_key, &encoded_request)? == stored_fingerprint;
+        let same_request =
+            store.fingerprint(stored_version, &encoded_request)? == stored_fingerprint;
         if !same_request {
             return Err(errors::status(
                 Code::InvalidArgument,
@@ -256,7 +245,7 @@ where
             )
             .into());
         }
-        let response = store.open(&stored_key, &aad, &sealed)?;
+        let response = store.open(stored_version, &aad, &sealed)?;
         let answer = Resp::decode(response.as_slice())
             .map_err(|_| E::from(errors::internal("stored idempotent response unreadable")))?;
         return Ok(Ran {
@@ -265,7 +254,7 @@ where
         });
     }
     let answer = op(&mut tx).await?;
-    let sealed = store.seal(&sealing_key, &aad, &answer.encode_to_vec())?;
+    let sealed = store.seal(version, &aad, &answer.encode_to_vec())?;
     sqlx::query(
         "UPDATE carehub_platform.idempotency_keys SET response = $4
          WHERE scope = $1 AND actor = $2 AND key = $3",
@@ -320,4 +309,88 @@ pub fn spawn_purger(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::crypto::service_seal::tests::{unhex, vector_keys};
+
+    const SCOPE: &str = "/carehub.identity.v1.Identity/Register";
+    const ACTOR: &str = "user:42";
+    const KEY: &str = "retry-key-0001";
+    /// Rows written by the store before it used the shared helper (d94bdee, its own copy of the
+    /// derivation and sealing), under `vector_keys()`: (KEK version, fingerprint of
+    /// `request bytes`, sealed `answer bytes` bound to SCOPE, ACTOR, KEY). Rows live 24 h, so
+    /// a deploy finds such rows and their retries must replay.
+    const VECTORS: [(u32, &str, &str); 2] = [
+        (
+            1,
+            "b0caa79fceeaf31d7dbbeeebb429a37f8660ca5b0c8ffd8e4db8dae336efa892",
+            "17ac16aafadeaf6f8ebbfbde2713851dfc78f4dc57ca706640139fe2c3c82ad72b48da35ec131dcc",
+        ),
+        (
+            2,
+            "c262f87f59289e2e54f378fdbe383cf743dbf6fb86c9c6be53b6626f541c57ed",
+            "11a28e925323e6b07767f4b7e21a21a84422b05ac603a95c4cfe59e7ff8a25e3b6dabb7f147da2ad",
+        ),
+    ];
+
+    fn store() -> IdempotencyStore {
+        let pool = PgPool::connect_lazy("postgres://unused@127.0.0.1/unused").unwrap();
+        IdempotencyStore::new(pool, vector_keys())
+    }
+
+    #[tokio::test]
+    async fn rows_of_the_previous_code_still_match_and_open() {
+        let store = store();
+        let aad = associated_data(SCOPE, ACTOR, KEY);
+        for (version, fingerprint, sealed) in VECTORS {
+            assert_eq!(
+                store.fingerprint(version, b"request bytes").unwrap(),
+                unhex(fingerprint),
+                "v{version}"
+            );
+            assert_eq!(
+                store.open(version, &aad, &unhex(sealed)).unwrap(),
+                b"answer bytes",
+                "v{version}"
+            );
+            // Bound to its row and its version.
+            assert!(store
+                .open(
+                    version,
+                    &associated_data(SCOPE, ACTOR, "other-key-01"),
+                    &unhex(sealed)
+                )
+                .is_err());
+            assert!(store.open(3 - version, &aad, &unhex(sealed)).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_do_not_open_for_other_uses() {
+        // The same KEK and layout under the outbox's or the audit trail's label: refused both
+        // ways, and the fingerprint key differs too.
+        let store = store();
+        let aad = associated_data(SCOPE, ACTOR, KEY);
+        let sealed = unhex(VECTORS[1].2);
+        for label in [
+            &b"carehub outbox payloads v1"[..],
+            b"carehub audit client fields v1",
+        ] {
+            let other = ServiceSealer::new(label, vector_keys());
+            assert!(matches!(
+                other.open_detached(2, &aad, &sealed),
+                Err(SealError::Authentication)
+            ));
+            let foreign = other.seal_detached(2, &aad, b"answer bytes").unwrap();
+            assert!(store.open(2, &aad, &foreign).is_err());
+            assert_ne!(
+                other.mac(2, b"request bytes").unwrap().to_vec(),
+                unhex(VECTORS[1].1)
+            );
+        }
+    }
 }
