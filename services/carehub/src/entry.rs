@@ -44,8 +44,8 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// The command line over `services`: `serve`, `migrate` and `health --service` accept (and
-/// `--help` lists) exactly these.
+/// The command line over `services`: `serve`, `migrate`, `health --service`, `audit ... --service`
+/// and `outbox ... --service` accept (and `--help` lists) exactly these.
 pub fn command(services: &[&dyn ServiceDef]) -> clap::Command {
     let values = || {
         PossibleValuesParser::new(
@@ -63,6 +63,23 @@ pub fn command(services: &[&dyn ServiceDef]) -> clap::Command {
         })
         .mut_subcommand("health", |c| {
             c.mut_arg("service", |a| a.value_parser(values()))
+        })
+        // The operator commands that read a service's database take the same names.
+        .mut_subcommand("audit", |c| {
+            c.mut_subcommand("verify", |v| {
+                v.mut_arg("service", |a| a.value_parser(values()))
+            })
+            .mut_subcommand("events", |v| {
+                v.mut_arg("service", |a| a.value_parser(values()))
+            })
+        })
+        .mut_subcommand("outbox", |c| {
+            c.mut_subcommand("list", |v| {
+                v.mut_arg("service", |a| a.value_parser(values()))
+            })
+            .mut_subcommand("retry", |v| {
+                v.mut_arg("service", |a| a.value_parser(values()))
+            })
         })
 }
 

@@ -16,9 +16,6 @@ use clap::{Args, Subcommand};
 
 use crate::audit_cmd::ServerOnly;
 
-/// The services that keep an outbox (every service database has the platform's table).
-const SERVICES: [&str; 5] = ["identity", "scheduling", "messaging", "records", "billing"];
-
 #[derive(Subcommand)]
 pub enum OutboxCommand {
     /// List outbox rows (no payloads): id, target, method, state, attempts, last error, age.
@@ -30,7 +27,8 @@ pub enum OutboxCommand {
 #[derive(Args)]
 pub struct Target {
     /// The service whose outbox to read.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
+    /// One of the binary's services (`carehub services`).
+    #[arg(long)]
     service: String,
     /// The service's TOML configuration file.
     #[arg(long, short = 'c', env = "CAREHUB_CONFIG")]
