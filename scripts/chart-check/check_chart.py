@@ -203,7 +203,16 @@ BAD_VALUES = [
     ("wrong type at the top", {"trustDomain": 7}, ("trustDomain: Invalid type", "/trustDomain")),
     ("unknown top-level key", {"replica": 3}, ("Additional property replica is not allowed", "'replica' not allowed")),
     ("unknown key in a service", {"services": {"identity": {"replicaCount": 3}}}, ("Additional property replicaCount is not allowed", "'replicaCount' not allowed")),
-    ("missing required database secret", {"services": {"identity": {"database": {"existingSecret": None}}}}, "existingSecret"),
+    ("no Secret for the serving role", {"services": {"identity": {"database": {"app": {"existingSecret": None}}}}},
+     "services.identity.database.app.existingSecret is required"),
+    ("an empty Secret for the serving role", {"services": {"identity": {"database": {"app": {"existingSecret": ""}}}}},
+     "does not fall back to the migrator's"),
+    ("no Secret for the migration Job", {"services": {"identity": {"database": {"migrator": {"existingSecret": None}}}}},
+     "services.identity.database.migrator.existingSecret is required"),
+    ("serving pods on the migrator's Secret", {"services": {"identity": {"database": {"app": {"existingSecret": "carehub-identity-db"}}}}},
+     "must not be the migrator's Secret"),
+    ("the former single Secret given to the pods too", {"services": {"identity": {"database": {"existingSecret": "carehub-identity-db-svc"}}}},
+     "must not be the migrator's Secret"),
     ("missing required image repository", {"image": {"repository": None}}, "repository"),
     ("value outside its enum", {"tls": {"source": "acme"}}, ("tls.source must be one of", "/tls/source")),
     ("sample ratio above 1", {"telemetry": {"sampleRatio": 2}}, ("telemetry.sampleRatio: Must be less than or equal to 1", "/telemetry/sampleRatio")),
@@ -247,7 +256,8 @@ def check_new_service(helm: Helm, chart: pathlib.Path, prod: dict) -> None:
         src = (c / "templates/identity.yaml").read_text()
         (c / "templates/dummy.yaml").write_text(src.replace('"identity"', '"dummy"').replace("identity:", "dummy:"))
         user = merge(prod, {"services": {
-            "dummy": {"calls": ["identity"], "gatewayPorts": ["grpc"], "database": {"existingSecret": "carehub-dummy-db"},
+            "dummy": {"calls": ["identity"], "gatewayPorts": ["grpc"],
+                      "database": {"migrator": {"existingSecret": "carehub-dummy-db"}, "app": {"existingSecret": "carehub-dummy-db-svc"}},
                       "settings": {"greeting_ttl_secs": 5}},
         }, "vault": {"auth": {"approle": {"roleIds": {"dummy": "x"}}}}})
         try:
@@ -296,6 +306,19 @@ WEAKENINGS = [
     ("dropping the NetworkPolicy", "templates/_service.tpl", r'"networkpolicy" ', "", "no NetworkPolicy"),
     ("opening identity to every service", "templates/_network.tpl",
      r"\{\{- if has \$name \(\$o\.calls \| default list\) -\}\}", "{{- if true -}}", "the call graph says"),
+    ("the serving pods given the migrator's Secret", "templates/_service.tpl",
+     r'"carehub\.service\.databaseEnv" \(dict "root" \$root "name" \$name "role" "app"\)',
+     '"carehub.service.databaseEnv" (dict "root" $root "name" $name "role" "migrator")', "reads the migrator Secret"),
+    ("the migrator's Secret mounted into the serving pods", "templates/_service.tpl",
+     r"(\{\{- define \"carehub\.service\.volumes\" -\}\}\n(?:.*\n){2})",
+     "\\1- name: owner\n  secret:\n    secretName: {{ (include \"carehub.databaseSecrets\" . | fromYaml).migrator.existingSecret }}\n",
+     "reads the migrator Secret"),
+    ("the migrations run in the serving pod", "templates/_service.tpl",
+     r"  containers:\n    - name: \{\{ \$name \}\}\n",
+     "  initContainers:\n    - name: migrate\n      image: {{ include \"carehub.image\" $root }}\n      args: [\"migrate\", {{ $name | quote }}]\n"
+     "  containers:\n    - name: {{ $name }}\n", "runs the migrations"),
+    ("migrating on start in the serving config", "templates/_config.tpl",
+     r'"migrate_on_start" false', '"migrate_on_start" true', "migrate_on_start must be false"),
     ("inlining the database URL", "templates/_service.tpl",
      r"- name: CAREHUB_SERVER__DATABASE__URL\n  valueFrom:\n    secretKeyRef:\n      name: .*\n      key: .*\n",
      "- name: CAREHUB_SERVER__DATABASE__URL\n  value: postgres://carehub:hunter2@db/identity\n", "secret inlined"),
@@ -323,6 +346,29 @@ def check_weakened_templates(helm: Helm, chart: pathlib.Path, prod: dict, defaul
                 ok(f"weakened template refused ({label}): {hit[0]}")
             else:
                 fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
+
+
+def check_former_database_values(helm: Helm, chart: pathlib.Path, defaults: dict) -> None:
+    """Values written before the split (one `database.existingSecret` for everything, as
+    production-values.yaml had it) still render: that Secret, the tables' owner's, goes to the
+    migration Job only, and the pods get database.app's."""
+    former = {"services": {"identity": {"database": {"existingSecret": "carehub-identity-db-app", "key": "uri", "maxConnections": 24}}}}
+    try:
+        docs = helm.render(chart, former)
+    except RenderError as e:
+        fail(f"former database values: do not render: {e}")
+        return
+    problems = invariants.check_release(docs, coalesce(defaults, former), RELEASE)
+    job = next((d for d in docs if invariants.name_of(d) == "Job/carehub-identity-migrate"), {})
+    dep = next((d for d in docs if invariants.name_of(d) == "Deployment/carehub-identity"), {})
+    got = (invariants.database_url_ref(invariants.pod_spec(job) or {}), invariants.database_url_ref(invariants.pod_spec(dep) or {}))
+    want = ([("carehub-identity-db-app", "uri")], [("carehub-identity-db-svc", "url")])
+    if got != want:
+        problems.append(f"the Job and the pods read {got}, want {want}")
+    for p in problems:
+        fail(f"former database values: {p}")
+    if not problems:
+        ok("former database values (database.existingSecret): the owner's Secret goes to the migration Job only, the pods get database.app's")
 
 
 def check_binary_services(carehub: str, chart: pathlib.Path, defaults: dict) -> None:
@@ -382,6 +428,7 @@ def main() -> int:
     if args.carehub:
         check_binary_services(args.carehub, chart, defaults)
     check_bad_values(helm, chart)
+    check_former_database_values(helm, chart, defaults)
     check_new_service(helm, chart, prod)
     check_weakened_templates(helm, chart, prod, defaults)
     for p in k8s_checks.check_k8s_dir(args.k8s.resolve(), validate_objects):

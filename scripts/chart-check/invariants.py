@@ -201,6 +201,121 @@ def secret_toml_keys(table: Any, path: str = "") -> list[str]:
     return found
 
 
+def database_secrets(values: Obj, name: str) -> dict[str, tuple[str, str]]:
+    """The (Secret, key) of each database role of a service, as the chart reads its values:
+    `migrator` (the migration Job: the tables' owner) and `app` (the serving pods: a login role
+    in "<database>_app" that owns nothing). The former `database.existingSecret`/`key` are the
+    migrator's."""
+    defaults = (values.get("serviceDefaults") or {}).get("database") or {}
+    own = ((values.get("services") or {}).get(name) or {}).get("database") or {}
+    db = {**defaults, **own}
+    out = {}
+    for role in ("migrator", "app"):
+        conn = {**(defaults.get(role) or {}), **(own.get(role) or {})}
+        out[role] = (conn.get("existingSecret") or "", conn.get("key") or "url")
+    if db.get("existingSecret") or db.get("key"):
+        out["migrator"] = (db.get("existingSecret") or out["migrator"][0], db.get("key") or "url")
+    return out
+
+
+def secrets_referenced(spec: Obj) -> set[str]:
+    """Every Secret a pod spec can read: env, envFrom, volumes (also projected), pull secrets aside."""
+    found = set()
+    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []) + (spec.get("ephemeralContainers") or []):
+        for env in c.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                found.add(ref.get("name"))
+        for src in c.get("envFrom") or []:
+            if src.get("secretRef"):
+                found.add(src["secretRef"].get("name"))
+    for vol in spec.get("volumes") or []:
+        if vol.get("secret"):
+            found.add(vol["secret"].get("secretName"))
+        for src in (vol.get("projected") or {}).get("sources") or []:
+            if src.get("secret"):
+                found.add(src["secret"].get("name"))
+    return found
+
+
+def database_url_ref(spec: Obj) -> list[tuple[str, str]]:
+    """(Secret, key) of every container's CAREHUB_SERVER__DATABASE__URL."""
+    refs = []
+    for c in spec.get("containers") or []:
+        for e in c.get("env") or []:
+            if e.get("name") == "CAREHUB_SERVER__DATABASE__URL":
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
+                refs.append((ref.get("name", ""), ref.get("key", "")))
+    return refs
+
+
+def runs_migrate(c: Obj) -> bool:
+    words = [str(w) for w in (c.get("command") or []) + (c.get("args") or [])]
+    return "migrate" in words[:2] or any("carehub migrate" in w for w in words)
+
+
+def check_database_roles(docs: list[Obj], values: Obj, enabled: list[str]) -> list[str]:
+    """Issue 9: the serving pods never get the migrator's (owner's) Secret and never run the
+    migrations; the migration Job is a hook of its own with the migrator's Secret only."""
+    problems: list[str] = []
+    roles = {n: database_secrets(values, n) for n in enabled}
+    migrator_secrets = {n: r["migrator"][0] for n, r in roles.items() if r["migrator"][0]}
+    migrate_jobs = {f"carehub-{n}-migrate" for n in enabled}
+    for name, r in roles.items():
+        if not r["app"][0]:
+            problems.append(f"service {name}: no database.app Secret for the serving pods")
+        elif r["app"][0] == r["migrator"][0]:
+            problems.append(f"service {name}: the serving pods' database Secret {r['app'][0]} is the migrator's")
+    for d in docs:
+        spec = pod_spec(d)
+        if spec is None:
+            continue
+        where = name_of(d)
+        is_migrate_job = d["kind"] == "Job" and d["metadata"]["name"] in migrate_jobs
+        if is_migrate_job:
+            continue
+        for service, secret in migrator_secrets.items():
+            if secret in secrets_referenced(spec):
+                problems.append(f"{where}: reads the migrator Secret {secret} of {service} (the tables' owner); "
+                                "only the migration Job may")
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+            if runs_migrate(c):
+                problems.append(f"{where} container {c.get('name')}: runs the migrations; only the migration Job (a hook) may")
+    for name, r in roles.items():
+        full = f"carehub-{name}"
+        dep = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == full), None)
+        if dep:
+            refs = database_url_ref(pod_spec(dep) or {})
+            if refs != [r["app"]]:
+                problems.append(f"{name_of(dep)}: CAREHUB_SERVER__DATABASE__URL comes from {refs}, want the app role's {r['app']}")
+        cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == full), None)
+        if cm:
+            try:
+                db = tomllib.loads(cm["data"]["config.toml"])["server"]["database"]
+                if db.get("migrate_on_start") is not False:
+                    problems.append(f"{name_of(cm)}: server.database.migrate_on_start must be false (the serving role may not migrate)")
+            except (tomllib.TOMLDecodeError, KeyError):
+                pass  # reported by check_release
+        job = next((d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == f"{full}-migrate"), None)
+        if job:
+            jspec = pod_spec(job) or {}
+            refs = database_url_ref(jspec)
+            if refs != [r["migrator"]]:
+                problems.append(f"{name_of(job)}: CAREHUB_SERVER__DATABASE__URL comes from {refs}, want the migrator's {r['migrator']}")
+            if r["app"][0] in secrets_referenced(jspec):
+                problems.append(f"{name_of(job)}: reads the serving role's Secret {r['app'][0]}")
+            labels = (job["spec"].get("template", {}).get("metadata") or {}).get("labels") or {}
+            for kind in ("Deployment", "Service"):
+                o = next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == full), None)
+                if not o:
+                    continue
+                sel = o["spec"].get("selector") or {}
+                sel = sel if kind == "Deployment" else {"matchLabels": sel}
+                if selects(sel, labels):
+                    problems.append(f"{name_of(job)}: its pods are selected by {kind}/{full}: a migration pod would join the serving pods")
+    return problems
+
+
 def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
     """Everything a rendered release must contain and satisfy, given its merged values."""
     problems: list[str] = []
@@ -215,6 +330,7 @@ def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
     defaults = values.get("serviceDefaults") or {}
     calls = {n: (services[n].get("calls") if services[n].get("calls") is not None else defaults.get("calls", [])) for n in enabled}
     tls_source = values["tls"]["source"]
+    problems += check_database_roles(docs, values, enabled)
     for name in enabled:
         autoscaling = {**(defaults.get("autoscaling") or {}), **(services[name].get("autoscaling") or {})}
         full = f"carehub-{name}"

@@ -77,6 +77,43 @@ def check_crd_object(obj: dict) -> list[str]:
     if obj["kind"] == "Cluster":
         if not isinstance(spec.get("instances"), int) or spec["instances"] < 1:
             problems.append(f"{where}: spec.instances must be an integer >= 1")
+        problems += check_cluster_roles(where, spec)
+    return problems
+
+
+ROLE_FIELDS = {"name", "ensure", "comment", "login", "inherit", "superuser", "createdb", "createrole", "replication",
+               "bypassrls", "connectionLimit", "validUntil", "inRoles", "passwordSecret", "disablePassword"}
+
+
+def check_cluster_roles(where: str, spec: dict) -> list[str]:
+    """Issue 9: the pods' login role is a member of "<database>_app" and nothing more: the
+    migrations' owner (bootstrap.initdb.owner) is another role, used by the migration Job only."""
+    problems = []
+    initdb = (spec.get("bootstrap") or {}).get("initdb") or {}
+    database, owner = initdb.get("database"), initdb.get("owner")
+    if not database or not owner:
+        return [f"{where}: spec.bootstrap.initdb needs database and owner (the migration Job's role)"]
+    group = f"{database}_app"
+    roles = {r.get("name"): r for r in (spec.get("managed") or {}).get("roles") or []}
+    for r in roles.values():
+        for key in set(r) - ROLE_FIELDS:
+            problems.append(f"{where}: managed role {r.get('name')}: {key} is not a CloudNativePG RoleConfiguration field")
+    if group not in roles or roles[group].get("login") or roles[group].get("ensure", "present") != "present":
+        problems.append(f"{where}: spec.managed.roles must create the NOLOGIN group {group} the migrations grant to")
+    members = [r for r in roles.values() if group in (r.get("inRoles") or []) and r.get("login")]
+    if not members:
+        problems.append(f"{where}: no managed login role in {group} for the serving pods")
+    for r in members:
+        name = r.get("name")
+        if name == owner:
+            problems.append(f"{where}: the serving role {name} is the database owner")
+        for attr in ("superuser", "createdb", "createrole", "replication", "bypassrls"):
+            if r.get(attr):
+                problems.append(f"{where}: the serving role {name} has {attr}")
+        if set(r.get("inRoles") or []) != {group}:
+            problems.append(f"{where}: the serving role {name} is in {sorted(r.get('inRoles') or [])}, only {group} expected")
+        if not (r.get("passwordSecret") or {}).get("name"):
+            problems.append(f"{where}: the serving role {name} has no passwordSecret")
     return problems
 
 

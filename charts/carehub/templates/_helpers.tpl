@@ -78,6 +78,9 @@ helm.sh/chart: {{ include "carehub.chart" .root }}
 {{- if and (eq .Values.vault.auth.method "token") (include "carehub.vaultUsed" .) -}}
 {{- include "carehub.require" (dict "key" "vault.auth.token.secret" "value" .Values.vault.auth.token.secret "why" "(vault.auth.method=token)") -}}
 {{- end -}}
+{{- range $name := include "carehub.enabledServices" . | fromYamlArray -}}
+{{- include "carehub.checkDatabaseSecrets" (dict "root" $ "name" $name) -}}
+{{- end -}}
 {{- if and .Values.tests.enabled (ne .Values.tls.source "certManager") -}}
 {{- include "carehub.require" (dict "key" "tests.tlsSecret" "value" .Values.tests.tlsSecret "why" "when tests.enabled and tls.source is not certManager (the helm-test client certificate)") -}}
 {{- end -}}

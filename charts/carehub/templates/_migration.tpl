@@ -2,7 +2,8 @@
 Migration Job of a service: `carehub migrate <service>` before every install and upgrade
 (Helm hook), so new pods never start against an old schema. Hooks run before the release's
 ordinary objects exist, so the Job needs nothing of them: the database URL comes from the
-service's existing Secret and every other setting keeps its default. Migrations are
+service's migrator Secret (the tables' owner; the serving pods get another role, see
+carehub.databaseSecrets) and every other setting keeps its default. Migrations are
 expand-only (old pods keep working against the new schema), which is what makes a rolling
 upgrade and `helm rollback` safe.
 */}}
@@ -47,7 +48,8 @@ spec:
           imagePullPolicy: {{ $v.image.pullPolicy }}
           args: ["migrate", {{ .name | quote }}]
           env:
-            {{- include "carehub.service.secretEnv" . | nindent 12 }}
+            # The owner's URL: the only pod that gets it. Nothing else (no Vault token, no keys).
+            {{- include "carehub.service.databaseEnv" (dict "root" $root "name" .name "role" "migrator") | nindent 12 }}
             - name: CAREHUB_SERVER__TELEMETRY__LOG_FORMAT
               value: json
           resources:

@@ -75,7 +75,9 @@ spec:
           containerPort: {{ $v.ports.admin }}
           protocol: TCP
       env:
-        {{- include "carehub.service.secretEnv" . | nindent 8 }}
+        # The serving role's URL only: the migrator's (owner's) Secret never reaches this pod.
+        {{- include "carehub.service.databaseEnv" (dict "root" $root "name" $name "role" "app") | nindent 8 }}
+        {{- include "carehub.service.vaultTokenEnv" . | nindent 8 }}
         {{- with $svc.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -108,15 +110,58 @@ spec:
     {{- include "carehub.service.volumes" . | nindent 4 }}
 {{- end }}
 
-{{/* Environment from Secrets only: nothing secret is ever a literal in the manifests. */}}
-{{- define "carehub.service.secretEnv" -}}
+{{/*
+The database connections of a service, as YAML: `migrator` (the migration Job: the tables'
+owner) and `app` (the serving pods: a login role that is a member of "<database>_app" and owns
+nothing), each {existingSecret, key}. The former single `database.existingSecret`/`database.key`
+was the owner's URL in every documented setup, so it is read as the migrator's; `legacy` says
+it was used (NOTES.txt then says to move it).
+*/}}
+{{- define "carehub.databaseSecrets" -}}
 {{- $svc := include "carehub.values" . | fromYaml -}}
-{{- $v := .root.Values -}}
+{{- $db := $svc.database | default dict -}}
+{{- $m := $db.migrator | default dict -}}
+{{- $a := $db.app | default dict -}}
+migrator:
+  existingSecret: {{ $db.existingSecret | default $m.existingSecret | default "" | quote }}
+  key: {{ $db.key | default $m.key | default "url" | quote }}
+app:
+  existingSecret: {{ $a.existingSecret | default "" | quote }}
+  key: {{ $a.key | default "url" | quote }}
+legacy: {{ if or $db.existingSecret $db.key }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/*
+Refuses a service whose serving pods would get no database role of their own, or the
+migrator's: secure by default, no fallback to the owner's credentials.
+*/}}
+{{- define "carehub.checkDatabaseSecrets" -}}
+{{- $db := include "carehub.databaseSecrets" . | fromYaml -}}
+{{- if not $db.app.existingSecret -}}
+{{- fail (printf "carehub: services.%s.database.app.existingSecret is required: the Secret (key database.app.key, default url) with the postgres:// URL the serving pods use, of a login role that is a member of \"<database>_app\" and owns nothing (README \"Database roles\"); the chart does not fall back to the migrator's (owner's) credentials" .name) -}}
+{{- end -}}
+{{- if and .root.Values.migrations.enabled (not $db.migrator.existingSecret) -}}
+{{- fail (printf "carehub: services.%s.database.migrator.existingSecret is required (migrations.enabled): the Secret with the postgres:// URL of the owner of the service's tables, used by the migration Job only" .name) -}}
+{{- end -}}
+{{- if eq $db.app.existingSecret $db.migrator.existingSecret -}}
+{{- fail (printf "carehub: services.%s.database.app.existingSecret must not be the migrator's Secret (%s): the serving pods would hold the tables' owner's credentials, which can drop the audit trail's append-only trigger; give them a login role that is a member of \"<database>_app\" (README \"Database roles\")" .name $db.app.existingSecret) -}}
+{{- end -}}
+{{- end }}
+
+{{/* CAREHUB_SERVER__DATABASE__URL from the Secret of one role: (dict "root" $ "name" "<service>" "role" "app"|"migrator"). */}}
+{{- define "carehub.service.databaseEnv" -}}
+{{- $db := include "carehub.databaseSecrets" . | fromYaml -}}
+{{- $conn := index $db .role -}}
 - name: CAREHUB_SERVER__DATABASE__URL
   valueFrom:
     secretKeyRef:
-      name: {{ required (printf "services.%s.database.existingSecret is required (a Secret holding the postgres:// URL)" .name) $svc.database.existingSecret }}
-      key: {{ $svc.database.key }}
+      name: {{ required (printf "services.%s.database.%s.existingSecret is required" .name .role) $conn.existingSecret }}
+      key: {{ $conn.key }}
+{{- end }}
+
+{{/* Environment from Secrets only: nothing secret is ever a literal in the manifests. */}}
+{{- define "carehub.service.vaultTokenEnv" -}}
+{{- $v := .root.Values -}}
 {{- if and (include "carehub.vaultUsed" .root) (eq $v.vault.auth.method "token") }}
 - name: VAULT_TOKEN
   valueFrom:

@@ -1,7 +1,10 @@
 //! The chart's minimal configuration boots the real binary: `carehub serve identity` with the
 //! TOML the chart renders (tests/chart-config/minimal-identity.toml; only the in-pod paths and
-//! ports are redirected), a real database, dev certificates and a dev key file. Readiness turns
-//! 200, `carehub health` (what `helm test` runs) answers SERVING, and SIGTERM drains and exits 0.
+//! ports are redirected), a real database, dev certificates and a dev key file. As in the chart,
+//! the migrations run as the tables' owner (`carehub migrate identity`, the migration Job) and
+//! the server connects as a login role that is only a member of "<database>_app" and owns
+//! nothing (services.identity.database.app). Readiness turns 200, `carehub health` (what
+//! `helm test` runs) answers SERVING, and SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -13,6 +16,7 @@ use std::time::Duration;
 use carehub_platform::db::TestDatabase;
 use common::{free_port, http_get};
 use secrecy::ExposeSecret;
+use sqlx::ConnectOptions;
 
 fn carehub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carehub"))
@@ -33,6 +37,24 @@ async fn the_minimal_chart_config_serves_and_drains() {
     let db = TestDatabase::new(&carehub_identity::MIGRATOR)
         .await
         .unwrap();
+    // The migration Job: `carehub migrate identity`, the owner's URL from the environment and
+    // nothing else (the test database's creator stands in for the owner).
+    run_ok(
+        carehub()
+            .args(["migrate", "identity"])
+            .env("CAREHUB_SERVER__DATABASE__URL", db.url.expose_secret()),
+    );
+    // The pods' role: a member of "<database>_app", owning nothing.
+    let login = format!("{}_svc", db.name());
+    sqlx::query(&format!(
+        "CREATE ROLE \"{login}\" LOGIN IN ROLE \"{}\"",
+        carehub_platform::db::app_role(db.name())
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = db.url.expose_secret().parse().unwrap();
+    let serving_url = options.username(&login).to_url_lossy().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     run_ok(carehub().args(["dev", "certs", "--out"]).arg(d.join("tls")));
@@ -72,8 +94,8 @@ async fn the_minimal_chart_config_serves_and_drains() {
             "server.keys.file={}",
             d.join("keys.json").display()
         ))
-        // In the pod this comes from the Secret, as an environment variable.
-        .env("CAREHUB_SERVER__DATABASE__URL", db.url.expose_secret())
+        // In the pod this comes from the app role's Secret, as an environment variable.
+        .env("CAREHUB_SERVER__DATABASE__URL", &serving_url)
         // Logs are JSON lines on stdout.
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,5 +151,25 @@ async fn the_minimal_chart_config_serves_and_drains() {
     );
     assert!(out.status.success(), "{log}");
     assert!(log.contains("NOT_SERVING"), "{log}");
+    // The role it served as may not rewrite the audit trail.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&serving_url)
+        .await
+        .unwrap();
+    let err = sqlx::query("DELETE FROM carehub_platform.audit_events")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("permission denied for table audit_events"),
+        "{err}"
+    );
+    pool.close().await;
+    sqlx::query(&format!("DROP ROLE \"{login}\""))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     db.drop_database().await.unwrap();
 }

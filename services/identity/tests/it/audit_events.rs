@@ -262,3 +262,170 @@ async fn security_events_are_recorded_with_the_change_and_the_chain_verifies() {
     assert_eq!(kinds, vec!["identity.account.suspend"]);
     app.shutdown().await;
 }
+
+/// Creates, in the database `url` names, the login role the chart gives the pods (issue 9;
+/// README "Database roles"): `<database>_svc`, a member of `<database>_app` only, owning
+/// nothing. Returns the role and `url` with that user.
+async fn create_serving_role(url: &str) -> (String, String) {
+    use sqlx::{ConnectOptions, Connection};
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let database = options.get_database().expect("a database name").to_owned();
+    let login = format!("{database}_svc");
+    let group = carehub_platform::db::app_role(&database);
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE ROLE \"{login}\" LOGIN IN ROLE \"{group}\""
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let as_login = options.username(&login).to_url_lossy().to_string();
+    (login, as_login)
+}
+
+/// The SQLSTATE and message of a refused statement.
+fn refusal(err: sqlx::Error) -> (String, String) {
+    let db = err.as_database_error().expect("a database error");
+    (
+        db.code().map(|c| c.into_owned()).unwrap_or_default(),
+        db.message().to_owned(),
+    )
+}
+
+/// What the chart deploys: the migrations ran as the tables' owner (here the test's superuser),
+/// and identity serves as a login role that is only a member of "<database>_app". Its normal
+/// work (register, failed and successful logins, profile, logout, an admin's suspension) works
+/// and is audited; that role cannot update, delete or truncate audit rows, nor disable or drop
+/// the append-only trigger (only the owner could).
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_serves_as_a_member_of_the_app_group_that_cannot_rewrite_the_audit_trail() {
+    use secrecy::ExposeSecret;
+    let mut login = String::new();
+    let mut login_url = String::new();
+    let app = common::spawn_with(|cfg| {
+        let owner = cfg.server.database.url.clone().expect("the test database");
+        let (role, url) = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(create_serving_role(owner.expose_secret()))
+        });
+        cfg.server.database.url = Some(url.clone().into());
+        (login, login_url) = (role, url);
+    })
+    .await;
+    // The service's own pool connects as that role, not as the owner.
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname = current_database()",
+    )
+    .bind(&login)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(sessions >= 1, "identity does not connect as {login}");
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = $1)
+              + (SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE r.rolname = $1)",
+    )
+    .bind(&login)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(owned, 0, "{login} must own nothing");
+
+    // The service's normal work, as that role.
+    let mut c = app.public("gateway").await;
+    let ann = app.register_patient("ann@example.org", PASSWORD).await;
+    let e = c
+        .login(LoginRequest {
+            email: "ann@example.org".into(),
+            password: "not the password at all".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let tokens = app.login("ann@example.org", PASSWORD).await;
+    c.get_profile(app.with_token(GetProfileRequest {}, &tokens.access_token))
+        .await
+        .unwrap();
+    c.logout(app.with_token(LogoutRequest {}, &tokens.access_token))
+        .await
+        .unwrap();
+    let admin = app.create_admin().await;
+    let admin_token = app.token_for(&admin).await;
+    c.suspend_user(app.with_token(
+        SuspendUserRequest {
+            user_id: ann.user_id.clone(),
+            reason: "terms violation".into(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    let kinds: Vec<(String, String)> = events(&app)
+        .await
+        .into_iter()
+        .map(|r| (r.kind, r.outcome))
+        .collect();
+    for want in [
+        pair("identity.account.register", "success"),
+        pair("identity.login", "minor_failure"),
+        pair("identity.login", "success"),
+        pair("identity.session.logout", "success"),
+        pair("identity.account.suspend", "success"),
+    ] {
+        assert!(kinds.contains(&want), "{want:?} not audited: {kinds:?}");
+    }
+
+    // That role cannot rewrite the trail: no privilege, and not the owner who could switch the
+    // trigger off.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&login_url)
+        .await
+        .unwrap();
+    for (sql, want) in [
+        (
+            "UPDATE carehub_platform.audit_events SET kind = 'x.y'",
+            "permission denied for table audit_events",
+        ),
+        (
+            "DELETE FROM carehub_platform.audit_events",
+            "permission denied for table audit_events",
+        ),
+        (
+            "TRUNCATE carehub_platform.audit_events",
+            "permission denied for table audit_events",
+        ),
+        (
+            "DELETE FROM carehub_platform.audit_checkpoints",
+            "permission denied for table audit_checkpoints",
+        ),
+        (
+            "ALTER TABLE carehub_platform.audit_events DISABLE TRIGGER audit_events_append_only",
+            "must be owner of table audit_events",
+        ),
+        (
+            "DROP TRIGGER audit_events_append_only ON carehub_platform.audit_events",
+            "must be owner of relation audit_events",
+        ),
+    ] {
+        let (code, message) = refusal(sqlx::query(sql).execute(&pool).await.unwrap_err());
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains(want), "{sql}: {message}");
+    }
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM carehub_platform.audit_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audited as usize, kinds.len());
+    pool.close().await;
+
+    app.shutdown().await;
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin_pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("DROP ROLE IF EXISTS \"{login}\""))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+    admin_pool.close().await;
+}
