@@ -52,6 +52,13 @@ pub struct IdentitySettings {
     pub max_failures_per_hour: u32,
     /// Failed attempts per source address per minute before that source is throttled.
     pub max_failures_per_source_per_minute: u32,
+    /// How often stale `login_throttle` rows are purged (in batches; see
+    /// [`crate::store::sessions::purge_login_throttle`]).
+    pub login_throttle_purge_secs: u64,
+    /// How long an account key's consecutive-failure streak is remembered after its last
+    /// attempt (at least the hour of the account window): an idle streak older than this is
+    /// forgotten by the purge. Windows still counting and locks in force are never purged.
+    pub login_throttle_retention_secs: u64,
     pub verification_code_ttl_secs: u64,
     pub password_reset_ttl_secs: u64,
     pub mfa_challenge_ttl_secs: u64,
@@ -91,6 +98,8 @@ impl Default for IdentitySettings {
             lockout_max_delay_secs: 900,
             max_failures_per_hour: 100,
             max_failures_per_source_per_minute: 300,
+            login_throttle_purge_secs: 300,
+            login_throttle_retention_secs: 24 * 3600,
             verification_code_ttl_secs: 600,
             password_reset_ttl_secs: 900,
             mfa_challenge_ttl_secs: 300,
@@ -128,6 +137,15 @@ impl Validate for IdentityConfig {
         need(
             (1..=100).contains(&s.max_failures_per_hour),
             "identity.max_failures_per_hour must be within 1..=100",
+        );
+        need(
+            s.login_throttle_purge_secs > 0,
+            "identity.login_throttle_purge_secs must be > 0",
+        );
+        need(
+            s.login_throttle_retention_secs
+                >= crate::domain::throttle::ACCOUNT_WINDOW_SECS.unsigned_abs(),
+            "identity.login_throttle_retention_secs must be at least 3600 (the account window)",
         );
         need(
             s.argon2_memory_kib >= 19 * 1024

@@ -171,6 +171,7 @@ impl Service for IdentityDef {
             notifier,
             hasher,
         });
+        spawn_login_throttle_purge(&state);
         let api = api::IdentityApi {
             state: state.clone(),
         };
@@ -230,6 +231,47 @@ fn spawn_signing_key_sync(keys: &Arc<SigningKeys>, pool: PgPool, every_secs: u64
             let Some(keys) = weak.upgrade() else { break };
             if let Err(e) = keys.sync(&pool).await {
                 tracing::warn!(error = %e, "signing keys not synchronized; retrying");
+            }
+        }
+    });
+}
+
+/// Purges stale `login_throttle` rows (unknown emails and source addresses an attacker tried
+/// pile up there otherwise) every `identity.login_throttle_purge_secs`, a bounded number of
+/// batches per run, until the state is dropped with the server. Replicas may purge at once:
+/// each skips the rows another (or a login) holds.
+fn spawn_login_throttle_purge(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    let every = std::time::Duration::from_secs(state.settings.login_throttle_purge_secs.max(1));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            // The state is not held through a run: a stopping server drops it at once.
+            let Some((pool, retention)) = weak.upgrade().map(|state| {
+                let retention = state.settings.login_throttle_retention_secs;
+                (
+                    state.pool.clone(),
+                    i64::try_from(retention).unwrap_or(i64::MAX),
+                )
+            }) else {
+                break;
+            };
+            match store::sessions::purge_login_throttle(
+                &pool,
+                retention,
+                store::sessions::THROTTLE_PURGE_BATCH,
+                store::sessions::THROTTLE_PURGE_MAX_BATCHES,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "stale login-throttle rows purged"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging login-throttle rows failed; retrying")
+                }
             }
         }
     });

@@ -47,8 +47,8 @@ fn conflict(kind: &'static str, user_id: Uuid, description: &str) -> IdentityErr
     }
 }
 
-/// The second factor of a login. Its own transactions: the attempt is counted, and a wrong
-/// code recorded, even when the call is refused.
+/// The second factor of a login. Its own transaction: the attempt is counted, and a wrong
+/// code recorded with it, even when the call is refused.
 pub async fn complete_mfa_challenge(
     state: &AppState,
     call: &Call,
@@ -72,18 +72,18 @@ pub async fn complete_mfa_challenge(
         field: "challenge_token",
     };
 
-    // The attempt counts (committed on its own) before the code is checked.
-    let (challenge, cred) = {
-        let mut conn = state.pool.acquire().await?;
-        let Some(ch) =
-            store::attempt_mfa_challenge(&mut conn, &challenge_hash, MFA_MAX_ATTEMPTS).await?
-        else {
-            return Err(invalid);
-        };
-        let cred = store::credentials_by_id(&mut conn, ch.user_id, false).await?;
-        (ch, cred)
+    // The attempt is counted, its code checked and a wrong code recorded in one transaction
+    // (the check is cheap: the challenge row stays locked only while it runs, and concurrent
+    // attempts on one challenge take turns): a counted failure is always audited, and an
+    // audited one always counted. An attempt refused before its code is checked (account
+    // disabled, TOTP gone, challenge used meanwhile) is rolled back: no code was tried.
+    let mut tx = state.pool.begin().await?;
+    let Some(challenge) =
+        store::attempt_mfa_challenge(&mut tx, &challenge_hash, MFA_MAX_ATTEMPTS).await?
+    else {
+        return Err(invalid);
     };
-    let Some(cred) = cred else {
+    let Some(cred) = store::credentials_by_id(&mut tx, challenge.user_id, false).await? else {
         return Err(invalid);
     };
     if !is_active(&cred) {
@@ -93,7 +93,6 @@ pub async fn complete_mfa_challenge(
         return Err(invalid);
     };
 
-    let mut tx = state.pool.begin().await?;
     let second_factor: Result<[&str; 2]> = async {
         Ok(match &code {
             Code::TotpCode(c) => {
@@ -116,13 +115,17 @@ pub async fn complete_mfa_challenge(
     .await;
     let amr = match second_factor {
         Ok(amr) => amr,
-        Err(e) => {
-            drop(tx);
+        Err(IdentityError::MfaCodeWrong) => {
+            // A wrong code changed nothing but the attempt count: count and event commit
+            // together.
             let event = security::account(caller, kinds::LOGIN_MFA, cred.id);
             let event = security::failed(event, Outcome::MinorFailure, ErrorReason::MfaRequired);
-            security::record_alone(&state.pool, event).await?;
-            return Err(e);
+            security::record(&mut tx, event).await?;
+            tx.commit().await?;
+            return Err(IdentityError::MfaCodeWrong);
         }
+        // The check could not run (a database error): rolled back, neither counted nor audited.
+        Err(e) => return Err(e),
     };
     if !store::consume_mfa_challenge(&mut tx, &challenge_hash).await? {
         return Err(invalid);

@@ -2,15 +2,15 @@
 //! logins (success, failure, lockout), MFA changes, password changes and resets, session
 //! revocations, account status changes, consent changes.
 //!
-//! Changes record their event in the transaction of the change ([`record`]); attempts that
-//! change nothing durable (a failed login) get a transaction of their own ([`record_alone`]).
+//! Every event is recorded in the transaction of the change it describes ([`record`]); a failed
+//! attempt (a wrong password, PIN or second factor) in the transaction that counts it.
 //! The subject is the account holder; the actor is the signed-in user or, before sign-in, the
 //! account that tried. Ids and codes only.
 
 use carehub_platform::audit::{self, AuditEvent, Kind, Outcome, Purpose};
 use carehub_platform::auth::Caller;
 use carehub_proto::common::v1::ErrorReason;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::kinds;
@@ -64,11 +64,5 @@ pub(crate) fn failed(event: AuditEvent, outcome: Outcome, reason: ErrorReason) -
 /// Records `event` in the transaction of the change it describes.
 pub(crate) async fn record(conn: &mut PgConnection, event: AuditEvent) -> Result<()> {
     audit::record(conn, &event).await?;
-    Ok(())
-}
-
-/// Records `event` in a transaction of its own.
-pub(crate) async fn record_alone(pool: &PgPool, event: AuditEvent) -> Result<()> {
-    audit::record_read(pool, &event).await?;
     Ok(())
 }

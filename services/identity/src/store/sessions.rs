@@ -172,6 +172,81 @@ pub async fn extend_lock(
     .await
 }
 
+/// Whether a `login_throttle` row holds nothing the throttle still needs (`$1` source window,
+/// `$2` account window, `$3` streak retention, in seconds): no lock in force; its window has
+/// ended (a budget still counting is kept: the source's minute, the account's hour, whose
+/// hourly lock ends with it); and no consecutive-failure streak still remembered — a source's
+/// streak decides nothing, an account's is kept until it has been idle for `$3`. Deleting such
+/// a row changes no decision except that an account's idle streak restarts.
+const THROTTLE_STALE: &str = "(t.locked_until IS NULL OR t.locked_until <= now())
+     AND t.window_start <= now() - make_interval(secs => CASE WHEN t.key LIKE 'src:%'
+                                                          THEN $1 ELSE $2 END)
+     AND (t.key LIKE 'src:%' OR t.consecutive_failures = 0
+          OR t.updated_at <= now() - make_interval(secs => $3))";
+
+/// Deletes at most `batch` stale `login_throttle` rows ([`THROTTLE_STALE`]), in one short
+/// statement that skips rows a login holds; the number deleted. The condition is checked
+/// again on each row as it is deleted, so a row an attempt touched meanwhile is kept.
+pub async fn purge_login_throttle_batch(
+    conn: &mut PgConnection,
+    source_window_secs: i64,
+    account_window_secs: i64,
+    retention_secs: i64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM login_throttle AS t
+         WHERE t.key IN (SELECT t.key FROM login_throttle AS t WHERE {THROTTLE_STALE}
+                         LIMIT $4 FOR UPDATE SKIP LOCKED)
+           AND {THROTTLE_STALE}"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(source_window_secs as f64)
+        .bind(account_window_secs as f64)
+        .bind(retention_secs as f64)
+        .bind(batch)
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// Rows one purge statement deletes at most.
+pub const THROTTLE_PURGE_BATCH: i64 = 1000;
+/// Statements one purge run issues at most (so a run is bounded; the next run goes on).
+pub const THROTTLE_PURGE_MAX_BATCHES: u32 = 100;
+
+/// One purge run: stale `login_throttle` rows deleted in batches of `batch` (each its own
+/// short statement, so no run holds locks for long), until a batch comes back short or
+/// `max_batches` have run; the number deleted.
+pub async fn purge_login_throttle(
+    pool: &sqlx::PgPool,
+    retention_secs: i64,
+    batch: i64,
+    max_batches: u32,
+) -> Result<u64, sqlx::Error> {
+    use crate::domain::throttle::{ACCOUNT_WINDOW_SECS, SOURCE_WINDOW_SECS};
+    // A retention beyond a century is "forever" (and keeps `now() - interval` in range).
+    let retention_secs = retention_secs.clamp(0, 100 * 366 * 86_400);
+    let mut purged = 0;
+    for _ in 0..max_batches {
+        let mut conn = pool.acquire().await?;
+        let n = purge_login_throttle_batch(
+            &mut conn,
+            SOURCE_WINDOW_SECS,
+            ACCOUNT_WINDOW_SECS,
+            retention_secs,
+            batch,
+        )
+        .await?;
+        drop(conn);
+        purged += n;
+        if n < u64::try_from(batch).unwrap_or(0) {
+            break;
+        }
+    }
+    Ok(purged)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sessions and refresh tokens
 

@@ -17,7 +17,7 @@ use tonic::{Code, Status};
 
 /// A login as a well-behaved client makes it: UNAVAILABLE (hashing at capacity) must carry
 /// RetryInfo, and is retried after it.
-async fn login_retrying(
+pub(crate) async fn login_retrying(
     c: &mut IdentityServiceClient<Channel>,
     req: LoginRequest,
     ip: Option<&str>,
@@ -40,13 +40,13 @@ async fn login_retrying(
     }
 }
 
-fn reason(e: &Status) -> String {
+pub(crate) fn reason(e: &Status) -> String {
     carehub_platform::errors::details_of(e)
         .reason
         .unwrap_or_default()
 }
 
-async fn throttle_row(app: &common::TestApp, email: &str) -> (i32, i64, i32) {
+pub(crate) async fn throttle_row(app: &common::TestApp, email: &str) -> (i32, i64, i32) {
     sqlx::query_as(
         "SELECT consecutive_failures, total_failures, window_failures FROM login_throttle WHERE key = $1",
     )
@@ -59,7 +59,7 @@ async fn throttle_row(app: &common::TestApp, email: &str) -> (i32, i64, i32) {
     .unwrap()
 }
 
-async fn audit_count(app: &common::TestApp, kind: &str, failed: bool) -> i64 {
+pub(crate) async fn audit_count(app: &common::TestApp, kind: &str, failed: bool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM carehub_platform.audit_events
          WHERE kind = $1 AND (outcome <> 'success') = $2",
@@ -269,6 +269,147 @@ async fn a_burst_of_pin_guesses_gets_five_checks_and_revokes_the_device() {
     );
     assert!(counted >= 6, "{counted}");
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_mfa_codes_is_counted_and_audited_alike() {
+    use carehub_identity::domain::totp;
+    let app = common::spawn().await;
+    app.register_patient("otp@example.org", PASSWORD).await;
+    let t = app.login("otp@example.org", PASSWORD).await;
+    let client = app.public("gateway").await;
+    let secret = client
+        .clone()
+        .enroll_totp(app.with_token(EnrollTotpRequest {}, &t.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let secret = totp::decode_secret(&secret).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    client
+        .clone()
+        .confirm_totp(app.with_token(
+            ConfirmTotpRequest {
+                totp_code: totp::code_at(&secret, now),
+            },
+            &t.access_token,
+        ))
+        .await
+        .unwrap();
+    let challenge = mfa_challenge(&client, "otp@example.org").await;
+    // A code no step around now (the burst takes well under a minute) accepts.
+    let near: Vec<String> = (-3..=3)
+        .map(|k| totp::code_at(&secret, now + k * totp::STEP_SECS))
+        .collect();
+    let wrong = (0..10)
+        .map(|d| format!("{d}{d}{d}{d}{d}{d}"))
+        .find(|c| !near.contains(c))
+        .unwrap();
+    let events_before = audit_count(&app, "identity.login.mfa", true).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let mut c = client.clone();
+        let req = CompleteMfaChallengeRequest {
+            challenge_token: challenge.clone(),
+            code: Some(complete_mfa_challenge_request::Code::TotpCode(
+                wrong.clone(),
+            )),
+        };
+        tasks.push(tokio::spawn(async move {
+            c.complete_mfa_challenge(req).await.unwrap_err()
+        }));
+    }
+    let mut by_reason = BTreeMap::<String, usize>::new();
+    for task in tasks {
+        let e = task.await.unwrap();
+        *by_reason.entry(reason(&e)).or_default() += 1;
+    }
+    // Five codes were checked (the challenge's limit); the rest found a dead challenge.
+    assert_eq!(by_reason.get("MFA_REQUIRED"), Some(&5), "{by_reason:?}");
+    assert_eq!(by_reason.get("CODE_INVALID"), Some(&25), "{by_reason:?}");
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM mfa_challenges")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    // Every counted attempt is audited, and every audited failure counted.
+    assert_eq!(attempts, 5);
+    assert_eq!(
+        audit_count(&app, "identity.login.mfa", true).await - events_before,
+        i64::from(attempts)
+    );
+
+    // The challenge is spent: even the right code is refused now, uncounted and unaudited.
+    let e = client
+        .clone()
+        .complete_mfa_challenge(CompleteMfaChallengeRequest {
+            challenge_token: challenge.clone(),
+            code: Some(complete_mfa_challenge_request::Code::TotpCode(
+                totp::code_at(&secret, chrono::Utc::now().timestamp()),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::InvalidArgument, Some("CODE_INVALID"));
+    assert_eq!(
+        audit_count(&app, "identity.login.mfa", true).await - events_before,
+        5
+    );
+    assert_eq!(
+        app.count("sessions").await,
+        1,
+        "only the first login's session"
+    );
+
+    // A wrong code whose failure cannot be audited is not counted either: the count and the
+    // event commit together or not at all.
+    let challenge = mfa_challenge(&client, "otp@example.org").await;
+    for sql in [
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'audit trail refused (test)'; END $$",
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON carehub_platform.audit_events
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+    ] {
+        sqlx::query(sql).execute(app.pool()).await.unwrap();
+    }
+    let e = client
+        .clone()
+        .complete_mfa_challenge(CompleteMfaChallengeRequest {
+            challenge_token: challenge,
+            code: Some(complete_mfa_challenge_request::Code::TotpCode(wrong)),
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(reason(&e), "MFA_REQUIRED", "{e:?}");
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM mfa_challenges ORDER BY created_at DESC LIMIT 1")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts, 0,
+        "a failure that could not be audited was counted"
+    );
+    app.shutdown().await;
+}
+
+/// A login of `email` (with TOTP on) with the right password: its challenge token.
+async fn mfa_challenge(client: &IdentityServiceClient<Channel>, email: &str) -> String {
+    match client
+        .clone()
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+    {
+        Some(login_response::Result::MfaChallenge(ch)) => ch.challenge_token,
+        other => panic!("expected a challenge, got {other:?}"),
+    }
 }
 
 /// Resident memory of this test process (nextest runs each test in its own process).

@@ -10,6 +10,7 @@ mod bad_input;
 mod encryption;
 mod jwks;
 mod login_concurrency;
+mod login_throttle_purge;
 mod outbox_events;
 mod read_audit;
 mod remote_verifier;
