@@ -22,6 +22,7 @@ use carehub_platform::crypto::{CryptoConfig, Envelope};
 use carehub_platform::idempotency::IdempotencyStore;
 use carehub_platform::keys::KeySource;
 use carehub_platform::kit::{Api, Context, Service, ServiceConfig};
+use carehub_platform::outbox::Outbox;
 use carehub_platform::server::RunningServer;
 use carehub_platform::with_message_limits;
 use carehub_proto::identity::v1::identity_internal_server::IdentityInternalServer;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub crypto: Envelope,
     /// Answers of mutating RPCs kept for retries, sealed under the KEK (they can carry PHI).
     pub idempotency: IdempotencyStore,
+    /// Account events for other services, queued in the changing transaction.
+    pub outbox: Outbox,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
 }
@@ -122,6 +125,7 @@ impl Service for IdentityDef {
             keys: key_source,
             crypto,
             idempotency,
+            outbox,
             server,
             ..
         } = ctx;
@@ -168,6 +172,7 @@ impl Service for IdentityDef {
             key_source,
             crypto,
             idempotency,
+            outbox,
             notifier,
             hasher,
         });

@@ -165,7 +165,6 @@ async fn change_status<Req: Message>(
         StatusAction::Terminate => kinds::ACCOUNT_TERMINATE,
     };
     let event = super::security::account(&call.caller, kind, target);
-    let outbox = carehub_platform::outbox::Outbox::new(state.key_source.clone());
     let user = call
         .mutate(&state.idempotency, request, async |tx| {
             let a = lock_account(tx, &state.crypto, target).await?;
@@ -177,7 +176,7 @@ async fn change_status<Req: Message>(
                     description: why.to_owned(),
                 })?;
             let a = store::set_status(tx, &state.crypto, target, next, &reason, admin).await?;
-            crate::events::account_status_changed(tx, &outbox, &a).await?;
+            crate::events::account_status_changed(tx, &state.outbox, &a).await?;
             if action.revokes_sessions() {
                 crate::store::revocation::revoke_user_sessions(
                     tx,

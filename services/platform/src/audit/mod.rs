@@ -65,6 +65,9 @@ pub struct AuditHost {
     pub pool: PgPool,
     pub keys: Arc<dyn KeySource>,
     pub config: AuditConfig,
+    /// One sealer for the whole service (calls and AuditLog pages), so that its cache of
+    /// derived keys is shared.
+    sealer: Arc<seal::ClientSealer>,
 }
 
 impl std::fmt::Debug for AuditHost {
@@ -86,6 +89,7 @@ impl AuditHost {
         Self {
             service,
             pool,
+            sealer: Arc::new(seal::ClientSealer::new(service, keys.clone())),
             keys,
             config,
         }
@@ -93,7 +97,7 @@ impl AuditHost {
 
     /// Seals the client fields of this service's events.
     pub fn sealer(&self) -> Arc<seal::ClientSealer> {
-        Arc::new(seal::ClientSealer::new(self.service, self.keys.clone()))
+        self.sealer.clone()
     }
 
     pub fn api(&self) -> service::AuditLogApi {
@@ -101,6 +105,7 @@ impl AuditHost {
             pool: self.pool.clone(),
             keys: self.keys.clone(),
             service: self.service,
+            sealer: self.sealer.clone(),
         }
     }
 

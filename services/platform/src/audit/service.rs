@@ -50,6 +50,8 @@ pub struct AuditLogApi {
     pub pool: PgPool,
     pub keys: Arc<dyn KeySource>,
     pub service: &'static str,
+    /// Opens the client fields of the events it lists (the service's one sealer).
+    pub sealer: Arc<ClientSealer>,
 }
 
 /// The policy of the AuditLog paths.
@@ -261,9 +263,8 @@ impl AuditLog for AuditLogApi {
         let next_page_token = page.finish(&mut events, &filter, |e| (e.event.occurred_at, e.seq));
         // Authorized readers get the client fields opened; a value that does not open (its KEK
         // version destroyed) is shown as sealed rather than failing the whole page.
-        let sealer = ClientSealer::new(self.service, self.keys.clone());
         for e in &mut events {
-            if let Err(err) = sealer.open_event(e) {
+            if let Err(err) = self.sealer.open_event(e) {
                 tracing::warn!(seq = e.seq, error = %err, "audit client fields do not open");
                 e.event.source_ip = e.client.source_ip.as_ref().map(|_| SEALED.to_owned());
                 e.event.user_agent = e.client.user_agent.as_ref().map(|_| SEALED.to_owned());

@@ -110,6 +110,9 @@ pub struct Context {
     /// Answers of mutating RPCs kept for retries (sealed under the KEK); purged in the
     /// background.
     pub idempotency: IdempotencyStore,
+    /// Queues cross-service effects in the caller's transaction (one instance per service, so
+    /// that its sealer's derived keys are cached); the kit runs the relay.
+    pub outbox: crate::outbox::Outbox,
     /// The service's metrics, for gauges and counters of its own.
     pub metrics: Arc<Metrics>,
     /// The service's mTLS material (also what its clients to other services present).
@@ -265,6 +268,7 @@ async fn prepare(
     // PEM files, or a certificate from Vault PKI kept renewed while the server runs.
     let tls = crate::keys::pki::tls_store(name, &server).await?;
     let host = ServiceHost::new(name, &server).with_tls(tls.clone());
+    let keys_for_outbox = keys.clone();
     let ctx = Context {
         name,
         metrics: host.metrics(),
@@ -273,6 +277,7 @@ async fn prepare(
         keys,
         crypto,
         idempotency,
+        outbox: crate::outbox::Outbox::new(keys_for_outbox),
         tls,
     };
     Ok((ctx, host))
