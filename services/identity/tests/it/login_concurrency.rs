@@ -40,6 +40,70 @@ pub(crate) async fn login_retrying(
     }
 }
 
+/// What a burst of concurrent guesses at one account got: wrong passwords refused as
+/// INVALID_CREDENTIALS (checked) or ACCOUNT_LOCKED (refused unchecked), and the right password,
+/// sent last, as `Ok` or its refusal reason. Panics when a wrong password signs in or a refusal
+/// is anything else.
+pub(crate) struct Burst {
+    pub invalid: usize,
+    pub locked: usize,
+    pub right_one: Result<(), String>,
+}
+
+/// `n` logins at once to `email` (from `ip` when given), the right password last.
+pub(crate) async fn guess_burst(
+    client: &IdentityServiceClient<Channel>,
+    email: &str,
+    n: usize,
+    ip: Option<&'static str>,
+) -> Burst {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut c = client.clone();
+        let email = email.to_owned();
+        let password = if i + 1 == n {
+            PASSWORD.to_owned()
+        } else {
+            format!("wrong guess number {i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = login_retrying(
+                &mut c,
+                LoginRequest {
+                    email,
+                    password: password.clone(),
+                },
+                ip,
+            )
+            .await;
+            (password == PASSWORD, r)
+        }));
+    }
+    let (mut invalid, mut locked, mut right_one) = (0, 0, None);
+    for t in tasks {
+        let (is_right, r) = t.await.unwrap();
+        match &r {
+            Ok(_) => assert!(is_right, "a wrong password signed in"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+                match reason(e).as_str() {
+                    "INVALID_CREDENTIALS" => invalid += 1,
+                    "ACCOUNT_LOCKED" => locked += 1,
+                    other => panic!("unexpected reason {other}"),
+                }
+            }
+        }
+        if is_right {
+            right_one = Some(r.map(|_| ()).map_err(|e| reason(&e)));
+        }
+    }
+    Burst {
+        invalid,
+        locked,
+        right_one: right_one.expect("the right password was sent"),
+    }
+}
+
 pub(crate) fn reason(e: &Status) -> String {
     carehub_platform::errors::details_of(e)
         .reason
@@ -135,51 +199,15 @@ async fn two_hundred_guesses_with_the_right_one_among_them_get_only_the_policy_c
     let client = app.public("gateway").await;
     let free = app.state().settings.lockout_free_attempts as usize;
     let checks_before = app.state().hasher.verifications();
-    let mut tasks = Vec::new();
     // The right password is sent last of 200: by the time it is reserved the account is
     // locked, and it must be refused without a check.
-    for i in 0..200 {
-        let mut c = client.clone();
-        let password = if i == 199 {
-            PASSWORD.to_owned()
-        } else {
-            format!("wrong guess number {i}")
-        };
-        tasks.push(tokio::spawn(async move {
-            let r = login_retrying(
-                &mut c,
-                LoginRequest {
-                    email: "target@example.org".into(),
-                    password: password.clone(),
-                },
-                None,
-            )
-            .await;
-            (password == PASSWORD, r)
-        }));
-    }
-    let mut invalid = 0;
-    let mut locked = 0;
-    let mut right_one = None;
-    for t in tasks {
-        let (is_right, r) = t.await.unwrap();
-        match &r {
-            Ok(_) => assert!(is_right, "a wrong password signed in"),
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-                match reason(e).as_str() {
-                    "INVALID_CREDENTIALS" => invalid += 1,
-                    "ACCOUNT_LOCKED" => locked += 1,
-                    other => panic!("unexpected reason {other}"),
-                }
-            }
-        }
-        if is_right {
-            right_one = Some(r.map(|_| ()).map_err(|e| reason(&e)));
-        }
-    }
+    let Burst {
+        invalid,
+        locked,
+        right_one,
+    } = guess_burst(&client, "target@example.org", 200, None).await;
     let checks = app.state().hasher.verifications() - checks_before;
-    match right_one.unwrap() {
+    match right_one {
         // The right password was refused unchecked: exactly the free attempts were checked.
         Err(reason) => {
             assert_eq!(reason, "ACCOUNT_LOCKED");

@@ -5,7 +5,7 @@
 //! burst of guesses lets none more through.
 
 use crate::common;
-use crate::login_concurrency::{audit_count, login_retrying, reason, throttle_row};
+use crate::login_concurrency::{audit_count, guess_burst, throttle_row, Burst};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -263,50 +263,16 @@ async fn a_purge_during_a_burst_of_guesses_lets_none_more_through() {
 
     let client = app.public("gateway").await;
     let checks_before = app.state().hasher.verifications();
-    let mut tasks = Vec::new();
     // 100 guesses at once, the right password last.
-    for i in 0..100 {
-        let mut c = client.clone();
-        let password = if i == 99 {
-            PASSWORD.to_owned()
-        } else {
-            format!("wrong guess number {i}")
-        };
-        tasks.push(tokio::spawn(async move {
-            let r = login_retrying(
-                &mut c,
-                LoginRequest {
-                    email: "burst@example.org".into(),
-                    password: password.clone(),
-                },
-                Some("192.0.2.44"),
-            )
-            .await;
-            (password == PASSWORD, r)
-        }));
-    }
-    let (mut invalid, mut refused, mut right_one) = (0usize, 0usize, None);
-    for t in tasks {
-        let (is_right, r) = t.await.unwrap();
-        match &r {
-            Ok(_) => assert!(is_right, "a wrong password signed in"),
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-                match reason(e).as_str() {
-                    "INVALID_CREDENTIALS" => invalid += 1,
-                    "ACCOUNT_LOCKED" => refused += 1,
-                    other => panic!("unexpected reason {other}"),
-                }
-            }
-        }
-        if is_right {
-            right_one = Some(r.map(|_| ()).map_err(|e| reason(&e)));
-        }
-    }
+    let Burst {
+        invalid,
+        locked: refused,
+        right_one,
+    } = guess_burst(&client, "burst@example.org", 100, Some("192.0.2.44")).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (runs, purged) = purger.await.unwrap();
     let checks = app.state().hasher.verifications() - checks_before;
-    match right_one.unwrap() {
+    match right_one {
         Err(reason) => {
             assert_eq!(reason, "ACCOUNT_LOCKED");
             assert_eq!(checks, free as u64, "password checks");
