@@ -10,7 +10,7 @@
 # Groups, and the only tests each mutant runs (test selection kept tight on purpose):
 #   auth      platform/src/auth/{mod,verified}.rs  platform unit tests
 #   remote    platform/src/auth/remote.rs       identity tests/it/remote_verifier.rs (a real identity)
-#   audit     platform/src/audit/{verify,chain}.rs  platform unit tests + tests/it/audit.rs
+#   audit     platform/src/audit/{verify,chain,sequencer}.rs  platform unit tests + tests/it/audit{,_sequencer}.rs
 #   crypto    platform/src/crypto/format.rs     platform unit tests + tests/it/crypto.rs
 #   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/it/login_concurrency.rs
 #   policy    identity/src/api/policy.rs        identity tests/it/{authz,transport,accounts}.rs
@@ -42,7 +42,7 @@ group_args() {
   case "$1" in
     auth) echo "-f services/platform/src/auth/mod.rs -f services/platform/src/auth/verified.rs -- --lib" ;;
     remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity -- --test it -E test(/^remote_verifier::/)" ;;
-    audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -- --lib --test it -E kind(lib)|test(/^audit::/)" ;;
+    audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -f services/platform/src/audit/sequencer.rs -- --lib --test it -E kind(lib)|test(/^audit(_sequencer)?::/)" ;;
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test it -E kind(lib)|test(/^crypto::/)" ;;
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
     policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;

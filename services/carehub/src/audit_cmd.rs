@@ -5,7 +5,12 @@
 //! database (its JSON-lines file, or any copy): a chain shorter than one of them, or that
 //! disagrees with one, fails even when the stored checkpoints were deleted with the tail.
 //!
-//! Exit status: 0 intact, 3 tampered (the first broken row is named), 1 could not verify, 2 usage.
+//! It also reports the sealing lag: events committed but still queued for the chain, and how
+//! many have waited longer than `[server.audit] sealing_lag_secs` (a sequencer that is behind,
+//! or not running anywhere).
+//!
+//! Exit status: 0 intact, 3 tampered (the first broken row is named), 4 intact but events wait
+//! longer than the bound to be sealed, 1 could not verify, 2 usage.
 
 use std::path::PathBuf;
 
@@ -18,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 /// Exit status when the log was tampered with.
 pub const EXIT_TAMPERED: i32 = 3;
+/// Exit status when the chain is intact but queued events wait longer than the bound.
+pub const EXIT_SEALING_LAG: i32 = 4;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -114,6 +121,9 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             }
             if !report.is_intact() {
                 std::process::exit(EXIT_TAMPERED);
+            }
+            if report.sealing.is_some_and(|s| s.older_than_bound > 0) {
+                std::process::exit(EXIT_SEALING_LAG);
             }
             Ok(())
         }
@@ -233,9 +243,15 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
         to_time: args.to,
         ..VerifyRange::default()
     };
-    let report = audit::verify_with(&pool, keys.as_ref(), &args.service, &range, &shipped)
+    let mut report = audit::verify_with(&pool, keys.as_ref(), &args.service, &range, &shipped)
         .await
         .with_context(|| format!("reading {}'s audit trail", args.service))?;
+    let bound = std::time::Duration::from_secs(cfg.server.audit.sealing_lag_secs);
+    report.sealing = Some(
+        audit::sequencer::sealing_lag(&pool, bound)
+            .await
+            .with_context(|| format!("reading {}'s audit queue", args.service))?,
+    );
     pool.close().await;
     Ok(report)
 }
@@ -248,9 +264,20 @@ fn describe(r: &VerifyReport) -> String {
         ),
         None => "no checkpoint in range".to_owned(),
     };
+    let sealing = match r.sealing {
+        None => String::new(),
+        Some(s) if s.older_than_bound > 0 => format!(
+            "\nSEALING LAG: {} of {} queued event(s) waited longer than {}s to be sealed (oldest {:.1}s): is a sequencer running?",
+            s.older_than_bound, s.queued, s.bound_secs, s.oldest_age_secs
+        ),
+        Some(s) => format!(
+            "\nsealing lag: {} event(s) queued, oldest {:.1}s (bound {}s)",
+            s.queued, s.oldest_age_secs, s.bound_secs
+        ),
+    };
     match &r.problem {
         None => format!(
-            "{}: audit trail intact: {} row(s) checked ({}..={}), {checkpoints}; chain head at row {}",
+            "{}: audit trail intact: {} row(s) checked ({}..={}), {checkpoints}; chain head at row {}{sealing}",
             r.service, r.rows_checked, r.from_seq, r.to_seq, r.head_seq
         ),
         Some(p) => format!(

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! What auditing costs a mutating operation: one transaction inserting a row, without and with
-//! `audit::record` in the same transaction (chain-head lock, hash, event row, head update),
-//! against a real PostgreSQL. Also 8 writers at once, where the chain-head lock serializes the
-//! auditing transactions from their first event to their commit.
+//! `audit::record` in the same transaction (one queue row; no shared lock), against a real
+//! PostgreSQL. Also 8 writers at once, which no longer take turns on the chain head, and the
+//! sequencer's cost per sealed event (batches of up to 1 000: hash, move, one head update).
 //!
 //! Needs PostgreSQL (DATABASE_URL, default the local one); skips with a message without one.
 //! Run: `cargo bench -p carehub-platform --bench audit`.
@@ -44,6 +44,21 @@ async fn mutate(pool: &PgPool, audited: bool) {
         audit::record(&mut tx, &event).await.unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// One event queued by itself (what the sequencer then seals).
+async fn queue_one(pool: &PgPool) {
+    let id = Uuid::now_v7();
+    let event = AuditEvent::new(
+        "bench.item.read",
+        Action::Read,
+        Purpose::Operations,
+        "item",
+        id,
+    )
+    .actor_user(id);
+    let mut conn = pool.acquire().await.unwrap();
+    audit::record_all(&mut conn, &[&event]).await.unwrap();
 }
 
 /// `n` transactions spread over [`WRITERS`] concurrent writers.
@@ -100,8 +115,22 @@ fn audit_overhead(c: &mut Criterion) {
     group.bench_function("insert+audit_8_writers", |b| {
         b.iter_custom(|n| rt.block_on(concurrent(&db.pool, true, n)))
     });
+    group.bench_function("seal_per_event", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(async {
+                audit::seal_all(&db.pool).await.unwrap();
+                for _ in 0..n {
+                    queue_one(&db.pool).await;
+                }
+                let start = Instant::now();
+                audit::seal_all(&db.pool).await.unwrap();
+                start.elapsed()
+            })
+        })
+    });
     group.finish();
 
+    rt.block_on(audit::seal_all(&db.pool)).unwrap();
     let report = rt
         .block_on(audit::verify(
             &db.pool,

@@ -2,6 +2,11 @@
 //! configuration the platform builds ([`TlsStore::server_config`]), answering each request with
 //! its own payload. It runs on a runtime of its own whose threads are named [`THREAD_NAME`], so
 //! that its CPU can be told apart from the load generator's.
+//!
+//! With an audit trail ([`start`]'s `audit`), it is the audited read of the audit scenarios:
+//! each answer waits until its read event is durable, through the platform's group commit
+//! ([`carehub_platform::call::reads`]), exactly as a service's `Call::read` does, and the
+//! sequencer runs on the same runtime (its CPU is server CPU).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +22,7 @@ use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::transport::server::Connected;
 use tonic::transport::Channel;
 
+use carehub_platform::audit::{Action, AuditEvent, Purpose};
 use carehub_platform::tls::TlsStore;
 
 use super::engine::{Op, OpFuture};
@@ -33,16 +39,36 @@ pub struct EchoMessage {
 }
 
 #[derive(Clone)]
-struct EchoService;
+struct EchoService {
+    audit: Option<sqlx::PgPool>,
+}
 
-struct EchoUnary;
+struct EchoUnary {
+    audit: Option<sqlx::PgPool>,
+}
 
 impl tonic::server::UnaryService<EchoMessage> for EchoUnary {
     type Response = EchoMessage;
     type Future = BoxFuture<tonic::Response<EchoMessage>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<EchoMessage>) -> Self::Future {
-        Box::pin(async move { Ok(tonic::Response::new(request.into_inner())) })
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            if let Some(pool) = audit {
+                let reader = uuid::Uuid::now_v7();
+                let event = AuditEvent::new(
+                    "loadgen.echo.read",
+                    Action::Read,
+                    Purpose::Operations,
+                    "echo",
+                    reader,
+                )
+                .actor_user(reader)
+                .actor_role("patient");
+                carehub_platform::call::reads::record(&pool, event).await?;
+            }
+            Ok(tonic::Response::new(request.into_inner()))
+        })
     }
 }
 
@@ -60,12 +86,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let audit = self.audit.clone();
         Box::pin(async move {
             if req.uri().path() != PATH {
                 return Ok(tonic::Status::unimplemented("only Echo").into_http());
             }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(EchoUnary, req).await)
+            Ok(grpc.unary(EchoUnary { audit }, req).await)
         })
     }
 }
@@ -129,8 +156,13 @@ impl Drop for EchoServer {
 }
 
 /// Starts the echo server on 127.0.0.1:0 with `store` as its server identity (mTLS: client
-/// certificates of the same CA are required, as on every carehub port).
-pub async fn start(store: &Arc<TlsStore>, worker_threads: usize) -> anyhow::Result<EchoServer> {
+/// certificates of the same CA are required, as on every carehub port). With `audit`, every
+/// answer waits for its read event in that database, and a sequencer seals them.
+pub async fn start(
+    store: &Arc<TlsStore>,
+    worker_threads: usize,
+    audit: Option<sqlx::PgPool>,
+) -> anyhow::Result<EchoServer> {
     let tls = tokio_rustls::TlsAcceptor::from(store.server_config()?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads.max(1))
@@ -143,6 +175,18 @@ pub async fn start(store: &Arc<TlsStore>, worker_threads: usize) -> anyhow::Resu
         .await
         .context("binding the echo port")??;
     let addr = listener.local_addr()?;
+    if let Some(pool) = &audit {
+        runtime.spawn(
+            carehub_platform::audit::sequencer::Sequencer {
+                service: "loadgen",
+                pool: pool.clone(),
+                batch: carehub_platform::audit::sequencer::DEFAULT_BATCH,
+                interval: Duration::from_millis(50),
+                metrics: None,
+            }
+            .run(),
+        );
+    }
     runtime.spawn(async move {
         let (tx, rx) = tokio::sync::mpsc::channel::<EchoConn>(64);
         tokio::spawn(async move {
@@ -172,7 +216,7 @@ pub async fn start(store: &Arc<TlsStore>, worker_threads: usize) -> anyhow::Resu
         let _ = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .serve_with_incoming(EchoService, incoming)
+            .serve_with_incoming(EchoService { audit }, incoming)
             .await;
     });
     Ok(EchoServer {

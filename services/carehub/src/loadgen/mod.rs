@@ -6,6 +6,7 @@
 //!
 //! It exits non-zero when any scenario saw an error, so that a smoke run can gate a build.
 
+mod audit;
 mod echo;
 mod engine;
 mod identity;
@@ -52,6 +53,14 @@ pub enum Scenario {
     Login,
     /// 7 profile reads : 2 profile updates : 1 refresh.
     Mixed,
+    /// The three audit scenarios below.
+    Audit,
+    /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
+    AuditRead,
+    /// Single-row insert + its audit event (queued) per transaction, sealed meanwhile.
+    AuditWrite,
+    /// The same with the append before the queue (chain head locked until commit).
+    AuditWriteLocked,
 }
 
 fn expand(list: &[Scenario]) -> Vec<Scenario> {
@@ -65,6 +74,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
         Login,
         Mixed,
     ];
+    let audit = [AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
     for s in list {
@@ -72,8 +82,10 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
             All => {
                 out.extend([Echo, Pgbench]);
                 out.extend(identity);
+                out.extend(audit);
                 out.push(Echo);
             }
+            Audit => out.extend(audit),
             Baseline => out.extend([Echo, Pgbench]),
             Identity => out.extend(identity),
             other => out.push(*other),
@@ -193,6 +205,8 @@ pub struct ScenarioReport {
     /// Resident memory of the server process right after the steady state (MiB).
     pub server_rss_mib: Option<f64>,
     pub steady_state: probe::SteadyDelta,
+    /// Audit scenarios: age of the oldest event still queued right after the steady state.
+    pub sealing_lag_secs: Option<f64>,
     pub note: Option<String>,
 }
 
@@ -307,6 +321,7 @@ fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
         } else {
             probe::SteadyDelta::between(&before.counters, &after.counters)
         },
+        sealing_lag_secs: None,
         note: None,
     }
 }
@@ -378,9 +393,31 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut pgbench_note = None;
 
     // identity: connections and seed, once, when an identity scenario is asked for.
-    let needs_identity = scenarios
-        .iter()
-        .any(|s| !matches!(s, Scenario::Echo | Scenario::Pgbench));
+    let needs_identity = scenarios.iter().any(|s| {
+        !matches!(
+            s,
+            Scenario::Echo
+                | Scenario::Pgbench
+                | Scenario::AuditRead
+                | Scenario::AuditWrite
+                | Scenario::AuditWriteLocked
+        )
+    });
+    // The audit scenarios' scratch database, once, when one of them is asked for.
+    let scratch = if scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::AuditRead | Scenario::AuditWrite | Scenario::AuditWriteLocked
+        )
+    }) {
+        Some(
+            audit::Scratch::create(&args.database_url, args.pgbench_clients)
+                .await
+                .context("creating the audit scenarios' scratch database (--database-url)")?,
+        )
+    } else {
+        None
+    };
     let identity = if needs_identity {
         let channels = connect(&args.identity, &tls, &args.server_name, args.connections)
             .await
@@ -411,8 +448,71 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             after: None,
         };
         match s {
+            Scenario::AuditRead => {
+                let Some(scratch) = &scratch else { continue };
+                let server =
+                    echo::start(&tls, args.echo_threads, Some(scratch.pool.clone())).await?;
+                let channels = connect(
+                    &format!("https://{}", server.addr),
+                    &tls,
+                    "localhost",
+                    args.connections,
+                )
+                .await?;
+                probe.in_process_server = true;
+                let op = echo::op(channels, args.payload_bytes);
+                let m = engine::run("audit-read", op, &shape, &mut probe).await;
+                let mut r = report("audit-read", closed(shape.in_flight), &m, &probe);
+                let queue = scratch.queue().await;
+                r.note = Some(format!(
+                    "echo + read event (group commit) + sequencer in the server's threads; queue after the steady state: {}",
+                    queue.map_or("?".to_owned(), |q| format!(
+                        "{} events, oldest {:.2} s",
+                        q.depth, q.oldest_age_secs
+                    ))
+                ));
+                r.sealing_lag_secs = queue.map(|q| q.oldest_age_secs);
+                results.push(r);
+                drop(server);
+            }
+            Scenario::AuditWrite | Scenario::AuditWriteLocked => {
+                let Some(scratch) = &scratch else { continue };
+                let (name, append) = if *s == Scenario::AuditWrite {
+                    ("audit-write", audit::Append::Queued)
+                } else {
+                    ("audit-write-locked", audit::Append::LockedHead)
+                };
+                // The sequencer runs in both: the locked-head writers share the head with it,
+                // as they would have shared it with each other.
+                probe.in_process_server = true;
+                let sealing = audit::Sealing::start(&scratch.pool);
+                let op = audit::write_op(scratch.pool.clone(), append);
+                let m = engine::run(name, op, &shape, &mut probe).await;
+                let mut r = report(
+                    name,
+                    format!(
+                        "closed {} in flight / {} DB conns",
+                        shape.in_flight, args.pgbench_clients
+                    ),
+                    &m,
+                    &probe,
+                );
+                let queue = scratch.queue().await;
+                drop(sealing);
+                r.note = Some(format!(
+                    "insert + event per transaction, straight to PostgreSQL; sequencer in this process; queue after the steady state: {}",
+                    queue.map_or("?".to_owned(), |q| format!(
+                        "{} events, oldest {:.2} s",
+                        q.depth, q.oldest_age_secs
+                    ))
+                ));
+                r.sealing_lag_secs = queue.map(|q| q.oldest_age_secs);
+                // No server: the writers and the sequencer are this process's own CPU.
+                r.server_cpu_us_per_request = None;
+                results.push(r);
+            }
             Scenario::Echo => {
-                let server = echo::start(&tls, args.echo_threads).await?;
+                let server = echo::start(&tls, args.echo_threads, None).await?;
                 let channels = connect(
                     &format!("https://{}", server.addr),
                     &tls,
@@ -455,7 +555,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     }
                 }
             },
-            Scenario::All | Scenario::Baseline | Scenario::Identity => {}
+            Scenario::All | Scenario::Baseline | Scenario::Identity | Scenario::Audit => {}
             other => {
                 let Some((channels, seed)) = &identity else {
                     continue;
@@ -505,6 +605,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(scratch) = scratch {
+        let sealed = scratch
+            .finish()
+            .await
+            .context("the audit scenarios' chain")?;
+        if !args.quiet {
+            eprintln!("  audit scenarios: {sealed} events sealed, chain intact");
+        }
+    }
     let echo_tps =
         (!echo_runs.is_empty()).then(|| echo_runs.iter().sum::<f64>() / echo_runs.len() as f64);
     if let Some(e) = echo_tps.filter(|e| *e > 0.0) {
@@ -586,7 +695,58 @@ fn budgets(
         measured: ratio.map_or("n/a".into(), |x| format!("{x:.3} x pgbench insert")),
         met: ratio.map(|x| x >= 0.60),
     });
-    let counted: Vec<&ScenarioReport> = results.iter().filter(|r| r.name != "echo").collect();
+    let audited_read = find("audit-read");
+    out.push(Budget {
+        name: "audited read (echo + read event) vs the same read unaudited (echo)".into(),
+        target: ">= 20 000/s and >= 0.85 x echo".into(),
+        measured: audited_read.map_or("n/a".into(), |r| {
+            format!("{:.0}/s = {} x echo", r.throughput, opt(r.ratio_to_echo, 3))
+        }),
+        met: audited_read.and_then(|r| {
+            r.ratio_to_echo
+                .map(|x| x >= 0.85 && r.throughput >= 20_000.0)
+        }),
+    });
+    let write = find("audit-write");
+    let locked = find("audit-write-locked");
+    let vs_insert = match (write, insert) {
+        (Some(w), Some(i)) if i.tps > 0.0 => Some(w.throughput / i.tps),
+        _ => None,
+    };
+    out.push(Budget {
+        name: "audited single-row write (64 in flight) vs pgbench insert".into(),
+        target: ">= 0.60 x pgbench insert".into(),
+        measured: vs_insert.map_or("n/a".into(), |x| format!("{x:.3} x pgbench insert")),
+        met: vs_insert.map(|x| x >= 0.60),
+    });
+    let vs_locked = match (write, locked) {
+        (Some(w), Some(l)) if l.throughput > 0.0 => Some(w.throughput / l.throughput),
+        _ => None,
+    };
+    out.push(Budget {
+        name: "audited write vs the locked-head append (before the queue), same run".into(),
+        target: ">= 3 x".into(),
+        measured: vs_locked.map_or("n/a".into(), |x| format!("{x:.2} x")),
+        met: vs_locked.map(|x| x >= 3.0),
+    });
+    let lags: Vec<f64> = results.iter().filter_map(|r| r.sealing_lag_secs).collect();
+    out.push(Budget {
+        name: "sealing lag right after each audit steady state".into(),
+        target: "< 1 s".into(),
+        measured: if lags.is_empty() {
+            "n/a".into()
+        } else {
+            lags.iter()
+                .map(|l| format!("{l:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        met: (!lags.is_empty()).then(|| lags.iter().all(|l| *l < 1.0)),
+    });
+    let counted: Vec<&ScenarioReport> = results
+        .iter()
+        .filter(|r| r.name != "echo" && !r.name.starts_with("audit-"))
+        .collect();
     let unknown = counted.iter().any(|r| {
         let s = &r.steady_state;
         s.vault_requests.is_none()
@@ -672,7 +832,7 @@ fn render_table(r: &Report, markdown: bool) -> String {
             format!("{:.1}", s.loadgen_cpu_us_per_request),
             opt(s.server_cpu_us_per_request, 1),
             opt(s.postgres_cpu_us_per_request, 1),
-            if s.name == "echo" {
+            if s.name == "echo" || s.name.starts_with("audit-") {
                 "n/a".into()
             } else {
                 format!(

@@ -62,6 +62,7 @@ async fn trail(dir: &Path) -> (TestDatabase, std::path::PathBuf) {
         .subject(user);
         audit::record_read(&db.pool, &event).await.unwrap();
     }
+    audit::seal_all(&db.pool).await.unwrap();
     checkpoint::checkpoint_now(&db.pool, keys.as_ref(), "identity")
         .await
         .unwrap()
@@ -96,10 +97,16 @@ async fn verify_exits_zero_on_an_intact_trail_and_three_naming_the_row_when_tamp
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(stdout(&ok).contains("intact: 10 row(s)"), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains("sealing lag: 0 event(s) queued"),
+        "{}",
+        stdout(&ok)
+    );
     let json = carehub_verify(&db, &keys, &["--json"]);
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["rows_checked"], 10);
     assert_eq!(report["last_checkpoint_seq"], 10);
+    assert_eq!(report["sealing"]["queued"], 0);
 
     // Deleted.
     exec(
@@ -301,6 +308,7 @@ async fn audit_events_opens_client_addresses_with_the_keys_and_shows_them_sealed
     audit::record_read_with(&db.pool, Some(&sealer), &event)
         .await
         .unwrap();
+    audit::seal_all(&db.pool).await.unwrap();
     let raw: String = sqlx::query_scalar(
         "SELECT row_to_json(e)::text FROM carehub_platform.audit_events e WHERE subject_id = $1",
     )
@@ -352,6 +360,61 @@ async fn audit_events_opens_client_addresses_with_the_keys_and_shows_them_sealed
     assert!(
         !text.contains("198.51.100.23") && !text.contains("CliTest"),
         "{text}"
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn verify_exits_four_when_committed_events_wait_too_long_to_be_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, keys) = trail(dir.path()).await;
+    // Two events committed but never sealed (no sequencer runs): one fresh, one an hour old.
+    for _ in 0..2 {
+        let user = Uuid::now_v7();
+        let event = AuditEvent::new(
+            "identity.login",
+            Action::Execute,
+            Purpose::Security,
+            "user",
+            user,
+        )
+        .subject(user);
+        audit::record_read(&db.pool, &event).await.unwrap();
+    }
+    let fresh = carehub_verify(&db, &keys, &[]);
+    assert_eq!(fresh.status.code(), Some(0), "{}", stdout(&fresh));
+    assert!(
+        stdout(&fresh).contains("sealing lag: 2 event(s) queued"),
+        "{}",
+        stdout(&fresh)
+    );
+    sqlx::query(
+        "UPDATE carehub_platform.audit_queue SET queued_at = now() - interval '1 hour'
+          WHERE id = (SELECT min(id) FROM carehub_platform.audit_queue)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let late = carehub_verify(&db, &keys, &["--set", "server.audit.sealing_lag_secs=60"]);
+    assert_eq!(late.status.code(), Some(4), "{}", stdout(&late));
+    assert!(
+        stdout(&late).contains("SEALING LAG: 1 of 2 queued event(s) waited longer than 60s"),
+        "{}",
+        stdout(&late)
+    );
+    // The chain itself is intact; once sealed, nothing lags.
+    assert!(
+        stdout(&late).contains("intact: 10 row(s)"),
+        "{}",
+        stdout(&late)
+    );
+    assert_eq!(audit::seal_all(&db.pool).await.unwrap(), 2);
+    let sealed = carehub_verify(&db, &keys, &[]);
+    assert_eq!(sealed.status.code(), Some(0), "{}", stdout(&sealed));
+    assert!(
+        stdout(&sealed).contains("intact: 12 row(s)"),
+        "{}",
+        stdout(&sealed)
     );
     db.drop_database().await.unwrap();
 }

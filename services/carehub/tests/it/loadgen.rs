@@ -58,9 +58,13 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     let mut id = identity().await;
     let dir = id.dir().to_owned();
 
-    // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it).
-    let out = loadgen(&dir, &id, &["echo", "identity"])
+    // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it). The audit
+    // scenarios use a scratch database on the tests' PostgreSQL.
+    let postgres = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let out = loadgen(&dir, &id, &["echo", "identity", "audit"])
         .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
+        .args(["--database-url", &postgres, "--pgbench-clients", "4"])
         .output()
         .await
         .unwrap();
@@ -82,8 +86,28 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "refresh",
         "login",
         "mixed",
+        "audit-read",
+        "audit-write",
+        "audit-write-locked",
     ] {
         assert!(names.contains(&want), "{want} missing: {text}");
+    }
+    // The audit scenarios' budgets were evaluated (met or not: a benchmark, not a test).
+    let budgets = report["budgets"].as_array().unwrap();
+    for want in [
+        "audited read",
+        "audited single-row write",
+        "locked-head",
+        "sealing lag",
+    ] {
+        let b = budgets
+            .iter()
+            .find(|b| b["name"].as_str().unwrap().contains(want))
+            .unwrap_or_else(|| panic!("budget {want} missing: {text}"));
+        assert!(
+            !b["met"].is_null() || want == "audited single-row write",
+            "{want} not evaluated: {text}"
+        );
     }
     for s in scenarios {
         assert_eq!(s["error_count"], 0, "{text}");

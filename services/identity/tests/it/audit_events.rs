@@ -25,7 +25,9 @@ struct Row {
     purpose: String,
 }
 
+/// The chain's events, once everything queued is sealed.
 async fn events(app: &TestApp) -> Vec<Row> {
+    carehub_platform::audit::seal_all(app.pool()).await.unwrap();
     sqlx::query_as(
         "SELECT kind, outcome, outcome_reason, entity_type, actor_user_id, subject_id, purpose
          FROM carehub_platform.audit_events ORDER BY seq",
@@ -412,6 +414,8 @@ async fn identity_serves_as_a_member_of_the_app_group_that_cannot_rewrite_the_au
         assert_eq!(code, "42501", "{sql}: {message}");
         assert!(message.contains(want), "{sql}: {message}");
     }
+    // The serving role seals too (queue delete, head update) ...
+    carehub_platform::audit::seal_all(&pool).await.unwrap();
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM carehub_platform.audit_events")
         .fetch_one(&pool)
         .await

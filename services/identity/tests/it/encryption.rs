@@ -198,6 +198,7 @@ async fn the_database_holds_no_plaintext_phi() {
         "the reason is kept, sealed"
     );
     // The audit trail recorded those calls with the client's address and user agent (sealed).
+    carehub_platform::audit::seal_all(app.pool()).await.unwrap();
     let (audited, with_client): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE source_ip IS NOT NULL AND user_agent IS NOT NULL)
          FROM carehub_platform.audit_events",
@@ -241,6 +242,7 @@ async fn the_database_holds_no_plaintext_phi() {
         "public.device_pins",
         "public.consent_events",
         "carehub_platform.audit_events",
+        "carehub_platform.audit_queue",
         "carehub_platform.idempotency_keys",
         "carehub_platform.data_keys",
     ] {

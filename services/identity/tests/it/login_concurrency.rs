@@ -124,6 +124,7 @@ pub(crate) async fn throttle_row(app: &common::TestApp, email: &str) -> (i32, i6
 }
 
 pub(crate) async fn audit_count(app: &common::TestApp, kind: &str, failed: bool) -> i64 {
+    carehub_platform::audit::seal_all(app.pool()).await.unwrap();
     sqlx::query_scalar(
         "SELECT count(*) FROM carehub_platform.audit_events
          WHERE kind = $1 AND (outcome <> 'success') = $2",
@@ -396,7 +397,7 @@ async fn a_burst_of_wrong_mfa_codes_is_counted_and_audited_alike() {
     for sql in [
         "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
          $$ BEGIN RAISE EXCEPTION 'audit trail refused (test)'; END $$",
-        "CREATE TRIGGER refuse_audit BEFORE INSERT ON carehub_platform.audit_events
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON carehub_platform.audit_queue
          FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
     ] {
         sqlx::query(sql).execute(app.pool()).await.unwrap();

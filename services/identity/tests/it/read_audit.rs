@@ -26,6 +26,7 @@ struct Event {
 }
 
 async fn max_seq(app: &TestApp) -> i64 {
+    carehub_platform::audit::seal_all(app.pool()).await.unwrap();
     sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM carehub_platform.audit_events")
         .fetch_one(app.pool())
         .await
@@ -34,6 +35,7 @@ async fn max_seq(app: &TestApp) -> i64 {
 
 /// The events written after `seq`, oldest first.
 async fn events_after(app: &TestApp, seq: i64) -> Vec<Event> {
+    carehub_platform::audit::seal_all(app.pool()).await.unwrap();
     sqlx::query_as(
         "SELECT kind, action, purpose, outcome, actor_user_id, actor_workload, entity_type,
                 entity_id, subject_id, request_id
@@ -389,7 +391,7 @@ async fn break_the_audit_trail(app: &TestApp) {
     for sql in [
         "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
          $$ BEGIN RAISE EXCEPTION 'audit trail refused (test)'; END $$",
-        "CREATE TRIGGER refuse_audit BEFORE INSERT ON carehub_platform.audit_events
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON carehub_platform.audit_queue
          FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
     ] {
         sqlx::query(sql).execute(app.pool()).await.unwrap();
@@ -483,7 +485,7 @@ async fn a_read_that_cannot_be_audited_is_refused() {
     assert_eq!(events_after(&app, before).await, Vec::<Event>::new());
 
     // Once the trail takes events again, the same read is answered and audited.
-    sqlx::query("DROP TRIGGER refuse_audit ON carehub_platform.audit_events")
+    sqlx::query("DROP TRIGGER refuse_audit ON carehub_platform.audit_queue")
         .execute(app.pool())
         .await
         .unwrap();

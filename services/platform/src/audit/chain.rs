@@ -1,10 +1,10 @@
-//! Appending to the hash chain, in the caller's transaction.
+//! The hash chain: queueing events in the caller's transaction, the canonical encoding that is
+//! hashed, and reading stored rows.
 //!
-//! Serialization: the single `audit_chain_head` row is locked `FOR UPDATE` by the first event a
-//! transaction records and stays locked until that transaction ends, so concurrent writers
-//! take turns, sequence numbers have no gaps (a rolled-back transaction also rolls back its
-//! head update) and the chain never forks. The price is that auditing transactions commit one at
-//! a time from their first event on: record events last, just before commit.
+//! Writers take no shared lock: [`record`] inserts into `audit_queue`, which has no sequence
+//! number, no hash and no head row, so audited transactions of a database (across all its
+//! replicas) commit concurrently. [`super::sequencer`] gives the committed events their place
+//! in the chain.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -20,7 +20,7 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// Domain separation: these bytes start every hashed event. v2: the client address and user
 /// agent are hashed as their sealed bytes (v1 hashed them in clear).
-const EVENT_DOMAIN: &[u8] = b"carehub.audit.event.v2\0";
+pub const EVENT_DOMAIN: &[u8] = b"carehub.audit.event.v2\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -124,8 +124,9 @@ pub fn canonical_bytes(
 }
 
 /// The part of [`canonical_bytes`] between the sequence number and the previous hash: what the
-/// event itself says. [`record`] sends it to Postgres, which wraps it while it holds the head.
-fn body_bytes(event: &AuditEvent, client: &SealedClient) -> Vec<u8> {
+/// event itself says. Public for the load generator's baseline of the append that locked the
+/// chain head in every writer's transaction (before the queue), which hashed in Postgres.
+pub fn body_bytes(event: &AuditEvent, client: &SealedClient) -> Vec<u8> {
     let mut buf = Vec::with_capacity(512);
     buf.extend_from_slice(event.event_id.as_bytes());
     buf.extend_from_slice(&event.occurred_at.timestamp_micros().to_be_bytes());
@@ -160,17 +161,17 @@ pub fn event_hash(
     Sha256::digest(canonical_bytes(seq, event, client, prev_hash)).to_vec()
 }
 
-/// Appends `event` to the chain inside the caller's open transaction (`&mut *tx`) and returns
-/// it as stored. Committing the transaction commits the event; rolling back removes it.
+/// Queues `event` for the chain inside the caller's open transaction (`&mut *tx`): committing
+/// the transaction commits the event, rolling back removes it. The sequencer
+/// ([`super::sequencer`]) gives it its place in the chain shortly after the commit. No lock is
+/// taken: concurrent writers do not wait for each other.
 ///
 /// The client address and user agent are sealed with the sealer of the service whose RPC built
 /// the event, else of the one handling the current RPC ([`super::seal`]); an event carrying them
-/// built outside an RPC needs [`record_with`]. Also emits the event on the current span (so it shows up in the trace of
-/// the RPC). Reads are recorded right after they succeed, with [`record_read`].
-pub async fn record(
-    conn: &mut PgConnection,
-    event: &AuditEvent,
-) -> Result<ChainedEvent, AuditError> {
+/// built outside an RPC needs [`record_with`]. Also emits the event on the current span (so it
+/// shows up in the trace of the RPC). Reads are recorded right after they succeed, with
+/// [`record_read`].
+pub async fn record(conn: &mut PgConnection, event: &AuditEvent) -> Result<(), AuditError> {
     let sealer = captured_or_current(event);
     record_with(conn, sealer.as_deref(), event).await
 }
@@ -189,81 +190,120 @@ pub async fn record_with(
     conn: &mut PgConnection,
     sealer: Option<&ClientSealer>,
     event: &AuditEvent,
-) -> Result<ChainedEvent, AuditError> {
-    event.validate()?;
-    let client = if event.source_ip.is_none() && event.user_agent.is_none() {
-        SealedClient::default()
-    } else {
-        sealer.ok_or(AuditError::NoSealer)?.seal_event(event)?
-    };
-    // One statement, one round trip: lock the head (held until the transaction ends), link the
-    // new row to it, move it. Postgres hashes what Rust encoded around the seq and previous
-    // hash it alone knows at that moment (`int8send` is the big-endian encoding used here).
-    let (seq, prev_hash, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
-        "WITH head AS (
-            SELECT seq + 1 AS seq, hash AS prev
-              FROM carehub_platform.audit_chain_head WHERE one FOR UPDATE
-         ), new AS (
-            SELECT seq, prev, sha256($1 || int8send(seq) || $2 || prev) AS hash FROM head
-         ), ins AS (
-            INSERT INTO carehub_platform.audit_events (seq, event_id, occurred_at, kind, action,
-                outcome, outcome_reason, purpose, actor_user_id, actor_role, actor_session_id,
-                actor_workload, entity_type, entity_id, subject_id, source_ip, user_agent,
-                request_id, trace_id, span_id, prev_hash, hash)
-            SELECT seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                $19, $20, $21, prev, hash FROM new
-            RETURNING seq, prev_hash, hash
-         )
-         UPDATE carehub_platform.audit_chain_head h SET seq = ins.seq, hash = ins.hash
-           FROM ins WHERE h.one
-         RETURNING ins.seq, ins.prev_hash, ins.hash",
-    )
-    .bind(EVENT_DOMAIN)
-    .bind(body_bytes(event, &client))
-    .bind(event.event_id)
-    .bind(event.occurred_at)
-    .bind(&event.kind)
-    .bind(event.action.as_str())
-    .bind(event.outcome.as_str())
-    .bind(&event.outcome_reason)
-    .bind(event.purpose.as_str())
-    .bind(event.actor_user_id)
-    .bind(&event.actor_role)
-    .bind(event.actor_session_id)
-    .bind(&event.actor_workload)
-    .bind(&event.entity_type)
-    .bind(&event.entity_id)
-    .bind(event.subject_id)
-    .bind(&client.source_ip)
-    .bind(&client.user_agent)
-    .bind(&event.request_id)
-    .bind(&event.trace_id)
-    .bind(&event.span_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    // The verifier recomputes hashes in Rust: refuse to commit a row it would call altered.
-    if event_hash(seq, event, &client, &prev_hash) != hash {
-        return Err(AuditError::Corrupt {
-            seq,
-            reason: "the database hashed the event differently from the verifier".to_owned(),
-        });
+) -> Result<(), AuditError> {
+    let client = prepare(sealer, event)?;
+    enqueue(conn, &[(event, client)]).await?;
+    super::sink::emit_on_span(event);
+    Ok(())
+}
+
+/// Queues several events with one statement (the group commit of reads): each is validated
+/// and its client fields sealed with the sealer it was built under; one invalid event refuses
+/// them all.
+pub async fn record_all(conn: &mut PgConnection, events: &[&AuditEvent]) -> Result<(), AuditError> {
+    let mut prepared = Vec::with_capacity(events.len());
+    for &event in events {
+        let sealer = captured_or_current(event);
+        prepared.push((event, prepare(sealer.as_deref(), event)?));
     }
-    let chained = ChainedEvent {
-        seq,
-        event: event.clone(),
-        client,
-        prev_hash,
-        hash,
-    };
-    super::sink::emit_on_span(&chained);
-    Ok(chained)
+    enqueue(conn, &prepared).await
+}
+
+/// Validates the event and seals its client fields.
+fn prepare(sealer: Option<&ClientSealer>, event: &AuditEvent) -> Result<SealedClient, AuditError> {
+    event.validate()?;
+    if event.source_ip.is_none() && event.user_agent.is_none() {
+        Ok(SealedClient::default())
+    } else {
+        Ok(sealer.ok_or(AuditError::NoSealer)?.seal_event(event)?)
+    }
+}
+
+/// One multi-row insert into the queue (column arrays, unnested by Postgres).
+async fn enqueue(
+    conn: &mut PgConnection,
+    events: &[(&AuditEvent, SealedClient)],
+) -> Result<(), AuditError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut action = Vec::with_capacity(n);
+    let mut outcome = Vec::with_capacity(n);
+    let mut outcome_reason = Vec::with_capacity(n);
+    let mut purpose = Vec::with_capacity(n);
+    let mut actor_user_id = Vec::with_capacity(n);
+    let mut actor_role = Vec::with_capacity(n);
+    let mut actor_session_id = Vec::with_capacity(n);
+    let mut actor_workload = Vec::with_capacity(n);
+    let mut entity_type = Vec::with_capacity(n);
+    let mut entity_id = Vec::with_capacity(n);
+    let mut subject_id = Vec::with_capacity(n);
+    let mut source_ip = Vec::with_capacity(n);
+    let mut user_agent = Vec::with_capacity(n);
+    let mut request_id = Vec::with_capacity(n);
+    let mut trace_id = Vec::with_capacity(n);
+    let mut span_id = Vec::with_capacity(n);
+    for (e, client) in events {
+        event_id.push(e.event_id);
+        occurred_at.push(e.occurred_at);
+        kind.push(e.kind.as_str());
+        action.push(e.action.as_str());
+        outcome.push(e.outcome.as_str());
+        outcome_reason.push(e.outcome_reason.as_deref());
+        purpose.push(e.purpose.as_str());
+        actor_user_id.push(e.actor_user_id);
+        actor_role.push(e.actor_role.as_deref());
+        actor_session_id.push(e.actor_session_id);
+        actor_workload.push(e.actor_workload.as_deref());
+        entity_type.push(e.entity_type.as_str());
+        entity_id.push(e.entity_id.as_str());
+        subject_id.push(e.subject_id);
+        source_ip.push(client.source_ip.as_deref());
+        user_agent.push(client.user_agent.as_deref());
+        request_id.push(e.request_id.as_deref());
+        trace_id.push(e.trace_id.as_deref());
+        span_id.push(e.span_id.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO carehub_platform.audit_queue (event_id, occurred_at, kind, action, outcome,
+            outcome_reason, purpose, actor_user_id, actor_role, actor_session_id, actor_workload,
+            entity_type, entity_id, subject_id, source_ip, user_agent, request_id, trace_id,
+            span_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::uuid[], $9::text[], $10::uuid[], $11::text[], $12::text[],
+            $13::text[], $14::uuid[], $15::bytea[], $16::bytea[], $17::text[], $18::text[],
+            $19::text[])",
+    )
+    .bind(event_id)
+    .bind(occurred_at)
+    .bind(kind)
+    .bind(action)
+    .bind(outcome)
+    .bind(outcome_reason)
+    .bind(purpose)
+    .bind(actor_user_id)
+    .bind(actor_role)
+    .bind(actor_session_id)
+    .bind(actor_workload)
+    .bind(entity_type)
+    .bind(entity_id)
+    .bind(subject_id)
+    .bind(source_ip)
+    .bind(user_agent)
+    .bind(request_id)
+    .bind(trace_id)
+    .bind(span_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Records a read (or any event that has no change to join) in a transaction of its own.
-pub async fn record_read(
-    pool: &sqlx::PgPool,
-    event: &AuditEvent,
-) -> Result<ChainedEvent, AuditError> {
+pub async fn record_read(pool: &sqlx::PgPool, event: &AuditEvent) -> Result<(), AuditError> {
     let sealer = captured_or_current(event);
     record_read_with(pool, sealer.as_deref(), event).await
 }
@@ -273,11 +313,9 @@ pub async fn record_read_with(
     pool: &sqlx::PgPool,
     sealer: Option<&ClientSealer>,
     event: &AuditEvent,
-) -> Result<ChainedEvent, AuditError> {
-    let mut tx = pool.begin().await?;
-    let chained = record_with(&mut tx, sealer, event).await?;
-    tx.commit().await?;
-    Ok(chained)
+) -> Result<(), AuditError> {
+    let mut conn = pool.acquire().await?;
+    record_with(&mut conn, sealer, event).await
 }
 
 /// Columns in the order [`from_row`] reads them.
@@ -286,20 +324,40 @@ pub(crate) const COLUMNS: &str = "seq, event_id, occurred_at, kind, action, outc
     entity_type, entity_id, subject_id, source_ip, user_agent, request_id, trace_id, span_id, \
     prev_hash, hash";
 
+/// The columns of an event, in chain and queue rows alike.
+pub(crate) const EVENT_COLUMNS: &str = "event_id, occurred_at, kind, action, outcome, \
+    outcome_reason, purpose, actor_user_id, actor_role, actor_session_id, actor_workload, \
+    entity_type, entity_id, subject_id, source_ip, user_agent, request_id, trace_id, span_id";
+
 /// Decodes a stored row; an unknown code is corruption (nobody writes one but [`record`]).
 pub(crate) fn from_row(row: &PgRow) -> Result<ChainedEvent, AuditError> {
     let seq: i64 = row.try_get("seq")?;
-    let corrupt = |what: &str| AuditError::Corrupt {
+    let (event, client) = event_from_row(row, seq)?;
+    Ok(ChainedEvent {
         seq,
+        event,
+        client,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// The event columns of a chain or queue row (client fields as stored, sealed); `position`
+/// names the row in a corruption error (its sequence number, or its queue id).
+pub(crate) fn event_from_row(
+    row: &PgRow,
+    position: i64,
+) -> Result<(AuditEvent, SealedClient), AuditError> {
+    let corrupt = |what: &str| AuditError::Corrupt {
+        seq: position,
         reason: format!("unknown {what} code"),
     };
     let action: String = row.try_get("action")?;
     let outcome: String = row.try_get("outcome")?;
     let purpose: String = row.try_get("purpose")?;
     let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
-    Ok(ChainedEvent {
-        seq,
-        event: AuditEvent {
+    Ok((
+        AuditEvent {
             event_id: row.try_get("event_id")?,
             occurred_at,
             kind: row.try_get("kind")?,
@@ -321,13 +379,11 @@ pub(crate) fn from_row(row: &PgRow) -> Result<ChainedEvent, AuditError> {
             span_id: row.try_get("span_id")?,
             sealer: None,
         },
-        client: SealedClient {
+        SealedClient {
             source_ip: row.try_get("source_ip")?,
             user_agent: row.try_get("user_agent")?,
         },
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+    ))
 }
 
 /// The stored event at `seq`, if there is one.

@@ -4,11 +4,15 @@
 //!   ([`Action`] on an entity type and id), whose data (subject), why ([`Purpose`]), how it ended
 //!   ([`Outcome`]), from where (gateway-forwarded IP and user agent), trace and span id. Ids and
 //!   codes only, never PHI values.
-//! - [`record`] appends it to the service's `carehub_platform.audit_events` **in the caller's
-//!   transaction**: rolled back with the change, committed with it. Reads use [`record_read`]
-//!   right after they succeed. Each row has a gap-free sequence number and
-//!   `hash = SHA-256(canonical event || previous hash)`; appends are serialized per database by
-//!   the chain-head row (see [`chain`]).
+//! - [`record`] queues it in the service's `carehub_platform.audit_queue` **in the caller's
+//!   transaction**: rolled back with the change, committed with it, and no lock shared with
+//!   other writers. Reads use [`crate::call::Call::read`] (group commit) or [`record_read`]
+//!   right after they succeed.
+//! - [`sequencer`] — one active per database: moves committed queued events, in batches, into
+//!   `carehub_platform.audit_events`, where each row has a gap-free sequence number and
+//!   `hash = SHA-256(canonical event || previous hash)` (see [`chain`]), advancing the head once
+//!   per batch. Queue depth and the age of its oldest event are on `/metrics`; `carehub audit
+//!   verify` reports events queued longer than `sealing_lag_secs`.
 //! - [`seal`] — the client address and user agent are stored sealed under a key of the
 //!   service's audit trail (derived from its KEK, version stored with the ciphertext); the chain
 //!   hashes the sealed bytes, so it verifies without the key; AuditLog opens them.
@@ -26,6 +30,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod kind;
 pub mod seal;
+pub mod sequencer;
 pub mod service;
 pub mod sink;
 pub mod verify;
@@ -35,10 +40,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use chain::{record, record_read, record_read_with, record_with, AuditError};
+pub use chain::{record, record_all, record_read, record_read_with, record_with, AuditError};
 pub use event::{Action, AuditEvent, ChainedEvent, Outcome, Purpose};
 pub use kind::{Kind, Vocabulary};
 pub use seal::{ClientSealer, SealedClient};
+pub use sequencer::{seal_all, QueueState};
 pub use sink::{Sink, SinkKind};
 pub use verify::{verify, verify_with, Problem, ProblemKind, VerifyRange, VerifyReport};
 
@@ -57,8 +63,8 @@ impl AuditConfig {
     }
 }
 
-/// The audit trail of one running service: the AuditLog API and the background checkpointer
-/// and sink shipper.
+/// The audit trail of one running service: the AuditLog API, the sequencer and the background
+/// checkpointer and sink shipper.
 #[derive(Clone)]
 pub struct AuditHost {
     pub service: &'static str,
@@ -68,6 +74,8 @@ pub struct AuditHost {
     /// One sealer for the whole service (calls and AuditLog pages), so that its cache of
     /// derived keys is shared.
     sealer: Arc<seal::ClientSealer>,
+    /// Where the sequencer's gauges and counters go.
+    metrics: Option<Arc<crate::admin::Metrics>>,
 }
 
 impl std::fmt::Debug for AuditHost {
@@ -92,6 +100,24 @@ impl AuditHost {
             sealer: Arc::new(seal::ClientSealer::new(service, keys.clone())),
             keys,
             config,
+            metrics: None,
+        }
+    }
+
+    /// Exports the queue gauges and the sealed counter to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::admin::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The sequencer of this replica (one of them is active per database at a time).
+    pub fn sequencer(&self) -> sequencer::Sequencer {
+        sequencer::Sequencer {
+            service: self.service,
+            pool: self.pool.clone(),
+            batch: self.config.seal_batch,
+            interval: Duration::from_millis(self.config.seal_interval_ms.max(1)),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -127,11 +153,13 @@ impl AuditHost {
         Ok(())
     }
 
-    /// Runs [`AuditHost::tick`] every `poll_interval_ms` until aborted. While the database is
-    /// unreachable it backs off (up to a minute) and warns on the 1st, 2nd, 4th, 8th... failure.
+    /// Runs the sequencer, and [`AuditHost::tick`] every `poll_interval_ms`, until aborted.
+    /// While the database is unreachable both back off and warn on the 1st, 2nd, 4th, 8th...
+    /// failure.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let host = self.clone();
-        tokio::spawn(async move {
+        let sequencer = self.sequencer();
+        let background = async move {
             let poll = Duration::from_millis(host.config.poll_interval_ms.max(10));
             let mut failures: u32 = 0;
             loop {
@@ -157,12 +185,16 @@ impl AuditHost {
                     }
                 }
             }
+        };
+        tokio::spawn(async move {
+            tokio::join!(sequencer.run(), background);
         })
     }
 
-    /// At shutdown: signs the head if anything is unsigned and drains the sink, so that a
-    /// cleanly stopped service leaves no unsigned tail.
+    /// At shutdown: seals what is queued, signs the head if anything is unsigned and drains the
+    /// sink, so that a cleanly stopped service leaves no unsealed or unsigned tail.
     pub async fn finish(&self) -> Result<(), AuditError> {
+        sequencer::seal_all(&self.pool).await?;
         checkpoint::checkpoint_now(&self.pool, self.keys.as_ref(), self.service).await?;
         if let Some(sink) = self.config.sink() {
             while sink::ship_once(&self.pool, self.service, &sink).await? > 0 {}

@@ -17,7 +17,7 @@ pub use crate::config::SinkKind;
 
 use super::chain::{self, AuditError};
 use super::checkpoint::Checkpoint;
-use super::event::{to_hex, ChainedEvent};
+use super::event::{to_hex, AuditEvent, ChainedEvent};
 
 /// Lines shipped per pass.
 const BATCH: i64 = 500;
@@ -102,12 +102,12 @@ pub fn read_checkpoints(text: &str, service: &str) -> Result<Vec<Checkpoint>, St
 }
 
 /// Puts the event on the current span (an OpenTelemetry span event named `audit.event`).
-pub(crate) fn emit_on_span(e: &ChainedEvent) {
-    let ev = &e.event;
+/// The event's place in the chain is not known yet (the sequencer gives it after the commit):
+/// the trace and the chain meet at `audit.event_id`.
+pub(crate) fn emit_on_span(ev: &AuditEvent) {
     tracing::event!(
         target: "carehub::audit",
         tracing::Level::INFO,
-        audit.seq = e.seq,
         audit.event_id = %ev.event_id,
         audit.kind = %ev.kind,
         audit.action = ev.action.as_str(),

@@ -90,7 +90,7 @@ impl fmt::Display for Problem {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerifyReport {
     pub service: String,
     /// The sequence range walked (empty when `from_seq > to_seq`).
@@ -104,6 +104,10 @@ pub struct VerifyReport {
     /// The newest valid checkpoint seen.
     pub last_checkpoint_seq: Option<i64>,
     pub problem: Option<Problem>,
+    /// Events still queued for the chain (filled in by `carehub audit verify`): not part of the
+    /// chain yet, so not verified, but reported so that a stalled sequencer is seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<super::sequencer::SealingLag>,
 }
 
 impl VerifyReport {
@@ -186,6 +190,7 @@ pub async fn verify_with(
         head_seq,
         last_checkpoint_seq: None,
         problem: None,
+        sealing: None,
     };
     // The stored checkpoints and the shipped ones, oldest first (stored first at one seq).
     let mut checkpoints: Vec<(Source, Checkpoint)> = checkpoint::since(conn, from)

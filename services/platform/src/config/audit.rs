@@ -1,5 +1,5 @@
-//! `[server.audit]`: where committed audit events are shipped and how often the trail is
-//! checkpointed. Re-exported from `crate::audit`, which runs the sink and the checkpointer.
+//! `[server.audit]`: how queued events are sealed into the chain, where committed audit events
+//! are shipped and how often the trail is checkpointed. Re-exported from `crate::audit`, which runs the sink and the checkpointer.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,12 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
     /// How often the background task looks for checkpoints and sink work.
     pub poll_interval_ms: u64,
+    /// Most queued events the sequencer seals in one transaction.
+    pub seal_batch: u32,
+    /// How long the sequencer pauses once the queue is empty.
+    pub seal_interval_ms: u64,
+    /// Queued events older than this are sealing lag: reported by `carehub audit verify`.
+    pub sealing_lag_secs: u64,
 }
 
 impl Default for AuditConfig {
@@ -39,6 +45,9 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval_secs: 60,
             poll_interval_ms: 1000,
+            seal_batch: 1000,
+            seal_interval_ms: 50,
+            sealing_lag_secs: 5,
         }
     }
 }
@@ -58,6 +67,15 @@ impl AuditConfig {
         }
         if !(10..=60_000).contains(&self.poll_interval_ms) {
             problems.push("server.audit.poll_interval_ms must be within 10..=60000".to_owned());
+        }
+        if !(1..=10_000).contains(&self.seal_batch) {
+            problems.push("server.audit.seal_batch must be within 1..=10000".to_owned());
+        }
+        if !(1..=10_000).contains(&self.seal_interval_ms) {
+            problems.push("server.audit.seal_interval_ms must be within 1..=10000".to_owned());
+        }
+        if self.sealing_lag_secs == 0 {
+            problems.push("server.audit.sealing_lag_secs must be > 0".to_owned());
         }
     }
 }

@@ -182,7 +182,8 @@ impl ServiceHost {
     /// runs the checkpointer and the `[server.audit]` sink in the background.
     pub fn with_audit(mut self, pool: sqlx::PgPool, keys: Arc<dyn crate::keys::KeySource>) -> Self {
         let host =
-            crate::audit::AuditHost::new(self.service_name, pool, keys, self.cfg.audit.clone());
+            crate::audit::AuditHost::new(self.service_name, pool, keys, self.cfg.audit.clone())
+                .with_metrics(self.metrics.clone());
         let server = with_message_limits!(host.api().into_server(), self.cfg.limits);
         self.audit = Some(host);
         self.add_service(server)

@@ -56,6 +56,8 @@ async fn create_note(pool: &sqlx::PgPool, patient: Uuid, commit: bool) -> Uuid {
     audit::record(&mut tx, &event(patient, note)).await.unwrap();
     if commit {
         tx.commit().await.unwrap();
+        // Concurrent callers race to seal here, as sequencers of several replicas would.
+        audit::seal_all(pool).await.unwrap();
     } else {
         tx.rollback().await.unwrap();
     }
@@ -89,6 +91,11 @@ async fn a_rolled_back_change_leaves_no_event_and_a_committed_one_exactly_one() 
     let patient = Uuid::now_v7();
 
     let rolled_back = create_note(&db.pool, patient, false).await;
+    assert_eq!(
+        audit::seal_all(&db.pool).await.unwrap(),
+        0,
+        "nothing queued"
+    );
     assert_eq!(count(&db.pool, "SELECT count(*) FROM notes").await, 0);
     assert_eq!(
         count(
@@ -130,6 +137,11 @@ async fn a_rolled_back_change_leaves_no_event_and_a_committed_one_exactly_one() 
         .await;
     assert!(dup.is_err(), "duplicate key must fail");
     drop(tx); // rolled back
+    assert_eq!(
+        audit::seal_all(&db.pool).await.unwrap(),
+        0,
+        "nothing queued"
+    );
     assert_eq!(
         count(
             &db.pool,
@@ -745,8 +757,9 @@ async fn the_application_role_cannot_update_or_delete_audit_rows() {
             "{sql}: {message}"
         );
     }
-    // What the application legitimately does keeps working as that role: appending (chain head
-    // update), signing a checkpoint, shipping (sink cursor), reading, verifying.
+    // What the application legitimately does keeps working as that role: queueing, sealing
+    // (queue delete, chain head update), signing a checkpoint, shipping (sink cursor), reading,
+    // verifying.
     create_note_as(&app_pool, Uuid::now_v7()).await;
     let cp = checkpoint::checkpoint_now(&app_pool, &keys, SERVICE)
         .await
@@ -803,6 +816,7 @@ async fn create_note_as(pool: &sqlx::PgPool, patient: Uuid) {
         .unwrap();
     audit::record(&mut tx, &event(patient, note)).await.unwrap();
     tx.commit().await.unwrap();
+    audit::seal_all(pool).await.unwrap();
 }
 
 #[tokio::test]
@@ -838,6 +852,20 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
         .await
         .unwrap()
         .unwrap();
+    // Queued sealed, then moved into the chain as they are.
+    let queued: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(q)::text FROM carehub_platform.audit_queue q")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued.len(), 3);
+    for row in &queued {
+        assert!(
+            !row.contains("192.0.2.7") && !row.contains("SealedAgent"),
+            "{row}"
+        );
+    }
+    assert_eq!(audit::seal_all(&db.pool).await.unwrap(), 3);
 
     let raw: Vec<String> =
         sqlx::query_scalar("SELECT row_to_json(e)::text FROM carehub_platform.audit_events e")

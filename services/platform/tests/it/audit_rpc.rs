@@ -193,6 +193,7 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     assert_eq!(fields, vec!["actor_user_id", "page.page_token"]);
 
     // Listing was itself recorded (3 touches + 2 successful listings), and verifies.
+    carehub_platform::audit::seal_all(&db.pool).await.unwrap();
     let mut admin = AuditLogClient::new(admin_cli);
     let report = admin
         .verify_chain(VerifyChainRequest::default())

@@ -132,7 +132,17 @@ async fn the_audit_event_is_on_the_span_of_the_rpc_and_the_row_has_its_trace_id(
         server.events
     );
     let event = events[0];
-    assert_eq!(attr(&event.attributes, "audit.seq"), Some(seq.to_string()));
+    // The span names the event by id (its place in the chain is given after the commit).
+    let event_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT event_id FROM carehub_platform.audit_events WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attr(&event.attributes, "audit.event_id"),
+        Some(event_id.to_string())
+    );
     assert_eq!(
         attr(&event.attributes, "audit.kind").as_deref(),
         Some("test.touch")

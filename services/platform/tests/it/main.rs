@@ -9,6 +9,7 @@ mod common;
 mod audit;
 mod audit_page_tokens;
 mod audit_rpc;
+mod audit_sequencer;
 mod audit_trace;
 mod call;
 mod crypto;

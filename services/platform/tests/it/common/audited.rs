@@ -63,11 +63,20 @@ impl tonic::server::UnaryService<String> for Touch {
             if let Some(caller) = &caller {
                 event = event.caller(caller);
             }
-            let stored = audit::record(&mut tx, &event).await?;
+            audit::record(&mut tx, &event).await?;
             tx.commit()
                 .await
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
-            Ok(tonic::Response::new(stored.seq.to_string()))
+            // Sealed before answering, so that the caller can tell the event's place.
+            audit::seal_all(&pool).await?;
+            let seq: i64 = sqlx::query_scalar(
+                "SELECT seq FROM carehub_platform.audit_events WHERE event_id = $1",
+            )
+            .bind(event.event_id)
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            Ok(tonic::Response::new(seq.to_string()))
         })
     }
 }
