@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod notify;
+pub mod session_cache;
 pub mod store;
 pub mod token;
 
