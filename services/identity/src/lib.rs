@@ -176,7 +176,7 @@ impl Service for IdentityDef {
             Some(metrics),
         ));
         if session_cache.enabled() && s.session_cache_listen {
-            session_cache::spawn_listener(&session_cache, &pool);
+            session_cache::start_listener(&session_cache, &pool).await;
         }
         let state = Arc::new(AppState {
             pool,

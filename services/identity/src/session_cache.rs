@@ -25,7 +25,7 @@
 //!   the revocation cannot put the old state back.
 //! - Other replicas: the same changes `pg_notify('identity_revocations', ...)` in their
 //!   transaction ([`notify_session`], [`notify_user`]; delivered when it commits) and every
-//!   replica's listener ([`spawn_listener`]) evicts, typically within milliseconds. When the
+//!   replica's listener ([`start_listener`]) evicts, typically within milliseconds. When the
 //!   listener is down or disabled (`identity.session_cache_listen = false`), or a notification
 //!   is lost while it reconnects (it clears the whole cache when it notices), an entry still
 //!   answers for at most `session_cache_ttl_ms` after its read began, so **another replica's
@@ -406,10 +406,12 @@ pub fn apply_notification(cache: &SessionCache, payload: &str) -> bool {
 }
 
 /// Listens on [`CHANNEL`] and evicts what other replicas (and this one) revoke, on a connection
-/// of its own (not one of the service pool's), until the cache is dropped. Whenever the
-/// connection is lost the listener reconnects and clears the cache, since notifications sent
-/// meanwhile are gone; while it cannot listen, entries still end after the TTL.
-pub fn spawn_listener(cache: &Arc<SessionCache>, pool: &PgPool) {
+/// of its own (not one of the service pool's), until the cache is dropped. The first LISTEN is
+/// awaited (a replica starts serving with its listener up; if it cannot connect it serves
+/// anyway and keeps trying). Whenever the connection is lost the listener reconnects and clears
+/// the cache, since notifications sent meanwhile are gone; while it cannot listen, entries
+/// still end after the TTL.
+pub async fn start_listener(cache: &Arc<SessionCache>, pool: &PgPool) {
     let weak: Weak<SessionCache> = Arc::downgrade(cache);
     let options = (*pool.connect_options()).clone();
     let listen_pool = PgPoolOptions::new()
@@ -423,17 +425,17 @@ pub fn spawn_listener(cache: &Arc<SessionCache>, pool: &PgPool) {
             })
         })
         .connect_lazy_with(options);
+    let first = listen(&listen_pool).await;
     tokio::spawn(async move {
+        let mut next = Some(first);
         let mut retry = Duration::from_millis(250);
         loop {
-            let listener = async {
-                let mut l = PgListener::connect_with(&listen_pool).await?;
-                l.listen(CHANNEL).await?;
-                Ok::<_, sqlx::Error>(l)
-            }
-            .await;
+            let attempt = match next.take() {
+                Some(a) => a,
+                None => listen(&listen_pool).await,
+            };
             let Some(cache) = weak.upgrade() else { break };
-            let mut listener = match listener {
+            let mut listener = match attempt {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "session cache: cannot listen for revocations; entries end after the TTL");
@@ -448,9 +450,9 @@ pub fn spawn_listener(cache: &Arc<SessionCache>, pool: &PgPool) {
             drop(cache);
             retry = Duration::from_millis(250);
             loop {
-                let next = listener.try_recv().await;
+                let received = listener.try_recv().await;
                 let Some(cache) = weak.upgrade() else { return };
-                match next {
+                match received {
                     Ok(Some(n)) => {
                         if !apply_notification(&cache, n.payload()) {
                             tracing::warn!(
@@ -476,6 +478,12 @@ pub fn spawn_listener(cache: &Arc<SessionCache>, pool: &PgPool) {
             tokio::time::sleep(retry).await;
         }
     });
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut l = PgListener::connect_with(pool).await?;
+    l.listen(CHANNEL).await?;
+    Ok(l)
 }
 
 #[cfg(test)]
