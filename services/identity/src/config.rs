@@ -74,6 +74,18 @@ pub struct IdentitySettings {
     /// UNAVAILABLE and RetryInfo.
     pub password_hash_queue: u32,
     pub notifier: NotifierKind,
+    /// How long a positive session check may answer from memory before the session is read
+    /// again (milliseconds, at most 10 000; 0 turns the cache off). It bounds how late this
+    /// replica sees a revocation made by another replica when the notification listener is
+    /// down, and how stale the cached `last_seen_at` can be (a stale one only ends an entry
+    /// early). See [`crate::session_cache`].
+    pub session_cache_ttl_ms: u64,
+    /// Most sessions held in the cache (0 turns it off); when full, an entry is evicted.
+    pub session_cache_max_entries: u64,
+    /// Listen for other replicas' revocations (`LISTEN identity_revocations`) and evict at
+    /// once. Turn it off behind a pooler that cannot hold a LISTEN (PgBouncer in transaction
+    /// mode): other replicas' revocations are then seen within `session_cache_ttl_ms`.
+    pub session_cache_listen: bool,
 }
 
 impl Default for IdentitySettings {
@@ -109,6 +121,9 @@ impl Default for IdentitySettings {
             password_hash_threads: 0,
             password_hash_queue: 8,
             notifier: NotifierKind::LogSandbox,
+            session_cache_ttl_ms: 1000,
+            session_cache_max_entries: 100_000,
+            session_cache_listen: true,
         }
     }
 }
@@ -164,6 +179,14 @@ impl Validate for IdentityConfig {
         need(
             (1..=900).contains(&s.password_reset_ttl_secs),
             "identity.password_reset_ttl_secs must be within 1..=900",
+        );
+        need(
+            s.session_cache_ttl_ms <= 10_000,
+            "identity.session_cache_ttl_ms must be at most 10000 (0 turns the cache off)",
+        );
+        need(
+            s.session_cache_max_entries <= 10_000_000,
+            "identity.session_cache_max_entries must be at most 10000000 (0 turns the cache off)",
         );
         for role in s
             .idle_timeout_secs

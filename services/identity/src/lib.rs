@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod notify;
+pub mod session_cache;
 pub mod store;
 pub mod token;
 
@@ -55,6 +56,10 @@ pub struct AppState {
     pub outbox: Outbox,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
+    /// Positive session checks, so that most authenticated calls read the database once
+    /// ([`session_cache`]). Whatever revokes a session or changes an account's status evicts
+    /// here once its transaction has ended, before the RPC answers.
+    pub session_cache: Arc<session_cache::SessionCache>,
 }
 
 /// Identity's envelope encryption over `pool` with the service's keys.
@@ -127,6 +132,7 @@ impl Service for IdentityDef {
             idempotency,
             outbox,
             server,
+            metrics,
             ..
         } = ctx;
         if config.identity.signing_key_file.is_some() {
@@ -164,6 +170,14 @@ impl Service for IdentityDef {
                 (Arc::new(m.clone()), Some(m))
             }
         };
+        let session_cache = Arc::new(session_cache::SessionCache::new(
+            std::time::Duration::from_millis(s.session_cache_ttl_ms),
+            usize::try_from(s.session_cache_max_entries).unwrap_or(usize::MAX),
+            Some(metrics),
+        ));
+        if session_cache.enabled() && s.session_cache_listen {
+            session_cache::start_listener(&session_cache, &pool).await;
+        }
         let state = Arc::new(AppState {
             pool,
             settings: config.identity.clone(),
@@ -175,6 +189,7 @@ impl Service for IdentityDef {
             outbox,
             notifier,
             hasher,
+            session_cache,
         });
         spawn_login_throttle_purge(&state);
         let api = api::IdentityApi {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::config::IdentitySettings;
 use crate::error::IdentityError;
+use crate::session_cache::SessionFacts;
 use crate::store;
 use crate::AppState;
 
@@ -81,10 +82,66 @@ pub fn issue_access_token(
 }
 
 /// Verifies identity's own access tokens: signature, lifetime, issuer and audience, then the
-/// session and the account in the database, so that a revocation takes effect at once.
+/// session and the account, so that a revocation takes effect at once.
+///
+/// The session check is answered from [`crate::session_cache::SessionCache`] when a recent read of the session
+/// passed and still passes by the same rules; otherwise (no entry, or anything that would
+/// reject) it reads the database. So an authenticated call costs one round trip in the common
+/// case: the handler's. Other replicas' revocations are seen within
+/// `identity.session_cache_ttl_ms` at worst (milliseconds while the revocation listener runs);
+/// see [`crate::session_cache`].
 pub struct LocalVerifier {
     state: Arc<AppState>,
     verified: VerifiedTokens,
+}
+
+/// Why a session check fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The token names a session of another user.
+    Inconsistent,
+    /// The account is not active.
+    AccountDisabled,
+    /// Revoked, expired, idle too long, or issued before the user's sessions were revoked.
+    Expired,
+}
+
+impl From<SessionRefusal> for Status {
+    fn from(r: SessionRefusal) -> Status {
+        match r {
+            SessionRefusal::Inconsistent => unauthenticated("access token is inconsistent"),
+            SessionRefusal::AccountDisabled => IdentityError::AccountDisabled.into(),
+            SessionRefusal::Expired => IdentityError::SessionExpired.into(),
+        }
+    }
+}
+
+/// The session rules, applied alike to a fresh read and to a cached one: `now` is the
+/// database's clock (for a cached read, an estimate never behind it), `idle` the role's idle
+/// timeout.
+pub fn session_verdict(
+    facts: &SessionFacts,
+    user: &UserCaller,
+    now: DateTime<Utc>,
+    idle: chrono::Duration,
+) -> Result<(), SessionRefusal> {
+    if facts.user_id != user.user_id {
+        return Err(SessionRefusal::Inconsistent);
+    }
+    if !facts.active {
+        return Err(SessionRefusal::AccountDisabled);
+    }
+    let revoked_for_user = facts
+        .sessions_revoked_before
+        .is_some_and(|before| facts.created_at <= before || user.issued_at < before.timestamp());
+    if facts.revoked_at.is_some()
+        || facts.expires_at <= now
+        || facts.last_seen_at + idle <= now
+        || revoked_for_user
+    {
+        return Err(SessionRefusal::Expired);
+    }
+    Ok(())
 }
 
 impl LocalVerifier {
@@ -105,12 +162,28 @@ impl LocalVerifier {
         self.verified
             .verify(token, &key, &auth.issuer, &auth.audience)
     }
+
+    fn idle_timeout(&self, role: Role) -> chrono::Duration {
+        chrono::Duration::seconds(
+            i64::try_from(self.state.settings.idle_timeout_for(role)).unwrap_or(i64::MAX / 1000),
+        )
+    }
 }
 
 #[async_trait::async_trait]
 impl TokenVerifier for LocalVerifier {
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
         let user = self.verify_signature(token)?;
+        let cache = &self.state.session_cache;
+        // Memory may only accept; whatever it would refuse is decided by a fresh read below.
+        if let Some(cached) = cache.get(user.session_id) {
+            let idle = self.idle_timeout(cached.facts.role);
+            if session_verdict(&cached.facts, &user, cached.db_now, idle).is_ok() {
+                cache.count_check("memory");
+                return Ok(user);
+            }
+        }
+        let ticket = cache.ticket();
         let mut conn = self
             .state
             .pool
@@ -119,28 +192,22 @@ impl TokenVerifier for LocalVerifier {
             .map_err(|e| Status::from(IdentityError::Db(e)))?;
         let check = store::sessions::session_check(&mut conn, user.session_id)
             .await
-            .map_err(|e| Status::from(IdentityError::Db(e)))?
-            .ok_or_else(|| unauthenticated("access token names an unknown session"))?;
+            .map_err(|e| Status::from(IdentityError::Db(e)))?;
+        drop(conn);
+        cache.count_check("db");
+        let check =
+            check.ok_or_else(|| unauthenticated("access token names an unknown session"))?;
         if check.user_id != user.user_id {
-            return Err(unauthenticated("access token is inconsistent"));
+            return Err(SessionRefusal::Inconsistent.into());
         }
         if check.status != "active" {
-            return Err(IdentityError::AccountDisabled.into());
+            return Err(SessionRefusal::AccountDisabled.into());
         }
-        let role = Role::parse(&check.role).ok_or_else(|| errors::internal("user role"))?;
-        let idle = chrono::Duration::seconds(
-            i64::try_from(self.state.settings.idle_timeout_for(role)).unwrap_or(i64::MAX / 1000),
-        );
-        let revoked_for_user = check.sessions_revoked_before.is_some_and(|before| {
-            check.created_at <= before || user.issued_at < before.timestamp()
-        });
-        if check.revoked_at.is_some()
-            || check.expires_at <= check.now
-            || check.last_seen_at + idle <= check.now
-            || revoked_for_user
-        {
-            return Err(IdentityError::SessionExpired.into());
-        }
+        let facts =
+            SessionFacts::from_check(&check).ok_or_else(|| errors::internal("user role"))?;
+        let idle = self.idle_timeout(facts.role);
+        session_verdict(&facts, &user, check.now, idle)?;
+        cache.fill(ticket, user.session_id, facts, check.now, idle);
         Ok(user)
     }
 }

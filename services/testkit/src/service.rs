@@ -65,9 +65,15 @@ impl TestEnv {
     /// The platform configuration of the service: port 0 for gRPC and admin, mTLS with its
     /// certificate, the test database (migrated already), the development key file.
     pub fn platform_config(&self) -> PlatformConfig {
+        self.platform_config_with_cert(self.service)
+    }
+
+    /// Like [`TestEnv::platform_config`], with a certificate of its own written to
+    /// `<dir>/<cert_file>.pem` (another replica of the service).
+    pub fn platform_config_with_cert(&self, cert_file: &str) -> PlatformConfig {
         let mut tls = self
             .pki
-            .write_server(self.dir.path(), self.service, self.service);
+            .write_server(self.dir.path(), self.service, cert_file);
         tls.reload_interval_secs = 30;
         PlatformConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -92,9 +98,14 @@ impl TestEnv {
     /// [`TestEnv::platform_config`] as its `[server]` table. A test picks an in-memory sandbox
     /// where it reads one (identity: `identity.notifier = "memory-sandbox"`).
     pub fn config<S: Service>(&self, service: &S) -> S::Config {
+        self.config_with_cert(service, self.service)
+    }
+
+    /// Like [`TestEnv::config`], with the certificate of [`TestEnv::platform_config_with_cert`].
+    pub fn config_with_cert<S: Service>(&self, service: &S, cert_file: &str) -> S::Config {
         let mut config = S::Config::default();
         Service::dev_config(service, &mut config);
-        *ServiceConfig::server_mut(&mut config) = self.platform_config();
+        *ServiceConfig::server_mut(&mut config) = self.platform_config_with_cert(cert_file);
         config
     }
 }
@@ -135,6 +146,29 @@ impl<S: Service> TestService<S> {
             started: Some(started),
             env,
         }
+    }
+
+    /// Starts another replica of the service on the same database, CA and development key
+    /// file (or `keys`), with its own ports, certificate and state: what two pods of one
+    /// deployment share. `tweak` adjusts its configuration (start from the same adjustments
+    /// as the first replica where they matter). Stop it with `started.server.shutdown()`
+    /// before [`TestService::shutdown`] drops the database.
+    pub async fn start_replica(
+        &self,
+        service: &S,
+        keys: Option<Arc<dyn KeySource>>,
+        tweak: impl FnOnce(&mut S::Config),
+    ) -> Started<S::Handle> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static REPLICAS: AtomicUsize = AtomicUsize::new(0);
+        let n = REPLICAS.fetch_add(1, Ordering::Relaxed);
+        let mut config = self
+            .env
+            .config_with_cert(service, &format!("{}-replica-{n}", S::NAME));
+        tweak(&mut config);
+        kit::start(service, config, keys, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("{} replica starts: {e:#}", S::NAME))
     }
 
     /// What the service handed back when it started (its [`Service::Handle`]).

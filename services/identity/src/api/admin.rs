@@ -188,7 +188,11 @@ async fn change_status<Req: Message>(
             }
             Ok::<_, IdentityError>(Change::new(user_to_pb(&a), event))
         })
-        .await?;
+        .await;
+    // A status change (and the revocation that comes with a suspension or termination) takes
+    // effect in this replica's session cache before the call answers, whatever the outcome.
+    state.session_cache.evict_user(target);
+    let user = user?;
     tracing::info!(user_id = %target, by = %admin, action = ?action, "account status changed");
     Ok(user.answer)
 }

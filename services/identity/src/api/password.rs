@@ -115,21 +115,28 @@ pub async fn reset_password(state: &AppState, call: &Call, r: ResetPasswordReque
     };
     drop(permit);
     let mut changed: Option<Uuid> = None;
-    call.mutate_as(&state.idempotency, "anon", &r, async |conn| {
-        let invalid = || IdentityError::CodeInvalid {
-            field: "reset_token",
-        };
-        let user_id = store::consume_password_reset(conn, &token_hash)
-            .await?
-            .ok_or_else(invalid)?;
-        let phc = phc.ok_or_else(invalid)?;
-        store::set_password(conn, user_id, &phc).await?;
-        revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
-        let event = security::account(&call.caller, kinds::PASSWORD_RESET, user_id);
-        changed = Some(user_id);
-        Ok::<_, IdentityError>(Change::new((), event))
-    })
-    .await?;
+    let done = call
+        .mutate_as(&state.idempotency, "anon", &r, async |conn| {
+            let invalid = || IdentityError::CodeInvalid {
+                field: "reset_token",
+            };
+            let user_id = store::consume_password_reset(conn, &token_hash)
+                .await?
+                .ok_or_else(invalid)?;
+            let phc = phc.ok_or_else(invalid)?;
+            store::set_password(conn, user_id, &phc).await?;
+            revocation::revoke_user_sessions(conn, user_id, "password_reset", None).await?;
+            let event = security::account(&call.caller, kinds::PASSWORD_RESET, user_id);
+            changed = Some(user_id);
+            Ok::<_, IdentityError>(Change::new((), event))
+        })
+        .await;
+    // Before answering, whether or not the change committed (an eviction for nothing costs
+    // one read).
+    if let Some(user_id) = changed {
+        state.session_cache.evict_user(user_id);
+    }
+    done?;
     if let Some(user_id) = changed {
         tracing::info!(user_id = %user_id, "password reset; every session revoked");
         notify_password_changed(state, user_id).await;
@@ -168,17 +175,21 @@ pub async fn change_password(
     };
     drop(permit);
     let event = security::account(&call.caller, kinds::PASSWORD_CHANGE, user_id);
-    call.mutate(&state.idempotency, &r, async |conn| {
-        let cred = lock_own_credentials(conn, user_id).await?;
-        confirm_checked_password(&cred, checked.as_deref())?;
-        let phc = phc.ok_or(IdentityError::InvalidCredentials)?;
-        store::set_password(conn, user_id, &phc).await?;
-        store::clear_session_password_change(conn, session_id).await?;
-        revocation::revoke_user_sessions(conn, user_id, "password_changed", Some(session_id))
-            .await?;
-        Ok::<_, IdentityError>(Change::new((), event))
-    })
-    .await?;
+    let done = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            let cred = lock_own_credentials(conn, user_id).await?;
+            confirm_checked_password(&cred, checked.as_deref())?;
+            let phc = phc.ok_or(IdentityError::InvalidCredentials)?;
+            store::set_password(conn, user_id, &phc).await?;
+            store::clear_session_password_change(conn, session_id).await?;
+            revocation::revoke_user_sessions(conn, user_id, "password_changed", Some(session_id))
+                .await?;
+            Ok::<_, IdentityError>(Change::new((), event))
+        })
+        .await;
+    // Before answering, whether or not the change committed.
+    state.session_cache.evict_user(user_id);
+    done?;
     tracing::info!(user_id = %user_id, "password changed; other sessions revoked");
     notify_password_changed(state, user_id).await;
     Ok(())

@@ -183,6 +183,7 @@ pub async fn refresh_session(
                 security::record(&mut tx, event).await?;
             }
             tx.commit().await?;
+            state.session_cache.evict_session(session_id);
             tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
             return Err(IdentityError::RefreshTokenReused);
         }
@@ -197,6 +198,7 @@ pub async fn refresh_session(
     if !is_active(&cred) {
         revocation::revoke_session(&mut tx, session.id, "account_disabled").await?;
         tx.commit().await?;
+        state.session_cache.evict_session(session.id);
         return Err(IdentityError::AccountDisabled);
     }
     if session.revoked_at.is_some() {
@@ -220,6 +222,7 @@ pub async fn refresh_session(
     if let Some(reason) = ended {
         revocation::revoke_session(&mut tx, session.id, reason).await?;
         tx.commit().await?;
+        state.session_cache.evict_session(session.id);
         return Err(IdentityError::SessionExpired);
     }
     store::touch_session(&mut tx, session.id).await?;
@@ -233,11 +236,15 @@ pub async fn logout(state: &AppState, call: &Call, r: LogoutRequest) -> Result<(
     call.idempotency_key()?;
     let (session_id, user_id) = (user.session_id, user.user_id);
     let event = security::session(&call.caller, kinds::SESSION_LOGOUT, user_id, session_id);
-    call.mutate(&state.idempotency, &r, async |conn| {
-        revocation::revoke_session(conn, session_id, "logout").await?;
-        Ok::<_, IdentityError>(Change::new((), event))
-    })
-    .await?;
+    let done = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            revocation::revoke_session(conn, session_id, "logout").await?;
+            Ok::<_, IdentityError>(Change::new((), event))
+        })
+        .await;
+    // Whatever the outcome (a failed call evicts for nothing: one extra read), before answering.
+    state.session_cache.evict_session(session_id);
+    done?;
     Ok(())
 }
 
@@ -321,6 +328,8 @@ pub async fn revoke_session(
             let answer = session_to_pb(&state.crypto, &s, false, current).await?;
             Ok(Change::new(answer, event))
         })
-        .await?;
-    Ok(ran.answer)
+        .await;
+    // Whatever the outcome (a failed call evicts for nothing: one extra read), before answering.
+    state.session_cache.evict_session(id);
+    Ok(ran?.answer)
 }

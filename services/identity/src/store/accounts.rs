@@ -237,7 +237,8 @@ pub async fn update_profile(
     account(crypto, row).await
 }
 
-/// Sets the status (with who, why and when).
+/// Sets the status (with who, why and when). The caller evicts the user's sessions from its
+/// own session cache once the transaction has ended.
 pub async fn set_status(
     conn: &mut PgConnection,
     crypto: &Envelope,
@@ -261,6 +262,8 @@ pub async fn set_status(
     .bind(by)
     .fetch_one(&mut *conn)
     .await?;
+    // Other replicas stop answering this user's sessions from memory when this commits.
+    crate::session_cache::notify_user(conn, id).await?;
     account(crypto, row).await
 }
 

@@ -1,4 +1,8 @@
 //! Ending sessions: shared by logout, admin actions and password changes.
+//!
+//! Each also notifies `identity_revocations` in the caller's transaction, so that every
+//! replica's session cache evicts when it commits; the replica that made the change evicts
+//! itself as well, before it answers ([`crate::session_cache`]).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -63,6 +67,7 @@ pub async fn revoke_session(
             .bind(session_id)
             .execute(&mut *conn)
             .await?;
+        crate::session_cache::notify_session(conn, session_id).await?;
     }
     Ok(done)
 }

@@ -319,6 +319,31 @@ impl TestApp {
         out
     }
 
+    /// Another identity replica on this one's database, keys and CA (with the in-memory
+    /// sandbox, then `adjust`): what a second pod of the deployment is.
+    pub async fn start_replica(&self, adjust: impl FnOnce(&mut IdentityConfig)) -> Replica {
+        let started = self
+            .svc
+            .start_replica(&carehub_identity::SERVICE, None, |config| {
+                config.identity.notifier = NotifierKind::MemorySandbox;
+                adjust(config);
+            })
+            .await;
+        let channel = self
+            .svc
+            .pki()
+            .channel(started.server.grpc_addr, "gateway", "identity")
+            .await
+            .into_inner();
+        Replica { started, channel }
+    }
+
+    /// The value of the series of `name` on `/metrics` whose labels include `label`
+    /// (`source="memory"`), 0 when absent.
+    pub async fn metric(&self, name: &str, label: &str) -> f64 {
+        metric(self.admin_addr, name, label).await
+    }
+
     /// Stops the server, closes its pool and drops the database.
     pub async fn shutdown(mut self) {
         if let Some(identity) = self.svc.take_started() {
@@ -348,4 +373,42 @@ pub fn patient_request(email: &str, password: &str) -> RegisterPatientRequest {
         marketing_opt_in: false,
         sms_opt_in: false,
     }
+}
+
+/// A second identity replica started by [`TestApp::start_replica`].
+pub struct Replica {
+    pub started: Started<IdentityHandle>,
+    channel: Channel,
+}
+
+impl Replica {
+    /// IdentityService client calling the replica as the gateway.
+    pub fn public(&self) -> IdentityServiceClient<Channel> {
+        IdentityServiceClient::new(self.channel.clone())
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.started.handle.state.clone()
+    }
+
+    /// Stops the replica and closes its pool (before the first app drops the database).
+    pub async fn shutdown(self) {
+        let _ = self.started.server.shutdown().await;
+        self.started.handle.state.pool.close().await;
+    }
+}
+
+/// The value of the series of `name` on the admin port's `/metrics` whose labels include
+/// `label` (empty: any), 0 when absent.
+pub async fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
+    let (status, body) = carehub_testkit::grpc::http_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name) && (label.is_empty() || series.contains(label))
+        })
+        .map(|(_, v)| v.trim().parse::<f64>().expect("a metric value"))
+        .sum()
 }

@@ -14,6 +14,7 @@ mod login_throttle_purge;
 mod outbox_events;
 mod read_audit;
 mod remote_verifier;
+mod session_cache;
 mod session_page_tokens;
 mod sessions;
 mod signing_rotation;

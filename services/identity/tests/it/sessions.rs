@@ -140,6 +140,9 @@ async fn login_refresh_reuse_and_logout() {
 
     // Logout ends the session: its access token and refresh token stop working.
     let t3 = app.login("ann@example.org", PASSWORD).await;
+    // Used twice first, so that the logout must empty the session cache too.
+    list(&app, &t3.access_token).await.unwrap();
+    list(&app, &t3.access_token).await.unwrap();
     app.public("gateway")
         .await
         .logout(with_key(
@@ -881,6 +884,10 @@ async fn suspended_users_tokens_are_rejected_at_once() {
     let app = common::spawn().await;
     let user = app.register_patient("lee@example.org", PASSWORD).await;
     let t = app.login("lee@example.org", PASSWORD).await;
+    // Used twice first: the second use is verified from the session cache, which the
+    // suspension must empty.
+    list(&app, &t.access_token).await.unwrap();
+    list(&app, &t.access_token).await.unwrap();
     let (_, admin) = app.admin_token().await;
     app.public("gateway")
         .await
