@@ -3,7 +3,8 @@
 #
 # Builds the release binary, starts a fresh `carehub up` (its own data directory, private
 # PostgreSQL cluster and ports), runs `carehub loadgen all` (echo baseline first and last,
-# pgbench insert/select against the same PostgreSQL, every identity scenario), records the
+# pgbench insert/select against the same PostgreSQL, every identity scenario, the audit
+# scenarios on a scratch database of that PostgreSQL), records the
 # service process's idle and loaded resident memory, writes BENCHMARKS.md and stops
 # everything it started. Not part of scripts/test.sh: speed is measured, never asserted.
 #

@@ -33,7 +33,7 @@ its Secret as CAREHUB_SERVER__DATABASE__URL, Vault credentials from mounted file
   "listen" (printf "0.0.0.0:%d" (int $v.ports.grpc))
   "admin_listen" (printf "0.0.0.0:%d" (int $v.ports.admin))
   "tls" $tls
-  "database" (dict "max_connections" $svc.database.maxConnections "migrate_on_start" false)
+  "database" (dict "max_connections" $svc.database.maxConnections "min_connections" ($svc.database.minConnections | default $svc.database.maxConnections) "migrate_on_start" false)
   "telemetry" $telemetry
   "limits" (dict "drain_timeout_secs" $svc.drainTimeoutSecs)
   "auth" $auth

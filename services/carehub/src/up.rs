@@ -151,6 +151,8 @@ async fn run_services(
             &admin_url, &database,
         )?));
         server.database.migrate_on_start = true;
+        // A warm pool: no connection is opened on the request path (DESIGN.md §9).
+        server.database.min_connections = server.database.max_connections;
         server.telemetry = telemetry_cfg.clone();
         server.keys.file = data_dir.join("keys/dev-keys.json");
         if name != "identity" {

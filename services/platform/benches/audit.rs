@@ -2,7 +2,7 @@
 //! What auditing costs a mutating operation: one transaction inserting a row, without and with
 //! `audit::record` in the same transaction (one queue row; no shared lock), against a real
 //! PostgreSQL. Also 8 writers at once, which no longer take turns on the chain head, and the
-//! sequencer's cost per sealed event (batches of up to 1 000: hash, move, one head update).
+//! sequencer's cost per batch of 1 000 events (read, hash, move, one head update, commit).
 //!
 //! Needs PostgreSQL (DATABASE_URL, default the local one); skips with a message without one.
 //! Run: `cargo bench -p carehub-platform --bench audit`.
@@ -46,19 +46,29 @@ async fn mutate(pool: &PgPool, audited: bool) {
     tx.commit().await.unwrap();
 }
 
-/// One event queued by itself (what the sequencer then seals).
-async fn queue_one(pool: &PgPool) {
-    let id = Uuid::now_v7();
-    let event = AuditEvent::new(
-        "bench.item.read",
-        Action::Read,
-        Purpose::Operations,
-        "item",
-        id,
-    )
-    .actor_user(id);
+/// Events per sequencer batch measured.
+const BATCH: u64 = 1000;
+
+/// [`BATCH`] read events queued (what the sequencer then seals), 100 per insert.
+async fn queue_batch(pool: &PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    audit::record_all(&mut conn, &[&event]).await.unwrap();
+    for _ in 0..BATCH / 100 {
+        let events: Vec<AuditEvent> = (0..100)
+            .map(|_| {
+                let id = Uuid::now_v7();
+                AuditEvent::new(
+                    "bench.item.read",
+                    Action::Read,
+                    Purpose::Operations,
+                    "item",
+                    id,
+                )
+                .actor_user(id)
+            })
+            .collect();
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        audit::record_all(&mut conn, &refs).await.unwrap();
+    }
 }
 
 /// `n` transactions spread over [`WRITERS`] concurrent writers.
@@ -115,16 +125,27 @@ fn audit_overhead(c: &mut Criterion) {
     group.bench_function("insert+audit_8_writers", |b| {
         b.iter_custom(|n| rt.block_on(concurrent(&db.pool, true, n)))
     });
-    group.bench_function("seal_per_event", |b| {
+    group.finish();
+
+    // The sequencer: one iteration seals a batch of 1 000 queued events (queueing them is not
+    // timed); criterion reports the time per batch and the events per second.
+    let mut group = c.benchmark_group("sequencer");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(criterion::Throughput::Elements(BATCH));
+    group.bench_function("seal_batch_of_1000", |b| {
         b.iter_custom(|n| {
             rt.block_on(async {
-                audit::seal_all(&db.pool).await.unwrap();
+                let mut timed = Duration::ZERO;
                 for _ in 0..n {
-                    queue_one(&db.pool).await;
+                    audit::seal_all(&db.pool).await.unwrap();
+                    queue_batch(&db.pool).await;
+                    let start = Instant::now();
+                    audit::seal_all(&db.pool).await.unwrap();
+                    timed += start.elapsed();
                 }
-                let start = Instant::now();
-                audit::seal_all(&db.pool).await.unwrap();
-                start.elapsed()
+                timed
             })
         })
     });

@@ -99,6 +99,9 @@ pub struct DatabaseConfig {
     #[serde(skip_serializing)]
     pub url: Option<SecretString>,
     pub max_connections: u32,
+    /// Connections opened at start and kept open (at most `max_connections`), so that a burst
+    /// finds the pool warm instead of connecting on the request path. 0: opened on demand.
+    pub min_connections: u32,
     pub acquire_timeout_secs: u64,
     /// Run the embedded migrations when the service starts (`carehub migrate` otherwise).
     pub migrate_on_start: bool,
@@ -109,6 +112,7 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             max_connections: 16,
+            min_connections: 0,
             acquire_timeout_secs: 5,
             migrate_on_start: false,
         }

@@ -36,6 +36,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
     Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections)
+        .min_connections(cfg.min_connections.min(cfg.max_connections))
         .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
         .after_connect(|_, _| {
             Box::pin(async {

@@ -84,6 +84,8 @@ impl TestEnv {
                 max_connections: 10,
                 acquire_timeout_secs: 5,
                 migrate_on_start: false,
+                // On demand: a test opens only the connections it uses.
+                min_connections: 0,
             },
             keys: KeysConfig {
                 file: self.key_file.clone(),
