@@ -230,9 +230,8 @@ impl Call {
     }
 }
 
-/// What a mutation did: its answer and the audit events that describe it, recorded by the
-/// helper in the change's transaction just before the commit (the chain head is held from the
-/// first event to the commit, so events go last).
+/// What a mutation did: its answer and the audit events that describe it, queued by the
+/// helper in the change's transaction just before the commit.
 #[derive(Debug)]
 pub struct Change<T> {
     pub answer: T,

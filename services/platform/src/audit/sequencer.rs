@@ -259,6 +259,22 @@ pub struct Sequencer {
     pub metrics: Option<Arc<Metrics>>,
 }
 
+/// How long the background sequencer waits before its next round, after `outcome`: a batch
+/// (`Some`), the head busy with another replica's sequencer (`None`), or the `n`th failure in
+/// a row (`Err(n)`). None after a full batch (more is waiting), the interval after a partial
+/// one, four intervals while another sequencer is active, and a doubling back-off up to 5 s
+/// while the database fails.
+fn pause_after(outcome: Result<Option<Sealed>, u32>, batch: u32, interval: Duration) -> Duration {
+    match outcome {
+        Ok(Some(s)) if s.events + s.duplicates >= u64::from(batch) => Duration::ZERO,
+        Ok(Some(_)) => interval,
+        Ok(None) => interval.saturating_mul(4),
+        Err(failures) => interval
+            .saturating_mul(1u32 << failures.min(8))
+            .min(Duration::from_secs(5)),
+    }
+}
+
 /// How often the queue gauges are read.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -275,27 +291,17 @@ impl Sequencer {
                         tracing::info!(service = self.service, "audit sequencer recovered");
                     }
                     failures = 0;
-                    match sealed {
-                        Some(s) if s.events + s.duplicates >= u64::from(self.batch) => {
-                            self.count(s.events);
-                            Duration::ZERO
-                        }
-                        Some(s) => {
-                            self.count(s.events);
-                            self.interval
-                        }
-                        // Another replica's sequencer is active: stand by.
-                        None => self.interval.saturating_mul(4),
+                    if let Some(s) = sealed {
+                        self.count(s.events);
                     }
+                    pause_after(Ok(sealed), self.batch, self.interval)
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     if failures.is_power_of_two() {
                         tracing::warn!(service = self.service, error = %err, failures, "audit sequencer failed; retrying");
                     }
-                    self.interval
-                        .saturating_mul(1u32 << failures.min(8))
-                        .min(Duration::from_secs(5))
+                    pause_after(Err(failures), self.batch, self.interval)
                 }
             };
             if metrics_at.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
@@ -344,5 +350,32 @@ impl Sequencer {
             }
             Err(e) => tracing::debug!(error = %e, "audit queue gauges not refreshed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_round_comes_at_once_only_after_a_full_batch() {
+        let ms = Duration::from_millis;
+        let sealed = |events, duplicates| {
+            Ok(Some(Sealed {
+                events,
+                duplicates,
+                head_seq: 0,
+            }))
+        };
+        assert_eq!(pause_after(sealed(10, 0), 10, ms(50)), Duration::ZERO);
+        assert_eq!(pause_after(sealed(4, 6), 10, ms(50)), Duration::ZERO);
+        assert_eq!(pause_after(sealed(9, 0), 10, ms(50)), ms(50));
+        assert_eq!(pause_after(sealed(0, 0), 10, ms(50)), ms(50));
+        // Another replica's sequencer holds the head: stand by longer.
+        assert_eq!(pause_after(Ok(None), 10, ms(50)), ms(200));
+        // Failures back off, doubling, up to 5 s.
+        assert_eq!(pause_after(Err(1), 10, ms(50)), ms(100));
+        assert_eq!(pause_after(Err(3), 10, ms(50)), ms(400));
+        assert_eq!(pause_after(Err(30), 10, ms(50)), Duration::from_secs(5));
     }
 }

@@ -290,6 +290,12 @@ async fn an_event_queued_twice_is_sealed_once() {
         .unwrap()
         .unwrap();
     assert_eq!((again.events, again.duplicates, again.head_seq), (0, 1, 1));
+    // An empty queue: nothing sealed, and the head as it stands.
+    let idle = sequencer::seal_batch(&db.pool, 100, Turn::Wait)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((idle.events, idle.duplicates, idle.head_seq), (0, 0, 1));
     assert_sealed_exactly_once(&db.pool, &[e.event_id].into()).await;
     db.drop_database().await.unwrap();
 }
@@ -312,6 +318,9 @@ async fn the_background_sequencer_seals_and_exports_queue_depth_age_and_sealed_c
         .unwrap();
     assert_eq!((lag.queued, lag.older_than_bound), (25, 1));
     assert!(lag.oldest_age_secs >= 3600.0, "{lag:?}");
+    let state = sequencer::queue_state(&db.pool).await.unwrap();
+    assert_eq!(state.depth, 25);
+    assert!(state.oldest_age_secs >= 3600.0, "{state:?}");
 
     let running = tokio::spawn(
         Sequencer {
@@ -347,5 +356,89 @@ async fn the_background_sequencer_seals_and_exports_queue_depth_age_and_sealed_c
         .await
         .unwrap();
     assert_eq!((lag.queued, lag.older_than_bound), (0, 0));
+    db.drop_database().await.unwrap();
+}
+
+/// `n` events queued with one insert each 100 (as group-committed reads are); their ids.
+async fn queue_many(pool: &PgPool, events: &[AuditEvent]) {
+    let mut conn = pool.acquire().await.unwrap();
+    for chunk in events.chunks(100) {
+        let refs: Vec<&AuditEvent> = chunk.iter().collect();
+        audit::record_all(&mut conn, &refs).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn seal_all_goes_on_past_full_batches_even_of_duplicates_only() {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    // More than one batch: seal_all must not stop after the first full one.
+    let first: Vec<AuditEvent> = (0..1500).map(|_| event()).collect();
+    queue_many(&db.pool, &first).await;
+    assert_eq!(audit::seal_all(&db.pool).await.unwrap(), 1500);
+    // A whole batch of repeats of sealed events, then new ones behind it: the batch of
+    // duplicates is full, so seal_all goes on to the new events.
+    queue_many(&db.pool, &first[..1000]).await;
+    let second: Vec<AuditEvent> = (0..10).map(|_| event()).collect();
+    queue_many(&db.pool, &second).await;
+    assert_eq!(audit::seal_all(&db.pool).await.unwrap(), 10);
+    let expected: HashSet<Uuid> = first.iter().chain(&second).map(|e| e.event_id).collect();
+    assert_sealed_exactly_once(&db.pool, &expected).await;
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_that_changes_under_the_sequencer_is_refused_and_nothing_is_sealed() {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    let mut expected = HashSet::new();
+    for _ in 0..3 {
+        expected.insert(queue_one(&db.pool).await);
+    }
+    audit::seal_all(&db.pool).await.unwrap();
+    for _ in 0..5 {
+        expected.insert(queue_one(&db.pool).await);
+    }
+    // Something (here a trigger) keeps one taken row from being moved off the queue.
+    for sql in [
+        "CREATE FUNCTION keep_one() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN IF OLD.id = (SELECT max(id) FROM carehub_platform.audit_queue) THEN RETURN NULL; END IF; RETURN OLD; END $$",
+        "CREATE TRIGGER keep_one BEFORE DELETE ON carehub_platform.audit_queue
+         FOR EACH ROW EXECUTE FUNCTION keep_one()",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    let err = audit::seal_all(&db.pool).await.unwrap_err();
+    match err {
+        audit::AuditError::Corrupt { seq, reason } => {
+            assert_eq!(seq, 4, "names the first position it would have sealed");
+            assert!(
+                reason.contains("5 queued events were taken but 4 moved"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    // The batch rolled back whole: the chain still ends at 3, all five still queued.
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT seq FROM carehub_platform.audit_chain_head"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM carehub_platform.audit_queue"
+        )
+        .await,
+        5
+    );
+    sqlx::query("DROP TRIGGER keep_one ON carehub_platform.audit_queue")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit::seal_all(&db.pool).await.unwrap(), 5);
+    assert_sealed_exactly_once(&db.pool, &expected).await;
     db.drop_database().await.unwrap();
 }
