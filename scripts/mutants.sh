@@ -44,8 +44,9 @@ group_args() {
     # cargo-mutants 27.1.0 runs its baseline on the mutated package's tests whatever
     # --test-package says (lab.rs, run_baseline): platform has none of these, and nextest fails
     # "no tests to run". So this group skips the baseline (precheck below runs it instead) and
-    # gives the timeout itself.
-    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity --baseline skip --timeout 600 -- --test it -E test(/^remote_verifier::/)" ;;
+    # takes cargo-mutants's fallback test timeout (300 s; --timeout would clash with
+    # --timeout-multiplier).
+    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity --baseline skip -- --test it -E test(/^remote_verifier::/)" ;;
     audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -f services/platform/src/audit/sequencer.rs -- --lib --test it -E kind(lib)|test(/^audit(_sequencer)?::/)" ;;
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test it -E kind(lib)|test(/^crypto::/)" ;;
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
