@@ -370,6 +370,30 @@ async fn connect(
     Ok(out)
 }
 
+/// The echo server (with an audit trail for `audit-read`) and channels to it.
+async fn echo_server(
+    args: &LoadgenArgs,
+    tls: &Arc<TlsStore>,
+    audit: Option<sqlx::PgPool>,
+) -> anyhow::Result<(echo::EchoServer, Vec<Channel>)> {
+    let server = echo::start(tls, args.echo_threads, audit).await?;
+    let channels = connect(
+        &format!("https://{}", server.addr),
+        tls,
+        "localhost",
+        args.connections,
+    )
+    .await?;
+    Ok((server, channels))
+}
+
+/// The audit queue as read right after a steady state, for a scenario's note.
+fn queue_after(queue: Option<carehub_platform::audit::QueueState>) -> String {
+    queue.map_or("?".to_owned(), |q| {
+        format!("{} events, oldest {:.2} s", q.depth, q.oldest_age_secs)
+    })
+}
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.clamp(0.0, 86_400.0))
 }
@@ -450,15 +474,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         match s {
             Scenario::AuditRead => {
                 let Some(scratch) = &scratch else { continue };
-                let server =
-                    echo::start(&tls, args.echo_threads, Some(scratch.pool.clone())).await?;
-                let channels = connect(
-                    &format!("https://{}", server.addr),
-                    &tls,
-                    "localhost",
-                    args.connections,
-                )
-                .await?;
+                let (server, channels) =
+                    echo_server(&args, &tls, Some(scratch.pool.clone())).await?;
                 probe.in_process_server = true;
                 let op = echo::op(channels, args.payload_bytes);
                 let m = engine::run("audit-read", op, &shape, &mut probe).await;
@@ -466,10 +483,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 let queue = scratch.queue().await;
                 r.note = Some(format!(
                     "echo + read event (group commit) + sequencer in the server's threads; queue after the steady state: {}",
-                    queue.map_or("?".to_owned(), |q| format!(
-                        "{} events, oldest {:.2} s",
-                        q.depth, q.oldest_age_secs
-                    ))
+                    queue_after(queue)
                 ));
                 r.sealing_lag_secs = queue.map(|q| q.oldest_age_secs);
                 results.push(r);
@@ -501,10 +515,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 drop(sealing);
                 r.note = Some(format!(
                     "insert + event per transaction, straight to PostgreSQL; sequencer in this process; queue after the steady state: {}",
-                    queue.map_or("?".to_owned(), |q| format!(
-                        "{} events, oldest {:.2} s",
-                        q.depth, q.oldest_age_secs
-                    ))
+                    queue_after(queue)
                 ));
                 r.sealing_lag_secs = queue.map(|q| q.oldest_age_secs);
                 // No server: the writers and the sequencer are this process's own CPU.
@@ -512,14 +523,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 results.push(r);
             }
             Scenario::Echo => {
-                let server = echo::start(&tls, args.echo_threads, None).await?;
-                let channels = connect(
-                    &format!("https://{}", server.addr),
-                    &tls,
-                    "localhost",
-                    args.connections,
-                )
-                .await?;
+                let (server, channels) = echo_server(&args, &tls, None).await?;
                 probe.in_process_server = true;
                 let op = echo::op(channels, args.payload_bytes);
                 let m = engine::run("echo", op, &shape, &mut probe).await;
