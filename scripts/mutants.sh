@@ -9,7 +9,8 @@
 #
 # Groups, and the only tests each mutant runs (test selection kept tight on purpose):
 #   auth      platform/src/auth/{mod,verified}.rs  platform unit tests
-#   remote    platform/src/auth/remote.rs       identity tests/it/remote_verifier.rs (a real identity)
+#   remote    platform/src/auth/remote.rs       its unit tests (a scripted identity) + identity's
+#                                               tests/it/remote_verifier.rs (a real identity)
 #   audit     platform/src/audit/{verify,chain,sequencer}.rs  platform unit tests + tests/it/audit{,_sequencer}.rs
 #   crypto    platform/src/crypto/format.rs     platform unit tests + tests/it/crypto.rs
 #   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/it/login_concurrency.rs
@@ -32,9 +33,10 @@ if ! cargo mutants --version 2>/dev/null | grep -qx "cargo-mutants $CARGO_MUTANT
   cargo install --locked cargo-mutants --version "$CARGO_MUTANTS_VERSION"
 fi
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-# One build cache for every group: each run copies the source tree elsewhere, the compiled
-# dependencies are shared (and survive between runs of this script).
-export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants-build}"
+# The project's own build cache by default: each mutant is built from a copy of the tree, but
+# the compiled dependencies of scripts/test.sh's build are reused (seconds per mutant instead
+# of a cold build first). MUTANTS_TARGET_DIR puts it elsewhere.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target}"
 out_root="$root/target/mutants"
 jobs="${MUTANTS_JOBS:-1}"
 
@@ -46,7 +48,7 @@ group_args() {
     # "no tests to run". So this group skips the baseline (precheck below runs it instead) and
     # takes cargo-mutants's fallback test timeout (300 s; --timeout would clash with
     # --timeout-multiplier).
-    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-identity --baseline skip -- --test it -E test(/^remote_verifier::/)" ;;
+    remote) echo "-f services/platform/src/auth/remote.rs --test-package carehub-platform,carehub-identity --baseline skip -- --lib --test it -E test(/^auth::remote::tests::/)|test(/^remote_verifier::/)" ;;
     audit) echo "-f services/platform/src/audit/verify.rs -f services/platform/src/audit/chain.rs -f services/platform/src/audit/sequencer.rs -- --lib --test it -E kind(lib)|test(/^audit(_sequencer)?::/)" ;;
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test it -E kind(lib)|test(/^crypto::/)" ;;
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
@@ -68,7 +70,8 @@ for g in "${groups[@]}"; do
   mkdir -p "$out_root/$g"
   if [ "$g" = remote ]; then
     echo "==> remote: the unmutated tests first (the baseline cargo-mutants skips)"
-    if ! cargo nextest run -p carehub-identity --test it -E 'test(/^remote_verifier::/)'; then
+    if ! cargo nextest run -p carehub-platform -p carehub-identity --lib --test it \
+        -E 'test(/^auth::remote::tests::/)|test(/^remote_verifier::/)'; then
       echo "==> remote: the tests fail without any mutant; fix them first" >&2
       failed+=("$g")
       continue

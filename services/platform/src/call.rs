@@ -272,30 +272,35 @@ impl<T> Change<T> {
 
 /// Group commit of read events (DESIGN.md §4): every read's event must be durable before its
 /// answer leaves, and a commit per read would cost a round trip and a WAL flush each. Instead,
-/// while one reader appends a batch, the reads that arrive meanwhile wait, and the next reader
-/// to take the writer's turn queues all of them with one multi-row insert (one commit) and
-/// tells each its outcome. No timer and no background task: a lone read is written at once, by
-/// itself, and a batch is as large as the reads that arrived during the previous one's commit
-/// (at most [`reads::MAX_BATCH`]). Batches are per database.
+/// reads queue their events in process; a reader that gets a writer's turn appends every event
+/// waiting (up to [`reads::MAX_BATCH`]) with one multi-row insert (one commit) and tells each
+/// its outcome. Up to [`reads::MAX_CONCURRENT_BATCHES`] batches are written at once: the
+/// queue table takes no shared lock, so one batch's commit (a WAL flush) need not wait for the
+/// previous one's — a single writer would cap reads at `in flight / commit latency`. No timer
+/// and no background task: a lone read is written at once, by itself, and a batch is as large
+/// as the reads that arrived while the writers were busy. Batches are per database.
 pub mod reads {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, VecDeque};
     use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
     use sqlx::PgPool;
-    use tokio::sync::oneshot::{self, error::TryRecvError};
+    use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
     use crate::audit::{self, AuditError, AuditEvent};
 
     /// Most events one transaction appends.
     pub const MAX_BATCH: usize = 256;
+    /// Most batches being written at once per database (each holds a pooled connection).
+    pub const MAX_CONCURRENT_BATCHES: usize = 4;
 
     type Outcome = Result<(), String>;
+    type Waiting = (u64, AuditEvent, oneshot::Sender<Outcome>);
 
-    #[derive(Default)]
     struct Group {
-        pending: Mutex<Vec<(AuditEvent, oneshot::Sender<Outcome>)>>,
-        /// Held by the reader appending a batch.
-        writer: tokio::sync::Mutex<()>,
+        /// Events not yet taken by a writer, oldest first, each with its ticket.
+        pending: Mutex<(u64, VecDeque<Waiting>)>,
+        /// A writer's turn.
+        writers: Arc<Semaphore>,
     }
 
     type DatabaseKey = (String, u16, String);
@@ -314,7 +319,15 @@ pub mod reads {
             options.get_port(),
             options.get_database().unwrap_or_default().to_owned(),
         );
-        lock(&GROUPS).entry(key).or_default().clone()
+        lock(&GROUPS)
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Group {
+                    pending: Mutex::default(),
+                    writers: Arc::new(Semaphore::new(MAX_CONCURRENT_BATCHES)),
+                })
+            })
+            .clone()
     }
 
     /// A batch that failed, as seen by the reads that were in it but did not write it.
@@ -324,10 +337,17 @@ pub mod reads {
         )))
     }
 
+    /// The outcome another reader's batch sent for this read's event.
+    fn told(received: Result<Outcome, oneshot::error::RecvError>) -> Result<(), AuditError> {
+        match received {
+            Ok(result) => result.map_err(batch_failed),
+            Err(_) => Err(batch_failed("its writer was cancelled".to_owned())),
+        }
+    }
+
     /// Records `event` with the other reads of its database that are waiting, and returns once
     /// it is committed (or refused).
     pub async fn record(pool: &PgPool, mut event: AuditEvent) -> Result<(), AuditError> {
-        let pool = pool.clone();
         // Refused here, alone: an invalid event must not fail the reads batched with it.
         event.validate()?;
         // Another task may append it: it takes the sealer of this call's service along.
@@ -337,54 +357,75 @@ pub mod reads {
         if (event.source_ip.is_some() || event.user_agent.is_some()) && event.sealer.is_none() {
             return Err(AuditError::NoSealer);
         }
-        let group = group(&pool);
+        let group = group(pool);
         let (reply, mut outcome) = oneshot::channel();
-        lock(&group.pending).push((event, reply));
+        let ticket = {
+            let mut pending = lock(&group.pending);
+            let ticket = pending.0;
+            pending.0 += 1;
+            pending.1.push_back((ticket, event, reply));
+            ticket
+        };
         loop {
-            let _turn = group.writer.lock().await;
-            match outcome.try_recv() {
-                Ok(result) => return result.map_err(batch_failed),
-                Err(TryRecvError::Closed) => {
-                    return Err(batch_failed("its writer was cancelled".to_owned()))
-                }
-                Err(TryRecvError::Empty) => {}
-            }
-            let batch: Vec<_> = {
-                let mut pending = lock(&group.pending);
-                let n = pending.len().min(MAX_BATCH);
-                pending.drain(..n).collect()
+            let turn = tokio::select! {
+                biased;
+                received = &mut outcome => return told(received),
+                turn = group.writers.clone().acquire_owned() => turn
+                    .map_err(|_| batch_failed("the writers are closed".to_owned()))?,
             };
-            // On a task of its own: the batch's readers get their outcome even if this reader's
-            // call is cancelled meanwhile (the client went away).
-            let pool = pool.clone();
-            let written = tokio::spawn(async move {
-                let written = append(&pool, &batch).await;
-                let shared = written.as_ref().map(|_| ()).map_err(ToString::to_string);
-                for (_, reply) in batch {
-                    // A reader that gave up no longer listens; its event is committed anyway.
-                    let _ = reply.send(shared.clone());
+            let batch: Option<Vec<Waiting>> = {
+                let mut pending = lock(&group.pending);
+                if pending.1.front().is_none_or(|(first, ..)| *first > ticket) {
+                    None
+                } else {
+                    let n = pending.1.len().min(MAX_BATCH);
+                    Some(pending.1.drain(..n).collect())
                 }
-                written
-            })
-            .await
-            .unwrap_or_else(|e| Err(batch_failed(e.to_string())));
-            if let Ok(result) = outcome.try_recv() {
+            };
+            let Some(batch) = batch else {
+                // Another writer took this event: its outcome is on the way.
+                drop(turn);
+                return told(outcome.await);
+            };
+            let includes_mine = batch.last().is_some_and(|(last, ..)| *last >= ticket);
+            let written = write(pool.clone(), batch, turn).await;
+            if includes_mine {
                 // This reader wrote its own event: its error keeps its kind.
-                return match (result, written) {
-                    (Ok(()), _) => Ok(()),
-                    (Err(_), Err(e)) => Err(e),
-                    (Err(why), Ok(())) => Err(batch_failed(why)),
+                return match (outcome.try_recv(), written) {
+                    (Ok(Ok(())), _) => Ok(()),
+                    (_, Err(e)) => Err(e),
+                    (Ok(Err(why)), Ok(())) => Err(batch_failed(why)),
+                    (Err(_), Ok(())) => Err(batch_failed("no outcome was sent".to_owned())),
                 };
             }
-            // Its event was past this batch: the next turn.
+            // Its event was past this batch: another turn.
         }
     }
 
-    async fn append(
-        pool: &PgPool,
-        batch: &[(AuditEvent, oneshot::Sender<Outcome>)],
+    /// Appends `batch` on a task of its own, so that its readers get their outcome even if the
+    /// writing reader's call is cancelled meanwhile (the client went away); the writer's turn
+    /// ends with the task.
+    async fn write(
+        pool: PgPool,
+        batch: Vec<Waiting>,
+        turn: OwnedSemaphorePermit,
     ) -> Result<(), AuditError> {
-        let events: Vec<&AuditEvent> = batch.iter().map(|(event, _)| event).collect();
+        tokio::spawn(async move {
+            let written = append(&pool, &batch).await;
+            drop(turn);
+            let shared = written.as_ref().map(|_| ()).map_err(ToString::to_string);
+            for (_, _, reply) in batch {
+                // A reader that gave up no longer listens; its event is committed anyway.
+                let _ = reply.send(shared.clone());
+            }
+            written
+        })
+        .await
+        .unwrap_or_else(|e| Err(batch_failed(e.to_string())))
+    }
+
+    async fn append(pool: &PgPool, batch: &[Waiting]) -> Result<(), AuditError> {
+        let events: Vec<&AuditEvent> = batch.iter().map(|(_, event, _)| event).collect();
         let mut conn = pool.acquire().await?;
         audit::record_all(&mut conn, &events).await
     }

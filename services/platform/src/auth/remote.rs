@@ -334,3 +334,222 @@ fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, Status
     lock.read()
         .map_err(|_| errors::internal("token verifier cache poisoned"))
 }
+
+/// The verifier against a scripted identity (plain HTTP/2 on loopback): what it publishes and
+/// how often it is asked are under the test's control, which a real identity does not allow
+/// (foreign key types, revocations older than any token).
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use carehub_proto::identity::v1::identity_internal_server::{
+        IdentityInternal, IdentityInternalServer,
+    };
+    use carehub_proto::identity::v1::{
+        ListSigningKeysResponse, LookupUserRequest, Revocation, SigningKey as PublishedKey,
+        UserSummary,
+    };
+    use ed25519_dalek::SigningKey;
+    use tonic::{Request, Response};
+
+    use crate::jwt::AccessClaims;
+
+    #[derive(Default)]
+    struct ScriptedIdentity {
+        keys: Mutex<Vec<PublishedKey>>,
+        revocations: Mutex<Vec<Revocation>>,
+        key_calls: AtomicUsize,
+    }
+
+    /// The server's handle on the script the test keeps changing.
+    struct Scripted(Arc<ScriptedIdentity>);
+
+    #[tonic::async_trait]
+    impl IdentityInternal for Scripted {
+        async fn list_signing_keys(
+            &self,
+            _: Request<ListSigningKeysRequest>,
+        ) -> Result<Response<ListSigningKeysResponse>, Status> {
+            self.0.key_calls.fetch_add(1, Ordering::SeqCst);
+            let keys = self.0.keys.lock().unwrap().clone();
+            Ok(Response::new(ListSigningKeysResponse { keys }))
+        }
+
+        async fn list_revocations(
+            &self,
+            _: Request<ListRevocationsRequest>,
+        ) -> Result<Response<ListRevocationsResponse>, Status> {
+            let revocations = self.0.revocations.lock().unwrap().clone();
+            Ok(Response::new(ListRevocationsResponse {
+                revocations,
+                as_of: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp(),
+                    nanos: 0,
+                }),
+            }))
+        }
+
+        async fn lookup_user(
+            &self,
+            _: Request<LookupUserRequest>,
+        ) -> Result<Response<UserSummary>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+    }
+
+    async fn start(identity: Arc<ScriptedIdentity>) -> RemoteVerifier {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IdentityInternalServer::new(Scripted(identity)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        RemoteVerifier::with_intervals(
+            ServiceChannel::new(channel),
+            &AuthConfig::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn published(kid: &str, key: &SigningKey) -> PublishedKey {
+        PublishedKey {
+            kid: kid.to_owned(),
+            kty: "OKP".to_owned(),
+            crv: "Ed25519".to_owned(),
+            x: jwt::jwk_x(&key.verifying_key()),
+            alg: "EdDSA".to_owned(),
+            not_before_time: None,
+        }
+    }
+
+    fn token(kid: &str, key: &SigningKey) -> String {
+        let cfg = AuthConfig::default();
+        let now = chrono::Utc::now().timestamp();
+        let claims = AccessClaims {
+            iss: cfg.issuer,
+            aud: cfg.audience,
+            sub: Uuid::now_v7().to_string(),
+            sid: Uuid::now_v7().to_string(),
+            roles: vec!["patient".into()],
+            amr: vec!["pwd".into()],
+            iat: now,
+            exp: now + 600,
+            jti: Uuid::new_v4().to_string(),
+            pcr: false,
+        };
+        jwt::sign(&claims, kid, key).unwrap()
+    }
+
+    fn revoked_session(age_secs: i64) -> Revocation {
+        Revocation {
+            target: Some(revocation::Target::SessionId(Uuid::now_v7().to_string())),
+            revoke_time: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp() - age_secs,
+                nanos: 0,
+            }),
+        }
+    }
+
+    fn revoked_user(age_secs: i64) -> Revocation {
+        Revocation {
+            target: Some(revocation::Target::UserId(Uuid::now_v7().to_string())),
+            ..revoked_session(age_secs)
+        }
+    }
+
+    #[tokio::test]
+    async fn only_ed25519_keys_for_eddsa_are_taken_from_what_identity_publishes() {
+        let identity = Arc::new(ScriptedIdentity::default());
+        let key = SigningKey::from_bytes(&[7; 32]);
+        // Each impostor differs from a good key in one field only, so that every part of the
+        // test matters on its own.
+        *identity.keys.lock().unwrap() = vec![
+            published("good", &key),
+            PublishedKey {
+                kty: "RSA".to_owned(),
+                ..published("wrong-kty", &key)
+            },
+            PublishedKey {
+                crv: "X25519".to_owned(),
+                ..published("wrong-crv", &key)
+            },
+            PublishedKey {
+                alg: "ES256".to_owned(),
+                ..published("wrong-alg", &key)
+            },
+            PublishedKey {
+                x: "not base64url!".to_owned(),
+                ..published("malformed", &key)
+            },
+        ];
+        let verifier = start(identity).await;
+        assert_eq!(verifier.refresh_keys().await.unwrap(), 1);
+        verifier.refresh_revocations().await.unwrap();
+        verifier.verify(&token("good", &key)).await.unwrap();
+        for kid in ["wrong-kty", "wrong-crv", "wrong-alg", "malformed"] {
+            let e = verifier.verify(&token(kid, &key)).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated, "{kid}");
+            assert!(
+                e.message().contains("unknown key"),
+                "{kid}: {}",
+                e.message()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_key_ids_makes_one_call_to_identity() {
+        let identity = Arc::new(ScriptedIdentity::default());
+        let key = SigningKey::from_bytes(&[9; 32]);
+        *identity.keys.lock().unwrap() = vec![published("current", &key)];
+        let verifier = start(identity.clone()).await;
+        verifier.refresh_revocations().await.unwrap();
+        for i in 0..50 {
+            let e = verifier
+                .verify(&token(&format!("made-up-{i}"), &key))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated);
+        }
+        assert_eq!(identity.key_calls.load(Ordering::SeqCst), 1);
+        // The one refetch did bring identity's real key, which now verifies without a call.
+        verifier.verify(&token("current", &key)).await.unwrap();
+        assert_eq!(identity.key_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn revocations_are_kept_while_a_token_could_be_valid_and_dropped_after() {
+        let identity = Arc::new(ScriptedIdentity::default());
+        // A token lives at most 600 s and clocks may disagree by 30 s either way: a revocation
+        // 655 s old may still match a token that verifies; one 665 s old cannot.
+        let (inside, outside) = (655, 665);
+        *identity.revocations.lock().unwrap() = vec![
+            revoked_session(inside),
+            revoked_session(outside),
+            revoked_user(inside),
+            revoked_user(outside),
+            revoked_session(0),
+        ];
+        let verifier = start(identity).await;
+        verifier.refresh_revocations().await.unwrap();
+        let feed = read(&verifier.inner.feed).unwrap();
+        assert_eq!(feed.sessions.len(), 2, "sessions kept: {:?}", feed.sessions);
+        assert_eq!(feed.users.len(), 1, "users kept: {:?}", feed.users);
+        let now = chrono::Utc::now().timestamp();
+        assert!(feed
+            .sessions
+            .values()
+            .chain(feed.users.values())
+            .all(|at| now - at <= inside + 2));
+    }
+}

@@ -342,3 +342,66 @@ async fn concurrent_reads_are_committed_together_and_the_chain_holds() {
     assert_eq!((report.problem, report.rows_checked), (None, READS as u64));
     db.drop_database().await.unwrap();
 }
+
+/// Batches of read events are written several at once — one batch's commit does not wait for
+/// the previous one's — but never more than `MAX_CONCURRENT_BATCHES`, each holding a pooled
+/// connection: with the queue table locked, exactly that many inserts wait on it.
+#[tokio::test]
+async fn read_batches_are_written_several_at_once_and_no_more() {
+    use carehub_platform::call::reads::MAX_CONCURRENT_BATCHES;
+    let db = database().await;
+    let user = Uuid::now_v7();
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE carehub_platform.audit_queue IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    const READS: usize = 40;
+    let reads: Vec<_> = (0..READS)
+        .map(|i| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let reader = call(user, None);
+                let event = reader.event(HITS_READ, Purpose::PatientRequest, "hits", i, user);
+                let answer: Result<usize, TestError> = reader.read(&pool, event, i).await;
+                answer.map_err(|e| e.0)
+            })
+        })
+        .collect();
+    let waiting_inserts = || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_locks
+             WHERE relation = 'carehub_platform.audit_queue'::regclass AND NOT granted",
+        )
+        .await
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting_inserts().await < MAX_CONCURRENT_BATCHES as i64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} batch inserts waiting, expected {MAX_CONCURRENT_BATCHES}",
+            waiting_inserts().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The other reads wait in process, not on a connection of their own.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(waiting_inserts().await, MAX_CONCURRENT_BATCHES as i64);
+    assert!(
+        reads.iter().all(|r| !r.is_finished()),
+        "a read answered before its event was written"
+    );
+
+    lock.commit().await.unwrap();
+    let mut answers = Vec::new();
+    for r in reads {
+        answers.push(r.await.unwrap().unwrap());
+    }
+    assert_eq!(answers, (0..READS).collect::<Vec<_>>());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM carehub_platform.audit_queue").await,
+        READS as i64
+    );
+    db.drop_database().await.unwrap();
+}
