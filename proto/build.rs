@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carehub/identity/v1/identity.proto",
         "carehub/common/v1/events.proto",
         "carehub/audit/v1/audit.proto",
+        "carehub/records/v1/records.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -31,6 +31,12 @@ pub mod identity {
     }
 }
 
+pub mod records {
+    pub mod v1 {
+        tonic::include_proto!("carehub.records.v1");
+    }
+}
+
 pub mod audit {
     pub mod v1 {
         tonic::include_proto!("carehub.audit.v1");

@@ -115,6 +115,23 @@ impl FieldViolations {
         }
     }
 
+    /// A required UUID id (an empty value is "is required", anything else unparsable "must be
+    /// a UUID"); `None` when it was added as a violation.
+    pub fn require_uuid(&mut self, field: &str, value: &str) -> Option<uuid::Uuid> {
+        if value.is_empty() {
+            self.add(field, "is required");
+            return None;
+        }
+        // Only the hyphenated form (36 characters): no braces, URNs or simple form.
+        match uuid::Uuid::try_parse(value) {
+            Ok(id) if value.len() == 36 => Some(id),
+            _ => {
+                self.add(field, "must be a UUID");
+                None
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.violations.is_empty()
     }

@@ -11,14 +11,16 @@ use carehub_platform::devcerts::DevPki;
 use carehub_platform::tls::TlsStore;
 
 /// A fresh dev CA of `trust_domain` (certificates name `spiffe://<trust domain>/service/<name>`).
+/// Clones share the CA: services started on clones trust each other (a suite under test).
+#[derive(Clone)]
 pub struct TestPki {
-    pki: DevPki,
+    pki: Arc<DevPki>,
 }
 
 impl TestPki {
     pub fn new(trust_domain: &str) -> TestPki {
         TestPki {
-            pki: DevPki::new(trust_domain).expect("generating a dev CA"),
+            pki: Arc::new(DevPki::new(trust_domain).expect("generating a dev CA")),
         }
     }
 

@@ -45,9 +45,14 @@ impl TestEnv {
     /// A fresh database migrated with the platform's and `migrator`'s migrations, a fresh CA of
     /// `trust_domain`, a certificate for `service` and a development key file holding its keys.
     pub async fn new(service: &'static str, migrator: &Migrator, trust_domain: &str) -> TestEnv {
+        Self::with_pki(service, migrator, TestPki::new(trust_domain)).await
+    }
+
+    /// Like [`TestEnv::new`] on an existing CA (another service's `pki().clone()`): the two
+    /// services trust each other's certificates, as the services of one deployment do.
+    pub async fn with_pki(service: &'static str, migrator: &Migrator, pki: TestPki) -> TestEnv {
         let db = TestDb::new(migrator).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = TestPki::new(trust_domain);
         let key_file = crate::keys::dev_key_file_for(dir.path(), service);
         TestEnv {
             db,
@@ -135,6 +140,26 @@ impl<S: Service> TestService<S> {
         tweak: impl FnOnce(&mut S::Config),
     ) -> Self {
         let env = TestEnv::new(S::NAME, Service::migrator(service), TRUST_DOMAIN).await;
+        Self::start_in(service, env, keys, tweak).await
+    }
+
+    /// Starts `service` beside others, on their CA (`pki`, another service's
+    /// `pki().clone()`): what a suite under test does (records verifying identity's tokens).
+    pub async fn start_with_pki(
+        service: &S,
+        pki: TestPki,
+        tweak: impl FnOnce(&mut S::Config),
+    ) -> Self {
+        let env = TestEnv::with_pki(S::NAME, Service::migrator(service), pki).await;
+        Self::start_in(service, env, None, tweak).await
+    }
+
+    async fn start_in(
+        service: &S,
+        env: TestEnv,
+        keys: Option<Arc<dyn KeySource>>,
+        tweak: impl FnOnce(&mut S::Config),
+    ) -> Self {
         let mut config = env.config(service);
         tweak(&mut config);
         // Not spawned: rustc cannot prove a service's start future `Send` through sqlx's

@@ -136,21 +136,7 @@ pub fn check_version(
 
 /// A UUID id.
 pub fn check_uuid(v: &mut FieldViolations, field: &str, value: &str) -> Option<Uuid> {
-    if value.is_empty() {
-        v.add(field, "is required");
-        return None;
-    }
-    if value.len() > 36 {
-        v.add(field, "must be a UUID");
-        return None;
-    }
-    match Uuid::try_parse(value) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            v.add(field, "must be a UUID");
-            None
-        }
-    }
+    v.require_uuid(field, value)
 }
 
 /// An IANA time zone name; empty means "UTC".

@@ -1,0 +1,299 @@
+//! The chart: reading it (whole, one entry, one entry's history) and changing it (create,
+//! update with an etag, verify). Every handler first finds how the caller reaches the chart
+//! (`domain::access`); writes check it again inside their transaction, so that a member
+//! removed meanwhile cannot write.
+
+use carehub_platform::auth::{Role, UserCaller};
+use carehub_platform::call::{Call, Change};
+use carehub_platform::errors::FieldViolations;
+use carehub_proto::records::v1::*;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::convert::{check_etag, entry_to_pb};
+use super::kinds;
+use crate::domain::access::{self, Access, Relation, TeamRole};
+use crate::domain::content;
+use crate::error::{RecordsError, Result};
+use crate::store::entries::{self, Entered, Source, VersionRow};
+use crate::store::{self, sealed};
+use crate::AppState;
+
+/// How `user` reaches `patient`'s chart, read on `conn`.
+pub(super) async fn reach(
+    conn: &mut PgConnection,
+    user: &UserCaller,
+    patient: Uuid,
+) -> Result<Access> {
+    let relation = if user.user_id == patient && user.has_role(Role::Patient) {
+        Relation::default()
+    } else {
+        store::relation(conn, user.user_id, patient).await?
+    };
+    access::access(user, patient, relation)
+}
+
+fn source_of(access: Access) -> Source {
+    match access {
+        Access::Patient => Source::Patient,
+        Access::Team(TeamRole::Provider) | Access::BreakGlass => Source::Provider,
+        Access::Team(TeamRole::Staff) => Source::Staff,
+    }
+}
+
+fn checked<T>(value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
+}
+
+async fn open(state: &AppState, row: &VersionRow) -> Result<Entry> {
+    let content = sealed::open_content(
+        &state.crypto,
+        row.patient_id,
+        row.entry_id,
+        row.version,
+        &row.content,
+    )
+    .await?;
+    entry_to_pb(row, content)
+}
+
+pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Result<Chart> {
+    let user = call.user()?;
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", &r.patient_id);
+    v.finish()?;
+    let patient = checked(patient)?;
+    let max = i64::from(state.settings.max_chart_entries);
+    let (access, rows) = {
+        let mut conn = state.pool.acquire().await?;
+        let access = reach(&mut conn, user, patient).await?;
+        (access, entries::chart(&mut conn, patient, max + 1).await?)
+    };
+    if rows.len() > usize::try_from(max).unwrap_or(usize::MAX) {
+        return Err(RecordsError::Conflict {
+            kind: "CHART_SIZE",
+            subject: patient.to_string(),
+            description: format!(
+                "chart of patient {patient} has more than {max} entries; export it instead"
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(open(state, row).await?);
+    }
+    let chart = Chart {
+        patient_id: patient.to_string(),
+        entries: out,
+    };
+    let read = call.event(
+        kinds::CHART_READ,
+        access::purpose(access),
+        "chart",
+        patient,
+        patient,
+    );
+    call.read(&state.pool, read, chart).await
+}
+
+/// The patient and entry ids of a request naming one entry.
+fn entry_ids(patient_id: &str, entry_id: &str) -> Result<(Uuid, Uuid)> {
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", patient_id);
+    let entry = v.require_uuid("entry_id", entry_id);
+    v.finish()?;
+    Ok((checked(patient)?, checked(entry)?))
+}
+
+pub async fn get_entry(state: &AppState, call: &Call, r: GetEntryRequest) -> Result<Entry> {
+    let user = call.user()?;
+    let (patient, entry) = entry_ids(&r.patient_id, &r.entry_id)?;
+    let (access, row) = {
+        let mut conn = state.pool.acquire().await?;
+        let access = reach(&mut conn, user, patient).await?;
+        let row = entries::current(&mut conn, patient, entry)
+            .await?
+            .ok_or_else(|| entries::not_found(entry))?;
+        (access, row)
+    };
+    let answer = open(state, &row).await?;
+    let read = call.event(
+        kinds::ENTRY_READ,
+        access::purpose(access),
+        "entry",
+        entry,
+        patient,
+    );
+    call.read(&state.pool, read, answer).await
+}
+
+pub async fn list_entry_versions(
+    state: &AppState,
+    call: &Call,
+    r: ListEntryVersionsRequest,
+) -> Result<ListEntryVersionsResponse> {
+    let user = call.user()?;
+    let (patient, entry) = entry_ids(&r.patient_id, &r.entry_id)?;
+    let (access, rows) = {
+        let mut conn = state.pool.acquire().await?;
+        let access = reach(&mut conn, user, patient).await?;
+        (access, entries::history(&mut conn, patient, entry).await?)
+    };
+    if rows.is_empty() {
+        return Err(entries::not_found(entry));
+    }
+    let mut versions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        versions.push(open(state, row).await?);
+    }
+    let read = call.event(
+        kinds::ENTRY_HISTORY_READ,
+        access::purpose(access),
+        "entry",
+        entry,
+        patient,
+    );
+    call.read(&state.pool, read, ListEntryVersionsResponse { versions })
+        .await
+}
+
+pub async fn create_entry(state: &AppState, call: &Call, r: CreateEntryRequest) -> Result<Entry> {
+    let user = call.user()?.clone();
+    call.idempotency_key()?;
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", &r.patient_id);
+    let kind = content::check(&mut v, "content", r.content.as_ref(), chrono::Utc::now());
+    v.finish()?;
+    let (patient, kind, content) = (
+        checked(patient)?,
+        checked(kind)?,
+        checked(r.content.clone())?,
+    );
+    let id = Uuid::now_v7();
+    let ran = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            let access = reach(conn, &user, patient).await?;
+            access::may_write(access, kind)?;
+            let sealed = sealed::seal_content(&state.crypto, patient, id, 1, &content).await?;
+            let entered = Entered {
+                source: source_of(access),
+                by: Some(user.user_id),
+                verified_by: None,
+            };
+            let row = entries::insert(conn, id, patient, kind, &sealed, entered).await?;
+            let event = call.event(
+                kinds::ENTRY_CREATE,
+                access::purpose(access),
+                "entry",
+                id,
+                patient,
+            );
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+        })
+        .await?;
+    Ok(ran.answer)
+}
+
+pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) -> Result<Entry> {
+    let user = call.user()?.clone();
+    call.idempotency_key()?;
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", &r.patient_id);
+    let entry = v.require_uuid("entry_id", &r.entry_id);
+    let kind = content::check(&mut v, "content", r.content.as_ref(), chrono::Utc::now());
+    let expected = check_etag(&mut v, "etag", &r.etag);
+    v.finish()?;
+    let (patient, entry, kind, expected) = (
+        checked(patient)?,
+        checked(entry)?,
+        checked(kind)?,
+        checked(expected)?,
+    );
+    let content = checked(r.content.clone())?;
+    let ran = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            let access = reach(conn, &user, patient).await?;
+            let (stored_kind, _) = entries::kind_and_version(conn, patient, entry).await?;
+            if stored_kind != kind {
+                return Err(RecordsError::Status(
+                    carehub_platform::errors::invalid_field(
+                        &format!("content.{}", kind.as_str()),
+                        &format!("entry {entry} is a {}", stored_kind.as_str()),
+                    ),
+                ));
+            }
+            access::may_write(access, kind)?;
+            let sealed =
+                sealed::seal_content(&state.crypto, patient, entry, expected + 1, &content).await?;
+            let entered = Entered {
+                source: source_of(access),
+                by: Some(user.user_id),
+                verified_by: None,
+            };
+            let row = entries::advance(conn, patient, entry, expected, &sealed, entered).await?;
+            let event = call.event(
+                kinds::ENTRY_UPDATE,
+                access::purpose(access),
+                "entry",
+                entry,
+                patient,
+            );
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+        })
+        .await?;
+    Ok(ran.answer)
+}
+
+pub async fn verify_entry(state: &AppState, call: &Call, r: VerifyEntryRequest) -> Result<Entry> {
+    let user = call.user()?.clone();
+    call.idempotency_key()?;
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", &r.patient_id);
+    let entry = v.require_uuid("entry_id", &r.entry_id);
+    let expected = check_etag(&mut v, "etag", &r.etag);
+    v.finish()?;
+    let (patient, entry, expected) = (checked(patient)?, checked(entry)?, checked(expected)?);
+    let ran = call
+        .mutate(&state.idempotency, &r, async |conn| {
+            let access = reach(conn, &user, patient).await?;
+            access::may_verify(access)?;
+            let current = entries::current(conn, patient, entry)
+                .await?
+                .ok_or_else(|| entries::not_found(entry))?;
+            if current.version != expected {
+                return Err(RecordsError::EtagMismatch {
+                    entry: entry.to_string(),
+                    current: current.version,
+                });
+            }
+            let content = sealed::open_content(
+                &state.crypto,
+                patient,
+                entry,
+                current.version,
+                &current.content,
+            )
+            .await?;
+            let sealed =
+                sealed::seal_content(&state.crypto, patient, entry, expected + 1, &content).await?;
+            // The content is unchanged: so is who entered it.
+            let entered = Entered {
+                source: Source::parse(&current.source).ok_or_else(|| {
+                    RecordsError::Internal(format!("entry {entry} has an unknown source"))
+                })?,
+                by: current.entered_by,
+                verified_by: Some(user.user_id),
+            };
+            let row = entries::advance(conn, patient, entry, expected, &sealed, entered).await?;
+            let event = call.event(
+                kinds::ENTRY_VERIFY,
+                access::purpose(access),
+                "entry",
+                entry,
+                patient,
+            );
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+        })
+        .await?;
+    Ok(ran.answer)
+}

@@ -1,0 +1,116 @@
+//! Records' audit event kinds: its part of the shared vocabulary (`platform::audit::kind`).
+//! Every event records writes has one of these kinds; the README's table is checked against
+//! [`VOCABULARY`] by a test. Each event is filed under the patient whose chart it concerns.
+
+use carehub_platform::audit::{Action, Kind, Vocabulary};
+
+const PATIENT: &str = "the patient whose chart it is";
+
+pub const CHART_READ: Kind = Kind::new(
+    "records.chart.read",
+    Action::Read,
+    "a chart was read (GetChart)",
+    PATIENT,
+);
+pub const ENTRY_READ: Kind = Kind::new(
+    "records.entry.read",
+    Action::Read,
+    "a chart entry was read (GetEntry)",
+    PATIENT,
+);
+pub const ENTRY_HISTORY_READ: Kind = Kind::new(
+    "records.entry.history.read",
+    Action::Read,
+    "every version of a chart entry was read (ListEntryVersions)",
+    PATIENT,
+);
+pub const ENTRY_CREATE: Kind = Kind::new(
+    "records.entry.create",
+    Action::Create,
+    "a chart entry was added (CreateEntry)",
+    PATIENT,
+);
+pub const ENTRY_UPDATE: Kind = Kind::new(
+    "records.entry.update",
+    Action::Update,
+    "a chart entry was changed: a new version (UpdateEntry)",
+    PATIENT,
+);
+pub const ENTRY_VERIFY: Kind = Kind::new(
+    "records.entry.verify",
+    Action::Update,
+    "a provider checked and confirmed a chart entry (VerifyEntry)",
+    PATIENT,
+);
+pub const CARE_TEAM_READ: Kind = Kind::new(
+    "records.care_team.read",
+    Action::Read,
+    "a care team was read (ListCareTeam)",
+    PATIENT,
+);
+pub const CARE_TEAM_ADD: Kind = Kind::new(
+    "records.care_team.add",
+    Action::Create,
+    "a provider or staff member joined a care team (AddCareTeamMember, AddBookedProvider)",
+    PATIENT,
+);
+pub const CARE_TEAM_REMOVE: Kind = Kind::new(
+    "records.care_team.remove",
+    Action::Update,
+    "a member's care-team period ended (RemoveCareTeamMember)",
+    PATIENT,
+);
+pub const BREAK_GLASS_OPEN: Kind = Kind::new(
+    "records.break_glass.open",
+    Action::Create,
+    "a provider outside the care team opened a chart in an emergency (BreakGlass)",
+    PATIENT,
+);
+pub const BREAK_GLASS_REVIEW: Kind = Kind::new(
+    "records.break_glass.review",
+    Action::Read,
+    "an admin read a break-glass access and its reason (ListBreakGlassAccesses)",
+    PATIENT,
+);
+
+/// Every kind records writes.
+pub const VOCABULARY: Vocabulary = Vocabulary {
+    prefix: "records",
+    kinds: &[
+        CHART_READ,
+        ENTRY_READ,
+        ENTRY_HISTORY_READ,
+        ENTRY_CREATE,
+        ENTRY_UPDATE,
+        ENTRY_VERIFY,
+        CARE_TEAM_READ,
+        CARE_TEAM_ADD,
+        CARE_TEAM_REMOVE,
+        BREAK_GLASS_OPEN,
+        BREAK_GLASS_REVIEW,
+    ],
+};
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_vocabulary_is_well_formed() {
+        assert_eq!(VOCABULARY.problems(), Vec::<String>::new());
+    }
+
+    /// The README's table lists every kind, with the action it records.
+    #[test]
+    fn the_readme_documents_every_kind() {
+        let readme = include_str!("../../../../README.md");
+        let missing: Vec<&str> = VOCABULARY
+            .kinds
+            .iter()
+            .filter(|k| !readme.contains(&format!("| `{}` | {} |", k.code(), k.action())))
+            .map(|k| k.code())
+            .collect();
+        assert!(missing.is_empty(), "README lacks audit kinds {missing:?}");
+    }
+}

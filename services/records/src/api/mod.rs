@@ -1,0 +1,122 @@
+//! The gRPC surface of records: proto <-> domain, authorization, idempotency. No SQL here.
+//!
+//! The generated service traits are implemented once, below: each RPC gets its per-call
+//! context ([`Call`]), runs its handler, and the handler's [`RecordsError`] becomes a
+//! `tonic::Status` here and nowhere else. Handlers: `chart` (entries, versions,
+//! verification), `team` (care teams), `break_glass` (emergency access and its review).
+//! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
+//! the proto encodings they share.
+//!
+//! Every RPC returns or changes health data or who may see it, so every one is
+//! `Audited::Always`: reads answer through [`Call::read`], changes through [`Call::mutate`].
+
+pub mod break_glass;
+pub mod chart;
+pub mod convert;
+pub mod kinds;
+pub mod policy;
+pub mod team;
+
+use std::sync::Arc;
+
+use carehub_platform::call::{Audited, Call};
+use carehub_proto::records::v1::records_internal_server::RecordsInternal;
+use carehub_proto::records::v1::records_service_server::RecordsService;
+use carehub_proto::records::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::error::RecordsError;
+use crate::AppState;
+
+/// Runs `$handler` for the call `$req`: builds the call's context, decodes the request,
+/// refuses an answer that was not audited, and maps the handler's error to a `Status`.
+macro_rules! rpc {
+    ($self:ident, $req:ident, $handler:path) => {{
+        let call = Call::new(&$req)?;
+        let answer: Result<_, RecordsError> =
+            $handler(&$self.state, &call, $req.into_inner()).await;
+        call.check_audited(Audited::Always, answer)
+            .map(Response::new)
+            .map_err(Status::from)
+    }};
+}
+
+/// Implements both generated services over the shared state.
+#[derive(Clone)]
+pub struct RecordsApi {
+    pub state: Arc<AppState>,
+}
+
+#[tonic::async_trait]
+impl RecordsService for RecordsApi {
+    async fn get_chart(&self, req: Request<GetChartRequest>) -> Result<Response<Chart>, Status> {
+        rpc!(self, req, chart::get_chart)
+    }
+    async fn get_entry(&self, req: Request<GetEntryRequest>) -> Result<Response<Entry>, Status> {
+        rpc!(self, req, chart::get_entry)
+    }
+    async fn list_entry_versions(
+        &self,
+        req: Request<ListEntryVersionsRequest>,
+    ) -> Result<Response<ListEntryVersionsResponse>, Status> {
+        rpc!(self, req, chart::list_entry_versions)
+    }
+    async fn create_entry(
+        &self,
+        req: Request<CreateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        rpc!(self, req, chart::create_entry)
+    }
+    async fn update_entry(
+        &self,
+        req: Request<UpdateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        rpc!(self, req, chart::update_entry)
+    }
+    async fn verify_entry(
+        &self,
+        req: Request<VerifyEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        rpc!(self, req, chart::verify_entry)
+    }
+    async fn list_care_team(
+        &self,
+        req: Request<ListCareTeamRequest>,
+    ) -> Result<Response<CareTeam>, Status> {
+        rpc!(self, req, team::list_care_team)
+    }
+    async fn add_care_team_member(
+        &self,
+        req: Request<AddCareTeamMemberRequest>,
+    ) -> Result<Response<CareTeam>, Status> {
+        rpc!(self, req, team::add_care_team_member)
+    }
+    async fn remove_care_team_member(
+        &self,
+        req: Request<RemoveCareTeamMemberRequest>,
+    ) -> Result<Response<CareTeam>, Status> {
+        rpc!(self, req, team::remove_care_team_member)
+    }
+    async fn break_glass(
+        &self,
+        req: Request<BreakGlassRequest>,
+    ) -> Result<Response<BreakGlassAccess>, Status> {
+        rpc!(self, req, break_glass::break_glass)
+    }
+    async fn list_break_glass_accesses(
+        &self,
+        req: Request<ListBreakGlassAccessesRequest>,
+    ) -> Result<Response<ListBreakGlassAccessesResponse>, Status> {
+        rpc!(self, req, break_glass::list_break_glass_accesses)
+    }
+}
+
+#[tonic::async_trait]
+impl RecordsInternal for RecordsApi {
+    async fn add_booked_provider(
+        &self,
+        req: Request<AddBookedProviderRequest>,
+    ) -> Result<Response<CareTeam>, Status> {
+        rpc!(self, req, team::add_booked_provider)
+    }
+}

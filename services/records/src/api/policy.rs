@@ -1,0 +1,53 @@
+//! Who may call each records RPC: which workloads (mTLS identity) and which users (roles). The
+//! roles here are necessary, never sufficient: every chart RPC also needs the caller to reach
+//! that patient's chart (`domain::access`), which only the handler can know.
+
+use carehub_platform::auth::{Policy, Role, UserRule};
+
+const PUBLIC: &str = "carehub.records.v1.RecordsService";
+const INTERNAL: &str = "carehub.records.v1.RecordsInternal";
+
+/// The gateway; end-user RPCs arrive through it.
+const GATEWAY: &[&str] = &["gateway"];
+
+fn users(roles: &[Role]) -> UserRule {
+    UserRule::Authenticated {
+        roles: roles.to_vec(),
+        allow_pending_password_change: false,
+    }
+}
+
+/// The roles that can stand in a chart relation (the patient, care-team members).
+const CHART: &[Role] = &[Role::Patient, Role::Provider, Role::Staff];
+/// Care-team management adds admins, who never open charts.
+const TEAM: &[Role] = &[Role::Patient, Role::Provider, Role::Staff, Role::Admin];
+
+pub fn policy() -> Policy {
+    let mut p = Policy::new();
+    for m in [
+        "GetChart",
+        "GetEntry",
+        "ListEntryVersions",
+        "CreateEntry",
+        "UpdateEntry",
+    ] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(CHART));
+    }
+    p = p.rule(PUBLIC, "VerifyEntry", GATEWAY, users(&[Role::Provider]));
+    for m in ["ListCareTeam", "AddCareTeamMember", "RemoveCareTeamMember"] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(TEAM));
+    }
+    p = p.rule(PUBLIC, "BreakGlass", GATEWAY, users(&[Role::Provider]));
+    p = p.rule(
+        PUBLIC,
+        "ListBreakGlassAccesses",
+        GATEWAY,
+        users(&[Role::Admin]),
+    );
+    p.rule(
+        INTERNAL,
+        "AddBookedProvider",
+        &["scheduling"],
+        UserRule::WorkloadOnly,
+    )
+}

@@ -1,0 +1,57 @@
+//! Records' settings, under `[records]`, on top of the platform's `[server]`.
+
+use carehub_platform::config::{PlatformConfig, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of `carehub serve records`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordsConfig {
+    pub server: PlatformConfig,
+    pub records: RecordsSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordsSettings {
+    /// Envelope encryption of the chart (data-key use limit, reservation batch, key cache).
+    pub crypto: carehub_platform::crypto::CryptoConfig,
+    /// How long a break-glass access stays open (1..=1440 minutes).
+    pub break_glass_minutes: u32,
+    /// Most entries one chart answer carries (GetChart refuses a larger chart with
+    /// FAILED_PRECONDITION rather than building an unbounded answer).
+    pub max_chart_entries: u32,
+}
+
+impl Default for RecordsSettings {
+    fn default() -> Self {
+        Self {
+            crypto: carehub_platform::crypto::CryptoConfig::default(),
+            break_glass_minutes: 60,
+            max_chart_entries: 5_000,
+        }
+    }
+}
+
+impl Validate for RecordsConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.server.validate(problems);
+        let s = &self.records;
+        if !(1..=1440).contains(&s.break_glass_minutes) {
+            problems.push("records.break_glass_minutes must be within 1..=1440".to_owned());
+        }
+        if !(1..=100_000).contains(&s.max_chart_entries) {
+            problems.push("records.max_chart_entries must be within 1..=100000".to_owned());
+        }
+        if let Err(e) = s.crypto.validate() {
+            problems.push(format!("records.crypto: {e}"));
+        }
+        if self.server.auth.identity_endpoint.is_none() {
+            problems.push(
+                "server.auth.identity_endpoint must be set: records verifies identity's tokens \
+                 and looks care-team members up there"
+                    .to_owned(),
+            );
+        }
+    }
+}

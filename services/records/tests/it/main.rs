@@ -1,0 +1,9 @@
+//! Records' integration tests: one test binary, one module per area. Each test runs a real
+//! identity and a real records (real Postgres, real mTLS on one dev CA), started by the test
+//! kit through [`common`]; records verifies identity's tokens and looks users up there.
+
+mod common;
+
+mod authz;
+mod care_team;
+mod chart;
