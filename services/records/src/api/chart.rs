@@ -14,9 +14,10 @@ use super::convert::{check_etag, entry_to_pb};
 use super::kinds;
 use crate::domain::access::{self, Access, Relation, TeamRole};
 use crate::domain::content;
+use crate::domain::sensitivity::{self, Label};
 use crate::error::{RecordsError, Result};
 use crate::store::entries::{self, Entered, Source, VersionRow};
-use crate::store::{self, sealed};
+use crate::store::{self, grants, sealed};
 use crate::AppState;
 
 /// How `user` reaches `patient`'s chart, read on `conn`.
@@ -45,16 +46,67 @@ fn checked<T>(value: Option<T>) -> Result<T> {
     value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
 }
 
-async fn open(state: &AppState, row: &VersionRow) -> Result<Entry> {
-    let content = sealed::open_content(
+/// A version's proto and labels, opened.
+async fn open(state: &AppState, row: &VersionRow) -> Result<(Entry, Vec<Label>)> {
+    let (content, labels) = sealed::open_version(
         &state.crypto,
         row.patient_id,
-        row.entry_id,
-        row.version,
+        (row.entry_id, row.version),
         &row.content,
     )
     .await?;
-    entry_to_pb(row, content)
+    Ok((entry_to_pb(row, content, &labels)?, labels))
+}
+
+/// The labels the patient granted `user` (only a care-team member's grants matter).
+async fn granted(
+    state: &AppState,
+    conn: &mut PgConnection,
+    access: Access,
+    user: Uuid,
+    patient: Uuid,
+) -> Result<Vec<Label>> {
+    if !matches!(access, Access::Team(_)) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for g in grants::active(conn, patient, Some(user)).await? {
+        out.push(sealed::open_label(&state.crypto, patient, g.id, &g.label).await?);
+    }
+    Ok(out)
+}
+
+/// How a caller sees a chart: their way in and the labels granted to them.
+struct Sight {
+    access: Access,
+    granted: Vec<Label>,
+    user: Uuid,
+}
+
+impl Sight {
+    async fn of(
+        state: &AppState,
+        conn: &mut PgConnection,
+        user: &UserCaller,
+        patient: Uuid,
+    ) -> Result<Sight> {
+        let access = reach(conn, user, patient).await?;
+        let granted = granted(state, conn, access, user.user_id, patient).await?;
+        Ok(Sight {
+            access,
+            granted,
+            user: user.user_id,
+        })
+    }
+
+    fn sees(&self, row: &VersionRow, labels: &[Label]) -> bool {
+        sensitivity::visible(
+            self.access,
+            labels,
+            &self.granted,
+            row.authored_by(self.user),
+        )
+    }
 }
 
 pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Result<Chart> {
@@ -64,10 +116,10 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
     v.finish()?;
     let patient = checked(patient)?;
     let max = i64::from(state.settings.max_chart_entries);
-    let (access, rows) = {
+    let (sight, rows) = {
         let mut conn = state.pool.acquire().await?;
-        let access = reach(&mut conn, user, patient).await?;
-        (access, entries::chart(&mut conn, patient, max + 1).await?)
+        let sight = Sight::of(state, &mut conn, user, patient).await?;
+        (sight, entries::chart(&mut conn, patient, max + 1).await?)
     };
     if rows.len() > usize::try_from(max).unwrap_or(usize::MAX) {
         return Err(RecordsError::Conflict {
@@ -80,7 +132,10 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
     }
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        out.push(open(state, row).await?);
+        let (entry, labels) = open(state, row).await?;
+        if sight.sees(row, &labels) {
+            out.push(entry);
+        }
     }
     let chart = Chart {
         patient_id: patient.to_string(),
@@ -88,7 +143,7 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
     };
     let read = call.event(
         kinds::CHART_READ,
-        access::purpose(access),
+        access::purpose(sight.access),
         "chart",
         patient,
         patient,
@@ -108,18 +163,22 @@ fn entry_ids(patient_id: &str, entry_id: &str) -> Result<(Uuid, Uuid)> {
 pub async fn get_entry(state: &AppState, call: &Call, r: GetEntryRequest) -> Result<Entry> {
     let user = call.user()?;
     let (patient, entry) = entry_ids(&r.patient_id, &r.entry_id)?;
-    let (access, row) = {
+    let (sight, row) = {
         let mut conn = state.pool.acquire().await?;
-        let access = reach(&mut conn, user, patient).await?;
+        let sight = Sight::of(state, &mut conn, user, patient).await?;
         let row = entries::current(&mut conn, patient, entry)
             .await?
             .ok_or_else(|| entries::not_found(entry))?;
-        (access, row)
+        (sight, row)
     };
-    let answer = open(state, &row).await?;
+    let (answer, labels) = open(state, &row).await?;
+    // A hidden entry does not exist for the caller.
+    if !sight.sees(&row, &labels) {
+        return Err(entries::not_found(entry));
+    }
     let read = call.event(
         kinds::ENTRY_READ,
-        access::purpose(access),
+        access::purpose(sight.access),
         "entry",
         entry,
         patient,
@@ -134,21 +193,26 @@ pub async fn list_entry_versions(
 ) -> Result<ListEntryVersionsResponse> {
     let user = call.user()?;
     let (patient, entry) = entry_ids(&r.patient_id, &r.entry_id)?;
-    let (access, rows) = {
+    let (sight, rows) = {
         let mut conn = state.pool.acquire().await?;
-        let access = reach(&mut conn, user, patient).await?;
-        (access, entries::history(&mut conn, patient, entry).await?)
+        let sight = Sight::of(state, &mut conn, user, patient).await?;
+        (sight, entries::history(&mut conn, patient, entry).await?)
     };
-    if rows.is_empty() {
-        return Err(entries::not_found(entry));
-    }
+    // Each version is judged by its own labels; an entry none of whose versions the caller
+    // may see does not exist for them.
     let mut versions = Vec::with_capacity(rows.len());
     for row in &rows {
-        versions.push(open(state, row).await?);
+        let (version, labels) = open(state, row).await?;
+        if sight.sees(row, &labels) {
+            versions.push(version);
+        }
+    }
+    if versions.is_empty() {
+        return Err(entries::not_found(entry));
     }
     let read = call.event(
         kinds::ENTRY_HISTORY_READ,
-        access::purpose(access),
+        access::purpose(sight.access),
         "entry",
         entry,
         patient,
@@ -163,6 +227,7 @@ pub async fn create_entry(state: &AppState, call: &Call, r: CreateEntryRequest) 
     let mut v = FieldViolations::new();
     let patient = v.require_uuid("patient_id", &r.patient_id);
     let kind = content::check(&mut v, "content", r.content.as_ref(), chrono::Utc::now());
+    let labels = sensitivity::check_labels(&mut v, "labels", &r.labels);
     v.finish()?;
     let (patient, kind, content) = (
         checked(patient)?,
@@ -174,7 +239,8 @@ pub async fn create_entry(state: &AppState, call: &Call, r: CreateEntryRequest) 
         .mutate(&state.idempotency, &r, async |conn| {
             let access = reach(conn, &user, patient).await?;
             access::may_write(access, kind)?;
-            let sealed = sealed::seal_content(&state.crypto, patient, id, 1, &content).await?;
+            let sealed =
+                sealed::seal_version(&state.crypto, patient, (id, 1), &content, &labels).await?;
             let entered = Entered {
                 source: source_of(access),
                 by: Some(user.user_id),
@@ -188,10 +254,30 @@ pub async fn create_entry(state: &AppState, call: &Call, r: CreateEntryRequest) 
                 id,
                 patient,
             );
-            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content, &labels)?, event))
         })
         .await?;
     Ok(ran.answer)
+}
+
+/// The current version of `entry` as the caller may change it: NOT_FOUND when it does not
+/// exist or is hidden from them, else its row and content.
+async fn current_for_change(
+    state: &AppState,
+    conn: &mut PgConnection,
+    user: &UserCaller,
+    (patient, entry): (Uuid, Uuid),
+) -> Result<(Sight, VersionRow, EntryContent, Vec<Label>)> {
+    let sight = Sight::of(state, conn, user, patient).await?;
+    let row = entries::current(conn, patient, entry)
+        .await?
+        .ok_or_else(|| entries::not_found(entry))?;
+    let (content, labels) =
+        sealed::open_version(&state.crypto, patient, (entry, row.version), &row.content).await?;
+    if !sight.sees(&row, &labels) {
+        return Err(entries::not_found(entry));
+    }
+    Ok((sight, row, content, labels))
 }
 
 pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) -> Result<Entry> {
@@ -202,6 +288,7 @@ pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) 
     let entry = v.require_uuid("entry_id", &r.entry_id);
     let kind = content::check(&mut v, "content", r.content.as_ref(), chrono::Utc::now());
     let expected = check_etag(&mut v, "etag", &r.etag);
+    let labels = sensitivity::check_labels(&mut v, "labels", &r.labels);
     v.finish()?;
     let (patient, entry, kind, expected) = (
         checked(patient)?,
@@ -212,8 +299,11 @@ pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) 
     let content = checked(r.content.clone())?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
-            let access = reach(conn, &user, patient).await?;
-            let (stored_kind, _) = entries::kind_and_version(conn, patient, entry).await?;
+            let (sight, current, _, _) =
+                current_for_change(state, conn, &user, (patient, entry)).await?;
+            let stored_kind = content::Kind::parse(&current.kind).ok_or_else(|| {
+                RecordsError::Internal(format!("entry {entry} has an unknown kind"))
+            })?;
             if stored_kind != kind {
                 return Err(RecordsError::Status(
                     carehub_platform::errors::invalid_field(
@@ -222,23 +312,29 @@ pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) 
                     ),
                 ));
             }
-            access::may_write(access, kind)?;
-            let sealed =
-                sealed::seal_content(&state.crypto, patient, entry, expected + 1, &content).await?;
+            access::may_write(sight.access, kind)?;
+            let sealed = sealed::seal_version(
+                &state.crypto,
+                patient,
+                (entry, expected + 1),
+                &content,
+                &labels,
+            )
+            .await?;
             let entered = Entered {
-                source: source_of(access),
+                source: source_of(sight.access),
                 by: Some(user.user_id),
                 verified_by: None,
             };
             let row = entries::advance(conn, patient, entry, expected, &sealed, entered).await?;
             let event = call.event(
                 kinds::ENTRY_UPDATE,
-                access::purpose(access),
+                access::purpose(sight.access),
                 "entry",
                 entry,
                 patient,
             );
-            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content, &labels)?, event))
         })
         .await?;
     Ok(ran.answer)
@@ -255,27 +351,23 @@ pub async fn verify_entry(state: &AppState, call: &Call, r: VerifyEntryRequest) 
     let (patient, entry, expected) = (checked(patient)?, checked(entry)?, checked(expected)?);
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
-            let access = reach(conn, &user, patient).await?;
-            access::may_verify(access)?;
-            let current = entries::current(conn, patient, entry)
-                .await?
-                .ok_or_else(|| entries::not_found(entry))?;
+            let (sight, current, content, labels) =
+                current_for_change(state, conn, &user, (patient, entry)).await?;
+            access::may_verify(sight.access)?;
             if current.version != expected {
                 return Err(RecordsError::EtagMismatch {
                     entry: entry.to_string(),
                     current: current.version,
                 });
             }
-            let content = sealed::open_content(
+            let sealed = sealed::seal_version(
                 &state.crypto,
                 patient,
-                entry,
-                current.version,
-                &current.content,
+                (entry, expected + 1),
+                &content,
+                &labels,
             )
             .await?;
-            let sealed =
-                sealed::seal_content(&state.crypto, patient, entry, expected + 1, &content).await?;
             // The content is unchanged: so is who entered it.
             let entered = Entered {
                 source: Source::parse(&current.source).ok_or_else(|| {
@@ -287,12 +379,12 @@ pub async fn verify_entry(state: &AppState, call: &Call, r: VerifyEntryRequest) 
             let row = entries::advance(conn, patient, entry, expected, &sealed, entered).await?;
             let event = call.event(
                 kinds::ENTRY_VERIFY,
-                access::purpose(access),
+                access::purpose(sight.access),
                 "entry",
                 entry,
                 patient,
             );
-            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content)?, event))
+            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content, &labels)?, event))
         })
         .await?;
     Ok(ran.answer)

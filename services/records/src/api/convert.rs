@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::access::TeamRole;
 use crate::domain::content::Kind;
+use crate::domain::sensitivity::Label;
 use crate::error::{RecordsError, Result};
 use crate::store::entries::{Source, VersionRow};
 use crate::store::team::MemberRow;
@@ -50,7 +51,11 @@ fn source_to_pb(s: Source) -> pb::Source {
 }
 
 /// The proto of a version whose content is already open.
-pub fn entry_to_pb(row: &VersionRow, content: pb::EntryContent) -> Result<pb::Entry> {
+pub fn entry_to_pb(
+    row: &VersionRow,
+    content: pb::EntryContent,
+    labels: &[Label],
+) -> Result<pb::Entry> {
     let kind = Kind::parse(&row.kind).ok_or_else(|| {
         RecordsError::Internal(format!("entry {} has an unknown kind", row.entry_id))
     })?;
@@ -72,6 +77,7 @@ pub fn entry_to_pb(row: &VersionRow, content: pb::EntryContent) -> Result<pb::En
             verify_time: row.verified_at.map(ts),
         }),
         create_time: Some(ts(row.created_at)),
+        labels: labels.iter().map(|l| l.to_pb() as i32).collect(),
     })
 }
 

@@ -73,6 +73,25 @@ pub const BREAK_GLASS_REVIEW: Kind = Kind::new(
     PATIENT,
 );
 
+pub const SENSITIVE_GRANT: Kind = Kind::new(
+    "records.sensitive_grant.add",
+    Action::Create,
+    "a patient let a care-team member see entries with a sensitivity label (GrantSensitiveAccess)",
+    PATIENT,
+);
+pub const SENSITIVE_REVOKE: Kind = Kind::new(
+    "records.sensitive_grant.revoke",
+    Action::Update,
+    "a patient took a sensitivity grant back (RevokeSensitiveAccess)",
+    PATIENT,
+);
+pub const SENSITIVE_GRANTS_READ: Kind = Kind::new(
+    "records.sensitive_grant.read",
+    Action::Read,
+    "a patient read their sensitivity grants (ListSensitiveAccessGrants, or a grant already held)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -88,6 +107,9 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         CARE_TEAM_REMOVE,
         BREAK_GLASS_OPEN,
         BREAK_GLASS_REVIEW,
+        SENSITIVE_GRANT,
+        SENSITIVE_REVOKE,
+        SENSITIVE_GRANTS_READ,
     ],
 };
 

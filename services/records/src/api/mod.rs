@@ -3,7 +3,8 @@
 //! The generated service traits are implemented once, below: each RPC gets its per-call
 //! context ([`Call`]), runs its handler, and the handler's [`RecordsError`] becomes a
 //! `tonic::Status` here and nowhere else. Handlers: `chart` (entries, versions,
-//! verification), `team` (care teams), `break_glass` (emergency access and its review).
+//! verification), `team` (care teams), `break_glass` (emergency access and its review),
+//! `sensitivity` (the patient's grants of labelled entries).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -15,6 +16,7 @@ pub mod chart;
 pub mod convert;
 pub mod kinds;
 pub mod policy;
+pub mod sensitivity;
 pub mod team;
 
 use std::sync::Arc;
@@ -108,6 +110,24 @@ impl RecordsService for RecordsApi {
         req: Request<ListBreakGlassAccessesRequest>,
     ) -> Result<Response<ListBreakGlassAccessesResponse>, Status> {
         rpc!(self, req, break_glass::list_break_glass_accesses)
+    }
+    async fn grant_sensitive_access(
+        &self,
+        req: Request<GrantSensitiveAccessRequest>,
+    ) -> Result<Response<SensitiveAccessGrants>, Status> {
+        rpc!(self, req, sensitivity::grant)
+    }
+    async fn revoke_sensitive_access(
+        &self,
+        req: Request<RevokeSensitiveAccessRequest>,
+    ) -> Result<Response<SensitiveAccessGrants>, Status> {
+        rpc!(self, req, sensitivity::revoke)
+    }
+    async fn list_sensitive_access_grants(
+        &self,
+        req: Request<ListSensitiveAccessGrantsRequest>,
+    ) -> Result<Response<SensitiveAccessGrants>, Status> {
+        rpc!(self, req, sensitivity::list)
     }
 }
 

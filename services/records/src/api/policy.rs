@@ -38,6 +38,13 @@ pub fn policy() -> Policy {
         p = p.rule(PUBLIC, m, GATEWAY, users(TEAM));
     }
     p = p.rule(PUBLIC, "BreakGlass", GATEWAY, users(&[Role::Provider]));
+    for m in [
+        "GrantSensitiveAccess",
+        "RevokeSensitiveAccess",
+        "ListSensitiveAccessGrants",
+    ] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Patient]));
+    }
     p = p.rule(
         PUBLIC,
         "ListBreakGlassAccesses",

@@ -1,5 +1,6 @@
 //! Records' rules, free of I/O: who reaches a chart and what they may do there (`access`),
-//! and what a chart entry may hold (`content`).
+//! what a chart entry may hold (`content`), and who sees labelled entries (`sensitivity`).
 
 pub mod access;
 pub mod content;
+pub mod sensitivity;

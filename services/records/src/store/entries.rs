@@ -54,10 +54,20 @@ pub struct VersionRow {
     pub verified_by: Option<Uuid>,
     pub verified_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Who entered the first version (none for an integration).
+    pub created_by: Option<Uuid>,
+}
+
+impl VersionRow {
+    /// Whether `user` entered this entry's first version or this version.
+    pub fn authored_by(&self, user: Uuid) -> bool {
+        self.created_by == Some(user) || self.entered_by == Some(user)
+    }
 }
 
 const VERSION_COLUMNS: &str = "e.id AS entry_id, e.patient_id, e.kind, v.version, v.content, \
-    v.source, v.entered_by, v.entered_at, v.verified_by, v.verified_at, e.created_at";
+    v.source, v.entered_by, v.entered_at, v.verified_by, v.verified_at, e.created_at, \
+    e.created_by";
 
 /// A new version's provenance.
 #[derive(Clone, Copy, Debug)]
@@ -78,10 +88,13 @@ pub async fn insert(
     content: &[u8],
     entered: Entered,
 ) -> Result<VersionRow> {
-    sqlx::query("INSERT INTO entries (id, patient_id, kind, version) VALUES ($1, $2, $3, 1)")
-        .bind(id)
-        .bind(patient)
-        .bind(kind.as_str())
+    sqlx::query(
+        "INSERT INTO entries (id, patient_id, kind, version, created_by) VALUES ($1, $2, $3, 1, $4)",
+    )
+    .bind(id)
+    .bind(patient)
+    .bind(kind.as_str())
+    .bind(entered.by)
         .execute(&mut *conn)
         .await?;
     insert_version(conn, id, 1, content, entered).await?;
@@ -203,24 +216,6 @@ pub async fn advance(
     current(conn, patient, entry)
         .await?
         .ok_or_else(|| not_found(entry))
-}
-
-/// The kind of `entry` in `patient`'s chart and its current version.
-pub async fn kind_and_version(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    entry: Uuid,
-) -> Result<(Kind, i64)> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT kind, version FROM entries WHERE id = $1 AND patient_id = $2")
-            .bind(entry)
-            .bind(patient)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (kind, version) = row.ok_or_else(|| not_found(entry))?;
-    let kind = Kind::parse(&kind)
-        .ok_or_else(|| RecordsError::Internal(format!("entry {entry} has an unknown kind")))?;
-    Ok((kind, version))
 }
 
 pub fn not_found(entry: Uuid) -> RecordsError {

@@ -7,6 +7,7 @@ use carehub_proto::records::v1 as pb;
 use prost::Message;
 use uuid::Uuid;
 
+use crate::domain::sensitivity::Label;
 use crate::error::{RecordsError, Result};
 
 /// The row an entry version's content is bound to.
@@ -14,33 +15,82 @@ fn version_row(entry: Uuid, version: i64) -> String {
     format!("{entry}/{version}")
 }
 
-pub async fn seal_content(
-    crypto: &Envelope,
-    patient: Uuid,
-    entry: Uuid,
-    version: i64,
-    content: &pb::EntryContent,
-) -> Result<Vec<u8>> {
-    let (row, subject) = (version_row(entry, version), patient.to_string());
-    let field = Field::new("entry_versions", "content", &row, &subject);
-    Ok(crypto.encrypt(&field, &content.encode_to_vec()).await?)
+/// What an entry version's sealed column holds: its content and its sensitivity labels, so
+/// that neither is readable in the table.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredVersion {
+    #[prost(message, optional, tag = "1")]
+    content: Option<pb::EntryContent>,
+    #[prost(enumeration = "pb::SensitivityLabel", repeated, tag = "2")]
+    labels: Vec<i32>,
 }
 
-pub async fn open_content(
+pub async fn seal_version(
     crypto: &Envelope,
     patient: Uuid,
-    entry: Uuid,
-    version: i64,
+    (entry, version): (Uuid, i64),
+    content: &pb::EntryContent,
+    labels: &[Label],
+) -> Result<Vec<u8>> {
+    let stored = StoredVersion {
+        content: Some(content.clone()),
+        labels: labels.iter().map(|l| l.to_pb() as i32).collect(),
+    };
+    let (row, subject) = (version_row(entry, version), patient.to_string());
+    let field = Field::new("entry_versions", "content", &row, &subject);
+    Ok(crypto.encrypt(&field, &stored.encode_to_vec()).await?)
+}
+
+/// The content and labels of a sealed version.
+pub async fn open_version(
+    crypto: &Envelope,
+    patient: Uuid,
+    (entry, version): (Uuid, i64),
     sealed: &[u8],
-) -> Result<pb::EntryContent> {
+) -> Result<(pb::EntryContent, Vec<Label>)> {
     let (row, subject) = (version_row(entry, version), patient.to_string());
     let field = Field::new("entry_versions", "content", &row, &subject);
     let plain = crypto.decrypt(&field, sealed).await?;
-    pb::EntryContent::decode(plain.as_slice()).map_err(|_| {
+    let corrupt = || {
         RecordsError::Internal(format!(
-            "entry {entry} version {version} holds no EntryContent"
+            "entry {entry} version {version} holds no stored version"
         ))
-    })
+    };
+    let stored = StoredVersion::decode(plain.as_slice()).map_err(|_| corrupt())?;
+    let labels = stored
+        .labels
+        .iter()
+        .map(|l| Label::from_pb(*l).ok_or_else(corrupt))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((stored.content.ok_or_else(corrupt)?, labels))
+}
+
+/// A grant's label, bound to the grant's row.
+pub async fn seal_label(
+    crypto: &Envelope,
+    patient: Uuid,
+    grant: Uuid,
+    label: Label,
+) -> Result<Vec<u8>> {
+    let (row, subject) = (grant.to_string(), patient.to_string());
+    let field = Field::new("sensitivity_grants", "label", &row, &subject);
+    Ok(crypto.encrypt(&field, &[label.to_pb() as u8]).await?)
+}
+
+pub async fn open_label(
+    crypto: &Envelope,
+    patient: Uuid,
+    grant: Uuid,
+    sealed: &[u8],
+) -> Result<Label> {
+    let (row, subject) = (grant.to_string(), patient.to_string());
+    let field = Field::new("sensitivity_grants", "label", &row, &subject);
+    let plain = crypto.decrypt(&field, sealed).await?;
+    match plain.as_slice() {
+        [b] => Label::from_pb(i32::from(*b)),
+        _ => None,
+    }
+    .ok_or_else(|| RecordsError::Internal(format!("grant {grant} holds no label")))
 }
 
 pub async fn seal_reason(

@@ -87,6 +87,13 @@ fn matrix() -> Matrix {
     for rpc in ["ListCareTeam", "AddCareTeamMember", "RemoveCareTeamMember"] {
         m = m.row(&chart(rpc), ". N  . N  . N  N  R  .  R  N  W  T");
     }
+    for rpc in [
+        "GrantSensitiveAccess",
+        "RevokeSensitiveAccess",
+        "ListSensitiveAccessGrants",
+    ] {
+        m = m.row(&chart(rpc), ". N  R R  R R  R  R  R  R  R  W  T");
+    }
     m = m.row(
         &chart("ListBreakGlassAccesses"),
         "R R  R R  R R  R  R  .  R  R  W  T",
@@ -163,6 +170,7 @@ async fn the_authorization_matrix_holds_and_every_allowed_call_is_audited() {
             CreateEntryRequest {
                 patient_id: on.id.clone(),
                 content: Some(diabetes()),
+                labels: vec![],
             },
         )
     };
@@ -299,6 +307,7 @@ async fn call(
                 CreateEntryRequest {
                     patient_id: pid,
                     content: Some(diabetes()),
+                    labels: vec![],
                 },
             ))
             .await
@@ -312,6 +321,7 @@ async fn call(
                     entry_id: eid,
                     content: Some(diabetes()),
                     etag: entry.etag.clone(),
+                    labels: vec![],
                 },
             ))
             .await
@@ -369,6 +379,35 @@ async fn call(
                         "an emergency for the matrix".into()
                     },
                 },
+            ))
+            .await
+            .map(drop),
+        "GrantSensitiveAccess" => c
+            .grant_sensitive_access(signed(
+                user,
+                GrantSensitiveAccessRequest {
+                    patient_id: pid,
+                    user_id: w.team_staff.id.clone(),
+                    label: SensitivityLabel::Hiv as i32,
+                },
+            ))
+            .await
+            .map(drop),
+        "RevokeSensitiveAccess" => c
+            .revoke_sensitive_access(signed(
+                user,
+                RevokeSensitiveAccessRequest {
+                    patient_id: pid,
+                    user_id: w.team_staff.id.clone(),
+                    label: SensitivityLabel::Hiv as i32,
+                },
+            ))
+            .await
+            .map(drop),
+        "ListSensitiveAccessGrants" => c
+            .list_sensitive_access_grants(signed(
+                user,
+                ListSensitiveAccessGrantsRequest { patient_id: pid },
             ))
             .await
             .map(drop),

@@ -44,6 +44,7 @@ async fn membership_opens_the_chart_and_its_end_closes_it() {
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(diabetes()),
+                labels: vec![],
             },
         ))
         .await
@@ -254,6 +255,7 @@ async fn break_glass_opens_a_chart_read_only_for_a_while_with_a_reason_and_is_re
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(diabetes()),
+                labels: vec![],
             },
         ))
         .await

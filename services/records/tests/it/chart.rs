@@ -23,6 +23,7 @@ async fn patient_and_care_team_keep_a_chart_with_provenance_versions_and_verific
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(diabetes()),
+                labels: vec![],
             },
         ))
         .await
@@ -39,6 +40,7 @@ async fn patient_and_care_team_keep_a_chart_with_provenance_versions_and_verific
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(hba1c()),
+                labels: vec![],
             },
         ))
         .await
@@ -62,6 +64,7 @@ async fn patient_and_care_team_keep_a_chart_with_provenance_versions_and_verific
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(hba1c()),
+                labels: vec![],
             },
         ))
         .await
@@ -105,6 +108,7 @@ async fn patient_and_care_team_keep_a_chart_with_provenance_versions_and_verific
                 entry_id: condition.id.clone(),
                 content: Some(changed.clone()),
                 etag: verified.etag.clone(),
+                labels: vec![],
             },
         ))
         .await
@@ -191,6 +195,7 @@ async fn concurrent_writers_with_one_etag_one_wins_the_others_are_aborted() {
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(metformin("500 mg")),
+                labels: vec![],
             },
         ))
         .await
@@ -207,6 +212,7 @@ async fn concurrent_writers_with_one_etag_one_wins_the_others_are_aborted() {
                 entry_id: entry.id.clone(),
                 content: Some(metformin(&format!("{} mg", 600 + i))),
                 etag: entry.etag.clone(),
+                labels: vec![],
             },
         );
         let mut c = c.clone();
@@ -246,6 +252,7 @@ async fn concurrent_writers_with_one_etag_one_wins_the_others_are_aborted() {
                 entry_id: entry.id.clone(),
                 content: Some(metformin("1000 mg")),
                 etag: current.etag,
+                labels: vec![],
             },
         ))
         .await
@@ -275,6 +282,7 @@ async fn bad_entries_are_refused_field_by_field_and_nothing_is_written() {
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(bad),
+                labels: vec![],
             },
         ))
         .await
@@ -313,6 +321,7 @@ async fn bad_entries_are_refused_field_by_field_and_nothing_is_written() {
                     entry_id: entry_id.into(),
                     content: Some(diabetes()),
                     etag: etag.into(),
+                    labels: vec![],
                 },
             ))
             .await
@@ -333,6 +342,7 @@ async fn bad_entries_are_refused_field_by_field_and_nothing_is_written() {
                 entry_id: uuid::Uuid::now_v7().to_string(),
                 content: Some(diabetes()),
                 etag: "v1".into(),
+                labels: vec![],
             },
         ))
         .await
@@ -344,6 +354,7 @@ async fn bad_entries_are_refused_field_by_field_and_nothing_is_written() {
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(diabetes()),
+                labels: vec![],
             },
         ))
         .await
@@ -357,6 +368,7 @@ async fn bad_entries_are_refused_field_by_field_and_nothing_is_written() {
                 entry_id: entry.id.clone(),
                 content: Some(metformin("5 mg")),
                 etag: entry.etag.clone(),
+                labels: vec![],
             },
         ))
         .await
@@ -379,6 +391,7 @@ async fn a_retried_create_with_its_idempotency_key_makes_one_entry() {
                 CreateEntryRequest {
                     patient_id: patient.id.clone(),
                     content: Some(diabetes()),
+                    labels: vec![],
                 },
             ),
             "create-diabetes-0001",
@@ -411,6 +424,7 @@ async fn no_clinical_text_is_stored_in_clear() {
             CreateEntryRequest {
                 patient_id: patient.id.clone(),
                 content: Some(content),
+                labels: vec![],
             },
         ))
         .await

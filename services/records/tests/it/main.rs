@@ -7,3 +7,4 @@ mod common;
 mod authz;
 mod care_team;
 mod chart;
+mod sensitivity;
