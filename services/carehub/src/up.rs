@@ -157,6 +157,22 @@ async fn run_services(
         server.keys.file = data_dir.join("keys/dev-keys.json");
         if name != "identity" {
             server.auth.identity_endpoint = identity_endpoint.clone();
+        } else {
+            // Identity's account events reach the services here that consume them.
+            for (j, other) in services.iter().enumerate() {
+                if carehub_identity::events::ACCOUNT_EVENT_SUBSCRIBERS.contains(&other.name()) {
+                    server.outbox.targets.insert(
+                        other.name().to_owned(),
+                        carehub_platform::config::OutboxTarget {
+                            endpoint: format!(
+                                "https://127.0.0.1:{}",
+                                port(args.grpc_port, j, "--grpc-port")?
+                            ),
+                            server_name: other.name().to_owned(),
+                        },
+                    );
+                }
+            }
         }
         let started = def
             .start(cfg, None, shutdown.clone().boxed())

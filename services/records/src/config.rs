@@ -21,6 +21,11 @@ pub struct RecordsSettings {
     /// Most entries one chart answer carries (GetChart refuses a larger chart with
     /// FAILED_PRECONDITION rather than building an unbounded answer).
     pub max_chart_entries: u32,
+    /// Days between a terminated account (or an operator's request) and the destruction of
+    /// the patient's data keys: the legal hold (0..=3650).
+    pub erasure_hold_days: u32,
+    /// How often due erasures are looked for.
+    pub erasure_check_secs: u64,
 }
 
 impl Default for RecordsSettings {
@@ -29,6 +34,8 @@ impl Default for RecordsSettings {
             crypto: carehub_platform::crypto::CryptoConfig::default(),
             break_glass_minutes: 60,
             max_chart_entries: 5_000,
+            erasure_hold_days: 30,
+            erasure_check_secs: 60,
         }
     }
 }
@@ -42,6 +49,12 @@ impl Validate for RecordsConfig {
         }
         if !(1..=100_000).contains(&s.max_chart_entries) {
             problems.push("records.max_chart_entries must be within 1..=100000".to_owned());
+        }
+        if s.erasure_hold_days > 3650 {
+            problems.push("records.erasure_hold_days must be at most 3650".to_owned());
+        }
+        if !(1..=86_400).contains(&s.erasure_check_secs) {
+            problems.push("records.erasure_check_secs must be within 1..=86400".to_owned());
         }
         if let Err(e) = s.crypto.validate() {
             problems.push(format!("records.crypto: {e}"));

@@ -19,6 +19,7 @@ use carehub_platform::crypto::{CryptoConfig, Envelope};
 use carehub_platform::idempotency::IdempotencyStore;
 use carehub_platform::kit::{Api, Context, Service, ServiceConfig};
 use carehub_platform::with_message_limits;
+use carehub_proto::common::v1::account_events_server::AccountEventsServer;
 use carehub_proto::records::v1::records_internal_server::RecordsInternalServer;
 use carehub_proto::records::v1::records_service_server::RecordsServiceServer;
 use sqlx::migrate::Migrator;
@@ -102,6 +103,10 @@ impl Service for RecordsDef {
             idempotency,
             directory,
         });
+        api::erasure::spawn_eraser(
+            &state,
+            std::time::Duration::from_secs(config.records.erasure_check_secs),
+        );
         let api = api::RecordsApi {
             state: state.clone(),
         };
@@ -112,8 +117,9 @@ impl Service for RecordsDef {
                 limits
             ))
             .grpc(with_message_limits!(
-                RecordsInternalServer::new(api),
+                RecordsInternalServer::new(api.clone()),
                 limits
-            )))
+            ))
+            .grpc(with_message_limits!(AccountEventsServer::new(api), limits)))
     }
 }

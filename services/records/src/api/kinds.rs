@@ -92,6 +92,19 @@ pub const SENSITIVE_GRANTS_READ: Kind = Kind::new(
     PATIENT,
 );
 
+pub const ERASURE_SCHEDULE: Kind = Kind::new(
+    "records.erasure.schedule",
+    Action::Create,
+    "a chart's erasure was scheduled: account terminated, a minor's data, or an operator (reason code as outcome_reason)",
+    PATIENT,
+);
+pub const ERASURE_DONE: Kind = Kind::new(
+    "records.erasure.done",
+    Action::Delete,
+    "a chart was erased: the patient's data keys destroyed after the legal hold",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -110,6 +123,8 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         SENSITIVE_GRANT,
         SENSITIVE_REVOKE,
         SENSITIVE_GRANTS_READ,
+        ERASURE_SCHEDULE,
+        ERASURE_DONE,
     ],
 };
 

@@ -9,11 +9,13 @@
 //! the proto encodings they share.
 //!
 //! Every RPC returns or changes health data or who may see it, so every one is
-//! `Audited::Always`: reads answer through [`Call::read`], changes through [`Call::mutate`].
+//! `Audited::Always` (reads answer through [`Call::read`], changes through [`Call::mutate`]),
+//! but identity's account events, which answer nothing (`erasure`).
 
 pub mod break_glass;
 pub mod chart;
 pub mod convert;
+pub mod erasure;
 pub mod kinds;
 pub mod policy;
 pub mod sensitivity;
@@ -22,6 +24,8 @@ pub mod team;
 use std::sync::Arc;
 
 use carehub_platform::call::{Audited, Call};
+use carehub_proto::common::v1::account_events_server::AccountEvents;
+use carehub_proto::identity::v1::AccountStatusChanged;
 use carehub_proto::records::v1::records_internal_server::RecordsInternal;
 use carehub_proto::records::v1::records_service_server::RecordsService;
 use carehub_proto::records::v1::*;
@@ -33,15 +37,22 @@ use crate::AppState;
 /// Runs `$handler` for the call `$req`: builds the call's context, decodes the request,
 /// refuses an answer that was not audited, and maps the handler's error to a `Status`.
 macro_rules! rpc {
-    ($self:ident, $req:ident, $handler:path) => {{
+    ($self:ident, $req:ident, $handler:path) => {
+        rpc!($self, $req, Audited::Always, $handler)
+    };
+    ($self:ident, $req:ident, $audited:expr, $handler:path) => {{
         let call = Call::new(&$req)?;
         let answer: Result<_, RecordsError> =
             $handler(&$self.state, &call, $req.into_inner()).await;
-        call.check_audited(Audited::Always, answer)
+        call.check_audited($audited, answer)
             .map(Response::new)
             .map_err(Status::from)
     }};
 }
+
+/// Applying an account event returns nothing; an erasure it schedules is audited.
+const ACCOUNT_EVENT: Audited =
+    Audited::Exempt("answers nothing; the erasure a termination schedules is audited");
 
 /// Implements both generated services over the shared state.
 #[derive(Clone)]
@@ -138,5 +149,15 @@ impl RecordsInternal for RecordsApi {
         req: Request<AddBookedProviderRequest>,
     ) -> Result<Response<CareTeam>, Status> {
         rpc!(self, req, team::add_booked_provider)
+    }
+}
+
+#[tonic::async_trait]
+impl AccountEvents for RecordsApi {
+    async fn apply_account_event(
+        &self,
+        req: Request<AccountStatusChanged>,
+    ) -> Result<Response<()>, Status> {
+        rpc!(self, req, ACCOUNT_EVENT, erasure::apply_account_event)
     }
 }

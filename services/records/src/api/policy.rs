@@ -6,6 +6,7 @@ use carehub_platform::auth::{Policy, Role, UserRule};
 
 const PUBLIC: &str = "carehub.records.v1.RecordsService";
 const INTERNAL: &str = "carehub.records.v1.RecordsInternal";
+const ACCOUNT_EVENTS: &str = "carehub.common.v1.AccountEvents";
 
 /// The gateway; end-user RPCs arrive through it.
 const GATEWAY: &[&str] = &["gateway"];
@@ -51,10 +52,17 @@ pub fn policy() -> Policy {
         GATEWAY,
         users(&[Role::Admin]),
     );
-    p.rule(
+    p = p.rule(
         INTERNAL,
         "AddBookedProvider",
         &["scheduling"],
+        UserRule::WorkloadOnly,
+    );
+    // Identity's outbox delivers account events here.
+    p.rule(
+        ACCOUNT_EVENTS,
+        "ApplyAccountEvent",
+        &["identity"],
         UserRule::WorkloadOnly,
     )
 }

@@ -3,6 +3,7 @@
 
 pub mod break_glass;
 pub mod entries;
+pub mod erasures;
 pub mod grants;
 pub mod sealed;
 pub mod team;

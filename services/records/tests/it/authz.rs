@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use carehub_platform::auth::Role;
+use carehub_proto::common::v1::account_events_client::AccountEventsClient;
+use carehub_proto::identity::v1::{AccountStatus, AccountStatusChanged};
 use carehub_proto::records::v1::records_internal_client::RecordsInternalClient;
 use carehub_proto::records::v1::records_service_client::RecordsServiceClient;
 use carehub_proto::records::v1::*;
@@ -23,12 +25,13 @@ use crate::common::{self, diabetes, with_token, User};
 const PUBLIC: &str = "carehub.records.v1.RecordsService";
 const INTERNAL: &str = "carehub.records.v1.RecordsInternal";
 const AUDIT_LOG: &str = "carehub.audit.v1.AuditLog";
+const ACCOUNT_EVENTS: &str = "carehub.common.v1.AccountEvents";
 
 #[test]
 fn every_rpc_records_mounts_has_a_policy_rule() {
     assert_every_rpc_has_a_rule(
         FILE_DESCRIPTOR_SET,
-        &[PUBLIC, INTERNAL, AUDIT_LOG],
+        &[PUBLIC, INTERNAL, ACCOUNT_EVENTS, AUDIT_LOG],
         &[
             &carehub_records::api::policy::policy(),
             &carehub_platform::audit::service::policy(),
@@ -99,6 +102,11 @@ fn matrix() -> Matrix {
         "R R  R R  R R  R  R  .  R  R  W  T",
     );
     m = m.row(&chart("BreakGlass"), "R R  F .  R R  .  R  R  .  I  W  T");
+    // Identity's outbox only (its positive case: erasure.rs).
+    m = m.row(
+        &format!("/{ACCOUNT_EVENTS}/ApplyAccountEvent"),
+        "W W  W W  W W  W  W  W  W  W  W  W",
+    );
     m.row(
         &format!("/{INTERNAL}/AddBookedProvider"),
         "W W  W W  W W  W  W  W  W  W  .  W",
@@ -211,6 +219,7 @@ async fn the_authorization_matrix_holds_and_every_allowed_call_is_audited() {
     let m = matrix();
     let mut all = rpc_paths(FILE_DESCRIPTOR_SET, PUBLIC);
     all.extend(rpc_paths(FILE_DESCRIPTOR_SET, INTERNAL));
+    all.extend(rpc_paths(FILE_DESCRIPTOR_SET, ACCOUNT_EVENTS));
     m.assert_covers(&all);
     let events = || async {
         let n: i64 = sqlx::query_scalar(
@@ -261,6 +270,19 @@ async fn call(
     };
     let channel = suite.channel(caller.workload).await;
     let method = rpc.rsplit('/').next().unwrap_or_default();
+    if rpc.contains(ACCOUNT_EVENTS) {
+        return AccountEventsClient::new(channel)
+            .apply_account_event(signed(
+                user,
+                AccountStatusChanged {
+                    user_id: patient.id.clone(),
+                    status: AccountStatus::Terminated as i32,
+                    change_time: None,
+                },
+            ))
+            .await
+            .map(drop);
+    }
     if rpc.contains(INTERNAL) {
         return RecordsInternalClient::new(channel)
             .add_booked_provider(signed(

@@ -36,11 +36,22 @@ pub async fn spawn() -> Suite {
     spawn_with(|_| {}).await
 }
 
-/// Identity, then records on identity's CA pointed at it; returns once records is ready
-/// (keys held and identity's revocation feed read).
+/// Identity, then records on identity's CA pointed at it, identity's outbox delivering account
+/// events to records (as a deployment wires them); returns once records is ready (keys held
+/// and identity's revocation feed read).
 pub async fn spawn_with(adjust: impl FnOnce(&mut RecordsConfig)) -> Suite {
+    // Records' port is chosen first: identity's outbox needs it at start.
+    let records_port = carehub_testkit::grpc::free_port();
     let identity = TestService::start(&carehub_identity::SERVICE, |c| {
         c.identity.notifier = NotifierKind::MemorySandbox;
+        c.server.outbox.poll_interval_ms = 100;
+        c.server.outbox.targets.insert(
+            "records".to_owned(),
+            carehub_platform::config::OutboxTarget {
+                endpoint: format!("https://127.0.0.1:{records_port}"),
+                server_name: "records".to_owned(),
+            },
+        );
     })
     .await;
     let endpoint = format!("https://{}", identity.grpc_addr);
@@ -48,6 +59,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut RecordsConfig)) -> Suite {
         &carehub_records::SERVICE,
         identity.pki().clone(),
         |c: &mut RecordsConfig| {
+            c.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], records_port));
             c.server.auth.identity_endpoint = Some(endpoint);
             c.server.auth.revocation_poll_secs = 1;
             adjust(c);

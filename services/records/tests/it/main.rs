@@ -7,4 +7,5 @@ mod common;
 mod authz;
 mod care_team;
 mod chart;
+mod erasure;
 mod sensitivity;
