@@ -118,7 +118,7 @@ done
 
 status=0
 # With CAREHUB_BIN (a built carehub), the chart's services must be the binary's
-# (`carehub services`); `cargo test -p carehub --test chart_services` checks it in any case.
+# (`carehub services`); `cargo test -p carehub --test it chart_services` checks it in any case.
 binary_args=(); [ -n "${CAREHUB_BIN:-}" ] && binary_args=(--carehub "$CAREHUB_BIN")
 "$venv/bin/python" scripts/chart-check/check_chart.py --chart charts/carehub --k8s k8s --helm "$helm" \
   "${binary_args[@]}" "$@" || status=$?

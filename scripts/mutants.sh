@@ -33,10 +33,11 @@ if ! cargo mutants --version 2>/dev/null | grep -qx "cargo-mutants $CARGO_MUTANT
   cargo install --locked cargo-mutants --version "$CARGO_MUTANTS_VERSION"
 fi
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-# The project's own build cache by default: each mutant is built from a copy of the tree, but
-# the compiled dependencies of scripts/test.sh's build are reused (seconds per mutant instead
-# of a cold build first). MUTANTS_TARGET_DIR puts it elsewhere.
-export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target}"
+# A build cache of its own, shared by every group (and kept between runs of this script). Not
+# the project's target/: cargo keys a workspace member's artifacts by package, not by path, so
+# a mutant built from the copy of the tree would reuse build-script output (the generated
+# protos) of the live tree being edited meanwhile, and report its mutants unviable or worse.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants-build}"
 out_root="$root/target/mutants"
 jobs="${MUTANTS_JOBS:-1}"
 

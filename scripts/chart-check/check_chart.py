@@ -220,7 +220,9 @@ BAD_VALUES = [
     ("file keys in production", {"keys": {"provider": "file", "fileSecret": "k"}}, "refuses to start with keys.production=true"),
     ("AppRole without a role_id", {"vault": {"auth": {"method": "approle"}}}, "vault.auth.approle.roleIds.identity is required"),
     ("Vault keys without an address", {"vault": {"addr": ""}}, "vault.addr is required"),
-    ("no service enabled", {"services": {"identity": {"enabled": False}}}, "no service is enabled"),
+    ("a service calling a disabled one", {"services": {"identity": {"enabled": False}}},
+     "services.records.calls names identity, which is not enabled"),
+    ("no service enabled", {"services": {"identity": {"enabled": False}, "records": {"enabled": False}}}, "no service is enabled"),
 ]
 
 
@@ -319,6 +321,9 @@ WEAKENINGS = [
      "  containers:\n    - name: {{ $name }}\n", "runs the migrations"),
     ("migrating on start in the serving config", "templates/_config.tpl",
      r'"migrate_on_start" false', '"migrate_on_start" true', "migrate_on_start must be false"),
+    ("a migration Job without identity's endpoint", "templates/_migration.tpl",
+     r"            - name: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT\n.*\n", "",
+     "CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT is None"),
     ("inlining the database URL", "templates/_service.tpl",
      r"- name: CAREHUB_SERVER__DATABASE__URL\n  valueFrom:\n    secretKeyRef:\n      name: .*\n      key: .*\n",
      "- name: CAREHUB_SERVER__DATABASE__URL\n  value: postgres://carehub:hunter2@db/identity\n", "secret inlined"),

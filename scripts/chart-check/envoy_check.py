@@ -29,6 +29,53 @@ def _register(doc: Any) -> None:
         importlib.import_module("envoy_data_plane." + t.split("/", 1)[1].rsplit(".", 1)[0])
 
 
+# Paths the example gateway must route (first matching prefix, as Envoy does) to these clusters;
+# None: the 404 direct_response. Internal services (called by carehub services, never by
+# clients) must never be reachable from outside.
+ROUTES: dict[str, str | None] = {
+    "/carehub.identity.v1.IdentityService/Login": "identity",
+    "/carehub.records.v1.RecordsService/GetChart": "records",
+    "/carehub.identity.v1.IdentityInternal/LookupUser": None,
+    "/carehub.identity.v1.IdentityInternal/ListSigningKeys": None,
+    "/carehub.records.v1.RecordsInternal/AddBookedProvider": None,
+    "/carehub.records.v1.RecordsServiceX/GetChart": None,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": None,
+}
+
+
+def _routes(doc: Any) -> list[dict]:
+    out = []
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                rc = (f.get("typed_config") or {}).get("route_config") or {}
+                for vh in rc.get("virtual_hosts", []):
+                    out += vh.get("routes", [])
+    return out
+
+
+def check_routes(doc: Any) -> list[str]:
+    problems = []
+    routes = _routes(doc)
+    clusters = {c["name"] for c in doc["static_resources"]["clusters"]}
+    for r in routes:
+        if "prefix" not in r.get("match", {}):
+            problems.append(f"k8s/gateway/envoy.yaml: route {r.get('match')} is not a prefix match; the route check cannot follow it")
+        cluster = (r.get("route") or {}).get("cluster")
+        if cluster and cluster not in clusters:
+            problems.append(f"k8s/gateway/envoy.yaml: route {r['match']} goes to unknown cluster {cluster}")
+        if cluster and "Internal/" in r["match"].get("prefix", "") + "/":
+            problems.append(f"k8s/gateway/envoy.yaml: route {r['match']} exposes an internal service")
+    for path, want in ROUTES.items():
+        hit = next((r for r in routes if path.startswith(r.get("match", {}).get("prefix", "\0"))), None)
+        got = (hit or {}).get("route", {}).get("cluster")
+        if want is None and (got is not None or (hit or {}).get("direct_response", {}).get("status") != 404):
+            problems.append(f"k8s/gateway/envoy.yaml: {path} must get 404, it goes to {got or hit}")
+        elif want is not None and got != want:
+            problems.append(f"k8s/gateway/envoy.yaml: {path} must go to cluster {want}, it goes to {got or hit}")
+    return problems
+
+
 def check_envoy(gateway: pathlib.Path) -> list[str]:
     from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
     from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
@@ -43,6 +90,7 @@ def check_envoy(gateway: pathlib.Path) -> list[str]:
                 _register(doc)
                 if f.name == "envoy.yaml":
                     Bootstrap.from_dict(doc)
+                    problems += check_routes(doc)
                 else:
                     for r in doc["resources"]:
                         Secret.from_dict({k: v for k, v in r.items() if k != "@type"})

@@ -304,6 +304,18 @@ def check_database_roles(docs: list[Obj], values: Obj, enabled: list[str]) -> li
                 problems.append(f"{name_of(job)}: CAREHUB_SERVER__DATABASE__URL comes from {refs}, want the migrator's {r['migrator']}")
             if r["app"][0] in secrets_referenced(jspec):
                 problems.append(f"{name_of(job)}: reads the serving role's Secret {r['app'][0]}")
+            # `carehub migrate <s>` loads and validates <s>'s whole configuration: what the
+            # service requires (records: server.auth.identity_endpoint) the Job must set too.
+            if cm:
+                try:
+                    endpoint = tomllib.loads(cm["data"]["config.toml"])["server"].get("auth", {}).get("identity_endpoint")
+                except (tomllib.TOMLDecodeError, KeyError):
+                    endpoint = None
+                env = {e.get("name"): e.get("value") for c in jspec.get("containers") or [] for e in c.get("env") or []}
+                if endpoint and env.get("CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT") != endpoint:
+                    problems.append(f"{name_of(job)}: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT is "
+                                    f"{env.get('CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT')!r}, the service's config says {endpoint!r} "
+                                    f"(`carehub migrate {name}` refuses a configuration the service refuses)")
             labels = (job["spec"].get("template", {}).get("metadata") or {}).get("labels") or {}
             for kind in ("Deployment", "Service"):
                 o = next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == full), None)

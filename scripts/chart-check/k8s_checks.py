@@ -190,6 +190,45 @@ def check_gateway(gateway: pathlib.Path, validate: Callable[[list[dict], str], i
     return problems
 
 
+def check_database_isolation(docs: list[dict], how: str) -> list[str]:
+    """Services share no database (DESIGN.md §1): each Cluster carehub-<s>-db has a NetworkPolicy
+    of its own whose carehub peers are only <s>'s pods and <s>'s migration Job, and no policy
+    admits carehub pods to every instance."""
+    import invariants
+
+    problems = []
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for cluster in (d for d in docs if d["kind"] == "Cluster"):
+        name = cluster["metadata"]["name"]
+        m = re.fullmatch(r"carehub-([a-z0-9-]+)-db", name)
+        if not m:
+            problems.append(f"{how}: Cluster/{name} is not named carehub-<service>-db")
+            continue
+        service = m.group(1)
+        instance = {"cnpg.io/podRole": "instance", "cnpg.io/cluster": name}
+        mine = [p for p in policies if invariants.selects(p["spec"].get("podSelector") or {}, instance)
+                and (p["spec"].get("podSelector") or {}) != {}]
+        if not mine:
+            problems.append(f"{how}: no NetworkPolicy selects the instances of Cluster/{name}")
+        allowed = [{"app.kubernetes.io/name": "carehub", "app.kubernetes.io/component": service},
+                   {"app.kubernetes.io/name": "carehub", "app.kubernetes.io/component": "migrate", "carehub.io/service": service}]
+        for other in ("identity", "records", "scheduling", "messaging", "billing"):
+            if other == service:
+                continue
+            for labels in ({"app.kubernetes.io/name": "carehub", "app.kubernetes.io/component": other},
+                           {"app.kubernetes.io/name": "carehub", "app.kubernetes.io/component": "migrate", "carehub.io/service": other}):
+                for p in mine:
+                    for rule in p["spec"].get("ingress") or []:
+                        for peer in rule.get("from") or []:
+                            if "podSelector" in peer and "namespaceSelector" not in peer and "ipBlock" not in peer \
+                                    and invariants.selects(peer["podSelector"], labels):
+                                problems.append(f"{how}: NetworkPolicy/{p['metadata']['name']} admits {labels} to {name}'s instances")
+        if mine and not any(invariants.selects(peer.get("podSelector") or {"matchLabels": {"-": "-"}}, allowed[0])
+                            for p in mine for rule in p["spec"].get("ingress") or [] for peer in rule.get("from") or []):
+            problems.append(f"{how}: {service}'s pods cannot reach Cluster/{name}")
+    return problems
+
+
 def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int]) -> list[str]:
     problems: list[str] = []
     try:
@@ -208,9 +247,10 @@ def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int])
             and not d["spec"].get("ingress") and not d["spec"].get("egress")]
     if not deny:
         problems.append(f"{how}: no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)")
-    for want in (("Issuer", "carehub-ca"), ("Cluster", "carehub-identity-db")):
+    for want in (("Issuer", "carehub-ca"), ("Cluster", "carehub-identity-db"), ("Cluster", "carehub-records-db")):
         if want not in kinds:
             problems.append(f"{how}: no {want[0]}/{want[1]}")
+    problems += check_database_isolation(docs, how)
     problems += check_vault(k8s / "vault")
     problems += check_gateway(k8s / "gateway", validate)
     if not problems and not before:

@@ -4,6 +4,17 @@ binary's (services/platform/src/config.rs and the fixed [server.keys] / [server.
 [server.tls] / [server.audit] names); secrets never appear here: the database URL comes from
 its Secret as CAREHUB_SERVER__DATABASE__URL, Vault credentials from mounted files.
 */}}
+{{/*
+server.auth.identity_endpoint of every service but identity: they verify identity's tokens
+(records also looks users up there) through identity's Service; the client checks the bare
+name "identity" on its certificate. records refuses a configuration without it, also in
+`carehub migrate records` (the migration Job sets it too); carehub.checkValues refuses a
+release whose services call a disabled identity.
+*/}}
+{{- define "carehub.identityEndpoint" -}}
+{{- printf "https://carehub-identity:%d" (int .Values.ports.grpc) -}}
+{{- end }}
+
 {{- define "carehub.service.configToml" -}}
 {{- $root := .root -}}
 {{- $name := .name -}}
@@ -25,7 +36,7 @@ its Secret as CAREHUB_SERVER__DATABASE__URL, Vault credentials from mounted file
 {{- if $v.telemetry.otlpEndpoint -}}{{- $_ := set $telemetry "otlp_endpoint" $v.telemetry.otlpEndpoint -}}{{- end -}}
 {{- $auth := dict "issuer" $v.auth.issuer "audience" $v.auth.audience "gateway_workloads" $v.auth.gatewayWorkloads -}}
 {{- if ne $name "identity" -}}
-{{- $_ := set $auth "identity_endpoint" (printf "https://carehub-identity:%d" (int $v.ports.grpc)) -}}
+{{- $_ := set $auth "identity_endpoint" (include "carehub.identityEndpoint" $root) -}}
 {{- end -}}
 {{- $keys := dict "provider" $v.keys.provider "production" $v.keys.production "refresh_interval_secs" $v.keys.refreshIntervalSecs "max_staleness_secs" $v.keys.maxStalenessSecs -}}
 {{- if eq $v.keys.provider "file" -}}{{- $_ := set $keys "file" $paths.keysFile -}}{{- end -}}

@@ -78,8 +78,15 @@ helm.sh/chart: {{ include "carehub.chart" .root }}
 {{- if and (eq .Values.vault.auth.method "token") (include "carehub.vaultUsed" .) -}}
 {{- include "carehub.require" (dict "key" "vault.auth.token.secret" "value" .Values.vault.auth.token.secret "why" "(vault.auth.method=token)") -}}
 {{- end -}}
-{{- range $name := include "carehub.enabledServices" . | fromYamlArray -}}
+{{- $enabled := include "carehub.enabledServices" . | fromYamlArray -}}
+{{- range $name := $enabled -}}
 {{- include "carehub.checkDatabaseSecrets" (dict "root" $ "name" $name) -}}
+{{- $svc := include "carehub.values" (dict "root" $ "name" $name) | fromYaml -}}
+{{- range $callee := $svc.calls | default list -}}
+{{- if not (has $callee $enabled) -}}
+{{- fail (printf "carehub: services.%s.calls names %s, which is not enabled in this release (services.%s): %s would run without a service it calls (for identity: server.auth.identity_endpoint, carehub-identity, would not exist)" $name $callee $callee $name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.tests.enabled (ne .Values.tls.source "certManager") -}}
 {{- include "carehub.require" (dict "key" "tests.tlsSecret" "value" .Values.tests.tlsSecret "why" "when tests.enabled and tls.source is not certManager (the helm-test client certificate)") -}}

@@ -3,7 +3,8 @@ Migration Job of a service: `carehub migrate <service>` before every install and
 (Helm hook), so new pods never start against an old schema. Hooks run before the release's
 ordinary objects exist, so the Job needs nothing of them: the database URL comes from the
 service's migrator Secret (the tables' owner; the serving pods get another role, see
-carehub.databaseSecrets) and every other setting keeps its default. Migrations are
+carehub.databaseSecrets), identity's endpoint is set as in the service's config (every service but identity), and
+every other setting keeps its default. Migrations are
 expand-only (old pods keep working against the new schema), which is what makes a rolling
 upgrade and `helm rollback` safe.
 */}}
@@ -52,6 +53,12 @@ spec:
             {{- include "carehub.service.databaseEnv" (dict "root" $root "name" .name "role" "migrator") | nindent 12 }}
             - name: CAREHUB_SERVER__TELEMETRY__LOG_FORMAT
               value: json
+            {{- if ne .name "identity" }}
+            # Not called while migrating (this Job reaches DNS and Postgres only), but loading the
+            # service's configuration validates it whole, and records refuses one without it.
+            - name: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT
+              value: {{ include "carehub.identityEndpoint" $root | quote }}
+            {{- end }}
           resources:
             requests: {cpu: 50m, memory: 64Mi}
             limits: {memory: 256Mi}

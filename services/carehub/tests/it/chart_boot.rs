@@ -1,21 +1,23 @@
-//! The chart's minimal configuration boots the real binary: `carehub serve identity` with the
-//! TOML the chart renders (tests/chart-config/minimal-identity.toml; only the in-pod paths and
-//! ports are redirected), a real database, dev certificates and a dev key file. As in the chart,
-//! the migrations run as the tables' owner (`carehub migrate identity`, the migration Job) and
-//! the server connects as a login role that is only a member of "<database>_app" and owns
-//! nothing (services.identity.database.app). Readiness turns 200, `carehub health` (what
-//! `helm test` runs) answers SERVING, and SIGTERM drains and exits 0.
+//! The chart's minimal configuration boots the real binary: `carehub serve <service>` with the
+//! TOML the chart renders (tests/chart-config/minimal-<service>.toml; only the in-pod paths and
+//! ports are redirected, and records' identity_endpoint to the identity started here), a real
+//! database, dev certificates and a dev key file. As in the chart, the migrations run as the
+//! tables' owner (`carehub migrate <service>`, the migration Job) and the server connects as a
+//! login role that is only a member of "<database>_app" and owns nothing
+//! (services.<service>.database.app). Readiness turns 200, `carehub health` (what `helm test`
+//! runs) answers SERVING, and SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use carehub_platform::db::TestDatabase;
 use common::{free_port, http_get};
 use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
 use sqlx::ConnectOptions;
 
 fn carehub() -> Command {
@@ -32,144 +34,232 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_minimal_chart_config_serves_and_drains() {
-    let db = TestDatabase::new(&carehub_identity::MIGRATOR)
+/// A service's database as the chart sets it up: migrated by `carehub migrate <service>` as the
+/// owner (the Job), served by a login role that is only a member of "<database>_app".
+struct ServiceDb {
+    db: TestDatabase,
+    login: String,
+    serving_url: String,
+}
+
+impl ServiceDb {
+    async fn new(service: &str, migrator: &Migrator) -> Self {
+        let db = TestDatabase::new(migrator).await.unwrap();
+        // The migration Job: `carehub migrate <service>`, the owner's URL from the environment
+        // (the test database's creator stands in for the owner) and, for every service but
+        // identity, identity's endpoint (records' configuration is invalid without it; the Job
+        // never calls it). Nothing else.
+        let mut migrate = carehub();
+        migrate
+            .args(["migrate", service])
+            .env("CAREHUB_SERVER__DATABASE__URL", db.url.expose_secret());
+        if service != "identity" {
+            migrate.env(
+                "CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT",
+                "https://carehub-identity:50051",
+            );
+        }
+        run_ok(&mut migrate);
+        // The pods' role: a member of "<database>_app", owning nothing.
+        let login = format!("{}_svc", db.name());
+        sqlx::query(&format!(
+            "CREATE ROLE \"{login}\" LOGIN IN ROLE \"{}\"",
+            carehub_platform::db::app_role(db.name())
+        ))
+        .execute(&db.pool)
         .await
         .unwrap();
-    // The migration Job: `carehub migrate identity`, the owner's URL from the environment and
-    // nothing else (the test database's creator stands in for the owner).
-    run_ok(
-        carehub()
-            .args(["migrate", "identity"])
-            .env("CAREHUB_SERVER__DATABASE__URL", db.url.expose_secret()),
-    );
-    // The pods' role: a member of "<database>_app", owning nothing.
-    let login = format!("{}_svc", db.name());
-    sqlx::query(&format!(
-        "CREATE ROLE \"{login}\" LOGIN IN ROLE \"{}\"",
-        carehub_platform::db::app_role(db.name())
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let options: sqlx::postgres::PgConnectOptions = db.url.expose_secret().parse().unwrap();
-    let serving_url = options.username(&login).to_url_lossy().to_string();
+        let options: sqlx::postgres::PgConnectOptions = db.url.expose_secret().parse().unwrap();
+        let serving_url = options.username(&login).to_url_lossy().to_string();
+        ServiceDb {
+            db,
+            login,
+            serving_url,
+        }
+    }
+
+    /// The role the service served as may not rewrite the audit trail; then drop everything.
+    async fn check_audit_and_drop(self) {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.serving_url)
+            .await
+            .unwrap();
+        let err = sqlx::query("DELETE FROM carehub_platform.audit_events")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("permission denied for table audit_events"),
+            "{err}"
+        );
+        pool.close().await;
+        sqlx::query(&format!("DROP ROLE \"{}\"", self.login))
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+        self.db.drop_database().await.unwrap();
+    }
+}
+
+/// Dev certificates and a dev key file, as the minimal values' Secrets would hold them.
+struct Secrets {
+    _dir: tempfile::TempDir,
+    tls: PathBuf,
+    keys: PathBuf,
+}
+
+fn secrets() -> Secrets {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    run_ok(carehub().args(["dev", "certs", "--out"]).arg(d.join("tls")));
-    run_ok(
-        carehub()
-            .args(["keys", "init", "--dev"])
-            .arg(d.join("keys.json")),
-    );
+    let tls = dir.path().join("tls");
+    let keys = dir.path().join("keys.json");
+    run_ok(carehub().args(["dev", "certs", "--out"]).arg(&tls));
+    run_ok(carehub().args(["keys", "init", "--dev"]).arg(&keys));
+    Secrets {
+        _dir: dir,
+        tls,
+        keys,
+    }
+}
+
+struct Running {
+    service: &'static str,
+    child: Child,
+    grpc: u16,
+    admin: u16,
+}
+
+/// `carehub serve <service>` with the chart's minimal TOML; `extra` are more `--set`s.
+fn serve(service: &'static str, s: &Secrets, db: &ServiceDb, extra: &[String]) -> Running {
     let (grpc, admin) = (free_port(), free_port());
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/minimal-identity.toml");
-    let tls = d.join("tls");
-    let mut server = carehub()
-        .args(["serve", "identity", "--config"])
-        .arg(&config)
-        .arg("--set")
-        .arg(format!("server.listen=127.0.0.1:{grpc}"))
-        .arg("--set")
-        .arg(format!("server.admin_listen=127.0.0.1:{admin}"))
-        .arg("--set")
-        .arg(format!(
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/chart-config/minimal-{service}.toml"));
+    let mut sets = vec![
+        format!("server.listen=127.0.0.1:{grpc}"),
+        format!("server.admin_listen=127.0.0.1:{admin}"),
+        format!(
             "server.tls.cert_file={}",
-            tls.join("identity.pem").display()
-        ))
-        .arg("--set")
-        .arg(format!(
+            s.tls.join(format!("{service}.pem")).display()
+        ),
+        format!(
             "server.tls.key_file={}",
-            tls.join("identity-key.pem").display()
-        ))
-        .arg("--set")
-        .arg(format!(
-            "server.tls.ca_file={}",
-            tls.join("ca.pem").display()
-        ))
-        .arg("--set")
-        .arg(format!(
-            "server.keys.file={}",
-            d.join("keys.json").display()
-        ))
+            s.tls.join(format!("{service}-key.pem")).display()
+        ),
+        format!("server.tls.ca_file={}", s.tls.join("ca.pem").display()),
+        format!("server.keys.file={}", s.keys.display()),
+    ];
+    sets.extend_from_slice(extra);
+    let mut cmd = carehub();
+    cmd.args(["serve", service, "--config"]).arg(&config);
+    for set in &sets {
+        cmd.arg("--set").arg(set);
+    }
+    let child = cmd
         // In the pod this comes from the app role's Secret, as an environment variable.
-        .env("CAREHUB_SERVER__DATABASE__URL", &serving_url)
+        .env("CAREHUB_SERVER__DATABASE__URL", &db.serving_url)
         // Logs are JSON lines on stdout.
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-
-    // What the kubelet's readiness probe asks, until the server is up (bounded).
-    let admin_addr = format!("127.0.0.1:{admin}");
-    let mut ready = false;
-    for _ in 0..150 {
-        if let Some(status) = server.try_wait().unwrap() {
-            let out = server.wait_with_output().unwrap();
-            panic!(
-                "identity exited with {status} before it was ready: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        if http_get(&admin_addr, "/readyz").await.map(|r| r.0) == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    Running {
+        service,
+        child,
+        grpc,
+        admin,
     }
-    assert!(ready, "/readyz never answered 200");
+}
 
-    // What `helm test` runs.
-    let out = carehub()
-        .args(["health", "--service", "identity"])
-        .arg(format!("--addr=127.0.0.1:{grpc}"))
-        .arg("--ca")
-        .arg(tls.join("ca.pem"))
-        .arg("--cert")
-        .arg(tls.join("admin-cli.pem"))
-        .arg("--key")
-        .arg(tls.join("admin-cli-key.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SERVING"),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+impl Running {
+    /// What the kubelet's readiness probe asks, until the server is up (bounded).
+    async fn wait_ready(&mut self) {
+        let admin_addr = format!("127.0.0.1:{}", self.admin);
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = self.child.stdout.take().map(std::io::read_to_string);
+                let err = self.child.stderr.take().map(std::io::read_to_string);
+                panic!(
+                    "{} exited with {status} before it was ready: {out:?}{err:?}",
+                    self.service
+                );
+            }
+            if http_get(&admin_addr, "/readyz").await.map(|r| r.0) == Some(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let out = self.child.stdout.take().map(std::io::read_to_string);
+        panic!("{}: /readyz never answered 200: {out:?}", self.service);
+    }
 
-    // The kubelet's SIGTERM after the preStop sleep: drain and exit 0.
-    run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
-    let out = server.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    /// What `helm test` runs.
+    fn health(&self, s: &Secrets) {
+        let out = carehub()
+            .args(["health", "--service", self.service])
+            .arg(format!("--addr=127.0.0.1:{}", self.grpc))
+            .arg("--ca")
+            .arg(s.tls.join("ca.pem"))
+            .arg("--cert")
+            .arg(s.tls.join("admin-cli.pem"))
+            .arg("--key")
+            .arg(s.tls.join("admin-cli-key.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SERVING"),
+            "{}: {}{}",
+            self.service,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The kubelet's SIGTERM after the preStop sleep: drain and exit 0.
+    fn terminate(self) {
+        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let out = self.child.wait_with_output().unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{}: {log}", self.service);
+        assert!(log.contains("NOT_SERVING"), "{}: {log}", self.service);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimal_chart_config_serves_and_drains() {
+    let db = ServiceDb::new("identity", &carehub_identity::MIGRATOR).await;
+    let s = secrets();
+    let mut identity = serve("identity", &s, &db, &[]);
+    identity.wait_ready().await;
+    identity.health(&s);
+    identity.terminate();
+    db.check_audit_and_drop().await;
+}
+
+/// records with the chart's minimal TOML: it reaches identity at server.auth.identity_endpoint
+/// (in the pod carehub-identity's Service; here the identity started beside it), gets ready
+/// once it holds identity's signing keys and revocations, and drains like identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimal_records_config_serves_beside_identity() {
+    let identity_db = ServiceDb::new("identity", &carehub_identity::MIGRATOR).await;
+    let records_db = ServiceDb::new("records", &carehub_records::MIGRATOR).await;
+    let s = secrets();
+    let mut identity = serve("identity", &s, &identity_db, &[]);
+    identity.wait_ready().await;
+    let endpoint = format!(
+        "server.auth.identity_endpoint=https://127.0.0.1:{}",
+        identity.grpc
     );
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains("NOT_SERVING"), "{log}");
-    // The role it served as may not rewrite the audit trail.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&serving_url)
-        .await
-        .unwrap();
-    let err = sqlx::query("DELETE FROM carehub_platform.audit_events")
-        .execute(&pool)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("permission denied for table audit_events"),
-        "{err}"
-    );
-    pool.close().await;
-    sqlx::query(&format!("DROP ROLE \"{login}\""))
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    db.drop_database().await.unwrap();
+    let mut records = serve("records", &s, &records_db, &[endpoint]);
+    records.wait_ready().await;
+    records.health(&s);
+    records.terminate();
+    identity.terminate();
+    records_db.check_audit_and_drop().await;
+    identity_db.check_audit_and_drop().await;
 }

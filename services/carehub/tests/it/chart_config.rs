@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use carehub_identity::config::IdentityConfig;
 use carehub_platform::config::{self, KeyProvider, TlsSource};
+use carehub_records::config::RecordsConfig;
 
 fn rendered() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config");
@@ -31,8 +32,8 @@ fn overrides() -> Vec<(String, String)> {
 #[test]
 fn every_rendered_config_loads_with_the_binarys_loader() {
     let files = rendered();
-    // Defaults plus ci/minimal, ci/production and ci/vault-pki, at the least.
-    assert!(files.len() >= 4, "{files:?}");
+    // Defaults plus ci/minimal, ci/production and ci/vault-pki, for each service at the least.
+    assert!(files.len() >= 8, "{files:?}");
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let service = name.trim_end_matches(".toml").rsplit('-').next().unwrap();
@@ -43,6 +44,20 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                 assert_eq!(cfg.server.listen.port(), 50051, "{name}");
                 assert_eq!(cfg.server.admin_listen.port(), 9051, "{name}");
                 assert!(!cfg.server.database.migrate_on_start, "{name}");
+            }
+            "records" => {
+                // Loading validates too: records refuses a config without identity_endpoint.
+                let cfg = config::load::<RecordsConfig>(Some(file), &overrides())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(cfg.server.listen.port(), 50051, "{name}");
+                assert_eq!(cfg.server.admin_listen.port(), 9051, "{name}");
+                assert!(!cfg.server.database.migrate_on_start, "{name}");
+                // identity's Service, on the port the chart gives every service's gRPC.
+                assert_eq!(
+                    cfg.server.auth.identity_endpoint.as_deref(),
+                    Some("https://carehub-identity:50051"),
+                    "{name}"
+                );
             }
             other => panic!("{name}: no loader for service {other:?}; add it to this test"),
         }
@@ -79,6 +94,46 @@ fn the_ci_variants_mean_what_they_say() {
     let minimal = load("minimal-identity.toml");
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
     assert!(!minimal.server.keys.production);
+
+    // records: the same variants, with its own Vault role, PKI role and identity to call.
+    let load = |name: &str| {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chart-config")
+            .join(name);
+        config::load::<RecordsConfig>(Some(&file), &overrides()).unwrap()
+    };
+    let prod = load("production-records.toml");
+    assert_eq!(prod.server.keys.provider, KeyProvider::Vault);
+    assert!(prod.server.keys.production);
+    assert_eq!(
+        prod.server.vault.auth.role.as_deref(),
+        Some("carehub-records")
+    );
+    assert!(prod.server.auth.identity_endpoint.is_some());
+    let pki = load("vault-pki-records.toml");
+    assert_eq!(pki.server.tls.source, TlsSource::VaultPki);
+    assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-records"));
+    let minimal = load("minimal-records.toml");
+    assert_eq!(minimal.server.keys.provider, KeyProvider::File);
+}
+
+#[test]
+fn records_without_identity_endpoint_is_refused() {
+    // What the chart's identity_endpoint guards against: records must not start without it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/minimal-records.toml"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("identity_endpoint"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<RecordsConfig>(Some(&file), &overrides())
+        .expect_err("records without identity_endpoint must fail");
+    assert!(err.to_string().contains("identity_endpoint"), "{err}");
 }
 
 #[test]
