@@ -26,6 +26,10 @@ pub struct RecordsSettings {
     pub erasure_hold_days: u32,
     /// How often due erasures are looked for.
     pub erasure_check_secs: u64,
+    /// The audit trails the patient's access log merges beside records' own and identity's
+    /// (which `server.auth.identity_endpoint` reaches): service name -> gRPC endpoint, the
+    /// service's certificate naming it, e.g. `messaging = "https://carehub-messaging:50051"`.
+    pub audit_sources: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RecordsSettings {
@@ -36,6 +40,7 @@ impl Default for RecordsSettings {
             max_chart_entries: 5_000,
             erasure_hold_days: 30,
             erasure_check_secs: 60,
+            audit_sources: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::error::{RecordsError, Result};
 #[derive(Clone)]
 pub struct Directory {
     client: IdentityInternalClient<ServiceChannel>,
+    channel: ServiceChannel,
 }
 
 /// What records needs to know about a user.
@@ -23,13 +24,21 @@ pub struct Directory {
 pub struct Person {
     pub role: Role,
     pub active: bool,
+    /// "Given Family".
+    pub display_name: String,
 }
 
 impl Directory {
     pub fn new(channel: ServiceChannel) -> Self {
         Directory {
-            client: IdentityInternalClient::new(channel),
+            client: IdentityInternalClient::new(channel.clone()),
+            channel,
         }
+    }
+
+    /// The channel to identity (its AuditLog is served there too).
+    pub fn channel(&self) -> ServiceChannel {
+        self.channel.clone()
     }
 
     /// The user `id` (NOT_FOUND naming `what` when identity has no such user; UNAVAILABLE
@@ -75,6 +84,7 @@ impl Directory {
         Ok(Person {
             role,
             active: summary.status == id_pb::AccountStatus::Active as i32,
+            display_name: summary.display_name,
         })
     }
 }

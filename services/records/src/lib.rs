@@ -41,6 +41,8 @@ pub struct AppState {
     pub idempotency: IdempotencyStore,
     /// Identity, asked who care-team members and patients are.
     pub directory: Directory,
+    /// The audit trails the patient's access log merges (records', identity's, others').
+    pub audit_sources: Arc<Vec<api::access_log::Source>>,
 }
 
 /// Records' description for the platform's service kit.
@@ -88,6 +90,7 @@ impl Service for RecordsDef {
             idempotency,
             server,
             tls,
+            keys,
             ..
         } = ctx;
         let endpoint = server.auth.identity_endpoint.as_deref().ok_or_else(|| {
@@ -96,12 +99,27 @@ impl Service for RecordsDef {
         let directory = Directory::new(carehub_platform::client::connect_lazy(
             endpoint, &tls, "identity",
         )?);
+        let own_trail = carehub_platform::audit::service::AuditLogApi {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            service: Self::NAME,
+            sealer: Arc::new(carehub_platform::audit::ClientSealer::new(Self::NAME, keys)),
+        };
+        let mut other_trails = Vec::new();
+        for (name, endpoint) in &config.records.audit_sources {
+            other_trails.push((
+                name.clone(),
+                carehub_platform::client::connect_lazy(endpoint, &tls, name)?,
+            ));
+        }
+        let audit_sources = api::access_log::sources(own_trail, directory.channel(), other_trails);
         let state = Arc::new(AppState {
             pool,
             settings: config.records.clone(),
             crypto,
             idempotency,
             directory,
+            audit_sources,
         });
         api::erasure::spawn_eraser(
             &state,

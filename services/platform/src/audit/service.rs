@@ -233,17 +233,26 @@ impl AuditLog for AuditLogApi {
             .field("column", Some(column.as_bytes()))
             .field("id", id.as_ref().map(|id| id.as_bytes().as_slice()))
             .field("start_time", time(req.start_time.as_ref()).as_deref())
-            .field("end_time", time(req.end_time.as_ref()).as_deref());
+            .field("end_time", time(req.end_time.as_ref()).as_deref())
+            .field("newest_first", Some(&[u8::from(req.newest_first)]));
         let page = Page::<(DateTime<Utc>, i64)>::read(req.page.as_ref(), &filter, "page", &mut v);
         if !v.is_empty() {
             return Err(v.into_status());
         }
-        let (after_at, after_seq) = page.after.unwrap_or((earliest(), 0));
+        // Oldest first resumes after the cursor, newest first before it.
+        let (after_at, after_seq, order, cmp) = match (req.newest_first, page.after) {
+            (false, after) => {
+                let (at, seq) = after.unwrap_or((earliest(), 0));
+                (at, seq, "ASC", ">")
+            }
+            (true, Some((at, seq))) => (at, seq, "DESC", "<"),
+            (true, None) => (end, i64::MAX, "DESC", "<"),
+        };
         let sql = format!(
             "SELECT {} FROM carehub_platform.audit_events
              WHERE {column} = $1 AND occurred_at >= $2 AND occurred_at < $3
-               AND (occurred_at, seq) > ($4, $5)
-             ORDER BY occurred_at, seq LIMIT $6",
+               AND (occurred_at, seq) {cmp} ($4, $5)
+             ORDER BY occurred_at {order}, seq {order} LIMIT $6",
             chain::COLUMNS
         );
         let rows = sqlx::query(&sql)

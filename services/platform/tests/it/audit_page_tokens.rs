@@ -32,6 +32,7 @@ fn by_subject(subject: Uuid, page_token: &str) -> ListEventsRequest {
             page_size: 1,
             page_token: page_token.to_owned(),
         }),
+        newest_first: false,
     }
 }
 

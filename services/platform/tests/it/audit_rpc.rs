@@ -107,6 +107,7 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
             page_size: 1,
             page_token,
         }),
+        newest_first: false,
     };
     // Neither the gateway nor another service may read the trail.
     for denied in [gateway.clone(), billing.clone()] {
@@ -164,6 +165,31 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     }
     assert!(!a.request_id.is_empty());
     assert_eq!(a.service, "scheduling");
+
+    // Newest first, page by page (the token keeps the order it was issued in).
+    let newest = |page_token: String| ListEventsRequest {
+        newest_first: true,
+        ..by_subject(page_token)
+    };
+    let first = log
+        .list_events(newest(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = first.page.unwrap().next_page_token;
+    let second = log
+        .list_events(newest(token.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.events[0].seq, second.events[0].seq), (2, 1));
+    assert!(second.page.unwrap().next_page_token.is_empty());
+    let err = log.list_events(by_subject(token)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "a newest-first token read oldest first"
+    );
     assert_eq!(a.hash.len(), 64);
 
     // Bad requests name their fields.
@@ -192,7 +218,7 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
         .collect();
     assert_eq!(fields, vec!["actor_user_id", "page.page_token"]);
 
-    // Listing was itself recorded (3 touches + 2 successful listings), and verifies.
+    // Listing was itself recorded (3 touches + 4 successful listings), and verifies.
     carehub_platform::audit::seal_all(&db.pool).await.unwrap();
     let mut admin = AuditLogClient::new(admin_cli);
     let report = admin
@@ -201,7 +227,7 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
         .unwrap()
         .into_inner();
     assert!(report.intact, "{report:?}");
-    assert_eq!((report.rows_checked, report.head_seq), (5, 5));
+    assert_eq!((report.rows_checked, report.head_seq), (7, 7));
 
     // Tampering as a superuser would: the append-only trigger is off for this transaction.
     let mut tx = db.pool.begin().await.unwrap();
@@ -232,7 +258,7 @@ async fn audit_log_is_for_records_and_admin_cli_only_and_serves_the_trail() {
     running.shutdown().await.unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     let last = checkpoint::latest(&mut conn).await.unwrap().unwrap();
-    assert_eq!(last.seq, 5);
+    assert_eq!(last.seq, 7);
     drop(conn);
     db.drop_database().await.unwrap();
 }

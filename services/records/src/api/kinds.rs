@@ -105,6 +105,13 @@ pub const ERASURE_DONE: Kind = Kind::new(
     PATIENT,
 );
 
+pub const ACCESS_LOG_READ: Kind = Kind::new(
+    "records.access_log.read",
+    Action::Read,
+    "a patient read who accessed their data (GetAccessLog)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -125,6 +132,7 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         SENSITIVE_GRANTS_READ,
         ERASURE_SCHEDULE,
         ERASURE_DONE,
+        ACCESS_LOG_READ,
     ],
 };
 

@@ -4,7 +4,8 @@
 //! context ([`Call`]), runs its handler, and the handler's [`RecordsError`] becomes a
 //! `tonic::Status` here and nowhere else. Handlers: `chart` (entries, versions,
 //! verification), `team` (care teams), `break_glass` (emergency access and its review),
-//! `sensitivity` (the patient's grants of labelled entries).
+//! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
+//! patient's data, from every service's trail).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -12,6 +13,7 @@
 //! `Audited::Always` (reads answer through [`Call::read`], changes through [`Call::mutate`]),
 //! but identity's account events, which answer nothing (`erasure`).
 
+pub mod access_log;
 pub mod break_glass;
 pub mod chart;
 pub mod convert;
@@ -133,6 +135,12 @@ impl RecordsService for RecordsApi {
         req: Request<RevokeSensitiveAccessRequest>,
     ) -> Result<Response<SensitiveAccessGrants>, Status> {
         rpc!(self, req, sensitivity::revoke)
+    }
+    async fn get_access_log(
+        &self,
+        req: Request<GetAccessLogRequest>,
+    ) -> Result<Response<AccessLog>, Status> {
+        rpc!(self, req, access_log::get_access_log)
     }
     async fn list_sensitive_access_grants(
         &self,

@@ -43,6 +43,7 @@ pub fn policy() -> Policy {
         "GrantSensitiveAccess",
         "RevokeSensitiveAccess",
         "ListSensitiveAccessGrants",
+        "GetAccessLog",
     ] {
         p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Patient]));
     }

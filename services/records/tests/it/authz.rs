@@ -94,6 +94,7 @@ fn matrix() -> Matrix {
         "GrantSensitiveAccess",
         "RevokeSensitiveAccess",
         "ListSensitiveAccessGrants",
+        "GetAccessLog",
     ] {
         m = m.row(&chart(rpc), ". N  R R  R R  R  R  R  R  R  W  T");
     }
@@ -430,6 +431,16 @@ async fn call(
             .list_sensitive_access_grants(signed(
                 user,
                 ListSensitiveAccessGrantsRequest { patient_id: pid },
+            ))
+            .await
+            .map(drop),
+        "GetAccessLog" => c
+            .get_access_log(signed(
+                user,
+                GetAccessLogRequest {
+                    patient_id: pid,
+                    page: None,
+                },
             ))
             .await
             .map(drop),

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access_log;
 mod authz;
 mod care_team;
 mod chart;
