@@ -27,7 +27,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::kinds;
-use crate::domain::access::{self, Access, Relation};
+use crate::domain::access;
 use crate::error::{RecordsError, Result};
 use crate::AppState;
 
@@ -128,11 +128,7 @@ pub async fn get_access_log(
             "a validated field is missing".into(),
         ));
     };
-    if access::access(user, patient, Relation::default())? != Access::Patient {
-        return Err(RecordsError::NotOnCareTeam {
-            patient: patient.to_string(),
-        });
-    }
+    access::own_chart(user, patient)?;
     let want = usize::try_from(page.size).unwrap_or(50);
     // Sources read from just after the cursor (their range end is exclusive: one microsecond
     // past it keeps events of the cursor's instant, filtered below).

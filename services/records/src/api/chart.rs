@@ -77,8 +77,8 @@ async fn granted(
 }
 
 /// How a caller sees a chart: their way in and the labels granted to them.
-struct Sight {
-    access: Access,
+pub(crate) struct Sight {
+    pub access: Access,
     granted: Vec<Label>,
     user: Uuid,
 }
@@ -149,6 +149,20 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
         patient,
     );
     call.read(&state.pool, read, chart).await
+}
+
+/// Whether `entry` of `patient` is there for `user` (exists and is not hidden from them).
+pub(crate) async fn entry_visible(
+    state: &AppState,
+    conn: &mut PgConnection,
+    user: &UserCaller,
+    (patient, entry): (Uuid, Uuid),
+) -> Result<bool> {
+    match current_for_change(state, conn, user, (patient, entry)).await {
+        Ok(_) => Ok(true),
+        Err(RecordsError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The patient and entry ids of a request naming one entry.
@@ -262,7 +276,7 @@ pub async fn create_entry(state: &AppState, call: &Call, r: CreateEntryRequest) 
 
 /// The current version of `entry` as the caller may change it: NOT_FOUND when it does not
 /// exist or is hidden from them, else its row and content.
-async fn current_for_change(
+pub(crate) async fn current_for_change(
     state: &AppState,
     conn: &mut PgConnection,
     user: &UserCaller,
@@ -299,45 +313,76 @@ pub async fn update_entry(state: &AppState, call: &Call, r: UpdateEntryRequest) 
     let content = checked(r.content.clone())?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
-            let (sight, current, _, _) =
-                current_for_change(state, conn, &user, (patient, entry)).await?;
-            let stored_kind = content::Kind::parse(&current.kind).ok_or_else(|| {
-                RecordsError::Internal(format!("entry {entry} has an unknown kind"))
-            })?;
-            if stored_kind != kind {
-                return Err(RecordsError::Status(
-                    carehub_platform::errors::invalid_field(
-                        &format!("content.{}", kind.as_str()),
-                        &format!("entry {entry} is a {}", stored_kind.as_str()),
-                    ),
-                ));
-            }
-            access::may_write(sight.access, kind)?;
-            let sealed = sealed::seal_version(
-                &state.crypto,
-                patient,
-                (entry, expected + 1),
-                &content,
-                &labels,
-            )
-            .await?;
-            let entered = Entered {
-                source: source_of(sight.access),
-                by: Some(user.user_id),
-                verified_by: None,
+            let change = NewVersion {
+                content: &content,
+                labels: &labels,
+                kind,
+                expected,
             };
-            let row = entries::advance(conn, patient, entry, expected, &sealed, entered).await?;
+            let (row, access) = write_version(state, conn, &user, (patient, entry), change).await?;
             let event = call.event(
                 kinds::ENTRY_UPDATE,
-                access::purpose(sight.access),
+                access::purpose(access),
                 "entry",
                 entry,
                 patient,
             );
-            Ok::<_, RecordsError>(Change::new(entry_to_pb(&row, content, &labels)?, event))
+            Ok::<_, RecordsError>(Change::new(
+                entry_to_pb(&row, content.clone(), &labels)?,
+                event,
+            ))
         })
         .await?;
     Ok(ran.answer)
+}
+
+/// A new version of an entry, as UpdateEntry and AcceptAmendment write it.
+pub(crate) struct NewVersion<'a> {
+    pub content: &'a EntryContent,
+    pub labels: &'a [Label],
+    /// The content's kind (must be the entry's).
+    pub kind: content::Kind,
+    /// The version the caller's etag names.
+    pub expected: i64,
+}
+
+/// Writes `change` as the next version of `entry` in the caller's transaction, as `user`:
+/// NOT_FOUND when the entry is not there for them, INVALID_ARGUMENT for another kind,
+/// PERMISSION_DENIED when their way in does not write this kind, ABORTED for a stale etag.
+pub(crate) async fn write_version(
+    state: &AppState,
+    conn: &mut PgConnection,
+    user: &UserCaller,
+    (patient, entry): (Uuid, Uuid),
+    change: NewVersion<'_>,
+) -> Result<(VersionRow, Access)> {
+    let (sight, current, _, _) = current_for_change(state, conn, user, (patient, entry)).await?;
+    let stored_kind = content::Kind::parse(&current.kind)
+        .ok_or_else(|| RecordsError::Internal(format!("entry {entry} has an unknown kind")))?;
+    if stored_kind != change.kind {
+        return Err(RecordsError::Status(
+            carehub_platform::errors::invalid_field(
+                &format!("content.{}", change.kind.as_str()),
+                &format!("entry {entry} is a {}", stored_kind.as_str()),
+            ),
+        ));
+    }
+    access::may_write(sight.access, change.kind)?;
+    let sealed = sealed::seal_version(
+        &state.crypto,
+        patient,
+        (entry, change.expected + 1),
+        change.content,
+        change.labels,
+    )
+    .await?;
+    let entered = Entered {
+        source: source_of(sight.access),
+        by: Some(user.user_id),
+        verified_by: None,
+    };
+    let row = entries::advance(conn, patient, entry, change.expected, &sealed, entered).await?;
+    Ok((row, sight.access))
 }
 
 pub async fn verify_entry(state: &AppState, call: &Call, r: VerifyEntryRequest) -> Result<Entry> {

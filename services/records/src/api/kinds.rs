@@ -112,6 +112,61 @@ pub const ACCESS_LOG_READ: Kind = Kind::new(
     PATIENT,
 );
 
+pub const AMENDMENT_REQUEST: Kind = Kind::new(
+    "records.amendment.request",
+    Action::Create,
+    "a patient asked to amend an entry of their chart (RequestAmendment)",
+    PATIENT,
+);
+pub const AMENDMENT_EXTEND: Kind = Kind::new(
+    "records.amendment.extend",
+    Action::Update,
+    "a provider extended an amendment request's deadline (ExtendAmendment)",
+    PATIENT,
+);
+pub const AMENDMENT_ACCEPT: Kind = Kind::new(
+    "records.amendment.accept",
+    Action::Update,
+    "a provider accepted an amendment request; the entry was amended (AcceptAmendment)",
+    PATIENT,
+);
+pub const AMENDMENT_DENY: Kind = Kind::new(
+    "records.amendment.deny",
+    Action::Update,
+    "a provider denied an amendment request in writing (DenyAmendment)",
+    PATIENT,
+);
+pub const AMENDMENT_DISAGREE: Kind = Kind::new(
+    "records.amendment.disagree",
+    Action::Update,
+    "a patient filed a statement of disagreement with a denial (FileDisagreement)",
+    PATIENT,
+);
+pub const AMENDMENT_REBUT: Kind = Kind::new(
+    "records.amendment.rebut",
+    Action::Update,
+    "a provider filed a rebuttal to a statement of disagreement (FileRebuttal)",
+    PATIENT,
+);
+pub const AMENDMENTS_READ: Kind = Kind::new(
+    "records.amendment.list",
+    Action::Read,
+    "a chart's amendment requests were read (ListAmendments)",
+    PATIENT,
+);
+pub const DISCLOSURE_RECORD: Kind = Kind::new(
+    "records.disclosure.record",
+    Action::Disclose,
+    "a disclosure to a third party was recorded (RecordDisclosure)",
+    PATIENT,
+);
+pub const DISCLOSURES_READ: Kind = Kind::new(
+    "records.disclosure.list",
+    Action::Read,
+    "a patient read the accounting of disclosures (ListDisclosures)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -133,6 +188,15 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         ERASURE_SCHEDULE,
         ERASURE_DONE,
         ACCESS_LOG_READ,
+        AMENDMENT_REQUEST,
+        AMENDMENT_EXTEND,
+        AMENDMENT_ACCEPT,
+        AMENDMENT_DENY,
+        AMENDMENT_DISAGREE,
+        AMENDMENT_REBUT,
+        AMENDMENTS_READ,
+        DISCLOSURE_RECORD,
+        DISCLOSURES_READ,
     ],
 };
 

@@ -5,7 +5,8 @@
 //! `tonic::Status` here and nowhere else. Handlers: `chart` (entries, versions,
 //! verification), `team` (care teams), `break_glass` (emergency access and its review),
 //! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
-//! patient's data, from every service's trail).
+//! patient's data, from every service's trail), `amendments` (HIPAA 164.526 requests),
+//! `disclosures` (the 164.528 accounting).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -14,9 +15,11 @@
 //! but identity's account events, which answer nothing (`erasure`).
 
 pub mod access_log;
+pub mod amendments;
 pub mod break_glass;
 pub mod chart;
 pub mod convert;
+pub mod disclosures;
 pub mod erasure;
 pub mod kinds;
 pub mod policy;
@@ -135,6 +138,60 @@ impl RecordsService for RecordsApi {
         req: Request<RevokeSensitiveAccessRequest>,
     ) -> Result<Response<SensitiveAccessGrants>, Status> {
         rpc!(self, req, sensitivity::revoke)
+    }
+    async fn request_amendment(
+        &self,
+        req: Request<RequestAmendmentRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::request)
+    }
+    async fn extend_amendment(
+        &self,
+        req: Request<ExtendAmendmentRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::extend)
+    }
+    async fn accept_amendment(
+        &self,
+        req: Request<AcceptAmendmentRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::accept)
+    }
+    async fn deny_amendment(
+        &self,
+        req: Request<DenyAmendmentRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::deny)
+    }
+    async fn file_disagreement(
+        &self,
+        req: Request<FileDisagreementRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::disagree)
+    }
+    async fn file_rebuttal(
+        &self,
+        req: Request<FileRebuttalRequest>,
+    ) -> Result<Response<Amendment>, Status> {
+        rpc!(self, req, amendments::rebut)
+    }
+    async fn list_amendments(
+        &self,
+        req: Request<ListAmendmentsRequest>,
+    ) -> Result<Response<ListAmendmentsResponse>, Status> {
+        rpc!(self, req, amendments::list)
+    }
+    async fn record_disclosure(
+        &self,
+        req: Request<RecordDisclosureRequest>,
+    ) -> Result<Response<Disclosure>, Status> {
+        rpc!(self, req, disclosures::record)
+    }
+    async fn list_disclosures(
+        &self,
+        req: Request<ListDisclosuresRequest>,
+    ) -> Result<Response<ListDisclosuresResponse>, Status> {
+        rpc!(self, req, disclosures::list)
     }
     async fn get_access_log(
         &self,

@@ -35,6 +35,24 @@ pub fn policy() -> Policy {
         p = p.rule(PUBLIC, m, GATEWAY, users(CHART));
     }
     p = p.rule(PUBLIC, "VerifyEntry", GATEWAY, users(&[Role::Provider]));
+    for m in ["RequestAmendment", "FileDisagreement", "ListDisclosures"] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Patient]));
+    }
+    for m in [
+        "ExtendAmendment",
+        "AcceptAmendment",
+        "DenyAmendment",
+        "FileRebuttal",
+    ] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Provider]));
+    }
+    p = p.rule(PUBLIC, "ListAmendments", GATEWAY, users(CHART));
+    p = p.rule(
+        PUBLIC,
+        "RecordDisclosure",
+        GATEWAY,
+        users(&[Role::Staff, Role::Admin]),
+    );
     for m in ["ListCareTeam", "AddCareTeamMember", "RemoveCareTeamMember"] {
         p = p.rule(PUBLIC, m, GATEWAY, users(TEAM));
     }

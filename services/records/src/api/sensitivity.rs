@@ -2,7 +2,6 @@
 //! revokes and lists; a grant goes to an active member of their team.
 
 use carehub_platform::audit::Purpose;
-use carehub_platform::auth::UserCaller;
 use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::records::v1::*;
@@ -11,7 +10,7 @@ use uuid::Uuid;
 
 use super::convert::ts;
 use super::kinds;
-use crate::domain::access::{self, Access, Relation};
+use crate::domain::access;
 use crate::domain::sensitivity::{self, Label};
 use crate::error::{RecordsError, Result};
 use crate::store::grants::{self, GrantRow};
@@ -20,16 +19,6 @@ use crate::AppState;
 
 fn checked<T>(value: Option<T>) -> Result<T> {
     value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
-
-/// Only the patient manages their grants.
-fn own_chart(user: &UserCaller, patient: Uuid) -> Result<()> {
-    match access::access(user, patient, Relation::default())? {
-        Access::Patient => Ok(()),
-        _ => Err(RecordsError::NotOnCareTeam {
-            patient: patient.to_string(),
-        }),
-    }
 }
 
 /// The active grants with their labels opened.
@@ -78,7 +67,7 @@ pub async fn grant(
     let user = call.user()?.clone();
     call.idempotency_key()?;
     let (patient, grantee, label) = request(&r.patient_id, &r.user_id, r.label)?;
-    own_chart(&user, patient)?;
+    access::own_chart(&user, patient)?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             if store::relation(conn, grantee, patient)
@@ -130,7 +119,7 @@ pub async fn revoke(
     let user = call.user()?.clone();
     call.idempotency_key()?;
     let (patient, grantee, label) = request(&r.patient_id, &r.user_id, r.label)?;
-    own_chart(&user, patient)?;
+    access::own_chart(&user, patient)?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             grants::lock_member(conn, patient, grantee).await?;
@@ -166,7 +155,7 @@ pub async fn list(
     let patient = v.require_uuid("patient_id", &r.patient_id);
     v.finish()?;
     let patient = checked(patient)?;
-    own_chart(user, patient)?;
+    access::own_chart(user, patient)?;
     let all = {
         let mut conn = state.pool.acquire().await?;
         opened(state, &mut conn, patient, None).await?

@@ -88,6 +88,17 @@ pub fn access(user: &UserCaller, patient: Uuid, relation: Relation) -> Result<Ac
     })
 }
 
+/// Only the patient: for what they alone do with their chart (grants, amendment requests,
+/// the accounting of disclosures, the access log). NOT_ON_CARE_TEAM for anyone else.
+pub fn own_chart(user: &UserCaller, patient: Uuid) -> Result<()> {
+    match access(user, patient, Relation::default())? {
+        Access::Patient => Ok(()),
+        _ => Err(RecordsError::NotOnCareTeam {
+            patient: patient.to_string(),
+        }),
+    }
+}
+
 /// The purpose of use an access is audited with.
 pub fn purpose(access: Access) -> Purpose {
     match access {

@@ -2,5 +2,6 @@
 //! what a chart entry may hold (`content`), and who sees labelled entries (`sensitivity`).
 
 pub mod access;
+pub mod amendment;
 pub mod content;
 pub mod sensitivity;

@@ -1,7 +1,9 @@
 //! Records' tables. SQL lives here and nowhere else; every value that can carry clinical or
 //! personal content is sealed under the patient's data key before it reaches a table.
 
+pub mod amendments;
 pub mod break_glass;
+pub mod disclosures;
 pub mod entries;
 pub mod erasures;
 pub mod grants;

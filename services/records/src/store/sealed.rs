@@ -93,15 +93,62 @@ pub async fn open_label(
     .ok_or_else(|| RecordsError::Internal(format!("grant {grant} holds no label")))
 }
 
+/// Where a sealed text lives: its table, column and row (the row's id).
+pub type Place<'a> = (&'a str, &'a str, Uuid);
+
+/// Free text stored at `place`, sealed under `patient`'s data key and bound to that place.
+pub async fn seal_text(
+    crypto: &Envelope,
+    patient: Uuid,
+    place: Place<'_>,
+    text: &str,
+) -> Result<Vec<u8>> {
+    let (table, column, row) = place;
+    let (row, subject) = (row.to_string(), patient.to_string());
+    Ok(crypto
+        .encrypt_str(&Field::new(table, column, &row, &subject), text)
+        .await?)
+}
+
+pub async fn open_text(
+    crypto: &Envelope,
+    patient: Uuid,
+    place: Place<'_>,
+    sealed: &[u8],
+) -> Result<String> {
+    let (table, column, row) = place;
+    let (row, subject) = (row.to_string(), patient.to_string());
+    Ok(crypto
+        .decrypt_string(&Field::new(table, column, &row, &subject), sealed)
+        .await?)
+}
+
+/// [`open_text`] of an optional column.
+pub async fn open_text_opt(
+    crypto: &Envelope,
+    patient: Uuid,
+    place: Place<'_>,
+    sealed: Option<&[u8]>,
+) -> Result<String> {
+    match sealed {
+        Some(s) => open_text(crypto, patient, place, s).await,
+        None => Ok(String::new()),
+    }
+}
+
 pub async fn seal_reason(
     crypto: &Envelope,
     patient: Uuid,
     access: Uuid,
     reason: &str,
 ) -> Result<Vec<u8>> {
-    let (row, subject) = (access.to_string(), patient.to_string());
-    let field = Field::new("break_glass_accesses", "reason", &row, &subject);
-    Ok(crypto.encrypt_str(&field, reason).await?)
+    seal_text(
+        crypto,
+        patient,
+        ("break_glass_accesses", "reason", access),
+        reason,
+    )
+    .await
 }
 
 pub async fn open_reason(
@@ -110,7 +157,11 @@ pub async fn open_reason(
     access: Uuid,
     sealed: &[u8],
 ) -> Result<String> {
-    let (row, subject) = (access.to_string(), patient.to_string());
-    let field = Field::new("break_glass_accesses", "reason", &row, &subject);
-    Ok(crypto.decrypt_string(&field, sealed).await?)
+    open_text(
+        crypto,
+        patient,
+        ("break_glass_accesses", "reason", access),
+        sealed,
+    )
+    .await
 }

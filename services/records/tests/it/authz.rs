@@ -95,9 +95,28 @@ fn matrix() -> Matrix {
         "RevokeSensitiveAccess",
         "ListSensitiveAccessGrants",
         "GetAccessLog",
+        "RequestAmendment",
+        "FileDisagreement",
+        "ListDisclosures",
     ] {
         m = m.row(&chart(rpc), ". N  R R  R R  R  R  R  R  R  W  T");
     }
+    for rpc in [
+        "ExtendAmendment",
+        "AcceptAmendment",
+        "DenyAmendment",
+        "FileRebuttal",
+    ] {
+        m = m.row(&chart(rpc), "R R  . N  R R  N  R  R  R  N  W  T");
+    }
+    m = m.row(
+        &chart("ListAmendments"),
+        ". N  . N  . N  N  R  R  .  N  W  T",
+    );
+    m = m.row(
+        &chart("RecordDisclosure"),
+        "R R  R R  . N  R  R  .  R  R  W  T",
+    );
     m = m.row(
         &chart("ListBreakGlassAccesses"),
         "R R  R R  R R  R  R  .  R  R  W  T",
@@ -126,6 +145,8 @@ struct World {
     no_reason: User,
     /// A staff member on P's team that team RPCs add and remove.
     extra: User,
+    /// An amendment request of P's, about `entry`.
+    amendment: Amendment,
     /// An entry in P's chart and one in the other patient's.
     entry: Entry,
     other_entry: Entry,
@@ -202,7 +223,20 @@ async fn the_authorization_matrix_holds_and_every_allowed_call_is_audited() {
     ))
     .await
     .unwrap();
+    let amendment = c
+        .request_amendment(common::as_user(
+            &patient,
+            RequestAmendmentRequest {
+                patient_id: patient.id.clone(),
+                entry_id: entry.id.clone(),
+                reason: "this was my father's condition".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let world = World {
+        amendment,
         patient,
         another,
         team_provider,
@@ -431,6 +465,105 @@ async fn call(
             .list_sensitive_access_grants(signed(
                 user,
                 ListSensitiveAccessGrantsRequest { patient_id: pid },
+            ))
+            .await
+            .map(drop),
+        "RequestAmendment" => c
+            .request_amendment(signed(
+                user,
+                RequestAmendmentRequest {
+                    patient_id: pid,
+                    entry_id: eid,
+                    reason: "the dose on record is wrong".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ExtendAmendment" => c
+            .extend_amendment(signed(
+                user,
+                ExtendAmendmentRequest {
+                    patient_id: pid,
+                    amendment_id: w.amendment.id.clone(),
+                    reason: "waiting for the lab's answer".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "AcceptAmendment" => c
+            .accept_amendment(signed(
+                user,
+                AcceptAmendmentRequest {
+                    patient_id: pid,
+                    amendment_id: w.amendment.id.clone(),
+                    content: Some(diabetes()),
+                    etag: entry.etag.clone(),
+                    labels: vec![],
+                },
+            ))
+            .await
+            .map(drop),
+        "DenyAmendment" => c
+            .deny_amendment(signed(
+                user,
+                DenyAmendmentRequest {
+                    patient_id: pid,
+                    amendment_id: w.amendment.id.clone(),
+                    reason: "the record is accurate and complete".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "FileDisagreement" => c
+            .file_disagreement(signed(
+                user,
+                FileDisagreementRequest {
+                    patient_id: pid,
+                    amendment_id: w.amendment.id.clone(),
+                    statement: "I disagree with the denial".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "FileRebuttal" => c
+            .file_rebuttal(signed(
+                user,
+                FileRebuttalRequest {
+                    patient_id: pid,
+                    amendment_id: w.amendment.id.clone(),
+                    statement: "the record stands as written".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListAmendments" => c
+            .list_amendments(signed(user, ListAmendmentsRequest { patient_id: pid }))
+            .await
+            .map(drop),
+        "RecordDisclosure" => c
+            .record_disclosure(signed(
+                user,
+                RecordDisclosureRequest {
+                    patient_id: pid,
+                    recipient: "County public health department".into(),
+                    purpose: "required reporting".into(),
+                    description: "immunization record".into(),
+                    entry_ids: vec![],
+                    disclose_time: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() - 60,
+                        nanos: 0,
+                    }),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListDisclosures" => c
+            .list_disclosures(signed(
+                user,
+                ListDisclosuresRequest {
+                    patient_id: pid,
+                    page: None,
+                },
             ))
             .await
             .map(drop),
