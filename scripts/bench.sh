@@ -2,15 +2,16 @@
 # Benchmarks carehub on this machine and writes BENCHMARKS.md (DESIGN.md §9).
 #
 # Builds the release binary, starts a fresh `carehub up` (its own data directory, private
-# PostgreSQL cluster and ports), runs `carehub loadgen all` (echo baseline first and last,
-# pgbench insert/select against the same PostgreSQL, every identity scenario, the audit
-# scenarios on a scratch database of that PostgreSQL), records the
-# service process's idle and loaded resident memory, writes BENCHMARKS.md and stops
-# everything it started. Not part of scripts/test.sh: speed is measured, never asserted.
+# PostgreSQL cluster and ports; identity on the first gRPC/admin port, records on the next),
+# runs `carehub loadgen all` (echo baseline first and last, pgbench insert/select against the
+# same PostgreSQL, every identity scenario, every records scenario, the audit scenarios on a
+# scratch database of that PostgreSQL), records the `carehub up` process's idle and loaded
+# resident memory, writes BENCHMARKS.md and stops everything it started. Not part of
+# scripts/test.sh: speed is measured, never asserted.
 #
 # Settings (environment): BENCH_WARMUP (s, 3), BENCH_DURATION (s, 10), BENCH_IN_FLIGHT (64),
-# BENCH_CONNECTIONS (4), BENCH_GRPC_PORT (50151), BENCH_ADMIN_PORT (9151), BENCH_PG_PORT
-# (55451), BENCH_OUT (BENCHMARKS.md), BENCH_SCENARIOS ("all").
+# BENCH_CONNECTIONS (4), BENCH_GRPC_PORT (50151; records on +1), BENCH_ADMIN_PORT (9151;
+# records on +1), BENCH_PG_PORT (55451), BENCH_OUT (BENCHMARKS.md), BENCH_SCENARIOS ("all").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ CONNECTIONS=${BENCH_CONNECTIONS:-4}
 GRPC_PORT=${BENCH_GRPC_PORT:-50151}
 ADMIN_PORT=${BENCH_ADMIN_PORT:-9151}
 PG_PORT=${BENCH_PG_PORT:-55451}
+# `carehub up` gives each service consecutive ports in the binary's order: identity, records.
+RECORDS_GRPC_PORT=$((GRPC_PORT + 1))
+RECORDS_ADMIN_PORT=$((ADMIN_PORT + 1))
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 SCENARIOS=${BENCH_SCENARIOS:-all}
 
@@ -62,17 +66,20 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
-log "starting carehub up in $data (gRPC $GRPC_PORT, admin $ADMIN_PORT, PostgreSQL $PG_PORT)"
+log "starting carehub up in $data (gRPC $GRPC_PORT/$RECORDS_GRPC_PORT, admin $ADMIN_PORT/$RECORDS_ADMIN_PORT, PostgreSQL $PG_PORT)"
 start=$(date +%s)
 RUST_LOG=warn "$BIN" up --data-dir "$data" --pg-port "$PG_PORT" \
   --grpc-port "$GRPC_PORT" --admin-port "$ADMIN_PORT" >"$data/up.log" 2>&1 &
 up_pid=$!
+ready() { # admin port
+  http_get 127.0.0.1 "$1" /readyz 2>/dev/null | grep -q '^ready'
+}
 for _ in $(seq 1 150); do
-  if http_get 127.0.0.1 "$ADMIN_PORT" /readyz 2>/dev/null | grep -q '^ready'; then break; fi
+  if ready "$ADMIN_PORT" && ready "$RECORDS_ADMIN_PORT"; then break; fi
   kill -0 "$up_pid" 2>/dev/null || { cat "$data/up.log" >&2; exit 1; }
   sleep 0.2
 done
-http_get 127.0.0.1 "$ADMIN_PORT" /readyz 2>/dev/null | grep -q '^ready' || { cat "$data/up.log" >&2; exit 1; }
+{ ready "$ADMIN_PORT" && ready "$RECORDS_ADMIN_PORT"; } || { cat "$data/up.log" >&2; exit 1; }
 sleep 2
 idle_rss=$(rss_kib "$up_pid")
 pg_pid=$(head -1 "$data/postgres/postmaster.pid")
@@ -81,7 +88,8 @@ log "carehub loadgen $SCENARIOS (warm-up ${WARMUP}s, ${DURATION}s each, $IN_FLIG
 set +e
 # shellcheck disable=SC2086 # SCENARIOS is a list
 "$BIN" loadgen $SCENARIOS --data-dir "$data" \
-  --identity "https://127.0.0.1:$GRPC_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+  --identity "https://127.0.0.1:$GRPC_PORT" --records "https://127.0.0.1:$RECORDS_GRPC_PORT" \
+  --admin "127.0.0.1:$ADMIN_PORT" --admin "127.0.0.1:$RECORDS_ADMIN_PORT" \
   --database-url "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   --server-pid "$up_pid" --postgres-pid "$pg_pid" \
   --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" \
@@ -111,15 +119,16 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
   echo "- commit: $commit"
   echo "- machine: $(nproc) cores, $cpu_model, $mem_total memory"
   echo "- load: closed loop, $IN_FLIGHT requests in flight over $CONNECTIONS HTTP/2 connections (login: 8 in flight),"
-  echo "  warm-up ${WARMUP} s then ${DURATION} s per scenario; \`profile-read-half\` is an open loop at half the"
-  echo "  closed-loop profile-read throughput (latency from the intended send time)"
+  echo "  warm-up ${WARMUP} s then ${DURATION} s per scenario; \`profile-read-half\` and \`chart-read-half\` are open"
+  echo "  loops at half the closed-loop profile-read / chart-read throughput (latency from the intended send time)"
   echo "- the load generator, the server and PostgreSQL share the same cores; server CPU is the"
-  echo "  \`carehub up\` process's, PostgreSQL's is the postmaster's and its backends' (utime + stime)"
+  echo "  \`carehub up\` process's (identity and records), PostgreSQL's is the postmaster's and its"
+  echo "  backends' (utime + stime); steady-state counters are summed over both services' /metrics"
   echo "- wall time of the run (start, seed, all scenarios, excluding the build): ${elapsed} s"
   echo
   cat "$data/table.md"
   echo
-  echo "Resident memory of the \`carehub up\` process (identity is its only service today):"
+  echo "Resident memory of the \`carehub up\` process (identity and records):"
   echo
   echo "| idle (after start) | after the run | peak (VmHWM) |"
   echo "|---|---|---|"

@@ -26,6 +26,8 @@ const PASSWORD: &str = "loadgen correct horse battery";
 #[derive(Clone, Debug)]
 pub struct SeededUser {
     pub email: String,
+    /// The user's id (from the Login answer): the patient id of their chart in records.
+    pub user_id: String,
     pub access_token: String,
 }
 
@@ -44,7 +46,7 @@ fn clients(channels: &[Channel]) -> Vec<IdentityServiceClient<Channel>> {
         .collect()
 }
 
-fn bearer<T>(msg: T, token: &str) -> Result<tonic::Request<T>, tonic::Status> {
+pub(super) fn bearer<T>(msg: T, token: &str) -> Result<tonic::Request<T>, tonic::Status> {
     let mut req = tonic::Request::new(msg);
     let value = format!("Bearer {token}")
         .parse()
@@ -53,8 +55,8 @@ fn bearer<T>(msg: T, token: &str) -> Result<tonic::Request<T>, tonic::Status> {
     Ok(req)
 }
 
-/// Retries what identity refuses for load (RESOURCE_EXHAUSTED, UNAVAILABLE) with backoff.
-async fn retrying<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+/// Retries what a service refuses for load (RESOURCE_EXHAUSTED, UNAVAILABLE) with backoff.
+pub(super) async fn retrying<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -79,10 +81,17 @@ where
     anyhow::bail!("{what}: gave up")
 }
 
+/// A signed-in session of a seeded user.
+struct Session {
+    access_token: String,
+    refresh_token: String,
+    user_id: String,
+}
+
 async fn login(
     client: &mut IdentityServiceClient<Channel>,
     email: &str,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<Session> {
     let resp = retrying("Login", || {
         let mut client = client.clone();
         let req = LoginRequest {
@@ -94,7 +103,11 @@ async fn login(
     .await?
     .into_inner();
     match resp.result {
-        Some(login_response::Result::Tokens(t)) => Ok((t.access_token, t.refresh_token)),
+        Some(login_response::Result::Tokens(t)) => Ok(Session {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+            user_id: t.user_id,
+        }),
         _ => anyhow::bail!("Login of a seeded user returned no tokens (MFA?)"),
     }
 }
@@ -125,12 +138,13 @@ pub async fn seed(
                 async move { client.register_patient(req).await }
             })
             .await?;
-            let (access_token, _) = login(&mut client, &email).await?;
+            let session = login(&mut client, &email).await?;
             Ok::<_, anyhow::Error>((
                 i,
                 SeededUser {
                     email,
-                    access_token,
+                    user_id: session.user_id,
+                    access_token: session.access_token,
                 },
             ))
         });
@@ -149,8 +163,8 @@ pub async fn seed(
         let sem = sem.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await?;
-            let (_, refresh) = login(&mut client, &email).await?;
-            Ok::<_, anyhow::Error>(refresh)
+            let session = login(&mut client, &email).await?;
+            Ok::<_, anyhow::Error>(session.refresh_token)
         });
     }
     let mut refresh = Vec::with_capacity(chains);

@@ -1,4 +1,4 @@
-//! `carehub loadgen`: drives a running carehub over mTLS and reports throughput, latency
+//! `carehub loadgen`: drives a running carehub (identity, records) over mTLS and reports throughput, latency
 //! percentiles (HDR histograms), errors by gRPC code, CPU per request, and what the steady
 //! state cost that it should not have (Vault requests, TLS handshakes, new database
 //! connections, read from the services' `/metrics`), beside baselines measured in the same
@@ -12,6 +12,7 @@ mod engine;
 mod identity;
 mod pgbench;
 mod probe;
+mod records;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -53,6 +54,16 @@ pub enum Scenario {
     Login,
     /// 7 profile reads : 2 profile updates : 1 refresh.
     Mixed,
+    /// Every records scenario.
+    Records,
+    /// GetChart by the patient (a chart of about 10 entries): audited read.
+    ChartRead,
+    /// GetChart open loop at half the closed-loop chart-read throughput of this run.
+    ChartReadHalf,
+    /// UpdateEntry with an idempotency key and the slot's own entry's etag: audited write.
+    ChartUpdate,
+    /// 6 chart reads : 2 entry reads : 1 entry update : 1 entry create.
+    ClinicMixed,
     /// The three audit scenarios below.
     Audit,
     /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
@@ -74,6 +85,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
         Login,
         Mixed,
     ];
+    let records = [ChartRead, ChartReadHalf, ChartUpdate, ClinicMixed];
     let audit = [AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
@@ -82,12 +94,14 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
             All => {
                 out.extend([Echo, Pgbench]);
                 out.extend(identity);
+                out.extend(records);
                 out.extend(audit);
                 out.push(Echo);
             }
             Audit => out.extend(audit),
             Baseline => out.extend([Echo, Pgbench]),
             Identity => out.extend(identity),
+            Records => out.extend(records),
             other => out.push(*other),
         }
     }
@@ -119,8 +133,15 @@ pub struct LoadgenArgs {
     /// The name identity's certificate must carry.
     #[arg(long, default_value = "identity")]
     server_name: String,
-    /// Admin (`/metrics`) addresses of the services, host:port (repeatable).
-    #[arg(long = "admin", default_value = "127.0.0.1:9051")]
+    /// records' gRPC endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:50052")]
+    records: String,
+    /// The name records' certificate must carry.
+    #[arg(long, default_value = "records")]
+    records_server_name: String,
+    /// Admin (`/metrics`) addresses of the services, host:port (repeatable; default identity's
+    /// and records' under `carehub up`).
+    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052"])]
     admins: Vec<String>,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 64)]
@@ -128,7 +149,8 @@ pub struct LoadgenArgs {
     /// HTTP/2 connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Open loop at this many requests per second (identity scenarios) instead of a closed loop.
+    /// Open loop at this many requests per second (identity and records scenarios) instead of
+    /// a closed loop.
     #[arg(long)]
     rate: Option<f64>,
     /// Open loop: most requests outstanding before further ones count as CLIENT_OVERLOADED.
@@ -140,7 +162,8 @@ pub struct LoadgenArgs {
     /// Seconds of each steady state.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Patients to register and sign in (default: one per request in flight).
+    /// Patients to register and sign in (default: one per request in flight); the records
+    /// scenarios give each a chart.
     #[arg(long)]
     users: Option<usize>,
     /// Requests in flight for the login scenario (argon2-bound).
@@ -442,6 +465,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let needs_records = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::ChartRead
+                | Scenario::ChartReadHalf
+                | Scenario::ChartUpdate
+                | Scenario::ClinicMixed
+        )
+    });
     let identity = if needs_identity {
         let channels = connect(&args.identity, &tls, &args.server_name, args.connections)
             .await
@@ -460,8 +492,35 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // records: connections and charts for the identity seed's patients, once.
+    let records = match &identity {
+        Some((_, users)) if needs_records => {
+            let channels = connect(
+                &args.records,
+                &tls,
+                &args.records_server_name,
+                args.connections,
+            )
+            .await
+            .with_context(|| format!("connecting to records at {}", args.records))?;
+            let slots = args.in_flight.max(1);
+            let seed = records::seed(&channels, &users.users, slots, 8)
+                .await
+                .context("seeding charts through records' public RPCs")?;
+            if !args.quiet {
+                eprintln!(
+                    "seeding: {} charts of {} entries, {slots} entries updated (one per request in flight)",
+                    seed.patients.len(),
+                    seed.entries_per_chart
+                );
+            }
+            Some((channels, Arc::new(seed)))
+        }
+        _ => None,
+    };
 
     let mut profile_read_tps = None;
+    let mut chart_read_tps = None;
     for s in &scenarios {
         let mut probe = Probe {
             admins: args.admins.clone(),
@@ -559,7 +618,53 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     }
                 }
             },
-            Scenario::All | Scenario::Baseline | Scenario::Identity | Scenario::Audit => {}
+            Scenario::All
+            | Scenario::Baseline
+            | Scenario::Identity
+            | Scenario::Records
+            | Scenario::Audit => {}
+            Scenario::ChartRead
+            | Scenario::ChartReadHalf
+            | Scenario::ChartUpdate
+            | Scenario::ClinicMixed => {
+                let Some((channels, seed)) = &records else {
+                    continue;
+                };
+                let (kind, name) = match s {
+                    Scenario::ChartRead => (records::Kind::ChartRead, "chart-read"),
+                    Scenario::ChartReadHalf => (records::Kind::ChartRead, "chart-read-half"),
+                    Scenario::ChartUpdate => (records::Kind::ChartUpdate, "chart-update"),
+                    _ => (records::Kind::ClinicMixed, "clinic-mixed"),
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                if *s == Scenario::ChartReadHalf {
+                    match chart_read_tps {
+                        Some(tps) => shape.rate = Some(f64::max(tps / 2.0, 1.0)),
+                        None if args.rate.is_some() => {}
+                        None => {
+                            eprintln!("  chart-read-half: needs chart-read earlier in the run (or --rate): skipped");
+                            continue;
+                        }
+                    }
+                }
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let op = records::op(kind, channels, seed.clone());
+                let m = engine::run(name, op, &shape, &mut probe).await;
+                let mut r = report(name, load, &m, &probe);
+                if *s == Scenario::ChartRead && shape.rate.is_none() {
+                    chart_read_tps = Some(r.throughput);
+                }
+                r.note = Some(format!(
+                    "{} patients, charts of {} seeded entries (clinic-mixed adds entries)",
+                    seed.patients.len(),
+                    seed.entries_per_chart
+                ));
+                results.push(r);
+            }
             other => {
                 let Some((channels, seed)) = &identity else {
                     continue;
@@ -687,6 +792,24 @@ fn budgets(
         }),
         met: half.map(|r| r.p99_ms < 10.0 && r.error_count == 0),
     });
+    let chart = find("chart-read");
+    out.push(Budget {
+        name: "chart read (closed loop) vs echo".into(),
+        target: ">= 0.40 x echo".into(),
+        measured: chart
+            .and_then(|r| r.ratio_to_echo)
+            .map_or("n/a".into(), |x| format!("{x:.3} x echo")),
+        met: chart.and_then(|r| r.ratio_to_echo).map(|x| x >= 0.40),
+    });
+    let chart_half = find("chart-read-half");
+    out.push(Budget {
+        name: "chart read p99 at half that load".into(),
+        target: "< 10 ms".into(),
+        measured: chart_half.map_or("n/a".into(), |r| {
+            format!("{:.2} ms at {}", r.p99_ms, r.load)
+        }),
+        met: chart_half.map(|r| r.p99_ms < 10.0 && r.error_count == 0),
+    });
     let update = find("profile-update");
     let insert = pg.iter().find(|p| p.name == "pgbench insert");
     let ratio = match (update, insert) {
@@ -698,6 +821,19 @@ fn budgets(
         target: ">= 0.60 x pgbench insert".into(),
         measured: ratio.map_or("n/a".into(), |x| format!("{x:.3} x pgbench insert")),
         met: ratio.map(|x| x >= 0.60),
+    });
+    // Reported beside the budgets, with none of its own.
+    let chart_update = find("chart-update");
+    out.push(Budget {
+        name: "audited chart write (chart update, new entry version)".into(),
+        target: "reported (no budget)".into(),
+        measured: chart_update.map_or("n/a".into(), |u| {
+            let vs = insert.filter(|i| i.tps > 0.0).map_or(String::new(), |i| {
+                format!(" = {:.3} x pgbench insert", u.throughput / i.tps)
+            });
+            format!("{:.0}/s{vs}, p99 {:.2} ms", u.throughput, u.p99_ms)
+        }),
+        met: None,
     });
     let audited_read = find("audit-read");
     out.push(Budget {
@@ -940,6 +1076,18 @@ mod tests {
         assert_eq!(s.last(), Some(&Scenario::Echo));
         assert!(s.contains(&Scenario::Pgbench));
         assert!(s.contains(&Scenario::ProfileReadHalf));
+        for r in expand(&[Scenario::Records]) {
+            assert!(s.contains(&r), "{r:?} not in all");
+        }
+        assert_eq!(
+            expand(&[Scenario::Records]),
+            vec![
+                Scenario::ChartRead,
+                Scenario::ChartReadHalf,
+                Scenario::ChartUpdate,
+                Scenario::ClinicMixed
+            ]
+        );
         assert_eq!(
             expand(&[Scenario::Baseline]),
             vec![Scenario::Echo, Scenario::Pgbench]

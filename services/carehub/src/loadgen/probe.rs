@@ -62,25 +62,25 @@ pub fn sum_family(text: &str, name: &str) -> Option<f64> {
     found
 }
 
-/// The steady-state counters read from every admin address, summed.
+/// The steady-state counters read from every admin address, by address (an address that did
+/// not answer is absent; a family it does not render is absent from its map).
 #[derive(Clone, Debug, Default)]
-pub struct Counters(BTreeMap<&'static str, Option<f64>>);
+pub struct Counters(BTreeMap<String, Reading>);
+
+/// One address's counters, by key of [`STEADY_COUNTERS`].
+type Reading = BTreeMap<&'static str, f64>;
 
 pub async fn counters(admins: &[String]) -> Counters {
     let mut out = BTreeMap::new();
-    for (key, _) in STEADY_COUNTERS {
-        out.insert(key, None);
-    }
     for admin in admins {
         let Ok(text) = scrape(admin).await else {
             continue;
         };
-        for (key, family) in STEADY_COUNTERS {
-            if let Some(v) = sum_family(&text, family) {
-                let slot = out.entry(key).or_insert(None);
-                *slot = Some(slot.unwrap_or(0.0) + v);
-            }
-        }
+        let read = STEADY_COUNTERS
+            .iter()
+            .filter_map(|(key, family)| Some((*key, sum_family(&text, family)?)))
+            .collect();
+        out.insert(admin.clone(), read);
     }
     Counters(out)
 }
@@ -94,11 +94,27 @@ pub struct SteadyDelta {
 }
 
 impl SteadyDelta {
+    /// The changes summed over the processes behind the addresses. The counters are
+    /// process-wide: every service of one process (`carehub up`) renders the same values, so
+    /// addresses that read exactly the same before and after count once, not once per service.
     pub fn between(before: &Counters, after: &Counters) -> Self {
-        let d = |k: &str| match (before.0.get(k), after.0.get(k)) {
-            (Some(Some(a)), Some(Some(b))) => Some(b - a),
-            _ => None,
-        };
+        let mut seen: Vec<(&Reading, &Reading)> = Vec::new();
+        let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+        for (admin, b) in &before.0 {
+            let Some(a) = after.0.get(admin) else {
+                continue;
+            };
+            if seen.contains(&(b, a)) {
+                continue;
+            }
+            seen.push((b, a));
+            for (key, _) in STEADY_COUNTERS {
+                if let (Some(x), Some(y)) = (b.get(key), a.get(key)) {
+                    *sums.entry(key).or_insert(0.0) += y - x;
+                }
+            }
+        }
+        let d = |k: &str| sums.get(k).copied();
         Self {
             vault_requests: d("vault_requests"),
             tls_handshakes: d("tls_handshakes"),
@@ -209,6 +225,48 @@ mod tests {
             sum_family(text, "carehub_db_connections_opened_total"),
             None
         );
+    }
+
+    fn reading(admins: &[(&str, [f64; 3])]) -> Counters {
+        Counters(
+            admins
+                .iter()
+                .map(|(admin, values)| {
+                    let keys = STEADY_COUNTERS.iter().map(|(k, _)| *k);
+                    (
+                        (*admin).to_owned(),
+                        keys.zip(values.iter().copied()).collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn services_of_one_process_count_once_and_processes_add_up() {
+        // identity and records in one process (`carehub up`): the same process-wide values.
+        let before = reading(&[("id", [0.0, 10.0, 20.0]), ("rec", [0.0, 10.0, 20.0])]);
+        let after = reading(&[("id", [0.0, 10.0, 24.0]), ("rec", [0.0, 10.0, 24.0])]);
+        let d = SteadyDelta::between(&before, &after);
+        assert_eq!(
+            (d.vault_requests, d.tls_handshakes, d.db_connections_opened),
+            (Some(0.0), Some(0.0), Some(4.0))
+        );
+        // Two processes: their changes add up; an address that stopped answering is left out.
+        let before = reading(&[
+            ("a", [0.0, 3.0, 20.0]),
+            ("b", [0.0, 5.0, 20.0]),
+            ("c", [1.0; 3]),
+        ]);
+        let after = reading(&[("a", [0.0, 4.0, 21.0]), ("b", [0.0, 5.0, 22.0])]);
+        let d = SteadyDelta::between(&before, &after);
+        assert_eq!(
+            (d.vault_requests, d.tls_handshakes, d.db_connections_opened),
+            (Some(0.0), Some(1.0), Some(3.0))
+        );
+        assert!(!d.all_zero());
+        let none = SteadyDelta::between(&Counters::default(), &after);
+        assert!(none.db_connections_opened.is_none() && none.all_zero());
     }
 
     #[test]

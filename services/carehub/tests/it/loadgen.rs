@@ -1,5 +1,5 @@
-//! Smoke run of `carehub loadgen` against a real identity server (real Postgres, real mTLS,
-//! development certificates): a second or so per scenario, every scenario free of errors;
+//! Smoke run of `carehub loadgen` against real identity and records servers (real Postgres,
+//! real mTLS, one test CA): a second or so per scenario, every scenario free of errors;
 //! and the load generator exits non-zero when a scenario reports errors (the server stops
 //! in the middle of a steady state). Speed is not asserted: scripts/bench.sh measures it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,9 +8,12 @@ use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use carehub_identity::config::NotifierKind;
 use carehub_identity::IdentityDef;
+use carehub_records::config::RecordsConfig;
+use carehub_records::RecordsDef;
 use carehub_testkit::service::TestService;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -30,9 +33,34 @@ async fn identity() -> TestService<IdentityDef> {
     id
 }
 
+/// Records on identity's CA, verifying its tokens, as records' own tests run it; returns once
+/// it is ready (keys held, identity's revocation feed read).
+async fn records(id: &TestService<IdentityDef>) -> TestService<RecordsDef> {
+    let endpoint = format!("https://{}", id.grpc_addr);
+    let records = TestService::start_with_pki(
+        &carehub_records::SERVICE,
+        id.pki().clone(),
+        |c: &mut RecordsConfig| {
+            c.server.auth.identity_endpoint = Some(endpoint);
+            c.server.auth.revocation_poll_secs = 1;
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&records.admin_addr.to_string(), "/readyz")
+        .await
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(Instant::now() < deadline, "records not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    records
+}
+
 fn loadgen(
     dir: &Path,
     id: &TestService<IdentityDef>,
+    records: &TestService<RecordsDef>,
     scenarios: &[&str],
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
@@ -45,7 +73,9 @@ fn loadgen(
         .arg("--ca")
         .arg(dir.join("ca.pem"))
         .args(["--identity", &format!("https://{}", id.grpc_addr)])
+        .args(["--records", &format!("https://{}", records.grpc_addr)])
         .args(["--admin", &id.admin_addr.to_string()])
+        .args(["--admin", &records.admin_addr.to_string()])
         .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
         .args(["--login-in-flight", "2", "--payload-bytes", "64"])
         .env_remove("CAREHUB_DATABASE_URL")
@@ -56,13 +86,15 @@ fn loadgen(
 #[tokio::test(flavor = "multi_thread")]
 async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     let mut id = identity().await;
+    let records = records(&id).await;
     let dir = id.dir().to_owned();
 
     // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it). The audit
     // scenarios use a scratch database on the tests' PostgreSQL.
     let postgres = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let out = loadgen(&dir, &id, &["echo", "identity", "audit"])
+    let groups = ["echo", "identity", "records", "audit"];
+    let out = loadgen(&dir, &id, &records, &groups)
         .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
         .args(["--database-url", &postgres, "--pgbench-clients", "4"])
         .output()
@@ -86,6 +118,10 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "refresh",
         "login",
         "mixed",
+        "chart-read",
+        "chart-read-half",
+        "chart-update",
+        "clinic-mixed",
         "audit-read",
         "audit-write",
         "audit-write-locked",
@@ -95,6 +131,8 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     // The audit scenarios' budgets were evaluated (met or not: a benchmark, not a test).
     let budgets = report["budgets"].as_array().unwrap();
     for want in [
+        "chart read (closed loop)",
+        "chart read p99",
         "audited read",
         "audited single-row write",
         "locked-head",
@@ -115,20 +153,19 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         assert!(s["p99_ms"].as_f64().unwrap() > 0.0, "{text}");
         assert!(s["ratio_to_echo"].as_f64().is_some(), "{text}");
     }
-    // The steady-state counters are read from identity's /metrics.
-    let read = scenarios
-        .iter()
-        .find(|s| s["name"] == "profile-read")
-        .unwrap();
-    for counter in ["vault_requests", "tls_handshakes", "db_connections_opened"] {
-        assert!(
-            read["steady_state"][counter].as_f64().is_some(),
-            "{counter} not read from /metrics: {text}"
-        );
+    // The steady-state counters are read from the services' /metrics.
+    for name in ["profile-read", "chart-read", "chart-update"] {
+        let read = scenarios.iter().find(|s| s["name"] == name).unwrap();
+        for counter in ["vault_requests", "tls_handshakes", "db_connections_opened"] {
+            assert!(
+                read["steady_state"][counter].as_f64().is_some(),
+                "{name}: {counter} not read from /metrics: {text}"
+            );
+        }
     }
 
     // Errors in a steady state fail the run: identity stops while profile-read measures.
-    let mut child = loadgen(&dir, &id, &["profile-read"])
+    let mut child = loadgen(&dir, &id, &records, &["profile-read"])
         .args(["--warmup", "0.2", "--duration", "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,5 +198,6 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     assert!(rest.contains("profile-read"), "{seen}{rest}");
 
     running.handle.state.pool.close().await;
+    records.shutdown().await;
     id.shutdown().await;
 }
