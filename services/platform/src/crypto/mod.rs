@@ -168,8 +168,10 @@ impl Envelope {
         let options = pool.connect_options().as_ref().clone();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(config.key_pool_connections)
+            // Opened on the first key operation, then kept: a data-key reservation running out
+            // mid-load must not open a connection on the request path (DESIGN.md §9).
             .min_connections(0)
-            .idle_timeout(Duration::from_secs(60))
+            .idle_timeout(None)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|_, _| {
                 Box::pin(async {
