@@ -13,6 +13,7 @@ mod keys_cmd;
 mod loadgen;
 mod outbox_cmd;
 mod pgcluster;
+mod records_cmd;
 pub mod services;
 mod up;
 
@@ -66,6 +67,9 @@ enum Command {
     /// A service's transactional outbox: list rows, revive dead-lettered ones.
     #[command(subcommand)]
     Outbox(outbox_cmd::OutboxCommand),
+    /// Records operations (schedule a chart's erasure).
+    #[command(subcommand)]
+    Records(records_cmd::RecordsCommand),
     /// Keys in Vault: init, rotate, status, rewrap.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -176,6 +180,7 @@ async fn run(
         Command::Audit(cmd) => audit_cmd::run(cmd).await,
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Outbox(cmd) => outbox_cmd::run(cmd).await,
+        Command::Records(cmd) => records_cmd::run(cmd).await,
         Command::Loadgen(args) => loadgen::run(*args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             let workloads = dev_workloads(services);

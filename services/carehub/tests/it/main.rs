@@ -11,4 +11,5 @@ mod identity_on_vault;
 mod keys_cli;
 mod loadgen;
 mod outbox_cli;
+mod records_cli;
 mod scratch_service;

@@ -62,15 +62,19 @@ fn scheduled_event(call: &Call, patient: Uuid, reason: Reason) -> AuditEvent {
     )
 }
 
-/// Schedules `patient`'s erasure for `reason` outside an RPC (the operator's command), due at
-/// once when `now`, else after the legal hold; audited as the operator CLI.
-pub async fn schedule(state: &AppState, patient: Uuid, reason: Reason, now: bool) -> Result<()> {
-    let mut tx = state.pool.begin().await?;
-    let hold = if now {
-        0
-    } else {
-        state.settings.erasure_hold_days
-    };
+/// Schedules `patient`'s erasure for `reason` outside an RPC (the operator's command), due
+/// after `hold_days`, or at once with `now`; audited as the operator CLI. An erasure already
+/// scheduled stands (`now` brings it forward). Returns when it is due; the running records
+/// service erases it within `records.erasure_check_secs` of that.
+pub async fn schedule(
+    pool: &sqlx::PgPool,
+    hold_days: u32,
+    patient: Uuid,
+    reason: Reason,
+    now: bool,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    let mut tx = pool.begin().await?;
+    let hold = if now { 0 } else { hold_days };
     if erasures::schedule(&mut tx, patient, reason, hold).await? {
         let mut event = AuditEvent::of(
             kinds::ERASURE_SCHEDULE,
@@ -89,8 +93,9 @@ pub async fn schedule(state: &AppState, patient: Uuid, reason: Reason, now: bool
     if now {
         erasures::make_due(&mut tx, patient).await?;
     }
+    let due = erasures::due_at(&mut tx, patient).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(due)
 }
 
 /// Erases every patient whose hold has ended: their data keys destroyed, the row marked and

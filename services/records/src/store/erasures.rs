@@ -90,3 +90,13 @@ pub async fn mark_erased(conn: &mut PgConnection, patient: Uuid) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// When `patient`'s erasure is (or was) due.
+pub async fn due_at(conn: &mut PgConnection, patient: Uuid) -> Result<DateTime<Utc>> {
+    Ok(
+        sqlx::query_scalar("SELECT due_at FROM erasures WHERE patient_id = $1")
+            .bind(patient)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
