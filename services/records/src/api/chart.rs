@@ -84,7 +84,7 @@ pub(crate) struct Sight {
 }
 
 impl Sight {
-    async fn of(
+    pub(crate) async fn of(
         state: &AppState,
         conn: &mut PgConnection,
         user: &UserCaller,
@@ -100,12 +100,12 @@ impl Sight {
     }
 
     fn sees(&self, row: &VersionRow, labels: &[Label]) -> bool {
-        sensitivity::visible(
-            self.access,
-            labels,
-            &self.granted,
-            row.authored_by(self.user),
-        )
+        self.sees_labels(labels, row.authored_by(self.user))
+    }
+
+    /// Whether content with `labels` is visible, `authored` by the caller or not.
+    pub(crate) fn sees_labels(&self, labels: &[Label], authored: bool) -> bool {
+        sensitivity::visible(self.access, labels, &self.granted, authored)
     }
 }
 

@@ -167,6 +167,37 @@ pub const DISCLOSURES_READ: Kind = Kind::new(
     PATIENT,
 );
 
+pub const NOTE_CREATE: Kind = Kind::new(
+    "records.note.create",
+    Action::Create,
+    "a provider started a clinical note (CreateNote)",
+    PATIENT,
+);
+pub const NOTE_UPDATE: Kind = Kind::new(
+    "records.note.update",
+    Action::Update,
+    "a provider changed their draft note (UpdateNote)",
+    PATIENT,
+);
+pub const NOTE_SIGN: Kind = Kind::new(
+    "records.note.sign",
+    Action::Update,
+    "a provider signed a note; it never changes again (SignNote)",
+    PATIENT,
+);
+pub const NOTE_ADDENDUM: Kind = Kind::new(
+    "records.note.addendum",
+    Action::Create,
+    "a provider added a signed addendum to a signed note (AddNoteAddendum)",
+    PATIENT,
+);
+pub const NOTES_READ: Kind = Kind::new(
+    "records.note.list",
+    Action::Read,
+    "a chart's notes were read (ListNotes)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -197,6 +228,11 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         AMENDMENTS_READ,
         DISCLOSURE_RECORD,
         DISCLOSURES_READ,
+        NOTE_CREATE,
+        NOTE_UPDATE,
+        NOTE_SIGN,
+        NOTE_ADDENDUM,
+        NOTES_READ,
     ],
 };
 

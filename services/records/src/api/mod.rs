@@ -6,7 +6,7 @@
 //! verification), `team` (care teams), `break_glass` (emergency access and its review),
 //! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
 //! patient's data, from every service's trail), `amendments` (HIPAA 164.526 requests),
-//! `disclosures` (the 164.528 accounting).
+//! `disclosures` (the 164.528 accounting), `notes` (clinical notes and addenda).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -22,6 +22,7 @@ pub mod convert;
 pub mod disclosures;
 pub mod erasure;
 pub mod kinds;
+pub mod notes;
 pub mod policy;
 pub mod sensitivity;
 pub mod team;
@@ -192,6 +193,27 @@ impl RecordsService for RecordsApi {
         req: Request<ListDisclosuresRequest>,
     ) -> Result<Response<ListDisclosuresResponse>, Status> {
         rpc!(self, req, disclosures::list)
+    }
+    async fn create_note(&self, req: Request<CreateNoteRequest>) -> Result<Response<Note>, Status> {
+        rpc!(self, req, notes::create)
+    }
+    async fn update_note(&self, req: Request<UpdateNoteRequest>) -> Result<Response<Note>, Status> {
+        rpc!(self, req, notes::update)
+    }
+    async fn sign_note(&self, req: Request<SignNoteRequest>) -> Result<Response<Note>, Status> {
+        rpc!(self, req, notes::sign)
+    }
+    async fn add_note_addendum(
+        &self,
+        req: Request<AddNoteAddendumRequest>,
+    ) -> Result<Response<Note>, Status> {
+        rpc!(self, req, notes::add_addendum)
+    }
+    async fn list_notes(
+        &self,
+        req: Request<ListNotesRequest>,
+    ) -> Result<Response<ListNotesResponse>, Status> {
+        rpc!(self, req, notes::list)
     }
     async fn get_access_log(
         &self,

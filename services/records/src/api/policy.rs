@@ -47,6 +47,10 @@ pub fn policy() -> Policy {
         p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Provider]));
     }
     p = p.rule(PUBLIC, "ListAmendments", GATEWAY, users(CHART));
+    for m in ["CreateNote", "UpdateNote", "SignNote", "AddNoteAddendum"] {
+        p = p.rule(PUBLIC, m, GATEWAY, users(&[Role::Provider]));
+    }
+    p = p.rule(PUBLIC, "ListNotes", GATEWAY, users(CHART));
     p = p.rule(
         PUBLIC,
         "RecordDisclosure",

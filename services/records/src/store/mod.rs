@@ -7,6 +7,7 @@ pub mod disclosures;
 pub mod entries;
 pub mod erasures;
 pub mod grants;
+pub mod notes;
 pub mod sealed;
 pub mod team;
 

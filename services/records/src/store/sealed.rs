@@ -65,6 +65,49 @@ pub async fn open_version(
     Ok((stored.content.ok_or_else(corrupt)?, labels))
 }
 
+/// What a note's sealed body holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredNote {
+    #[prost(string, tag = "1")]
+    pub title: String,
+    #[prost(string, tag = "2")]
+    pub text: String,
+    #[prost(enumeration = "pb::SensitivityLabel", repeated, tag = "3")]
+    pub labels: Vec<i32>,
+}
+
+impl StoredNote {
+    /// Hex SHA-256 of the encoding: what a signature covers.
+    pub fn sha256(&self) -> Vec<u8> {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.encode_to_vec()).to_vec()
+    }
+}
+
+pub async fn seal_note(
+    crypto: &Envelope,
+    patient: Uuid,
+    (note, version): (Uuid, i64),
+    body: &StoredNote,
+) -> Result<Vec<u8>> {
+    let (row, subject) = (version_row(note, version), patient.to_string());
+    let field = Field::new("notes", "body", &row, &subject);
+    Ok(crypto.encrypt(&field, &body.encode_to_vec()).await?)
+}
+
+pub async fn open_note(
+    crypto: &Envelope,
+    patient: Uuid,
+    (note, version): (Uuid, i64),
+    sealed: &[u8],
+) -> Result<StoredNote> {
+    let (row, subject) = (version_row(note, version), patient.to_string());
+    let field = Field::new("notes", "body", &row, &subject);
+    let plain = crypto.decrypt(&field, sealed).await?;
+    StoredNote::decode(plain.as_slice())
+        .map_err(|_| RecordsError::Internal(format!("note {note} holds no stored note")))
+}
+
 /// A grant's label, bound to the grant's row.
 pub async fn seal_label(
     crypto: &Envelope,

@@ -113,6 +113,10 @@ fn matrix() -> Matrix {
         &chart("ListAmendments"),
         ". N  . N  . N  N  R  R  .  N  W  T",
     );
+    for rpc in ["CreateNote", "UpdateNote", "SignNote", "AddNoteAddendum"] {
+        m = m.row(&chart(rpc), "R R  . N  R R  N  R  R  R  N  W  T");
+    }
+    m = m.row(&chart("ListNotes"), ". N  . N  . N  N  R  R  .  N  W  T");
     m = m.row(
         &chart("RecordDisclosure"),
         "R R  R R  . N  R  R  .  R  R  W  T",
@@ -145,6 +149,8 @@ struct World {
     no_reason: User,
     /// A staff member on P's team that team RPCs add and remove.
     extra: User,
+    /// A note in P's chart by the team provider, signed.
+    note: Note,
     /// An amendment request of P's, about `entry`.
     amendment: Amendment,
     /// An entry in P's chart and one in the other patient's.
@@ -235,7 +241,33 @@ async fn the_authorization_matrix_holds_and_every_allowed_call_is_audited() {
         .await
         .unwrap()
         .into_inner();
+    let draft = c
+        .create_note(common::as_user(
+            &team_provider,
+            CreateNoteRequest {
+                patient_id: patient.id.clone(),
+                title: "Intake".into(),
+                text: "History taken.".into(),
+                labels: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let note = c
+        .sign_note(common::as_user(
+            &team_provider,
+            SignNoteRequest {
+                patient_id: patient.id.clone(),
+                note_id: draft.id.clone(),
+                etag: draft.etag.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let world = World {
+        note,
         amendment,
         patient,
         another,
@@ -565,6 +597,58 @@ async fn call(
                     page: None,
                 },
             ))
+            .await
+            .map(drop),
+        "CreateNote" => c
+            .create_note(signed(
+                user,
+                CreateNoteRequest {
+                    patient_id: pid,
+                    title: "Phone call".into(),
+                    text: "Discussed results.".into(),
+                    labels: vec![],
+                },
+            ))
+            .await
+            .map(drop),
+        "UpdateNote" => c
+            .update_note(signed(
+                user,
+                UpdateNoteRequest {
+                    patient_id: pid,
+                    note_id: w.note.id.clone(),
+                    title: "Intake".into(),
+                    text: "rewritten".into(),
+                    labels: vec![],
+                    etag: w.note.etag.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "SignNote" => c
+            .sign_note(signed(
+                user,
+                SignNoteRequest {
+                    patient_id: pid,
+                    note_id: w.note.id.clone(),
+                    etag: w.note.etag.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "AddNoteAddendum" => c
+            .add_note_addendum(signed(
+                user,
+                AddNoteAddendumRequest {
+                    patient_id: pid,
+                    note_id: w.note.id.clone(),
+                    text: "Addendum for the matrix.".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "ListNotes" => c
+            .list_notes(signed(user, ListNotesRequest { patient_id: pid }))
             .await
             .map(drop),
         "GetAccessLog" => c

@@ -10,4 +10,5 @@ mod authz;
 mod care_team;
 mod chart;
 mod erasure;
+mod notes;
 mod sensitivity;
