@@ -362,13 +362,22 @@ fn the_binary_serves_its_own_list_only() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: identity]"));
+    let names: Vec<&str> = carehub::services::SERVICES
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    let possible = format!("[possible values: {}]", names.join(", "));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&possible),
+        "{possible}"
+    );
     let out = std::process::Command::new(bin)
         .arg("services")
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "identity\n");
+    let listed: String = names.iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), listed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
