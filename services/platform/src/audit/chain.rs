@@ -461,6 +461,36 @@ mod tests {
             event_hash(1, &e, &sealed, &GENESIS_HASH),
             event_hash(1, &e, &moved, &GENESIS_HASH)
         );
+        // Every optional text field is hashed, and unset differs from set-but-empty.
+        type Set = fn(&mut AuditEvent, Option<String>);
+        let optional: [(&str, Set); 6] = [
+            ("outcome_reason", |e, v| e.outcome_reason = v),
+            ("actor_role", |e, v| e.actor_role = v),
+            ("actor_workload", |e, v| e.actor_workload = v),
+            ("request_id", |e, v| e.request_id = v),
+            ("trace_id", |e, v| e.trace_id = v),
+            ("span_id", |e, v| e.span_id = v),
+        ];
+        for (name, set) in optional {
+            let hashes: Vec<_> = [
+                None,
+                Some(String::new()),
+                Some("a".into()),
+                Some("b".into()),
+            ]
+            .into_iter()
+            .map(|v| {
+                let mut changed = e.clone();
+                set(&mut changed, v);
+                event_hash(1, &changed, &none, &GENESIS_HASH)
+            })
+            .collect();
+            for (i, h) in hashes.iter().enumerate() {
+                for other in &hashes[i + 1..] {
+                    assert_ne!(h, other, "{name}");
+                }
+            }
+        }
         let mut clear = e.clone();
         clear.source_ip = Some("203.0.113.7".into());
         assert_eq!(base, event_hash(1, &clear, &none, &GENESIS_HASH));

@@ -946,3 +946,39 @@ async fn client_addresses_are_stored_sealed_and_the_chain_verifies_without_their
     assert!(sealer.open_event(&mut moved).is_err());
     db.drop_database().await.unwrap();
 }
+
+/// What `carehub audit events` reads: the newest events about one subject or by one actor,
+/// newest first, at most the limit, nobody else's.
+#[tokio::test]
+async fn events_of_a_subject_or_an_actor_newest_first() {
+    let db = db().await;
+    let (patient, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut notes = Vec::new();
+    for _ in 0..3 {
+        notes.push(create_note(&db.pool, patient, true).await);
+    }
+    create_note(&db.pool, other, true).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let of = |found: &[audit::ChainedEvent]| {
+        found
+            .iter()
+            .map(|e| e.event.entity_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let found = audit::chain::events_of(&mut conn, audit::chain::Whose::Subject(patient), 10)
+        .await
+        .unwrap();
+    let newest_first: Vec<String> = notes.iter().rev().map(Uuid::to_string).collect();
+    assert_eq!(of(&found), newest_first);
+    let two = audit::chain::events_of(&mut conn, audit::chain::Whose::Subject(patient), 2)
+        .await
+        .unwrap();
+    assert_eq!(of(&two), newest_first[..2].to_vec());
+    let actor = found[0].event.actor_user_id.unwrap();
+    let by = audit::chain::events_of(&mut conn, audit::chain::Whose::Actor(actor), 10)
+        .await
+        .unwrap();
+    assert_eq!(of(&by), vec![notes[2].to_string()]);
+    drop(conn);
+    db.drop_database().await.unwrap();
+}
