@@ -34,7 +34,7 @@ pub(super) async fn reach(
     access::access(user, patient, relation)
 }
 
-fn source_of(access: Access) -> Source {
+pub(crate) fn source_of(access: Access) -> Source {
     match access {
         Access::Patient => Source::Patient,
         Access::Team(TeamRole::Provider) | Access::BreakGlass => Source::Provider,

@@ -198,6 +198,25 @@ pub const NOTES_READ: Kind = Kind::new(
     PATIENT,
 );
 
+pub const DOCUMENT_UPLOAD: Kind = Kind::new(
+    "records.document.upload",
+    Action::Create,
+    "a document was added to a chart (UploadDocument)",
+    PATIENT,
+);
+pub const DOCUMENT_READ: Kind = Kind::new(
+    "records.document.read",
+    Action::Read,
+    "a document was downloaded (DownloadDocument)",
+    PATIENT,
+);
+pub const DOCUMENTS_READ: Kind = Kind::new(
+    "records.document.list",
+    Action::Read,
+    "a chart's documents were listed (ListDocuments)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -233,6 +252,9 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         NOTE_SIGN,
         NOTE_ADDENDUM,
         NOTES_READ,
+        DOCUMENT_UPLOAD,
+        DOCUMENT_READ,
+        DOCUMENTS_READ,
     ],
 };
 

@@ -6,7 +6,8 @@
 //! verification), `team` (care teams), `break_glass` (emergency access and its review),
 //! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
 //! patient's data, from every service's trail), `amendments` (HIPAA 164.526 requests),
-//! `disclosures` (the 164.528 accounting), `notes` (clinical notes and addenda).
+//! `disclosures` (the 164.528 accounting), `notes` (clinical notes and addenda), `documents`
+//! (streamed uploads and downloads, encrypted chunk by chunk).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -20,6 +21,7 @@ pub mod break_glass;
 pub mod chart;
 pub mod convert;
 pub mod disclosures;
+pub mod documents;
 pub mod erasure;
 pub mod kinds;
 pub mod notes;
@@ -193,6 +195,25 @@ impl RecordsService for RecordsApi {
         req: Request<ListDisclosuresRequest>,
     ) -> Result<Response<ListDisclosuresResponse>, Status> {
         rpc!(self, req, disclosures::list)
+    }
+    async fn upload_document(
+        &self,
+        req: Request<tonic::Streaming<UploadDocumentRequest>>,
+    ) -> Result<Response<Document>, Status> {
+        rpc!(self, req, documents::upload)
+    }
+    type DownloadDocumentStream = documents::ChunkStream;
+    async fn download_document(
+        &self,
+        req: Request<DownloadDocumentRequest>,
+    ) -> Result<Response<Self::DownloadDocumentStream>, Status> {
+        rpc!(self, req, documents::download)
+    }
+    async fn list_documents(
+        &self,
+        req: Request<ListDocumentsRequest>,
+    ) -> Result<Response<ListDocumentsResponse>, Status> {
+        rpc!(self, req, documents::list)
     }
     async fn create_note(&self, req: Request<CreateNoteRequest>) -> Result<Response<Note>, Status> {
         rpc!(self, req, notes::create)

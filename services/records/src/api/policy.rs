@@ -31,6 +31,9 @@ pub fn policy() -> Policy {
         "ListEntryVersions",
         "CreateEntry",
         "UpdateEntry",
+        "UploadDocument",
+        "DownloadDocument",
+        "ListDocuments",
     ] {
         p = p.rule(PUBLIC, m, GATEWAY, users(CHART));
     }

@@ -4,4 +4,5 @@
 pub mod access;
 pub mod amendment;
 pub mod content;
+pub mod document;
 pub mod sensitivity;

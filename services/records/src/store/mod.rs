@@ -4,6 +4,7 @@
 pub mod amendments;
 pub mod break_glass;
 pub mod disclosures;
+pub mod documents;
 pub mod entries;
 pub mod erasures;
 pub mod grants;

@@ -108,6 +108,65 @@ pub async fn open_note(
         .map_err(|_| RecordsError::Internal(format!("note {note} holds no stored note")))
 }
 
+/// Bytes of a document's chunk `seq`.
+pub async fn seal_chunk(
+    crypto: &Envelope,
+    patient: Uuid,
+    (document, seq): (Uuid, i32),
+    data: &[u8],
+) -> Result<Vec<u8>> {
+    let (row, subject) = (format!("{document}/{seq}"), patient.to_string());
+    Ok(crypto
+        .encrypt(&Field::new("document_chunks", "data", &row, &subject), data)
+        .await?)
+}
+
+pub async fn open_chunk(
+    crypto: &Envelope,
+    patient: Uuid,
+    (document, seq): (Uuid, i32),
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
+    let (row, subject) = (format!("{document}/{seq}"), patient.to_string());
+    Ok(crypto
+        .decrypt(
+            &Field::new("document_chunks", "data", &row, &subject),
+            sealed,
+        )
+        .await?
+        .to_vec())
+}
+
+/// What a document is (its DocumentInfo), bound to its row.
+pub async fn seal_document_info(
+    crypto: &Envelope,
+    patient: Uuid,
+    document: Uuid,
+    info: &pb::DocumentInfo,
+) -> Result<Vec<u8>> {
+    let (row, subject) = (document.to_string(), patient.to_string());
+    Ok(crypto
+        .encrypt(
+            &Field::new("documents", "info", &row, &subject),
+            &info.encode_to_vec(),
+        )
+        .await?)
+}
+
+pub async fn open_document_info(
+    crypto: &Envelope,
+    patient: Uuid,
+    document: Uuid,
+    sealed: &[u8],
+) -> Result<pb::DocumentInfo> {
+    let (row, subject) = (document.to_string(), patient.to_string());
+    let plain = crypto
+        .decrypt(&Field::new("documents", "info", &row, &subject), sealed)
+        .await?;
+    pb::DocumentInfo::decode(plain.as_slice())
+        .map_err(|_| RecordsError::Internal(format!("document {document} holds no info")))
+}
+
 /// A grant's label, bound to the grant's row.
 pub async fn seal_label(
     crypto: &Envelope,

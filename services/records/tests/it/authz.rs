@@ -118,6 +118,13 @@ fn matrix() -> Matrix {
     }
     m = m.row(&chart("ListNotes"), ". N  . N  . N  N  R  R  .  N  W  T");
     m = m.row(
+        &chart("UploadDocument"),
+        ". N  . N  . N  N  R  R  R  N  W  T",
+    );
+    for rpc in ["DownloadDocument", "ListDocuments"] {
+        m = m.row(&chart(rpc), ". N  . N  . N  N  R  R  .  N  W  T");
+    }
+    m = m.row(
         &chart("RecordDisclosure"),
         "R R  R R  . N  R  R  .  R  R  W  T",
     );
@@ -149,6 +156,8 @@ struct World {
     no_reason: User,
     /// A staff member on P's team that team RPCs add and remove.
     extra: User,
+    /// A document in P's chart.
+    document: Document,
     /// A note in P's chart by the team provider, signed.
     note: Note,
     /// An amendment request of P's, about `entry`.
@@ -266,7 +275,16 @@ async fn the_authorization_matrix_holds_and_every_allowed_call_is_audited() {
         .await
         .unwrap()
         .into_inner();
+    let document = c
+        .upload_document(common::as_user(
+            &patient,
+            tokio_stream::iter(text_document(&patient)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let world = World {
+        document,
         note,
         amendment,
         patient,
@@ -599,6 +617,32 @@ async fn call(
             ))
             .await
             .map(drop),
+        "UploadDocument" => {
+            let mut req = tonic::Request::new(tokio_stream::iter(text_document(patient)));
+            if let Some(u) = user {
+                req = with_token(req, &u.token);
+            }
+            c.upload_document(req).await.map(drop)
+        }
+        "DownloadDocument" => {
+            let answer = c
+                .download_document(signed(
+                    user,
+                    DownloadDocumentRequest {
+                        patient_id: pid,
+                        document_id: w.document.id.clone(),
+                    },
+                ))
+                .await?;
+            // Read to the end: the chunks come after the answer's headers.
+            let mut stream = answer.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
+        "ListDocuments" => c
+            .list_documents(signed(user, ListDocumentsRequest { patient_id: pid }))
+            .await
+            .map(drop),
         "CreateNote" => c
             .create_note(signed(
                 user,
@@ -676,4 +720,25 @@ fn signed<T>(user: Option<&User>, msg: T) -> tonic::Request<T> {
         Some(u) => with_token(r, &u.token),
         None => r,
     }
+}
+
+/// A small text document of `patient`'s chart, as an upload's messages.
+fn text_document(patient: &User) -> Vec<UploadDocumentRequest> {
+    use sha2::Digest as _;
+    let bytes = b"Discharge summary: stable.".to_vec();
+    vec![
+        UploadDocumentRequest {
+            part: Some(upload_document_request::Part::Info(DocumentInfo {
+                patient_id: patient.id.clone(),
+                title: "Discharge summary".into(),
+                content_type: "text/plain".into(),
+                size_bytes: bytes.len() as i64,
+                sha256: data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(&bytes)),
+                labels: vec![],
+            })),
+        },
+        UploadDocumentRequest {
+            part: Some(upload_document_request::Part::Chunk(bytes)),
+        },
+    ]
 }

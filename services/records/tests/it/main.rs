@@ -9,6 +9,7 @@ mod amendments;
 mod authz;
 mod care_team;
 mod chart;
+mod documents;
 mod erasure;
 mod notes;
 mod sensitivity;

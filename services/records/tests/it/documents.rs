@@ -1,0 +1,254 @@
+//! Documents: streamed up in chunks and back, encrypted chunk by chunk; a content type that
+//! the bytes contradict, a wrong size or hash, an oversized chunk or document are refused and
+//! leave nothing behind; a retry with the same idempotency key stores nothing twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use carehub_platform::auth::Role;
+use carehub_proto::records::v1::*;
+use sha2::Digest as _;
+use tonic::Code;
+
+use crate::common::{self, as_user, assert_status, with_key, Suite, User};
+
+const MIB: usize = 1024 * 1024;
+
+/// A PDF-looking document of `len` bytes with a recognizable text inside.
+fn pdf(len: usize) -> Vec<u8> {
+    let mut out = b"%PDF-1.7\n".to_vec();
+    while out.len() < len {
+        out.extend_from_slice(b"HbA1c result 7.2 percent, patient Jane Q. Example; ");
+    }
+    out.truncate(len);
+    out
+}
+
+fn info(patient: &User, content_type: &str, bytes: &[u8]) -> DocumentInfo {
+    DocumentInfo {
+        patient_id: patient.id.clone(),
+        title: "Lab report".into(),
+        content_type: content_type.into(),
+        size_bytes: bytes.len() as i64,
+        sha256: data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes)),
+        labels: vec![],
+    }
+}
+
+fn messages(info: DocumentInfo, bytes: &[u8], chunk: usize) -> Vec<UploadDocumentRequest> {
+    let mut out = vec![UploadDocumentRequest {
+        part: Some(upload_document_request::Part::Info(info)),
+    }];
+    out.extend(bytes.chunks(chunk).map(|c| UploadDocumentRequest {
+        part: Some(upload_document_request::Part::Chunk(c.to_vec())),
+    }));
+    out
+}
+
+async fn upload(
+    suite: &Suite,
+    who: &User,
+    msgs: Vec<UploadDocumentRequest>,
+    key: Option<&str>,
+) -> Result<Document, tonic::Status> {
+    let mut req = as_user(who, tokio_stream::iter(msgs));
+    if let Some(key) = key {
+        req = with_key(req, key);
+    }
+    suite
+        .public()
+        .await
+        .upload_document(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn stored(suite: &Suite) -> (i64, i64) {
+    (
+        suite.records.count("documents").await,
+        suite.records.count("document_chunks").await,
+    )
+}
+
+#[tokio::test]
+async fn a_document_goes_up_and_comes_back_in_encrypted_chunks() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let doctor = suite.user(Role::Provider, "doc").await;
+    let outsider = suite.user(Role::Provider, "outsider").await;
+    suite.join_team(&patient, &doctor).await;
+    let bytes = pdf(2 * MIB + 12_345);
+    let msgs = messages(info(&patient, "application/pdf", &bytes), &bytes, MIB);
+    let doc = upload(&suite, &patient, msgs.clone(), Some("upload-lab-report-1"))
+        .await
+        .unwrap();
+    assert_eq!(doc.source(), Source::Patient);
+    // The same upload retried with its key: the first answer, nothing stored twice.
+    let again = upload(&suite, &patient, msgs, Some("upload-lab-report-1"))
+        .await
+        .unwrap();
+    assert_eq!(again, doc);
+    assert_eq!(stored(&suite).await, (1, 3));
+
+    let mut c = suite.public().await;
+    let download = |who: &User| {
+        as_user(
+            who,
+            DownloadDocumentRequest {
+                patient_id: patient.id.clone(),
+                document_id: doc.id.clone(),
+            },
+        )
+    };
+    let mut stream = c
+        .download_document(download(&doctor))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        if chunks == 0 {
+            assert_eq!(chunk.document.as_ref(), Some(&doc));
+        } else {
+            assert!(chunk.document.is_none());
+        }
+        back.extend_from_slice(&chunk.data);
+        chunks += 1;
+    }
+    assert_eq!((chunks, back.len()), (3, bytes.len()));
+    assert!(back == bytes, "the bytes came back changed");
+    let e = c.download_document(download(&outsider)).await.unwrap_err();
+    assert_status(&e, Code::PermissionDenied, Some("NOT_ON_CARE_TEAM"));
+    let listed = c
+        .list_documents(as_user(
+            &doctor,
+            ListDocumentsRequest {
+                patient_id: patient.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .documents;
+    assert_eq!(listed, vec![doc]);
+
+    // The tables hold neither the text nor the title nor the hash.
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT t::text FROM document_chunks t UNION ALL SELECT d::text FROM documents d",
+    )
+    .fetch_all(suite.pool())
+    .await
+    .unwrap();
+    let sha = data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(&bytes));
+    for row in rows {
+        for needle in ["HbA1c", "Jane", "Lab report", "application/pdf", &sha] {
+            assert!(!row.contains(needle), "{needle} in clear");
+        }
+        // bytea prints as hex: the text hex-encoded must not be there either.
+        assert!(!row.contains(&data_encoding::HEXLOWER.encode(b"HbA1c result")));
+    }
+    suite.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_upload_is_refused_whole_and_leaves_nothing() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let bytes = pdf(300_000);
+    let good = info(&patient, "application/pdf", &bytes);
+    let exe: Vec<u8> = b"MZ\x90\0\x03\0\0\0"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4096)
+        .collect();
+    let cases: Vec<(&str, Vec<UploadDocumentRequest>)> = vec![
+        (
+            "info.content_type",
+            messages(
+                DocumentInfo {
+                    content_type: "image/png".into(),
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        (
+            "info.content_type",
+            messages(info(&patient, "text/plain", &exe), &exe, 1024),
+        ),
+        (
+            "info.content_type",
+            messages(
+                DocumentInfo {
+                    content_type: "application/x-msdownload".into(),
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        (
+            "info.sha256",
+            messages(
+                DocumentInfo {
+                    sha256: "00".repeat(32),
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        (
+            "info.size_bytes",
+            messages(
+                DocumentInfo {
+                    size_bytes: 299_999,
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        (
+            "info.size_bytes",
+            messages(
+                DocumentInfo {
+                    size_bytes: 300_001,
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        (
+            "info.size_bytes",
+            messages(
+                DocumentInfo {
+                    size_bytes: 10 * MIB as i64 + 1,
+                    ..good.clone()
+                },
+                &bytes,
+                65_536,
+            ),
+        ),
+        ("chunk", {
+            let big = pdf(MIB + 1);
+            messages(info(&patient, "application/pdf", &big), &big, MIB + 1)
+        }),
+        (
+            "info",
+            messages(good.clone(), &bytes, 65_536)
+                .into_iter()
+                .skip(1)
+                .collect(),
+        ),
+    ];
+    for (field, msgs) in cases {
+        let e = upload(&suite, &patient, msgs, None).await.unwrap_err();
+        assert_status(&e, Code::InvalidArgument, Some("INVALID_FIELD"));
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    assert_eq!(stored(&suite).await, (0, 0));
+    suite.shutdown().await;
+}
