@@ -10,6 +10,7 @@ pub mod config;
 pub mod directory;
 pub mod domain;
 pub mod error;
+pub mod fhir;
 pub mod store;
 
 use std::sync::Arc;

@@ -116,6 +116,29 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
     v.finish()?;
     let patient = checked(patient)?;
     let max = i64::from(state.settings.max_chart_entries);
+    let (access, entries) = visible_entries(state, user, patient, max).await?;
+    let chart = Chart {
+        patient_id: patient.to_string(),
+        entries,
+    };
+    let read = call.event(
+        kinds::CHART_READ,
+        access::purpose(access),
+        "chart",
+        patient,
+        patient,
+    );
+    call.read(&state.pool, read, chart).await
+}
+
+/// The current version of every entry of `patient`'s chart that `user` sees, and how they
+/// reach it; FAILED_PRECONDITION (CHART_SIZE) beyond `max` entries.
+pub(crate) async fn visible_entries(
+    state: &AppState,
+    user: &UserCaller,
+    patient: Uuid,
+    max: i64,
+) -> Result<(Access, Vec<Entry>)> {
     let (sight, rows) = {
         let mut conn = state.pool.acquire().await?;
         let sight = Sight::of(state, &mut conn, user, patient).await?;
@@ -125,9 +148,7 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
         return Err(RecordsError::Conflict {
             kind: "CHART_SIZE",
             subject: patient.to_string(),
-            description: format!(
-                "chart of patient {patient} has more than {max} entries; export it instead"
-            ),
+            description: format!("chart of patient {patient} has more than {max} entries"),
         });
     }
     let mut out = Vec::with_capacity(rows.len());
@@ -137,18 +158,7 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
             out.push(entry);
         }
     }
-    let chart = Chart {
-        patient_id: patient.to_string(),
-        entries: out,
-    };
-    let read = call.event(
-        kinds::CHART_READ,
-        access::purpose(sight.access),
-        "chart",
-        patient,
-        patient,
-    );
-    call.read(&state.pool, read, chart).await
+    Ok((sight.access, out))
 }
 
 /// Whether `entry` of `patient` is there for `user` (exists and is not hidden from them).

@@ -217,6 +217,13 @@ pub const DOCUMENTS_READ: Kind = Kind::new(
     PATIENT,
 );
 
+pub const CHART_EXPORT: Kind = Kind::new(
+    "records.chart.export",
+    Action::Read,
+    "a chart was exported as a FHIR R4 Bundle (ExportChart)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -255,6 +262,7 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         DOCUMENT_UPLOAD,
         DOCUMENT_READ,
         DOCUMENTS_READ,
+        CHART_EXPORT,
     ],
 };
 

@@ -7,7 +7,7 @@
 //! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
 //! patient's data, from every service's trail), `amendments` (HIPAA 164.526 requests),
 //! `disclosures` (the 164.528 accounting), `notes` (clinical notes and addenda), `documents`
-//! (streamed uploads and downloads, encrypted chunk by chunk).
+//! (streamed uploads and downloads, encrypted chunk by chunk), `export` (FHIR R4 Bundle).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -23,6 +23,7 @@ pub mod convert;
 pub mod disclosures;
 pub mod documents;
 pub mod erasure;
+pub mod export;
 pub mod kinds;
 pub mod notes;
 pub mod policy;
@@ -195,6 +196,13 @@ impl RecordsService for RecordsApi {
         req: Request<ListDisclosuresRequest>,
     ) -> Result<Response<ListDisclosuresResponse>, Status> {
         rpc!(self, req, disclosures::list)
+    }
+    type ExportChartStream = export::FhirStream;
+    async fn export_chart(
+        &self,
+        req: Request<ExportChartRequest>,
+    ) -> Result<Response<Self::ExportChartStream>, Status> {
+        rpc!(self, req, export::export)
     }
     async fn upload_document(
         &self,

@@ -34,6 +34,7 @@ pub fn policy() -> Policy {
         "UploadDocument",
         "DownloadDocument",
         "ListDocuments",
+        "ExportChart",
     ] {
         p = p.rule(PUBLIC, m, GATEWAY, users(CHART));
     }

@@ -121,7 +121,7 @@ fn matrix() -> Matrix {
         &chart("UploadDocument"),
         ". N  . N  . N  N  R  R  R  N  W  T",
     );
-    for rpc in ["DownloadDocument", "ListDocuments"] {
+    for rpc in ["DownloadDocument", "ListDocuments", "ExportChart"] {
         m = m.row(&chart(rpc), ". N  . N  . N  N  R  R  .  N  W  T");
     }
     m = m.row(
@@ -635,6 +635,14 @@ async fn call(
                 ))
                 .await?;
             // Read to the end: the chunks come after the answer's headers.
+            let mut stream = answer.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
+        "ExportChart" => {
+            let answer = c
+                .export_chart(signed(user, ExportChartRequest { patient_id: pid }))
+                .await?;
             let mut stream = answer.into_inner();
             while stream.message().await?.is_some() {}
             Ok(())

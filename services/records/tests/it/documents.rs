@@ -252,3 +252,9 @@ async fn a_bad_upload_is_refused_whole_and_leaves_nothing() {
     assert_eq!(stored(&suite).await, (0, 0));
     suite.shutdown().await;
 }
+
+/// A small text document of `patient`'s chart, as an upload's messages (for other modules).
+pub fn text_upload(patient: &User) -> Vec<UploadDocumentRequest> {
+    let bytes = b"Referral letter: please assess.".to_vec();
+    messages(info(patient, "text/plain", &bytes), &bytes, 1024)
+}

@@ -11,5 +11,6 @@ mod care_team;
 mod chart;
 mod documents;
 mod erasure;
+mod fhir;
 mod notes;
 mod sensitivity;

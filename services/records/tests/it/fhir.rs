@@ -1,0 +1,193 @@
+//! The FHIR R4 export of a filled chart passes two independent checkers, run from here: PyPI
+//! fhir.resources 6.4.0 (structure and cardinality) and npm fhir 4.12.0 (`errorOnUnexpected`,
+//! value sets) — installed pinned by scripts/fhir/install.sh on first use — and both refuse
+//! the same bundle with a required element taken out, so they can fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use carehub_platform::auth::Role;
+use carehub_proto::records::v1::*;
+use serde_json::Value;
+
+use crate::common::{self, as_user, coding, diabetes, hba1c, metformin, Suite, User};
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fhir")
+}
+
+/// Where the checkers are installed (once per test process).
+fn checkers() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(scripts().join("install.sh")).output().unwrap();
+        assert!(
+            out.status.success(),
+            "installing the FHIR checkers: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// Runs both checkers over `bundle`: (python's verdict, node's verdict), each with its output.
+fn check(bundle: &Value) -> [(bool, String); 2] {
+    let dir = checkers();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec_pretty(bundle).unwrap()).unwrap();
+    let py = Command::new(dir.join("venv/bin/python"))
+        .arg(scripts().join("validate.py"))
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let js = Command::new("node")
+        .arg(scripts().join("validate.js"))
+        .arg(file.path())
+        .env("NODE_PATH", dir.join("node_modules"))
+        .output()
+        .unwrap();
+    [py, js].map(|o| {
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    })
+}
+
+async fn export(suite: &Suite, who: &User, patient: &User) -> Value {
+    let mut stream = suite
+        .public()
+        .await
+        .export_chart(as_user(
+            who,
+            ExportChartRequest {
+                patient_id: patient.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut json = Vec::new();
+    let mut pieces = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        json.extend_from_slice(&chunk.json);
+        pieces += 1;
+    }
+    assert!(pieces > 3, "streamed in pieces, not whole");
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test]
+async fn a_filled_charts_export_passes_both_fhir_checkers_which_refuse_a_broken_one() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let doctor = suite.user(Role::Provider, "doc").await;
+    suite.join_team(&patient, &doctor).await;
+    let mut c = suite.public().await;
+    let penicillin = EntryContent {
+        content: Some(entry_content::Content::Allergy(Allergy {
+            substance: coding(
+                "http://www.nlm.nih.gov/research/umls/rxnorm",
+                "7980",
+                "Penicillin G",
+            ),
+            reaction: "hives".into(),
+            severity: AllergySeverity::Moderate as i32,
+            status: AllergyStatus::Active as i32,
+        })),
+    };
+    let mut strep = hba1c();
+    if let Some(entry_content::Content::LabResult(l)) = strep.content.as_mut() {
+        l.code = coding(
+            "http://loinc.org",
+            "78012-2",
+            "Streptococcus pyogenes Ag [Presence] in Throat",
+        );
+        l.value = "positive".into();
+        l.unit = String::new();
+        l.reference_range = "negative".into();
+        l.flag = AbnormalFlag::Abnormal as i32;
+    }
+    let mut created = Vec::new();
+    for (who, content) in [
+        (&patient, diabetes()),
+        (&patient, metformin("500 mg")),
+        (&patient, penicillin),
+        (&doctor, hba1c()),
+        (&doctor, strep),
+    ] {
+        created.push(
+            c.create_entry(as_user(
+                who,
+                CreateEntryRequest {
+                    patient_id: patient.id.clone(),
+                    content: Some(content),
+                    labels: vec![],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+    }
+    c.verify_entry(as_user(
+        &doctor,
+        VerifyEntryRequest {
+            patient_id: patient.id.clone(),
+            entry_id: created[0].id.clone(),
+            etag: created[0].etag.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    c.upload_document(as_user(
+        &patient,
+        tokio_stream::iter(crate::documents::text_upload(&patient)),
+    ))
+    .await
+    .unwrap();
+
+    let bundle = export(&suite, &patient, &patient).await;
+    let types: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    for (t, n) in [
+        ("Patient", 1),
+        ("Condition", 1),
+        ("MedicationStatement", 1),
+        ("AllergyIntolerance", 1),
+        ("Observation", 2),
+        ("Provenance", 5),
+        ("DocumentReference", 1),
+    ] {
+        assert_eq!(
+            types.iter().filter(|x| **x == t).count(),
+            n,
+            "{t} in {types:?}"
+        );
+    }
+    for (ok, out) in check(&bundle) {
+        assert!(ok, "{out}\n{bundle:#}");
+    }
+
+    // The same bundle without a MedicationStatement's required status: both refuse it.
+    let mut broken = bundle.clone();
+    for e in broken["entry"].as_array_mut().unwrap() {
+        if e["resource"]["resourceType"] == "MedicationStatement" {
+            e["resource"].as_object_mut().unwrap().remove("status");
+        }
+    }
+    for (ok, out) in check(&broken) {
+        assert!(!ok, "a MedicationStatement without status passed: {out}");
+    }
+    suite.shutdown().await;
+}
