@@ -136,6 +136,13 @@ impl FieldViolations {
         self.violations.is_empty()
     }
 
+    /// Each violation: its field and why.
+    pub fn violations(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.violations
+            .iter()
+            .map(|(f, d)| (f.as_str(), d.as_str()))
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.violations.iter().map(|(f, _)| f.as_str())
     }

@@ -2,6 +2,8 @@
 //! with their system, statuses to the R4 value sets, provenance to a Provenance per entry. Pure
 //! functions over the proto types; references inside the Bundle are `urn:uuid:` full URLs.
 
+pub mod import;
+
 use carehub_proto::records::v1::{self as pb, entry_content::Content};
 use serde_json::{json, Map, Value};
 

@@ -224,6 +224,13 @@ pub const CHART_EXPORT: Kind = Kind::new(
     PATIENT,
 );
 
+pub const CHART_IMPORT: Kind = Kind::new(
+    "records.chart.import",
+    Action::Create,
+    "an integration imported a FHIR R4 Bundle into a chart (RecordsInternal.ImportFhirBundle)",
+    PATIENT,
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -263,6 +270,7 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         DOCUMENT_READ,
         DOCUMENTS_READ,
         CHART_EXPORT,
+        CHART_IMPORT,
     ],
 };
 

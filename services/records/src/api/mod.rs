@@ -24,6 +24,7 @@ pub mod disclosures;
 pub mod documents;
 pub mod erasure;
 pub mod export;
+pub mod import;
 pub mod kinds;
 pub mod notes;
 pub mod policy;
@@ -260,6 +261,12 @@ impl RecordsService for RecordsApi {
 
 #[tonic::async_trait]
 impl RecordsInternal for RecordsApi {
+    async fn import_fhir_bundle(
+        &self,
+        req: Request<ImportFhirBundleRequest>,
+    ) -> Result<Response<ImportFhirBundleResponse>, Status> {
+        rpc!(self, req, import::import)
+    }
     async fn add_booked_provider(
         &self,
         req: Request<AddBookedProviderRequest>,

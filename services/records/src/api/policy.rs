@@ -85,6 +85,13 @@ pub fn policy() -> Policy {
         &["scheduling"],
         UserRule::WorkloadOnly,
     );
+    // EHR and HIE feeds.
+    p = p.rule(
+        INTERNAL,
+        "ImportFhirBundle",
+        &["integration"],
+        UserRule::WorkloadOnly,
+    );
     // Identity's outbox delivers account events here.
     p.rule(
         ACCOUNT_EVENTS,

@@ -133,6 +133,11 @@ fn matrix() -> Matrix {
         "R R  R R  R R  R  R  .  R  R  W  T",
     );
     m = m.row(&chart("BreakGlass"), "R R  F .  R R  .  R  R  .  I  W  T");
+    // Integration feeds only (the positive case: fhir.rs).
+    m = m.row(
+        &format!("/{INTERNAL}/ImportFhirBundle"),
+        "W W  W W  W W  W  W  W  W  W  W  W",
+    );
     // Identity's outbox only (its positive case: erasure.rs).
     m = m.row(
         &format!("/{ACCOUNT_EVENTS}/ApplyAccountEvent"),
@@ -363,6 +368,18 @@ async fn call(
                     user_id: patient.id.clone(),
                     status: AccountStatus::Terminated as i32,
                     change_time: None,
+                },
+            ))
+            .await
+            .map(drop);
+    }
+    if rpc.ends_with("/ImportFhirBundle") {
+        return RecordsInternalClient::new(channel)
+            .import_fhir_bundle(signed(
+                user,
+                ImportFhirBundleRequest {
+                    patient_id: patient.id.clone(),
+                    bundle_json: b"{}".to_vec(),
                 },
             ))
             .await

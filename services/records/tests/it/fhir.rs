@@ -191,3 +191,157 @@ async fn a_filled_charts_export_passes_both_fhir_checkers_which_refuse_a_broken_
     }
     suite.shutdown().await;
 }
+
+/// A feed's bundle about `patient`: a condition, a medication, a lab result, an allergy.
+fn feed(patient: &str, identifier: &str, condition_status: &str) -> Value {
+    let subject = serde_json::json!({ "reference": format!("Patient/{patient}") });
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "identifier": { "system": "urn:ehr:feed", "value": identifier },
+        "entry": [
+            { "resource": {
+                "resourceType": "Condition", "id": "cond-1",
+                "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": condition_status }] },
+                "code": { "coding": [{ "system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10", "display": "Essential hypertension" }] },
+                "subject": subject
+            }},
+            { "resource": {
+                "resourceType": "MedicationStatement", "id": "med-1", "status": "active",
+                "medicationCodeableConcept": { "coding": [{ "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197361", "display": "amlodipine 5 MG Oral Tablet" }] },
+                "subject": subject,
+                "dosage": [{ "text": "5 mg daily", "route": { "text": "oral" } }]
+            }},
+            { "resource": {
+                "resourceType": "Observation", "id": "obs-1", "status": "final",
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "2345-7", "display": "Glucose" }] },
+                "subject": subject,
+                "effectiveDateTime": "2026-11-30T08:15:00Z",
+                "valueQuantity": { "value": 5.4, "unit": "mmol/L" }
+            }},
+            { "resource": {
+                "resourceType": "AllergyIntolerance", "id": "alg-1",
+                "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+                "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "300916003", "display": "Latex allergy" }] },
+                "patient": subject,
+                "reaction": [{ "manifestation": [{ "text": "rash" }], "severity": "mild" }]
+            }}
+        ]
+    })
+}
+
+async fn import(
+    suite: &Suite,
+    workload: &str,
+    patient: &User,
+    bundle: &Value,
+) -> Result<ImportFhirBundleResponse, tonic::Status> {
+    suite
+        .internal(workload)
+        .await
+        .import_fhir_bundle(ImportFhirBundleRequest {
+            patient_id: patient.id.clone(),
+            bundle_json: serde_json::to_vec(bundle).unwrap(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_feed_imports_once_per_bundle_updates_what_it_imported_and_refuses_a_bad_bundle_whole() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let first = import(
+        &suite,
+        "integration",
+        &patient,
+        &feed(&patient.id, "feed-0001", "active"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.entries.len(), 4);
+    assert!(first
+        .entries
+        .iter()
+        .all(|e| e.provenance.as_ref().unwrap().source() == Source::Integration && e.version == 1));
+    // The same bundle again: the first answer, nothing new.
+    let again = import(
+        &suite,
+        "integration",
+        &patient,
+        &feed(&patient.id, "feed-0001", "active"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.entries.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        first.entries.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(suite.records.count("entries").await, 4);
+    // A later bundle with the same resources: new versions of the same entries.
+    let later = import(
+        &suite,
+        "integration",
+        &patient,
+        &feed(&patient.id, "feed-0002", "resolved"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.entries[0].id, first.entries[0].id);
+    assert_eq!(later.entries[0].version, 2);
+    assert_eq!(suite.records.count("entries").await, 4);
+
+    // A bad code and a missing required element: refused whole, each path named.
+    let mut bad = feed(&patient.id, "feed-0003", "active");
+    bad["entry"][0]["resource"]["code"]["coding"][0]["system"] =
+        "http://example.org/made-up".into();
+    bad["entry"][1]["resource"]
+        .as_object_mut()
+        .unwrap()
+        .remove("status");
+    bad["entry"][2]["resource"]["status"] = "bogus".into();
+    let e = import(&suite, "integration", &patient, &bad)
+        .await
+        .unwrap_err();
+    common::assert_status(&e, tonic::Code::InvalidArgument, Some("INVALID_FIELD"));
+    let fields: Vec<String> = carehub_platform::errors::details_of(&e)
+        .field_violations
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "entry[0].resource.code.coding[0].system",
+            "entry[1].resource.status",
+            "entry[1].resource.status",
+            "entry[2].resource.status",
+        ],
+        "{e:?}"
+    );
+    assert_eq!(
+        suite.records.count("entries").await,
+        4,
+        "nothing of the bad bundle was kept"
+    );
+    let e = import(
+        &suite,
+        "gateway",
+        &patient,
+        &feed(&patient.id, "feed-0004", "active"),
+    )
+    .await
+    .unwrap_err();
+    common::assert_status(
+        &e,
+        tonic::Code::PermissionDenied,
+        Some("WORKLOAD_NOT_ALLOWED"),
+    );
+
+    // What was imported exports again and passes both checkers.
+    let bundle = export(&suite, &patient, &patient).await;
+    for (ok, out) in check(&bundle) {
+        assert!(ok, "{out}");
+    }
+    suite.shutdown().await;
+}
