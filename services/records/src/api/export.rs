@@ -13,11 +13,14 @@ use uuid::Uuid;
 
 use super::chart::{self, Sight};
 use super::kinds;
-use crate::domain::access;
+use carehub_platform::audit;
+
+use crate::domain::access::{self, Access, TeamRole};
 use crate::domain::sensitivity::Label;
 use crate::error::{RecordsError, Result};
 use crate::fhir;
-use crate::store::{documents, sealed};
+use crate::store::disclosures::{self, NewDisclosure};
+use crate::store::{amendments, documents, sealed};
 use crate::AppState;
 
 /// The stream ExportChart answers with.
@@ -34,11 +37,21 @@ pub async fn export(
     let user = call.user()?;
     let mut v = FieldViolations::new();
     let patient = v.require_uuid("patient_id", &r.patient_id);
+    let third_party = !r.recipient.trim().is_empty() || !r.purpose.trim().is_empty();
+    if third_party {
+        v.require_len(r.recipient.trim(), "recipient", 1, 200);
+        v.require_len(r.purpose.trim(), "purpose", 1, 200);
+    }
     v.finish()?;
     let patient =
         patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
     let max = i64::from(state.settings.max_chart_entries) * EXPORT_FACTOR;
-    let (access, entries) = chart::visible_entries(state, user, patient, max).await?;
+    let (access, mut entries) = chart::visible_entries(state, user, patient, max).await?;
+    if third_party && access != Access::Team(TeamRole::Staff) {
+        return Err(RecordsError::PermissionDenied(
+            "exports to a third party are made by the care team's staff".to_owned(),
+        ));
+    }
     let (sight, rows) = {
         let mut conn = state.pool.acquire().await?;
         let sight = Sight::of(state, &mut conn, user, patient).await?;
@@ -52,7 +65,12 @@ pub async fn export(
             .iter()
             .filter_map(|l| Label::from_pb(*l))
             .collect();
-        if sight.sees_labels(&labels, row.uploaded_by == user.user_id) {
+        let shown = if third_party {
+            labels.is_empty()
+        } else {
+            sight.sees_labels(&labels, row.uploaded_by == user.user_id)
+        };
+        if shown {
             docs.push(Document {
                 id: row.id.to_string(),
                 info: Some(info),
@@ -62,14 +80,64 @@ pub async fn export(
             });
         }
     }
-    let event = call.event(
+    let export_event = call.event(
         kinds::CHART_EXPORT,
         access::purpose(access),
         "chart",
         patient,
         patient,
     );
-    call.read::<_, RecordsError>(&state.pool, event, ()).await?;
+    if third_party {
+        // Labelled information never leaves for a third party through an export.
+        entries.retain(|e| e.labels.is_empty());
+        let ids: Vec<Uuid> = entries
+            .iter()
+            .filter_map(|e| Uuid::parse_str(&e.id).ok())
+            .collect();
+        let id = Uuid::now_v7();
+        let c = &state.crypto;
+        let description = format!(
+            "FHIR R4 export: {} entries, {} documents",
+            entries.len(),
+            docs.len()
+        );
+        let mut tx = state.pool.begin().await?;
+        let carried = amendments::denied_of(&mut tx, patient, &ids).await?;
+        let place = |column| ("disclosures", column, id);
+        let recipient =
+            sealed::seal_text(c, patient, place("recipient"), r.recipient.trim()).await?;
+        let purpose = sealed::seal_text(c, patient, place("purpose"), r.purpose.trim()).await?;
+        let description = sealed::seal_text(c, patient, place("description"), &description).await?;
+        disclosures::insert(
+            &mut tx,
+            &NewDisclosure {
+                id,
+                patient,
+                recipient: &recipient,
+                purpose: &purpose,
+                description: &description,
+                entries: &ids,
+                amendments: &carried,
+                disclosed_at: chrono::Utc::now(),
+                recorded_by: user.user_id,
+            },
+        )
+        .await?;
+        let disclosed = call.event(
+            kinds::DISCLOSURE_RECORD,
+            carehub_platform::audit::Purpose::Operations,
+            "disclosure",
+            id,
+            patient,
+        );
+        audit::record(&mut tx, &disclosed).await?;
+        audit::record(&mut tx, &export_event).await?;
+        tx.commit().await?;
+        call.mark_audited();
+    } else {
+        call.read::<_, RecordsError>(&state.pool, export_event, ())
+            .await?;
+    }
 
     let patient_id = patient.to_string();
     let bundle_id = Uuid::now_v7().to_string();

@@ -658,7 +658,13 @@ async fn call(
         }
         "ExportChart" => {
             let answer = c
-                .export_chart(signed(user, ExportChartRequest { patient_id: pid }))
+                .export_chart(signed(
+                    user,
+                    ExportChartRequest {
+                        patient_id: pid,
+                        ..Default::default()
+                    },
+                ))
                 .await?;
             let mut stream = answer.into_inner();
             while stream.message().await?.is_some() {}

@@ -68,6 +68,7 @@ async fn export(suite: &Suite, who: &User, patient: &User) -> Value {
             who,
             ExportChartRequest {
                 patient_id: patient.id.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -343,5 +344,110 @@ async fn a_feed_imports_once_per_bundle_updates_what_it_imported_and_refuses_a_b
     for (ok, out) in check(&bundle) {
         assert!(ok, "{out}");
     }
+    suite.shutdown().await;
+}
+
+/// An export to a third party: made by the team's staff only, without labelled information,
+/// and recorded in the accounting of disclosures before it is sent.
+#[tokio::test]
+async fn an_export_to_a_third_party_leaves_labels_out_and_is_accounted_for() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let clerk = suite.user(Role::Staff, "him-clerk").await;
+    let doctor = suite.user(Role::Provider, "doc").await;
+    suite.join_team(&patient, &clerk).await;
+    suite.join_team(&patient, &doctor).await;
+    let mut c = suite.public().await;
+    let mut ids = Vec::new();
+    for labels in [vec![], vec![SensitivityLabel::SubstanceUseDisorder as i32]] {
+        ids.push(
+            c.create_entry(as_user(
+                &patient,
+                CreateEntryRequest {
+                    patient_id: patient.id.clone(),
+                    content: Some(diabetes()),
+                    labels,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+        );
+    }
+    // The patient granted the clerk Part 2: their own export shows it, a third party's not.
+    c.grant_sensitive_access(as_user(
+        &patient,
+        GrantSensitiveAccessRequest {
+            patient_id: patient.id.clone(),
+            user_id: clerk.id.clone(),
+            label: SensitivityLabel::SubstanceUseDisorder as i32,
+        },
+    ))
+    .await
+    .unwrap();
+    let to = |who: &User, recipient: &str| {
+        as_user(
+            who,
+            ExportChartRequest {
+                patient_id: patient.id.clone(),
+                recipient: recipient.into(),
+                purpose: if recipient.is_empty() {
+                    String::new()
+                } else {
+                    "second opinion, authorized by the patient".into()
+                },
+            },
+        )
+    };
+    let e = c
+        .export_chart(to(&doctor, "St. Elsewhere Hospital"))
+        .await
+        .unwrap_err();
+    common::assert_status(&e, tonic::Code::PermissionDenied, Some("ROLE_NOT_ALLOWED"));
+    let read = |resp: tonic::Response<tonic::Streaming<FhirChunk>>| async move {
+        let mut stream = resp.into_inner();
+        let mut json = Vec::new();
+        while let Some(c) = stream.message().await.unwrap() {
+            json.extend_from_slice(&c.json);
+        }
+        let bundle: Value = serde_json::from_slice(&json).unwrap();
+        let conditions: Vec<String> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Condition")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        (bundle, conditions)
+    };
+    let (_, own) = read(c.export_chart(to(&clerk, "")).await.unwrap()).await;
+    assert_eq!(own, ids);
+    let (bundle, shared) = read(
+        c.export_chart(to(&clerk, "St. Elsewhere Hospital"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(shared, vec![ids[0].clone()]);
+    for (ok, out) in check(&bundle) {
+        assert!(ok, "{out}");
+    }
+    let accounting = c
+        .list_disclosures(as_user(
+            &patient,
+            ListDisclosuresRequest {
+                patient_id: patient.id.clone(),
+                page: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .disclosures;
+    assert_eq!(accounting.len(), 1);
+    assert_eq!(accounting[0].recipient, "St. Elsewhere Hospital");
+    assert_eq!(accounting[0].entry_ids, vec![ids[0].clone()]);
+    assert_eq!(accounting[0].recorded_by, clerk.id);
     suite.shutdown().await;
 }
