@@ -351,7 +351,16 @@ async fn ranges_verify_their_part_and_its_link_in() {
     let report = audit::verify(&db.pool, &keys, SERVICE, &range)
         .await
         .unwrap();
-    assert_eq!(report.problem.unwrap().seq, 6);
+    // What the CLI's exit code and AuditLog's `intact` are read from.
+    assert!(!report.is_intact(), "{report:?}");
+    let problem = report.problem.unwrap();
+    assert_eq!(problem.seq, 6);
+    // What an operator reads: the row and why.
+    let shown = problem.to_string();
+    assert!(
+        shown.starts_with("row 6: ") && shown.ends_with(&problem.detail),
+        "{shown}"
+    );
     db.drop_database().await.unwrap();
 }
 
