@@ -991,3 +991,123 @@ async fn events_of_a_subject_or_an_actor_newest_first() {
     drop(conn);
     db.drop_database().await.unwrap();
 }
+
+/// A range whose link into it (the row before its start) was deleted names that row, and the
+/// walk stops there.
+#[tokio::test]
+async fn a_range_whose_link_in_is_missing_names_that_row() {
+    let (db, keys) = filled(8).await;
+    sqlx::query("DELETE FROM carehub_platform.audit_events WHERE seq = 5")
+        .execute(&mut attacker(&db).await)
+        .await
+        .unwrap();
+    let range = VerifyRange {
+        from_seq: Some(6),
+        ..VerifyRange::default()
+    };
+    let report = audit::verify(&db.pool, &keys, SERVICE, &range)
+        .await
+        .unwrap();
+    let problem = report.problem.clone().unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind, report.rows_checked),
+        (5, ProblemKind::Missing, 0),
+        "{report:?}"
+    );
+    db.drop_database().await.unwrap();
+}
+
+/// The chain head is checked against the log: a head hash that is not the last row's, and
+/// rows beyond a head moved back.
+#[tokio::test]
+async fn a_rewritten_head_hash_and_rows_beyond_the_head_are_found() {
+    let (db, keys) = filled(5).await;
+    let hash = |seq: i64| {
+        let pool = db.pool.clone();
+        async move {
+            let h: Vec<u8> =
+                sqlx::query_scalar("SELECT hash FROM carehub_platform.audit_events WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            h
+        }
+    };
+    let set_head = |seq: i64, h: Vec<u8>| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE carehub_platform.audit_chain_head SET seq = $1, hash = $2")
+                .bind(seq)
+                .bind(h)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    set_head(5, vec![0xAB; 32]).await;
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (5, ProblemKind::BrokenLink),
+        "{problem}"
+    );
+
+    set_head(4, hash(4).await).await;
+    let problem = verify_all(&db.pool, &keys).await.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (5, ProblemKind::BeyondHead),
+        "{problem}"
+    );
+    assert!(problem.detail.starts_with("rows 5..=5 "), "{problem}");
+
+    set_head(5, hash(5).await).await;
+    assert!(verify_all(&db.pool, &keys).await.is_intact());
+    db.drop_database().await.unwrap();
+}
+
+/// Every row and every stored checkpoint deleted and the head rewound to the start: the
+/// shipped checkpoint says rows from 1 on are missing.
+#[tokio::test]
+async fn an_emptied_chain_is_found_truncated_from_row_one_by_a_shipped_checkpoint() {
+    let (db, keys) = filled(4).await;
+    checkpoint::checkpoint_now(&db.pool, &keys, SERVICE)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    audit::sink::ship_once(&db.pool, SERVICE, &Sink::File(path.clone()))
+        .await
+        .unwrap();
+    let shipped =
+        audit::sink::read_checkpoints(&std::fs::read_to_string(&path).unwrap(), SERVICE).unwrap();
+    let mut conn = attacker(&db).await;
+    for sql in [
+        "DELETE FROM carehub_platform.audit_events",
+        "DELETE FROM carehub_platform.audit_checkpoints",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("UPDATE carehub_platform.audit_chain_head SET seq = 0, hash = $1")
+        .bind(audit::chain::GENESIS_HASH.to_vec())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        verify_all(&db.pool, &keys).await.is_intact(),
+        "alone, the database cannot tell"
+    );
+    let report = audit::verify_with(&db.pool, &keys, SERVICE, &VerifyRange::default(), &shipped)
+        .await
+        .unwrap();
+    let problem = report.problem.unwrap();
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (1, ProblemKind::Truncated),
+        "{problem}"
+    );
+    drop(conn);
+    db.drop_database().await.unwrap();
+}
