@@ -231,6 +231,25 @@ pub const CHART_IMPORT: Kind = Kind::new(
     PATIENT,
 );
 
+pub const DEMOGRAPHICS_READ: Kind = Kind::new(
+    "records.demographics.read",
+    Action::Read,
+    "a patient's demographics were read (GetDemographics)",
+    PATIENT,
+);
+pub const DEMOGRAPHICS_UPDATE: Kind = Kind::new(
+    "records.demographics.update",
+    Action::Update,
+    "a patient's demographics were changed (UpdateDemographics)",
+    PATIENT,
+);
+pub const AGGREGATES_READ: Kind = Kind::new(
+    "records.aggregates.read",
+    Action::Read,
+    "de-identified condition counts were read (GetConditionAggregates)",
+    "no one: counts only",
+);
+
 /// Every kind records writes.
 pub const VOCABULARY: Vocabulary = Vocabulary {
     prefix: "records",
@@ -271,6 +290,9 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         DOCUMENTS_READ,
         CHART_EXPORT,
         CHART_IMPORT,
+        DEMOGRAPHICS_READ,
+        DEMOGRAPHICS_UPDATE,
+        AGGREGATES_READ,
     ],
 };
 

@@ -20,6 +20,7 @@ pub mod amendments;
 pub mod break_glass;
 pub mod chart;
 pub mod convert;
+pub mod demographics;
 pub mod disclosures;
 pub mod documents;
 pub mod erasure;
@@ -204,6 +205,24 @@ impl RecordsService for RecordsApi {
         req: Request<ExportChartRequest>,
     ) -> Result<Response<Self::ExportChartStream>, Status> {
         rpc!(self, req, export::export)
+    }
+    async fn get_demographics(
+        &self,
+        req: Request<GetDemographicsRequest>,
+    ) -> Result<Response<Demographics>, Status> {
+        rpc!(self, req, demographics::get)
+    }
+    async fn update_demographics(
+        &self,
+        req: Request<UpdateDemographicsRequest>,
+    ) -> Result<Response<Demographics>, Status> {
+        rpc!(self, req, demographics::update)
+    }
+    async fn get_condition_aggregates(
+        &self,
+        req: Request<GetConditionAggregatesRequest>,
+    ) -> Result<Response<ConditionAggregates>, Status> {
+        rpc!(self, req, demographics::aggregates)
     }
     async fn upload_document(
         &self,

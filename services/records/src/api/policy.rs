@@ -65,6 +65,19 @@ pub fn policy() -> Policy {
         p = p.rule(PUBLIC, m, GATEWAY, users(TEAM));
     }
     p = p.rule(PUBLIC, "BreakGlass", GATEWAY, users(&[Role::Provider]));
+    p = p.rule(PUBLIC, "GetDemographics", GATEWAY, users(CHART));
+    p = p.rule(
+        PUBLIC,
+        "UpdateDemographics",
+        GATEWAY,
+        users(&[Role::Patient, Role::Staff]),
+    );
+    p = p.rule(
+        PUBLIC,
+        "GetConditionAggregates",
+        GATEWAY,
+        users(&[Role::Admin]),
+    );
     for m in [
         "GrantSensitiveAccess",
         "RevokeSensitiveAccess",

@@ -2,6 +2,7 @@
 //! what a chart entry may hold (`content`), and who sees labelled entries (`sensitivity`).
 
 pub mod access;
+pub mod aggregate;
 pub mod amendment;
 pub mod content;
 pub mod document;

@@ -118,6 +118,18 @@ fn matrix() -> Matrix {
     }
     m = m.row(&chart("ListNotes"), ". N  . N  . N  N  R  R  .  N  W  T");
     m = m.row(
+        &chart("GetDemographics"),
+        ". N  . N  . N  N  R  R  .  N  W  T",
+    );
+    m = m.row(
+        &chart("UpdateDemographics"),
+        ". N  R R  . N  R  R  R  R  R  W  T",
+    );
+    m = m.row(
+        &chart("GetConditionAggregates"),
+        "R R  R R  R R  R  R  .  R  R  W  T",
+    );
+    m = m.row(
         &chart("UploadDocument"),
         ". N  . N  . N  N  R  R  R  N  W  T",
     );
@@ -656,6 +668,32 @@ async fn call(
             while stream.message().await?.is_some() {}
             Ok(())
         }
+        "GetDemographics" => c
+            .get_demographics(signed(user, GetDemographicsRequest { patient_id: pid }))
+            .await
+            .map(drop),
+        "UpdateDemographics" => c
+            .update_demographics(signed(
+                user,
+                UpdateDemographicsRequest {
+                    demographics: Some(Demographics {
+                        patient_id: pid,
+                        birth_date: Some(carehub_proto::common::v1::Date {
+                            year: 1980,
+                            month: 5,
+                            day: 17,
+                        }),
+                        state: "CA".into(),
+                        zip: String::new(),
+                    }),
+                },
+            ))
+            .await
+            .map(drop),
+        "GetConditionAggregates" => c
+            .get_condition_aggregates(signed(user, GetConditionAggregatesRequest {}))
+            .await
+            .map(drop),
         "ExportChart" => {
             let answer = c
                 .export_chart(signed(

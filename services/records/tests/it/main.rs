@@ -5,6 +5,7 @@
 mod common;
 
 mod access_log;
+mod aggregates;
 mod amendments;
 mod authz;
 mod care_team;
