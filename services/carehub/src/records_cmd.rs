@@ -1,3 +1,6 @@
+//! `carehub records export --patient ID [--out FILE]`: the whole chart as a FHIR R4 Bundle,
+//! read with records' keys, audited as the operator CLI.
+//!
 //! `carehub records erase --patient ID --reason minor|operator [--now]`: schedules the
 //! crypto-shredding of a patient's chart, straight in records' database (its configuration
 //! names it), audited as the operator CLI. The running records service destroys the patient's
@@ -17,6 +20,25 @@ use clap::{Args, Subcommand, ValueEnum};
 pub enum RecordsCommand {
     /// Schedule the erasure (crypto-shredding) of a patient's chart.
     Erase(EraseArgs),
+    /// The whole chart of a patient as a FHIR R4 JSON Bundle (a copy for the patient, HIPAA
+    /// 164.524), labels included; audited. Needs records' keys (Vault or the key file).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The patient's user id.
+    #[arg(long)]
+    patient: uuid::Uuid,
+    /// Write the Bundle here (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Records' TOML configuration file.
+    #[arg(long, short = 'c', env = "CAREHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::parse_override)]
+    overrides: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -47,6 +69,36 @@ pub struct EraseArgs {
 
 pub async fn run(command: RecordsCommand) -> anyhow::Result<()> {
     match command {
+        RecordsCommand::Export(args) => {
+            let cfg: RecordsConfig = config::load(args.config.as_deref(), &args.overrides)
+                .context("loading records' configuration")?;
+            let pool = carehub_platform::db::connect(&cfg.server.database)
+                .await
+                .context("connecting to records' database")?;
+            let keys = carehub_platform::keys::from_config("records", &cfg.server)
+                .await
+                .context("records' keys")?;
+            let crypto = carehub_platform::crypto::Envelope::new(
+                "records",
+                pool.clone(),
+                keys,
+                cfg.records.crypto.clone(),
+            )?;
+            let bundle =
+                carehub_records::api::export::whole_chart_bundle(&pool, &crypto, args.patient)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let json = serde_json::to_vec_pretty(&bundle)?;
+            match &args.out {
+                Some(path) => std::fs::write(path, json)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&json)?;
+                }
+            }
+            Ok(())
+        }
         RecordsCommand::Erase(args) => {
             let cfg: RecordsConfig = config::load(args.config.as_deref(), &args.overrides)
                 .context("loading records' configuration")?;

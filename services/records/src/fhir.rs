@@ -30,6 +30,32 @@ fn instant(t: Option<&prost_types::Timestamp>) -> Option<String> {
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// Every entry of the Bundle of `patient_id`'s chart: the Patient, each entry's resource and
+/// Provenance, each document's DocumentReference.
+pub fn bundle_entries(
+    patient_id: &str,
+    entries: &[pb::Entry],
+    docs: &[pb::Document],
+) -> Vec<Value> {
+    let mut out = vec![entry(patient_id, patient(patient_id))];
+    for e in entries {
+        out.push(entry(&e.id, resource(e)));
+        let id = uuid::Uuid::now_v7().to_string();
+        out.push(entry(&id, provenance(&id, e)));
+    }
+    out.extend(docs.iter().map(|d| entry(&d.id, document(d))));
+    out
+}
+
+/// The Bundle's opening, up to its first entry (the entries and `]}` follow).
+pub fn bundle_opening() -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        r#"{{"resourceType":"Bundle","id":"{}","type":"collection","timestamp":"{now}","entry":["#,
+        uuid::Uuid::now_v7()
+    )
+}
+
 /// A Bundle entry.
 pub fn entry(id: &str, resource: Value) -> Value {
     json!({ "fullUrl": urn(id), "resource": resource })

@@ -140,22 +140,10 @@ pub async fn export(
     }
 
     let patient_id = patient.to_string();
-    let bundle_id = Uuid::now_v7().to_string();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut pieces = vec![format!(
-            r#"{{"resourceType":"Bundle","id":"{bundle_id}","type":"collection","timestamp":"{now}","entry":["#
-        )];
-        let mut resources = vec![fhir::entry(&patient_id, fhir::patient(&patient_id))];
-        for e in &entries {
-            resources.push(fhir::entry(&e.id, fhir::resource(e)));
-            let id = Uuid::now_v7().to_string();
-            resources.push(fhir::entry(&id, fhir::provenance(&id, e)));
-        }
-        for d in &docs {
-            resources.push(fhir::entry(&d.id, fhir::document(d)));
-        }
+        let resources = fhir::bundle_entries(&patient_id, &entries, &docs);
+        let mut pieces = vec![fhir::bundle_opening()];
         for (i, r) in resources.iter().enumerate() {
             let comma = if i == 0 { "" } else { "," };
             pieces.push(format!("{comma}{r}"));
@@ -179,4 +167,57 @@ pub async fn export(
             .await;
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// The whole chart of `patient` as a FHIR R4 Bundle, for `carehub records export` (an
+/// operator answering the patient's request for a copy, HIPAA 164.524): every entry and
+/// document, labels included, audited as the operator CLI.
+pub async fn whole_chart_bundle(
+    pool: &sqlx::PgPool,
+    crypto: &carehub_platform::crypto::Envelope,
+    patient: Uuid,
+) -> Result<serde_json::Value> {
+    let (rows, doc_rows) = {
+        let mut conn = pool.acquire().await?;
+        (
+            crate::store::entries::chart(&mut conn, patient, i64::MAX).await?,
+            documents::list(&mut conn, patient).await?,
+        )
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (content, labels) =
+            sealed::open_version(crypto, patient, (row.entry_id, row.version), &row.content)
+                .await?;
+        entries.push(super::convert::entry_to_pb(row, content, &labels)?);
+    }
+    let mut docs = Vec::with_capacity(doc_rows.len());
+    for row in &doc_rows {
+        docs.push(Document {
+            id: row.id.to_string(),
+            info: Some(sealed::open_document_info(crypto, patient, row.id, &row.info).await?),
+            uploaded_by: row.uploaded_by.to_string(),
+            source: 0,
+            upload_time: Some(super::convert::ts(row.created_at)),
+        });
+    }
+    let mut event = carehub_platform::audit::AuditEvent::of(
+        kinds::CHART_EXPORT,
+        carehub_platform::audit::Purpose::PatientRequest,
+        "chart",
+        patient,
+    )
+    .subject(patient);
+    event.actor_workload = Some("admin-cli".to_owned());
+    let mut tx = pool.begin().await?;
+    audit::record(&mut tx, &event).await?;
+    tx.commit().await?;
+    let patient_id = patient.to_string();
+    Ok(serde_json::json!({
+        "resourceType": "Bundle",
+        "id": Uuid::now_v7().to_string(),
+        "type": "collection",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "entry": fhir::bundle_entries(&patient_id, &entries, &docs),
+    }))
 }
