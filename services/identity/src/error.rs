@@ -90,17 +90,7 @@ impl From<IdentityError> for Status {
                         return IdentityError::EmailTaken.into();
                     }
                 }
-                if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-                    tracing::warn!(error = %err, "database unavailable");
-                    return errors::retry_after(
-                        Code::Unavailable,
-                        ErrorReason::Unavailable,
-                        "database unavailable; retry",
-                        Duration::from_secs(1),
-                    );
-                }
-                tracing::error!(error = %err, "database error");
-                errors::internal("database")
+                errors::database(&err)
             }
             IdentityError::Audit(err) => err.into(),
             IdentityError::Crypto(err) => {

@@ -54,6 +54,23 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
     status(Code::PermissionDenied, ErrorReason::RoleNotAllowed, message)
 }
 
+/// A database error as a service answers it: UNAVAILABLE with RetryInfo when the database
+/// cannot be reached (pool exhausted, connection lost), INTERNAL otherwise (logged, never
+/// shown: it may name tables or values).
+pub fn database(err: &sqlx::Error) -> Status {
+    if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+        tracing::warn!(error = %err, "database unavailable");
+        return retry_after(
+            Code::Unavailable,
+            ErrorReason::Unavailable,
+            "database unavailable; retry",
+            Duration::from_secs(1),
+        );
+    }
+    tracing::error!(error = %err, "database error");
+    internal("database")
+}
+
 pub fn internal(request_context: &str) -> Status {
     status(
         Code::Internal,

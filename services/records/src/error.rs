@@ -1,8 +1,6 @@
 //! Records' errors, mapped to `tonic::Status` in one place. Messages carry ids only, never
 //! clinical content.
 
-use std::time::Duration;
-
 use carehub_platform::errors;
 use carehub_proto::common::v1::ErrorReason;
 use tonic::{Code, Status};
@@ -43,23 +41,16 @@ pub enum RecordsError {
 
 pub type Result<T> = std::result::Result<T, RecordsError>;
 
+/// A field the request's validation already found present (INTERNAL if not: a handler bug).
+pub fn checked<T>(value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
+}
+
 impl From<RecordsError> for Status {
     fn from(e: RecordsError) -> Status {
         match e {
             RecordsError::Status(s) => s,
-            RecordsError::Db(err) => {
-                if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-                    tracing::warn!(error = %err, "database unavailable");
-                    return errors::retry_after(
-                        Code::Unavailable,
-                        ErrorReason::Unavailable,
-                        "database unavailable; retry",
-                        Duration::from_secs(1),
-                    );
-                }
-                tracing::error!(error = %err, "database error");
-                errors::internal("database")
-            }
+            RecordsError::Db(err) => errors::database(&err),
             RecordsError::Audit(err) => err.into(),
             RecordsError::Crypto(err) => {
                 tracing::error!(error = %err, "encrypted field");

@@ -17,7 +17,7 @@ use super::kinds;
 use crate::domain::access::{self, Access, TeamRole};
 use crate::domain::amendment::{self, Filed, Status, Step};
 use crate::domain::{content, sensitivity};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::amendments::{self as store, AmendmentRow};
 use crate::store::{entries, sealed};
 use crate::AppState;
@@ -25,10 +25,6 @@ use crate::AppState;
 const TEXT_MIN: usize = 10;
 const TEXT_MAX: usize = 2_000;
 const TABLE: &str = "amendments";
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
 
 /// The patient and amendment ids and the text of a request, checked.
 fn step_request(
@@ -184,66 +180,87 @@ pub async fn request(
     Ok(ran.answer)
 }
 
-pub async fn extend(state: &AppState, call: &Call, r: ExtendAmendmentRequest) -> Result<Amendment> {
+/// Who takes a written step: a care-team provider, or the patient.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Actor {
+    Provider,
+    Patient,
+}
+
+/// A step that adds a text to a request (an extension's or a denial's reason, a statement of
+/// disagreement, a rebuttal): who may take it, from which state, into which sealed column,
+/// with which audit kind.
+struct TextStep {
+    actor: Actor,
+    step: Step,
+    column: &'static str,
+    kind: carehub_platform::audit::Kind,
+    change: for<'a> fn(Uuid, &'a [u8]) -> store::Change<'a>,
+}
+
+async fn text_step<Req: prost::Message>(
+    state: &AppState,
+    call: &Call,
+    r: &Req,
+    (patient_id, amendment_id, text): (&str, &str, (&str, &str)),
+    how: TextStep,
+) -> Result<Amendment> {
     let user = call.user()?.clone();
     call.idempotency_key()?;
-    let (patient, id, reason) =
-        step_request(&r.patient_id, &r.amendment_id, ("reason", &r.reason))?;
+    let (patient, id, text) = step_request(patient_id, amendment_id, text)?;
+    if how.actor == Actor::Patient {
+        access::own_chart(&user, patient)?;
+    }
+    let purpose = match how.actor {
+        Actor::Provider => Purpose::Treatment,
+        Actor::Patient => Purpose::PatientRequest,
+    };
     let ran = call
-        .mutate(&state.idempotency, &r, async |conn| {
-            as_provider(state, conn, &user, patient, id, Step::Extend).await?;
-            let sealed = sealed::seal_text(
-                &state.crypto,
-                patient,
-                (TABLE, "extension_reason", id),
-                &reason,
-            )
-            .await?;
-            let row = store::apply(conn, id, store::Change::Extend { reason: &sealed }).await?;
-            let event = call.event(
-                kinds::AMENDMENT_EXTEND,
-                Purpose::Treatment,
-                "amendment",
-                id,
-                patient,
-            );
+        .mutate(&state.idempotency, r, async |conn| {
+            match how.actor {
+                Actor::Provider => as_provider(state, conn, &user, patient, id, how.step).await?,
+                Actor::Patient => lock_for(conn, patient, id, how.step).await?,
+            };
+            let sealed =
+                sealed::seal_text(&state.crypto, patient, (TABLE, how.column, id), &text).await?;
+            let row = store::apply(conn, id, (how.change)(user.user_id, &sealed)).await?;
+            let event = call.event(how.kind, purpose, "amendment", id, patient);
             Ok::<_, RecordsError>(Change::new(to_pb(state, &row).await?, event))
         })
         .await?;
     Ok(ran.answer)
 }
 
+pub async fn extend(state: &AppState, call: &Call, r: ExtendAmendmentRequest) -> Result<Amendment> {
+    let ids = (
+        r.patient_id.as_str(),
+        r.amendment_id.as_str(),
+        ("reason", r.reason.as_str()),
+    );
+    let how = TextStep {
+        actor: Actor::Provider,
+        step: Step::Extend,
+        column: "extension_reason",
+        kind: kinds::AMENDMENT_EXTEND,
+        change: |_, reason| store::Change::Extend { reason },
+    };
+    text_step(state, call, &r, ids, how).await
+}
+
 pub async fn deny(state: &AppState, call: &Call, r: DenyAmendmentRequest) -> Result<Amendment> {
-    let user = call.user()?.clone();
-    call.idempotency_key()?;
-    let (patient, id, reason) =
-        step_request(&r.patient_id, &r.amendment_id, ("reason", &r.reason))?;
-    let ran = call
-        .mutate(&state.idempotency, &r, async |conn| {
-            as_provider(state, conn, &user, patient, id, Step::Decide).await?;
-            let sealed = sealed::seal_text(
-                &state.crypto,
-                patient,
-                (TABLE, "denial_reason", id),
-                &reason,
-            )
-            .await?;
-            let change = store::Change::Deny {
-                by: user.user_id,
-                reason: &sealed,
-            };
-            let row = store::apply(conn, id, change).await?;
-            let event = call.event(
-                kinds::AMENDMENT_DENY,
-                Purpose::Treatment,
-                "amendment",
-                id,
-                patient,
-            );
-            Ok::<_, RecordsError>(Change::new(to_pb(state, &row).await?, event))
-        })
-        .await?;
-    Ok(ran.answer)
+    let ids = (
+        r.patient_id.as_str(),
+        r.amendment_id.as_str(),
+        ("reason", r.reason.as_str()),
+    );
+    let how = TextStep {
+        actor: Actor::Provider,
+        step: Step::Decide,
+        column: "denial_reason",
+        kind: kinds::AMENDMENT_DENY,
+        change: |by, reason| store::Change::Deny { by, reason },
+    };
+    text_step(state, call, &r, ids, how).await
 }
 
 pub async fn accept(state: &AppState, call: &Call, r: AcceptAmendmentRequest) -> Result<Amendment> {
@@ -305,63 +322,35 @@ pub async fn disagree(
     call: &Call,
     r: FileDisagreementRequest,
 ) -> Result<Amendment> {
-    let user = call.user()?.clone();
-    call.idempotency_key()?;
-    let (patient, id, statement) =
-        step_request(&r.patient_id, &r.amendment_id, ("statement", &r.statement))?;
-    access::own_chart(&user, patient)?;
-    let ran = call
-        .mutate(&state.idempotency, &r, async |conn| {
-            lock_for(conn, patient, id, Step::Disagree).await?;
-            let sealed = sealed::seal_text(
-                &state.crypto,
-                patient,
-                (TABLE, "disagreement", id),
-                &statement,
-            )
-            .await?;
-            let row =
-                store::apply(conn, id, store::Change::Disagree { statement: &sealed }).await?;
-            let event = call.event(
-                kinds::AMENDMENT_DISAGREE,
-                Purpose::PatientRequest,
-                "amendment",
-                id,
-                patient,
-            );
-            Ok::<_, RecordsError>(Change::new(to_pb(state, &row).await?, event))
-        })
-        .await?;
-    Ok(ran.answer)
+    let ids = (
+        r.patient_id.as_str(),
+        r.amendment_id.as_str(),
+        ("statement", r.statement.as_str()),
+    );
+    let how = TextStep {
+        actor: Actor::Patient,
+        step: Step::Disagree,
+        column: "disagreement",
+        kind: kinds::AMENDMENT_DISAGREE,
+        change: |_, statement| store::Change::Disagree { statement },
+    };
+    text_step(state, call, &r, ids, how).await
 }
 
 pub async fn rebut(state: &AppState, call: &Call, r: FileRebuttalRequest) -> Result<Amendment> {
-    let user = call.user()?.clone();
-    call.idempotency_key()?;
-    let (patient, id, statement) =
-        step_request(&r.patient_id, &r.amendment_id, ("statement", &r.statement))?;
-    let ran = call
-        .mutate(&state.idempotency, &r, async |conn| {
-            as_provider(state, conn, &user, patient, id, Step::Rebut).await?;
-            let sealed =
-                sealed::seal_text(&state.crypto, patient, (TABLE, "rebuttal", id), &statement)
-                    .await?;
-            let change = store::Change::Rebut {
-                by: user.user_id,
-                statement: &sealed,
-            };
-            let row = store::apply(conn, id, change).await?;
-            let event = call.event(
-                kinds::AMENDMENT_REBUT,
-                Purpose::Treatment,
-                "amendment",
-                id,
-                patient,
-            );
-            Ok::<_, RecordsError>(Change::new(to_pb(state, &row).await?, event))
-        })
-        .await?;
-    Ok(ran.answer)
+    let ids = (
+        r.patient_id.as_str(),
+        r.amendment_id.as_str(),
+        ("statement", r.statement.as_str()),
+    );
+    let how = TextStep {
+        actor: Actor::Provider,
+        step: Step::Rebut,
+        column: "rebuttal",
+        kind: kinds::AMENDMENT_REBUT,
+        change: |by, statement| store::Change::Rebut { by, statement },
+    };
+    text_step(state, call, &r, ids, how).await
 }
 
 pub async fn list(

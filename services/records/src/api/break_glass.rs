@@ -32,8 +32,7 @@ pub async fn break_glass(
     let reason = r.reason.trim();
     v.require_len(reason, "reason", REASON_MIN, REASON_MAX);
     v.finish()?;
-    let patient =
-        patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let patient = crate::error::checked(patient)?;
     let person = state.directory.person(patient, "patient").await?;
     if person.role != Role::Patient {
         return Err(RecordsError::NotFound {

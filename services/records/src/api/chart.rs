@@ -15,7 +15,7 @@ use super::kinds;
 use crate::domain::access::{self, Access, Relation, TeamRole};
 use crate::domain::content;
 use crate::domain::sensitivity::{self, Label};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::entries::{self, Entered, Source, VersionRow};
 use crate::store::{self, grants, sealed};
 use crate::AppState;
@@ -40,10 +40,6 @@ pub(crate) fn source_of(access: Access) -> Source {
         Access::Team(TeamRole::Provider) | Access::BreakGlass => Source::Provider,
         Access::Team(TeamRole::Staff) => Source::Staff,
     }
-}
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
 }
 
 /// A version's proto and labels, opened.
@@ -116,14 +112,14 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
     v.finish()?;
     let patient = checked(patient)?;
     let max = i64::from(state.settings.max_chart_entries);
-    let (access, entries) = visible_entries(state, user, patient, max).await?;
+    let (sight, entries) = visible_entries(state, user, patient, max).await?;
     let chart = Chart {
         patient_id: patient.to_string(),
         entries,
     };
     let read = call.event(
         kinds::CHART_READ,
-        access::purpose(access),
+        access::purpose(sight.access),
         "chart",
         patient,
         patient,
@@ -132,13 +128,13 @@ pub async fn get_chart(state: &AppState, call: &Call, r: GetChartRequest) -> Res
 }
 
 /// The current version of every entry of `patient`'s chart that `user` sees, and how they
-/// reach it; FAILED_PRECONDITION (CHART_SIZE) beyond `max` entries.
+/// see it (their way in and their grants); FAILED_PRECONDITION (CHART_SIZE) beyond `max` entries.
 pub(crate) async fn visible_entries(
     state: &AppState,
     user: &UserCaller,
     patient: Uuid,
     max: i64,
-) -> Result<(Access, Vec<Entry>)> {
+) -> Result<(Sight, Vec<Entry>)> {
     let (sight, rows) = {
         let mut conn = state.pool.acquire().await?;
         let sight = Sight::of(state, &mut conn, user, patient).await?;
@@ -158,7 +154,7 @@ pub(crate) async fn visible_entries(
             out.push(entry);
         }
     }
-    Ok((sight.access, out))
+    Ok((sight, out))
 }
 
 /// Whether `entry` of `patient` is there for `user` (exists and is not hidden from them).

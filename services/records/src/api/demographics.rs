@@ -49,8 +49,7 @@ pub async fn get(state: &AppState, call: &Call, r: GetDemographicsRequest) -> Re
     let mut v = FieldViolations::new();
     let patient = v.require_uuid("patient_id", &r.patient_id);
     v.finish()?;
-    let patient =
-        patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let patient = crate::error::checked(patient)?;
     let (access, body) = {
         let mut conn = state.pool.acquire().await?;
         let access = chart::reach(&mut conn, user, patient).await?;
@@ -112,8 +111,7 @@ pub async fn update(
         "must be five digits",
     );
     v.finish()?;
-    let patient =
-        patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let patient = crate::error::checked(patient)?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             let access = chart::reach(conn, &user, patient).await?;

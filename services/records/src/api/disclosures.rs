@@ -17,7 +17,7 @@ use super::chart;
 use super::convert::ts;
 use super::kinds;
 use crate::domain::access::{self, Access, TeamRole};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::disclosures::{self as store, DisclosureRow, NewDisclosure};
 use crate::store::{amendments, sealed};
 use crate::AppState;
@@ -25,10 +25,6 @@ use crate::AppState;
 const TABLE: &str = "disclosures";
 /// How far back the accounting reaches (164.528(a)(1)).
 const ACCOUNTING_MONTHS: u32 = 72;
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
 
 fn six_years_ago(now: DateTime<Utc>) -> DateTime<Utc> {
     now.checked_sub_months(chrono::Months::new(ACCOUNTING_MONTHS))

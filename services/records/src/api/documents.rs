@@ -18,7 +18,7 @@ use super::kinds;
 use crate::domain::access::{self, Access};
 use crate::domain::document::{self, MAX_BYTES, MAX_CHUNK, SNIFF_BYTES};
 use crate::domain::sensitivity::{self, Label};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::documents::{self as store, DocumentRow, NewDocument};
 use crate::store::entries::Source;
 use crate::store::sealed;
@@ -30,10 +30,6 @@ pub type ChunkStream =
 
 fn invalid(field: &str, why: &str) -> RecordsError {
     RecordsError::Status(carehub_platform::errors::invalid_field(field, why))
-}
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
 }
 
 /// The checked description of an upload, its labels and its SHA-256.

@@ -31,7 +31,7 @@ pub async fn apply_account_event(
         "must be an account status",
     );
     v.finish()?;
-    let user = user.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let user = crate::error::checked(user)?;
     if r.status != AccountStatus::Terminated as i32 {
         return Ok(());
     }

@@ -11,7 +11,7 @@ use futures::Stream;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::chart::{self, Sight};
+use super::chart;
 use super::kinds;
 use carehub_platform::audit;
 
@@ -43,19 +43,18 @@ pub async fn export(
         v.require_len(r.purpose.trim(), "purpose", 1, 200);
     }
     v.finish()?;
-    let patient =
-        patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let patient = crate::error::checked(patient)?;
     let max = i64::from(state.settings.max_chart_entries) * EXPORT_FACTOR;
-    let (access, mut entries) = chart::visible_entries(state, user, patient, max).await?;
+    let (sight, mut entries) = chart::visible_entries(state, user, patient, max).await?;
+    let access = sight.access;
     if third_party && access != Access::Team(TeamRole::Staff) {
         return Err(RecordsError::PermissionDenied(
             "exports to a third party are made by the care team's staff".to_owned(),
         ));
     }
-    let (sight, rows) = {
+    let rows = {
         let mut conn = state.pool.acquire().await?;
-        let sight = Sight::of(state, &mut conn, user, patient).await?;
-        (sight, documents::list(&mut conn, patient).await?)
+        documents::list(&mut conn, patient).await?
     };
     let mut docs = Vec::with_capacity(rows.len());
     for row in &rows {

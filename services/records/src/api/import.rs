@@ -58,8 +58,7 @@ pub async fn import(
     let mut v = FieldViolations::new();
     let patient = v.require_uuid("patient_id", &r.patient_id);
     v.finish()?;
-    let patient =
-        patient.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))?;
+    let patient = crate::error::checked(patient)?;
     let bundle = import::read(&r.bundle_json, chrono::Utc::now())?;
     if state.directory.person(patient, "patient").await?.role != Role::Patient {
         return Err(RecordsError::NotFound {

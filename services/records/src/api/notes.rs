@@ -15,17 +15,13 @@ use super::convert::{check_etag, etag, ts};
 use super::kinds;
 use crate::domain::access::{self, Access, TeamRole};
 use crate::domain::sensitivity::{self, Label};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::notes::{self as store, AddendumRow, NoteRow};
 use crate::store::sealed::{self, StoredNote};
 use crate::AppState;
 
 const TITLE_MAX: usize = 200;
 const TEXT_MAX: usize = 20_000;
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
 
 fn labels_of(body: &StoredNote) -> Vec<Label> {
     body.labels

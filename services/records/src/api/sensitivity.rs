@@ -12,14 +12,10 @@ use super::convert::ts;
 use super::kinds;
 use crate::domain::access;
 use crate::domain::sensitivity::{self, Label};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::grants::{self, GrantRow};
 use crate::store::{self, sealed};
 use crate::AppState;
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
 
 /// The active grants with their labels opened.
 async fn opened(

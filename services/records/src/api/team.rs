@@ -14,13 +14,9 @@ use uuid::Uuid;
 use super::convert::team_to_pb;
 use super::kinds;
 use crate::domain::access::{self, Access, Relation, TeamRole};
-use crate::error::{RecordsError, Result};
+use crate::error::{checked, RecordsError, Result};
 use crate::store::{self, team};
 use crate::AppState;
-
-fn checked<T>(value: Option<T>) -> Result<T> {
-    value.ok_or_else(|| RecordsError::Internal("a validated field is missing".into()))
-}
 
 fn ids(patient_id: &str, user_id: &str, user_field: &str) -> Result<(Uuid, Uuid)> {
     let mut v = FieldViolations::new();
