@@ -30,6 +30,9 @@ pub struct RecordsSettings {
     /// (which `server.auth.identity_endpoint` reaches): service name -> gRPC endpoint, the
     /// service's certificate naming it, e.g. `messaging = "https://carehub-messaging:50051"`.
     pub audit_sources: std::collections::BTreeMap<String, String>,
+    /// Document uploads served at once (each holds a database connection and transaction while
+    /// its chunks arrive); more are refused at once with UNAVAILABLE and RetryInfo (1..=64).
+    pub max_concurrent_uploads: u32,
 }
 
 impl Default for RecordsSettings {
@@ -41,6 +44,7 @@ impl Default for RecordsSettings {
             erasure_hold_days: 30,
             erasure_check_secs: 60,
             audit_sources: std::collections::BTreeMap::new(),
+            max_concurrent_uploads: 4,
         }
     }
 }
@@ -54,6 +58,9 @@ impl Validate for RecordsConfig {
         }
         if !(1..=100_000).contains(&s.max_chart_entries) {
             problems.push("records.max_chart_entries must be within 1..=100000".to_owned());
+        }
+        if !(1..=64).contains(&s.max_concurrent_uploads) {
+            problems.push("records.max_concurrent_uploads must be within 1..=64".to_owned());
         }
         if s.erasure_hold_days > 3650 {
             problems.push("records.erasure_hold_days must be at most 3650".to_owned());

@@ -44,6 +44,8 @@ pub struct AppState {
     pub directory: Directory,
     /// The audit trails the patient's access log merges (records', identity's, others').
     pub audit_sources: Arc<Vec<api::access_log::Source>>,
+    /// Slots for uploads in progress (`records.max_concurrent_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Records' description for the platform's service kit.
@@ -121,6 +123,9 @@ impl Service for RecordsDef {
             idempotency,
             directory,
             audit_sources,
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.records.max_concurrent_uploads).unwrap_or(1),
+            )),
         });
         api::erasure::spawn_eraser(
             &state,

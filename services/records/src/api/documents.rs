@@ -96,6 +96,15 @@ pub async fn upload(
     let (patient, labels, sha) = check_info(&info)?;
     info.labels = labels.iter().map(|l| l.to_pb() as i32).collect();
     info.sha256 = data_encoding::HEXLOWER.encode(&sha);
+    // Counted before any work: a burst of slow uploads cannot take every pooled connection.
+    let _slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        RecordsError::Status(carehub_platform::errors::retry_after(
+            tonic::Code::Unavailable,
+            carehub_proto::common::v1::ErrorReason::Unavailable,
+            "too many uploads at once; retry shortly",
+            std::time::Duration::from_secs(1),
+        ))
+    })?;
     // What a retry is compared with: the description, which names the bytes by their hash.
     let request = UploadDocumentRequest {
         part: Some(upload_document_request::Part::Info(info.clone())),

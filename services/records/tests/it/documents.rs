@@ -258,3 +258,71 @@ pub fn text_upload(patient: &User) -> Vec<UploadDocumentRequest> {
     let bytes = b"Referral letter: please assess.".to_vec();
     messages(info(patient, "text/plain", &bytes), &bytes, 1024)
 }
+
+/// A burst of slow uploads: no more than `records.max_concurrent_uploads` are served at once
+/// (each holds a connection while its chunks arrive); the rest are refused at once with
+/// UNAVAILABLE and RetryInfo, and reads of the chart go on meanwhile.
+#[tokio::test]
+async fn a_burst_of_slow_uploads_is_bounded_and_reads_go_on() {
+    const SLOTS: usize = 2;
+    const BURST: usize = 8;
+    let suite = common::spawn_with(|c| c.records.max_concurrent_uploads = SLOTS as u32).await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let bytes = pdf(4096);
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut uploads = Vec::new();
+    for _ in 0..BURST {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut msgs =
+            messages(info(&patient, "application/pdf", &bytes), &bytes, 4096).into_iter();
+        tx.send(msgs.next().unwrap()).await.unwrap();
+        let release = release.clone();
+        // The bytes come only once released: a slow client.
+        tokio::spawn(async move {
+            release.notified().await;
+            for m in msgs {
+                let _ = tx.send(m).await;
+            }
+        });
+        let mut c = suite.public().await;
+        let req = as_user(&patient, tokio_stream::wrappers::ReceiverStream::new(rx));
+        uploads.push(tokio::spawn(async move { c.upload_document(req).await }));
+    }
+    // The refused ones answer while the others still wait for their bytes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while uploads.iter().filter(|u| u.is_finished()).count() < BURST - SLOTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the excess uploads were not refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    suite
+        .public()
+        .await
+        .get_chart(as_user(
+            &patient,
+            GetChartRequest {
+                patient_id: patient.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    release.notify_waiters();
+    let (mut ok, mut refused) = (0, 0);
+    for u in uploads {
+        match u.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_status(&e, Code::Unavailable, Some("UNAVAILABLE"));
+                assert!(carehub_platform::errors::details_of(&e)
+                    .retry_after
+                    .is_some());
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok, refused), (SLOTS, BURST - SLOTS));
+    assert_eq!(stored(&suite).await, (SLOTS as i64, SLOTS as i64));
+    suite.shutdown().await;
+}
