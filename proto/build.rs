@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carehub/common/v1/events.proto",
         "carehub/audit/v1/audit.proto",
         "carehub/records/v1/records.proto",
+        "carehub/messaging/v1/messaging.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -37,6 +37,12 @@ pub mod records {
     }
 }
 
+pub mod messaging {
+    pub mod v1 {
+        tonic::include_proto!("carehub.messaging.v1");
+    }
+}
+
 pub mod audit {
     pub mod v1 {
         tonic::include_proto!("carehub.audit.v1");

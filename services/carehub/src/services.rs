@@ -7,7 +7,11 @@
 use carehub_platform::kit::ServiceDef;
 
 /// In `carehub up` order: a service gets gRPC port `--grpc-port` + its index here.
-pub static SERVICES: &[&dyn ServiceDef] = &[&carehub_identity::SERVICE, &carehub_records::SERVICE];
+pub static SERVICES: &[&dyn ServiceDef] = &[
+    &carehub_identity::SERVICE,
+    &carehub_records::SERVICE,
+    &carehub_messaging::SERVICE,
+];
 
 #[cfg(test)]
 mod tests {

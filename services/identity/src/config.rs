@@ -17,6 +17,10 @@ pub struct IdentityConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NotifierKind {
+    /// Codes and reset links go to messaging (`MessagingInternal.SendNotification`) through the
+    /// transactional outbox, written with the code (target `messaging` under
+    /// `[server.outbox.targets]`; pending until it is configured). For deployments.
+    Messaging,
     /// Development sandbox: writes notifications (codes included) to the log. Never in production.
     LogSandbox,
     /// Test sandbox: keeps notifications in memory for tests to read.
@@ -74,6 +78,10 @@ pub struct IdentitySettings {
     /// UNAVAILABLE and RetryInfo.
     pub password_hash_queue: u32,
     pub notifier: NotifierKind,
+    /// The password-reset link messaging sends (notifier `messaging`): the page of the patient
+    /// app that takes the token, with `{token}` where it goes. A fragment (`#token=`) keeps the
+    /// token out of web-server logs and Referer headers.
+    pub password_reset_link: String,
     /// How long a positive session check may answer from memory before the session is read
     /// again (milliseconds, at most 10 000; 0 turns the cache off). It bounds how late this
     /// replica sees a revocation made by another replica when the notification listener is
@@ -87,6 +95,10 @@ pub struct IdentitySettings {
     /// mode): other replicas' revocations are then seen within `session_cache_ttl_ms`.
     pub session_cache_listen: bool,
 }
+
+/// A placeholder: deployments set `identity.password_reset_link` to their app's page (warned
+/// about at start while it is this).
+pub const DEFAULT_RESET_LINK: &str = "https://localhost/reset-password#token={token}";
 
 impl Default for IdentitySettings {
     fn default() -> Self {
@@ -120,7 +132,8 @@ impl Default for IdentitySettings {
             argon2_parallelism: 1,
             password_hash_threads: 0,
             password_hash_queue: 8,
-            notifier: NotifierKind::LogSandbox,
+            notifier: NotifierKind::Messaging,
+            password_reset_link: DEFAULT_RESET_LINK.to_owned(),
             session_cache_ttl_ms: 1000,
             session_cache_max_entries: 100_000,
             session_cache_listen: true,
@@ -179,6 +192,11 @@ impl Validate for IdentityConfig {
         need(
             (1..=900).contains(&s.password_reset_ttl_secs),
             "identity.password_reset_ttl_secs must be within 1..=900",
+        );
+        need(
+            s.password_reset_link.starts_with("https://")
+                && s.password_reset_link.matches("{token}").count() == 1,
+            "identity.password_reset_link must be an https:// URL with {token} exactly once",
         );
         need(
             s.session_cache_ttl_ms <= 10_000,

@@ -1,5 +1,14 @@
-//! The account events identity publishes through the platform's transactional outbox
-//! (`carehub_platform::outbox`): `account.suspended`, `account.reactivated` and
+//! The events identity publishes through the platform's transactional outbox
+//! (`carehub_platform::outbox`).
+//!
+//! SMS preference: when a user turns `sms_notifications` on or off
+//! (UpdateCommunicationPreferences, and only when the value changes), one row to messaging's
+//! `MessagingInternal/ApplySmsPreference` so that its SMS consent ledger follows. A change that
+//! came from that ledger (IdentityInternal.ApplySmsConsent) writes none: the two would echo each
+//! other forever. Like every row for a target without an endpoint, it waits until
+//! `[server.outbox.targets.messaging]` is configured.
+//!
+//! Account events: `account.suspended`, `account.reactivated` and
 //! `account.terminated`, as `carehub.identity.v1.AccountStatusChanged` (ids, the new status and
 //! the change time only: never the admin's reason text), delivered to
 //! `carehub.common.v1.AccountEvents/ApplyAccountEvent` of every subscriber.
@@ -13,10 +22,11 @@
 
 use carehub_platform::outbox::Outbox;
 use carehub_proto::identity::v1::AccountStatusChanged;
+use carehub_proto::messaging::v1::ApplySmsPreferenceRequest;
 use sqlx::PgConnection;
 
 use crate::api::convert::status_to_pb;
-use crate::domain::account::{Account, AccountStatus};
+use crate::domain::account::{Account, AccountStatus, CommPrefs};
 use crate::error::IdentityError;
 
 /// The services that consume account events (outbox target names).
@@ -60,5 +70,38 @@ pub async fn account_status_changed(
             "account event queued"
         );
     }
+    Ok(())
+}
+
+/// The outbox target of SMS preference changes.
+pub const SMS_PREFERENCE_TARGET: &str = "messaging";
+
+/// The RPC messaging applies them with.
+pub const APPLY_SMS_PREFERENCE: &str = "/carehub.messaging.v1.MessagingInternal/ApplySmsPreference";
+
+/// Puts the user's new `sms_notifications` choice into the outbox for messaging, in the
+/// transaction `tx` that changed it (`prefs` as it now stands; its decision time is the change
+/// time messaging orders deliveries by).
+pub async fn sms_preference_changed(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    prefs: &CommPrefs,
+) -> Result<(), IdentityError> {
+    let change_time = prefs.sms_notifications_changed_at.ok_or_else(|| {
+        IdentityError::Internal(format!(
+            "user {}: sms_notifications changed without a decision time",
+            prefs.user_id
+        ))
+    })?;
+    let event = ApplySmsPreferenceRequest {
+        user_id: prefs.user_id.to_string(),
+        sms_allowed: prefs.sms_notifications,
+        change_time: Some(carehub_platform::timestamps::to_proto(change_time)),
+    };
+    let id = outbox
+        .enqueue(tx, SMS_PREFERENCE_TARGET, APPLY_SMS_PREFERENCE, &event)
+        .await
+        .map_err(tonic::Status::from)?;
+    tracing::debug!(outbox.id = %id, user_id = %prefs.user_id, "SMS preference queued for messaging");
     Ok(())
 }

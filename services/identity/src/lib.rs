@@ -34,7 +34,7 @@ use sqlx::PgPool;
 use crate::config::{IdentityConfig, IdentitySettings, NotifierKind};
 use crate::domain::password::PasswordHasher;
 use crate::keys::SigningKeys;
-use crate::notify::{LogSandboxNotifier, MemorySandboxNotifier, Notifier};
+use crate::notify::{LogSandboxNotifier, MemorySandboxNotifier, MessagingNotifier, Notifier};
 
 /// Identity's embedded migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -52,7 +52,8 @@ pub struct AppState {
     pub crypto: Envelope,
     /// Answers of mutating RPCs kept for retries, sealed under the KEK (they can carry PHI).
     pub idempotency: IdempotencyStore,
-    /// Account events for other services, queued in the changing transaction.
+    /// Effects for other services, written in the changing transaction: account events, SMS
+    /// preference changes for messaging, and (notifier `messaging`) codes and reset links.
     pub outbox: Outbox,
     pub notifier: Arc<dyn Notifier>,
     pub hasher: PasswordHasher,
@@ -159,6 +160,17 @@ impl Service for IdentityDef {
             usize::try_from(s.password_hash_queue).unwrap_or(0),
         )?;
         let (notifier, sandbox): (Arc<dyn Notifier>, _) = match s.notifier {
+            NotifierKind::Messaging => {
+                if s.password_reset_link == config::DEFAULT_RESET_LINK {
+                    tracing::warn!(
+                        "identity.password_reset_link is the placeholder {}: reset links will \
+                         not reach the app until it is set",
+                        config::DEFAULT_RESET_LINK
+                    );
+                }
+                let m = MessagingNotifier::new(outbox.clone(), s.password_reset_link.clone());
+                (Arc::new(m), None)
+            }
             NotifierKind::LogSandbox => {
                 tracing::warn!(
                     "identity uses the LOG SANDBOX notifier: codes are logged, nothing is delivered"
@@ -170,6 +182,10 @@ impl Service for IdentityDef {
                 (Arc::new(m.clone()), Some(m))
             }
         };
+        let indexed = store::accounts::backfill_phone_index(&pool, &crypto).await?;
+        if indexed > 0 {
+            tracing::info!(rows = indexed, "phone blind indexes filled in");
+        }
         let session_cache = Arc::new(session_cache::SessionCache::new(
             std::time::Duration::from_millis(s.session_cache_ttl_ms),
             usize::try_from(s.session_cache_max_entries).unwrap_or(usize::MAX),

@@ -1,11 +1,20 @@
 //! Delivery of codes and notices to a user's email or phone.
 //!
-//! Real delivery (an email provider, an SMS gateway) is third-party SaaS and sits behind
-//! [`Notifier`]. Only sandboxes exist today, named as such.
+//! Identity does not talk to email providers or SMS gateways: messaging does
+//! (`MessagingInternal.SendNotification`). [`MessagingNotifier`] (`identity.notifier =
+//! "messaging"`, the default) writes the request to identity's transactional outbox in the
+//! transaction that stores the code or reset token ([`Notifier::stage`]): the notification
+//! exists exactly when the code does. The sandboxes, named as such, deliver nothing: they log
+//! (development) or keep in memory (tests) after the commit ([`Notifier::send`]).
 
 use std::sync::{Arc, Mutex};
 
+use carehub_platform::outbox::Outbox;
+use carehub_proto::messaging::v1 as messaging;
+use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::error::IdentityError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
@@ -25,6 +34,18 @@ pub enum NotificationKind {
     AccountCreated,
 }
 
+impl NotificationKind {
+    /// The kind's name, for logs (never its secret).
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotificationKind::VerificationCode { .. } => "verification_code",
+            NotificationKind::PasswordReset { .. } => "password_reset",
+            NotificationKind::PasswordChanged => "password_changed",
+            NotificationKind::AccountCreated => "account_created",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Notification {
     pub user_id: Uuid,
@@ -34,9 +55,122 @@ pub struct Notification {
     pub kind: NotificationKind,
 }
 
+/// What [`Notifier::stage`] did with a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staged {
+    /// Written in the transaction: it commits (and is delivered) with the change, or not at all.
+    Written,
+    /// Not written: hand it to [`Notifier::send`] once the transaction committed.
+    AfterCommit,
+}
+
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync + 'static {
+    /// Called in the transaction `tx` that stores what `notification` carries (a verification
+    /// code, a reset token). An error rolls the change back: a code must not commit without its
+    /// notification.
+    async fn stage(
+        &self,
+        tx: &mut PgConnection,
+        notification: &Notification,
+    ) -> Result<Staged, IdentityError> {
+        let _ = (tx, notification);
+        Ok(Staged::AfterCommit)
+    }
+
+    /// Delivers a notification that was not [`Staged::Written`], after the commit (best effort:
+    /// notices such as "your password changed").
     async fn send(&self, notification: Notification) -> anyhow::Result<()>;
+}
+
+/// The outbox target of the notifications.
+pub const MESSAGING_TARGET: &str = "messaging";
+
+/// The RPC messaging delivers notifications through.
+pub const SEND_NOTIFICATION: &str = "/carehub.messaging.v1.MessagingInternal/SendNotification";
+
+/// Sends codes and reset links through messaging: a `SendNotificationRequest` in identity's
+/// transactional outbox, written with the code, delivered by the platform's relay to
+/// `[server.outbox.targets.messaging]` (kept pending until that target is configured).
+///
+/// The payload carries the secret (the code, the link with the reset token) because messaging
+/// must put it in the text. The outbox seals every payload at rest (AES-256-GCM under a key
+/// derived from identity's KEK, bound to the row id: `carehub_platform::outbox`, payload
+/// sealer), so the code is never in clear in the database, and the relay opens it only to send
+/// it over mTLS.
+pub struct MessagingNotifier {
+    outbox: Outbox,
+    /// `identity.password_reset_link`, with `{token}` where the token goes.
+    reset_link: String,
+}
+
+impl MessagingNotifier {
+    pub fn new(outbox: Outbox, reset_link: String) -> Self {
+        MessagingNotifier { outbox, reset_link }
+    }
+
+    /// The request for `n`, or `None` for a notice messaging has no template for.
+    fn request(&self, n: &Notification) -> Option<messaging::SendNotificationRequest> {
+        let (template, param) = match &n.kind {
+            NotificationKind::VerificationCode { code } => (
+                messaging::Template::VerificationCode,
+                ("code", code.clone()),
+            ),
+            NotificationKind::PasswordReset { token } => (
+                messaging::Template::PasswordReset,
+                ("link", self.reset_link.replace("{token}", token)),
+            ),
+            NotificationKind::PasswordChanged | NotificationKind::AccountCreated => return None,
+        };
+        let channel = match n.channel {
+            Channel::Email => messaging::Channel::Email,
+            Channel::Sms => messaging::Channel::Sms,
+        };
+        Some(messaging::SendNotificationRequest {
+            user_id: n.user_id.to_string(),
+            template: template as i32,
+            // The address being verified (or asked for) is the only one to use: the user's
+            // other channels are not what the code proves.
+            channels: vec![channel as i32],
+            urgent: true,
+            params: [(param.0.to_owned(), param.1)].into_iter().collect(),
+            // One notification per code or token issued; the relay's retries repeat the key.
+            idempotency_key: format!("identity-{}", Uuid::now_v7()),
+            address: n.destination.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for MessagingNotifier {
+    async fn stage(
+        &self,
+        tx: &mut PgConnection,
+        n: &Notification,
+    ) -> Result<Staged, IdentityError> {
+        let Some(request) = self.request(n) else {
+            return Ok(Staged::AfterCommit);
+        };
+        let id = self
+            .outbox
+            .enqueue(tx, MESSAGING_TARGET, SEND_NOTIFICATION, &request)
+            .await
+            .map_err(tonic::Status::from)?;
+        tracing::debug!(outbox.id = %id, user_id = %n.user_id, channel = ?n.channel, "notification queued for messaging");
+        Ok(Staged::Written)
+    }
+
+    async fn send(&self, n: Notification) -> anyhow::Result<()> {
+        if let NotificationKind::VerificationCode { .. } | NotificationKind::PasswordReset { .. } =
+            n.kind
+        {
+            // A code sent outside its transaction could outlive a rollback: a wiring bug.
+            anyhow::bail!("codes and reset links go through stage(), in their transaction");
+        }
+        // Messaging has no template for these notices (yet): they are not sent.
+        tracing::info!(user_id = %n.user_id, notice = n.kind.name(), "notice not sent: messaging has no template for it");
+        Ok(())
+    }
 }
 
 /// Development sandbox: logs the notification, secrets included, so that a developer running

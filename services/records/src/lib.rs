@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod config;
-pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod fhir;
@@ -27,7 +26,7 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 use crate::config::{RecordsConfig, RecordsSettings};
-use crate::directory::Directory;
+use carehub_platform::directory::Directory;
 
 /// Records' embedded migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

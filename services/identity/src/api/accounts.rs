@@ -3,7 +3,9 @@
 //!
 //! Every account handler: validate every field → authorize (ownership; the auth layer already
 //! checked roles and workloads) → one transaction through `Call::mutate` (a read through
-//! `Call::read`) → encode. Codes are delivered through the notifier after the commit.
+//! `Call::read`) → encode. Codes are staged with the notifier in that transaction (the
+//! `messaging` notifier writes its outbox row there); what it did not write is delivered after
+//! the commit.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::account::Account;
 use crate::error::IdentityError;
-use crate::notify::Notification;
+use crate::notify::{Notification, Notifier, Staged};
 use crate::store::accounts as store;
 use crate::AppState;
 
@@ -42,21 +44,46 @@ pub(super) async fn lock_account(
         .ok_or_else(|| user_not_found(user_id))
 }
 
-/// Notifications to deliver once the transaction committed (nothing when an idempotent retry
-/// replayed the first answer).
-#[derive(Clone, Default)]
-pub(super) struct Outbox(Arc<Mutex<Vec<Notification>>>);
+/// A change's notifications: staged with the notifier in the change's transaction, and those
+/// it did not write there delivered once the transaction committed (nothing when an idempotent
+/// retry replayed the first answer).
+#[derive(Clone)]
+pub(super) struct Outbox {
+    notifier: Arc<dyn Notifier>,
+    after_commit: Arc<Mutex<Vec<Notification>>>,
+}
 
 impl Outbox {
+    pub(super) fn new(state: &AppState) -> Self {
+        Outbox {
+            notifier: state.notifier.clone(),
+            after_commit: Arc::default(),
+        }
+    }
+
+    /// Hands `n` to the notifier in the transaction `tx` that stores its code or token; an error
+    /// fails the change.
+    pub(super) async fn stage(
+        &self,
+        tx: &mut PgConnection,
+        n: Notification,
+    ) -> Result<(), IdentityError> {
+        if self.notifier.stage(tx, &n).await? == Staged::AfterCommit {
+            self.push(n);
+        }
+        Ok(())
+    }
+
+    /// A notice with no transaction of its own to join, delivered after the commit.
     pub(super) fn push(&self, n: Notification) {
-        if let Ok(mut v) = self.0.lock() {
+        if let Ok(mut v) = self.after_commit.lock() {
             v.push(n);
         }
     }
 
     pub(super) async fn deliver(self, state: &AppState) {
         let pending = self
-            .0
+            .after_commit
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();

@@ -1,7 +1,8 @@
 //! Admin actions on accounts: creating users (with a one-time password), reading any account,
-//! and suspension, reactivation and termination.
+//! and suspension, reactivation and termination — whose one path ([`change_status`]) also
+//! serves messaging's RequestAccountAction.
 
-use carehub_platform::audit::Purpose;
+use carehub_platform::audit::{AuditEvent, Purpose};
 use carehub_platform::auth::Role;
 use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use super::accounts::{checked, lock_account, Outbox};
 use super::kinds;
 use crate::api::convert::{role_from_pb, user_to_pb};
-use crate::domain::account::{self, ConsentChange, NewAccount, StatusAction};
+use crate::domain::account::{self, Account, ConsentChange, NewAccount, StatusAction};
 use crate::domain::validation as val;
 use crate::error::{IdentityError, Result};
 use crate::notify::{Channel, Notification, NotificationKind};
@@ -91,7 +92,7 @@ pub async fn create_user(
         if let Some(u) = &resp.user {
             tracing::info!(user_id = %u.user_id, by = %call.caller.actor_key(), "user created by an admin");
             if let Ok(id) = Uuid::parse_str(&u.user_id) {
-                let outbox = Outbox::default();
+                let outbox = Outbox::new(state);
                 outbox.push(Notification {
                     user_id: id,
                     channel: Channel::Email,
@@ -133,11 +134,97 @@ pub async fn get_user(state: &AppState, call: &Call, r: GetUserRequest) -> Resul
     call.read(&state.pool, read, user_to_pb(&a)).await
 }
 
-// ---- admin status actions ----
+// ---- status changes ----
 
-/// Suspend, reactivate and terminate share everything but the action and where their two
-/// fields (`user_id`, `reason`) sit in the request.
-async fn change_status<Req: Message>(
+/// A status change as its caller asked for it: an admin (SuspendUser, ReactivateUser,
+/// TerminateUser) or messaging acting on an abuse report (IdentityInternal.RequestAccountAction).
+pub(super) struct StatusChange {
+    pub target: Uuid,
+    pub action: StatusAction,
+    /// Why, stored sealed on the account (an admin's free text, or "abuse report <id>").
+    pub reason: String,
+    /// Who decided (`users.status_changed_by`): the admin, or the staff member who resolved the
+    /// report.
+    pub by: Uuid,
+    /// The change's audit event.
+    pub event: AuditEvent,
+    /// An account already in the action's status: `Some(read)` answers it as it is, with `read`
+    /// recorded for the answer (a retried delivery must not fail); `None` refuses it
+    /// (FAILED_PRECONDITION), as an admin's own repeated action is.
+    pub already: Option<AuditEvent>,
+}
+
+/// The one path of every status change: the account locked, the state machine
+/// ([`StatusAction::apply`]), the status with its sealed reason, the `AccountStatusChanged`
+/// outbox event, session revocation, and the audit event, in one transaction through
+/// [`Call::mutate`] (a retry with the same idempotency key answers the first answer); then the
+/// account's sessions leave this replica's cache. `answer` encodes the account for the caller.
+pub(super) async fn change_status<Req: Message, Resp: Message + Default>(
+    state: &AppState,
+    call: &Call,
+    request: &Req,
+    change: StatusChange,
+    answer: fn(&Account) -> Resp,
+) -> Result<Resp> {
+    let StatusChange {
+        target,
+        action,
+        reason,
+        by,
+        event,
+        already,
+    } = change;
+    if target == by && action != StatusAction::Reactivate {
+        return Err(IdentityError::Conflict {
+            kind: "SELF",
+            subject: target.to_string(),
+            description: "a user cannot suspend or terminate their own account".to_owned(),
+        });
+    }
+    let mut changed = false;
+    let ran = call
+        .mutate(&state.idempotency, request, async |tx| {
+            let a = lock_account(tx, &state.crypto, target).await?;
+            if a.status == action.target() {
+                if let Some(read) = already {
+                    return Ok(Change::new(answer(&a), read));
+                }
+            }
+            let next = action
+                .apply(a.status)
+                .map_err(|why| IdentityError::Conflict {
+                    kind: "ACCOUNT_STATUS",
+                    subject: target.to_string(),
+                    description: why.to_owned(),
+                })?;
+            let a = store::set_status(tx, &state.crypto, target, next, &reason, by).await?;
+            crate::events::account_status_changed(tx, &state.outbox, &a).await?;
+            if action.revokes_sessions() {
+                crate::store::revocation::revoke_user_sessions(
+                    tx,
+                    target,
+                    action.revoke_reason(),
+                    None,
+                )
+                .await?;
+            }
+            changed = true;
+            Ok::<_, IdentityError>(Change::new(answer(&a), event))
+        })
+        .await;
+    // A status change (and the revocation that comes with a suspension or termination) takes
+    // effect in this replica's session cache before the call answers, whatever the outcome.
+    state.session_cache.evict_user(target);
+    let ran = ran?;
+    if changed {
+        tracing::info!(user_id = %target, by = %by, workload = %call.caller.workload, action = ?action, "account status changed");
+    }
+    Ok(ran.answer)
+}
+
+/// Suspend, reactivate and terminate by an admin share everything but the action and where
+/// their two fields (`user_id`, `reason`) sit in the request.
+async fn admin_change_status<Req: Message>(
     state: &AppState,
     call: &Call,
     request: &Req,
@@ -152,53 +239,24 @@ async fn change_status<Req: Message>(
     let reason = val::check_reason(&mut v, "reason", reason);
     v.finish()?;
     let (target, reason) = (checked(target)?, checked(reason)?);
-    if target == admin && action != StatusAction::Reactivate {
-        return Err(IdentityError::Conflict {
-            kind: "SELF",
-            subject: target.to_string(),
-            description: "an admin cannot suspend or terminate their own account".to_owned(),
-        });
-    }
     let kind = match action {
         StatusAction::Suspend => kinds::ACCOUNT_SUSPEND,
         StatusAction::Reactivate => kinds::ACCOUNT_REACTIVATE,
         StatusAction::Terminate => kinds::ACCOUNT_TERMINATE,
     };
-    let event = super::security::account(&call.caller, kind, target);
-    let user = call
-        .mutate(&state.idempotency, request, async |tx| {
-            let a = lock_account(tx, &state.crypto, target).await?;
-            let next = action
-                .apply(a.status)
-                .map_err(|why| IdentityError::Conflict {
-                    kind: "ACCOUNT_STATUS",
-                    subject: target.to_string(),
-                    description: why.to_owned(),
-                })?;
-            let a = store::set_status(tx, &state.crypto, target, next, &reason, admin).await?;
-            crate::events::account_status_changed(tx, &state.outbox, &a).await?;
-            if action.revokes_sessions() {
-                crate::store::revocation::revoke_user_sessions(
-                    tx,
-                    target,
-                    action.revoke_reason(),
-                    None,
-                )
-                .await?;
-            }
-            Ok::<_, IdentityError>(Change::new(user_to_pb(&a), event))
-        })
-        .await;
-    // A status change (and the revocation that comes with a suspension or termination) takes
-    // effect in this replica's session cache before the call answers, whatever the outcome.
-    state.session_cache.evict_user(target);
-    let user = user?;
-    tracing::info!(user_id = %target, by = %admin, action = ?action, "account status changed");
-    Ok(user.answer)
+    let change = StatusChange {
+        target,
+        action,
+        reason,
+        by: admin,
+        event: super::security::account(&call.caller, kind, target),
+        already: None,
+    };
+    change_status(state, call, request, change, user_to_pb).await
 }
 
 pub async fn suspend_user(state: &AppState, call: &Call, r: SuspendUserRequest) -> Result<User> {
-    change_status(state, call, &r, StatusAction::Suspend, |r| {
+    admin_change_status(state, call, &r, StatusAction::Suspend, |r| {
         (&r.user_id, &r.reason)
     })
     .await
@@ -209,7 +267,7 @@ pub async fn reactivate_user(
     call: &Call,
     r: ReactivateUserRequest,
 ) -> Result<User> {
-    change_status(state, call, &r, StatusAction::Reactivate, |r| {
+    admin_change_status(state, call, &r, StatusAction::Reactivate, |r| {
         (&r.user_id, &r.reason)
     })
     .await
@@ -220,7 +278,7 @@ pub async fn terminate_user(
     call: &Call,
     r: TerminateUserRequest,
 ) -> Result<User> {
-    change_status(state, call, &r, StatusAction::Terminate, |r| {
+    admin_change_status(state, call, &r, StatusAction::Terminate, |r| {
         (&r.user_id, &r.reason)
     })
     .await

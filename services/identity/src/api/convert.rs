@@ -37,6 +37,17 @@ pub fn status_to_pb(s: AccountStatus) -> pb::AccountStatus {
     }
 }
 
+/// The few facts other services get about an account (LookupUser, RequestAccountAction).
+pub fn summary_to_pb(a: &Account) -> pb::UserSummary {
+    pb::UserSummary {
+        user_id: a.id.to_string(),
+        roles: vec![role_to_pb(a.role) as i32],
+        status: status_to_pb(a.status) as i32,
+        display_name: a.display_name(),
+        time_zone: a.time_zone.clone(),
+    }
+}
+
 /// The proto form of an account.
 pub fn user_to_pb(a: &Account) -> pb::User {
     pb::User {

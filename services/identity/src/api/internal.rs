@@ -10,7 +10,7 @@ use carehub_proto::identity::v1::*;
 use super::accounts::checked;
 use super::credentials::secs;
 use super::kinds;
-use crate::api::convert::{role_to_pb, status_to_pb, timestamp};
+use crate::api::convert::{summary_to_pb, timestamp};
 use crate::domain::validation as val;
 use crate::error::Result;
 use crate::store::accounts as account_store;
@@ -100,13 +100,7 @@ pub async fn lookup_user(
         let mut conn = state.pool.acquire().await?;
         account_store::require_user(&mut conn, &state.crypto, id).await?
     };
-    let summary = UserSummary {
-        user_id: a.id.to_string(),
-        roles: vec![role_to_pb(a.role) as i32],
-        status: status_to_pb(a.status) as i32,
-        display_name: a.display_name(),
-        time_zone: a.time_zone,
-    };
+    let summary = summary_to_pb(&a);
     let read = call.event(kinds::USER_LOOKUP, Purpose::Operations, "user", id, id);
     call.read(&state.pool, read, summary).await
 }

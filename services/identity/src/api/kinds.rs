@@ -22,7 +22,8 @@ pub const ACCOUNT_CREATE: Kind = Kind::new(
 pub const ACCOUNT_SUSPEND: Kind = Kind::new(
     "identity.account.suspend",
     Action::Update,
-    "an admin suspended an account (SuspendUser)",
+    "an admin suspended an account (SuspendUser), or messaging did for the staff member who \
+     resolved an abuse report (RequestAccountAction)",
     ACCOUNT,
 );
 pub const ACCOUNT_REACTIVATE: Kind = Kind::new(
@@ -34,7 +35,8 @@ pub const ACCOUNT_REACTIVATE: Kind = Kind::new(
 pub const ACCOUNT_TERMINATE: Kind = Kind::new(
     "identity.account.terminate",
     Action::Update,
-    "an admin terminated an account (TerminateUser)",
+    "an admin terminated an account (TerminateUser), or messaging did for the staff member who \
+     resolved an abuse report (RequestAccountAction)",
     ACCOUNT,
 );
 pub const USER_READ: Kind = Kind::new(
@@ -46,7 +48,9 @@ pub const USER_READ: Kind = Kind::new(
 pub const USER_LOOKUP: Kind = Kind::new(
     "identity.user.lookup",
     Action::Read,
-    "another carehub service looked a user up (IdentityInternal.LookupUser)",
+    "another carehub service looked a user up (IdentityInternal.LookupUser), messaging read their \
+     verified contact data to notify them (GetContact) or the summary of an account already in \
+     the state it asked for (RequestAccountAction)",
     "the user looked up",
 );
 
@@ -84,7 +88,8 @@ pub const PREFERENCES_READ: Kind = Kind::new(
 pub const PREFERENCES_UPDATE: Kind = Kind::new(
     "identity.preferences.update",
     Action::Update,
-    "a user changed their communication preferences (UpdateCommunicationPreferences)",
+    "a user changed their communication preferences (UpdateCommunicationPreferences), or \
+     messaging's SMS consent ledger changed sms_notifications (ApplySmsConsent)",
     ACCOUNT,
 );
 pub const CONTACT_CODE_SEND: Kind = Kind::new(

@@ -9,7 +9,9 @@
 //! - credentials: `login` (password login, throttling, lockout, device PINs), `mfa` (TOTP,
 //!   recovery codes, the login challenge), `password` (reset, change), `sessions` (opening,
 //!   refresh, logout, listing, revocation); `credentials` holds what they share;
-//! - `internal`: what other services ask for (signing keys, revocations, user lookup).
+//! - `internal`: what other services ask for (signing keys, revocations, user lookup);
+//!   `messaging`: what only messaging asks for (account actions on abuse reports, contact data
+//!   for notifications, SMS keywords from its consent ledger).
 //!
 //! `policy` says who may call what; `convert` holds shared proto encodings; `kinds` is
 //! identity's audit vocabulary and `security` builds its security events.
@@ -29,6 +31,7 @@ pub mod credentials;
 pub mod internal;
 pub mod kinds;
 pub mod login;
+pub mod messaging;
 pub mod mfa;
 pub mod password;
 pub mod policy;
@@ -58,6 +61,10 @@ const RESET_REQUEST: Audited = Audited::Exempt(
 );
 const PUBLIC_KEYS: Audited = Audited::Exempt("public signing keys only");
 const REVOCATIONS: Audited = Audited::Exempt("session and user ids with instants only");
+const SMS_CONSENT: Audited = Audited::Exempt(
+    "answers only the ids of the accounts it changed, each change audited; a number no verified \
+     account holds, or an older keyword, changes nothing",
+);
 
 /// Runs `$handler` for the call `$req`: builds the call's context (the RPC's path comes from
 /// the request), decodes the request, refuses an answer that `$audited` says must be audited
@@ -276,5 +283,28 @@ impl IdentityInternal for IdentityApi {
         req: Request<LookupUserRequest>,
     ) -> Result<Response<UserSummary>, Status> {
         rpc!(self, req, Audited::Always, internal::lookup_user)
+    }
+    async fn request_account_action(
+        &self,
+        req: Request<RequestAccountActionRequest>,
+    ) -> Result<Response<UserSummary>, Status> {
+        rpc!(
+            self,
+            req,
+            Audited::Always,
+            messaging::request_account_action
+        )
+    }
+    async fn get_contact(
+        &self,
+        req: Request<GetContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        rpc!(self, req, Audited::Always, messaging::get_contact)
+    }
+    async fn apply_sms_consent(
+        &self,
+        req: Request<ApplySmsConsentRequest>,
+    ) -> Result<Response<ApplySmsConsentResponse>, Status> {
+        rpc!(self, req, SMS_CONSENT, messaging::apply_sms_consent)
     }
 }

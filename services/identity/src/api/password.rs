@@ -6,6 +6,7 @@ use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::*;
 use uuid::Uuid;
 
+use super::accounts::Outbox;
 use super::credentials::{
     check_own_password, check_secret, check_token, confirm_checked_password, is_active,
     lock_own_credentials, secs, PASSWORD_MAX,
@@ -40,9 +41,10 @@ pub async fn request_password_reset(
     let email = email.unwrap_or_default();
     let email_index = crate::store::sealed::email_candidates(&state.crypto, &email)?;
     let ttl = secs(state.settings.password_reset_ttl_secs);
-    // The token leaves the transaction only to be sent after the commit; a replayed request
-    // sends nothing again.
-    let mut outbox: Option<Notification> = None;
+    // The token's notification is staged in the transaction that stores the token (written
+    // there by the messaging notifier, or sent after the commit by a sandbox); a replayed
+    // request sends nothing again.
+    let outbox = Outbox::new(state);
     call.mutate_as(&state.idempotency, "anon", &r, async |conn| {
         let Some(cred) = store::credentials_by_email(conn, &email_index).await? else {
             return Ok(Change::unaudited(()));
@@ -53,22 +55,18 @@ pub async fn request_password_reset(
         let token = tokens::new_token();
         store::insert_password_reset(conn, &tokens::hash(&token), cred.id, ttl).await?;
         let event = security::account(&call.caller, kinds::PASSWORD_RESET_REQUEST, cred.id);
-        outbox = Some(Notification {
+        let n = Notification {
             user_id: cred.id,
             channel: Channel::Email,
             // The address asked for: the account was found by its blind index.
             destination: email.clone(),
             kind: NotificationKind::PasswordReset { token },
-        });
+        };
+        outbox.stage(conn, n).await?;
         Ok::<_, IdentityError>(Change::new((), event))
     })
     .await?;
-    if let Some(n) = outbox {
-        let user_id = n.user_id;
-        if let Err(e) = state.notifier.send(n).await {
-            tracing::warn!(user_id = %user_id, error = %e, "password-reset notification not sent");
-        }
-    }
+    outbox.deliver(state).await;
     Ok(())
 }
 

@@ -9,6 +9,8 @@ const INTERNAL: &str = "carehub.identity.v1.IdentityInternal";
 const GATEWAY: &[&str] = &["gateway"];
 /// carehub services that call identity on their own behalf.
 const SERVICES: &[&str] = &["scheduling", "messaging", "records", "billing"];
+/// Messaging alone.
+const MESSAGING: &[&str] = &["messaging"];
 /// The gateway and the operator CLI (admin actions).
 const GATEWAY_AND_ADMIN_CLI: &[&str] = &["gateway", "admin-cli"];
 
@@ -90,5 +92,10 @@ pub fn policy() -> Policy {
         UserRule::WorkloadOnly,
     );
     p = p.rule(INTERNAL, "LookupUser", SERVICES, UserRule::WorkloadOnly);
+    // Messaging's own needs: contact data is PHI no other service needs, and account actions
+    // and SMS consent are decisions only messaging's reports and ledger make.
+    for m in ["RequestAccountAction", "GetContact", "ApplySmsConsent"] {
+        p = p.rule(INTERNAL, m, MESSAGING, UserRule::WorkloadOnly);
+    }
     p
 }

@@ -59,7 +59,7 @@ fn consents_to_pb(c: &ConsentState) -> Consents {
     }
 }
 
-fn prefs_to_pb(p: &CommPrefs) -> CommunicationPreferences {
+pub(super) fn prefs_to_pb(p: &CommPrefs) -> CommunicationPreferences {
     CommunicationPreferences {
         user_id: p.user_id.to_string(),
         email_notifications: p.email_notifications,
@@ -130,7 +130,7 @@ pub async fn update_profile(
     }
     v.finish()?;
     let ttl = state.settings.verification_code_ttl_secs;
-    let outbox = Outbox::default();
+    let outbox = Outbox::new(state);
     let crypto = &state.crypto;
     let changed = call.event(
         kinds::PROFILE_UPDATE,
@@ -328,7 +328,15 @@ pub async fn update_communication_preferences(
     let prefs = call
         .mutate(&state.idempotency, &r, async |tx| {
             lock_account(tx, &state.crypto, user_id).await?;
+            let before = store::lock_prefs(tx, &[user_id]).await?;
             let p = store::update_prefs(tx, user_id, &update).await?;
+            // Messaging's SMS ledger follows the user's choice, and only an actual change: an
+            // update that leaves it as it was (or that ApplySmsConsent made, which never comes
+            // through here) would only echo.
+            let was = before.first().map(|b| b.sms_notifications);
+            if was != Some(p.sms_notifications) {
+                crate::events::sms_preference_changed(tx, &state.outbox, &p).await?;
+            }
             Ok::<_, IdentityError>(Change::new(prefs_to_pb(&p), event))
         })
         .await?;

@@ -23,7 +23,8 @@ use crate::AppState;
 /// Verification codes one user may request per channel per hour.
 const MAX_CODES_PER_HOUR: i64 = 10;
 
-/// Creates a verification code for `channel` of `account` (its current address) and queues it.
+/// Creates a verification code for `channel` of `account` (its current address) and stages its
+/// notification in the same transaction `conn`.
 pub(super) async fn issue_code(
     conn: &mut PgConnection,
     crypto: &carehub_platform::crypto::Envelope,
@@ -44,7 +45,7 @@ pub(super) async fn issue_code(
         ttl_secs,
     )
     .await?;
-    outbox.push(Notification {
+    let n = Notification {
         user_id,
         channel: match channel {
             Contact::Email => Channel::Email,
@@ -52,7 +53,8 @@ pub(super) async fn issue_code(
         },
         destination: destination.to_owned(),
         kind: NotificationKind::VerificationCode { code },
-    });
+    };
+    outbox.stage(conn, n).await?;
     Ok(expires)
 }
 
@@ -131,7 +133,7 @@ pub async fn register_patient(
     };
     let sms = r.sms_opt_in;
     let ttl = state.settings.verification_code_ttl_secs;
-    let outbox = Outbox::default();
+    let outbox = Outbox::new(state);
     // Nobody is signed in yet: answers are kept per calling workload.
     let actor = format!("anon:{}", call.caller.workload);
     let crypto = &state.crypto;
@@ -168,7 +170,7 @@ pub async fn send_verification_code(
     v.finish()?;
     let channel = checked(channel)?;
     let ttl = state.settings.verification_code_ttl_secs;
-    let outbox = Outbox::default();
+    let outbox = Outbox::new(state);
     let crypto = &state.crypto;
     let event = call.event(
         kinds::CONTACT_CODE_SEND,

@@ -57,6 +57,15 @@ impl StatusAction {
         }
     }
 
+    /// The status the action leads to.
+    pub fn target(self) -> AccountStatus {
+        match self {
+            StatusAction::Suspend => AccountStatus::Suspended,
+            StatusAction::Reactivate => AccountStatus::Active,
+            StatusAction::Terminate => AccountStatus::Terminated,
+        }
+    }
+
     /// Whether the action ends every session of the account.
     pub fn revokes_sessions(self) -> bool {
         !matches!(self, StatusAction::Reactivate)
@@ -213,6 +222,18 @@ pub struct CommPrefs {
     pub language: String,
     pub quiet_hours_start: i16,
     pub quiet_hours_end: i16,
+    /// When `sms_notifications` was last decided (by the user or messaging's SMS ledger); `None`
+    /// for preferences older than the record.
+    pub sms_notifications_changed_at: Option<DateTime<Utc>>,
+}
+
+impl CommPrefs {
+    /// Whether an SMS-consent change the ledger made at `change_time` is newer than the
+    /// standing decision (a later or equal decision wins; an unknown one loses).
+    pub fn sms_change_is_newer(&self, change_time: DateTime<Utc>) -> bool {
+        self.sms_notifications_changed_at
+            .is_none_or(|decided| change_time > decided)
+    }
 }
 
 /// Paths UpdateProfile accepts in its field mask.
@@ -250,6 +271,18 @@ mod tests {
         ] {
             assert!(a.apply(Terminated).is_err());
         }
+        for a in [
+            StatusAction::Suspend,
+            StatusAction::Reactivate,
+            StatusAction::Terminate,
+        ] {
+            let from = if a == StatusAction::Reactivate {
+                Suspended
+            } else {
+                Active
+            };
+            assert_eq!(a.apply(from), Ok(a.target()));
+        }
         assert!(StatusAction::Suspend.revokes_sessions());
         assert!(!StatusAction::Reactivate.revokes_sessions());
         for s in [Active, Suspended, Terminated] {
@@ -272,6 +305,26 @@ mod tests {
         assert!(p.len() >= 16);
         assert!(crate::domain::password::policy_violation(&p).is_none());
         assert_ne!(p, new_one_time_password());
+    }
+
+    #[test]
+    fn only_a_newer_ledger_change_applies() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        let mut p = CommPrefs {
+            user_id: Uuid::nil(),
+            email_notifications: true,
+            sms_notifications: true,
+            push_notifications: true,
+            language: "en-US".into(),
+            quiet_hours_start: 0,
+            quiet_hours_end: 0,
+            sms_notifications_changed_at: None,
+        };
+        assert!(p.sms_change_is_newer(t(1)));
+        p.sms_notifications_changed_at = Some(t(100));
+        assert!(p.sms_change_is_newer(t(101)));
+        assert!(!p.sms_change_is_newer(t(100)));
+        assert!(!p.sms_change_is_newer(t(99)));
     }
 
     #[test]

@@ -102,13 +102,18 @@ pub async fn insert_user(
     let email = sealed::seal_user(crypto, id, "email", &new.email).await?;
     let email_bidx = sealed::email_index(crypto, &new.email)?;
     let phone = sealed::seal_user_opt(crypto, id, "phone", new.phone.as_deref()).await?;
+    let phone_bidx = match &new.phone {
+        Some(p) => Some(sealed::phone_index(crypto, p)?),
+        None => None,
+    };
     let given = sealed::seal_user(crypto, id, "given_name", &new.given_name).await?;
     let family = sealed::seal_user(crypto, id, "family_name", &new.family_name).await?;
     let dob = sealed::seal_date(crypto, id, "date_of_birth", new.date_of_birth).await?;
     let row: UserRow = sqlx::query_as(&format!(
         "INSERT INTO users (id, role, email, email_bidx, phone, given_name, family_name,
-                            date_of_birth, time_zone, password_hash, password_change_required)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                            date_of_birth, time_zone, password_hash, password_change_required,
+                            phone_bidx)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING {USER_COLUMNS}"
     ))
     .bind(id)
@@ -122,6 +127,7 @@ pub async fn insert_user(
     .bind(&new.time_zone)
     .bind(&new.password_hash)
     .bind(new.password_change_required)
+    .bind(phone_bidx)
     .fetch_one(&mut *conn)
     .await?;
     account(crypto, row).await
@@ -154,6 +160,19 @@ pub async fn lock_user(
     .fetch_optional(&mut *conn)
     .await?;
     account_opt(crypto, row).await
+}
+
+/// The role of user `id`, if any (nothing decrypted).
+pub async fn role_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Role>> {
+    let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    role.map(|r| {
+        Role::parse(&r)
+            .ok_or_else(|| IdentityError::Internal(format!("user {id} has an unknown role")))
+    })
+    .transpose()
 }
 
 /// The user or NOT_FOUND.
@@ -207,6 +226,10 @@ pub async fn update_profile(
         (Some(p), true) => Some(sealed::seal_user_opt(crypto, id, "phone", p.as_deref()).await?),
         _ => None,
     };
+    let phone_bidx = match (&u.phone, phone_changed) {
+        (Some(Some(p)), true) => Some(sealed::phone_index(crypto, p)?),
+        _ => None,
+    };
     let given = sealed::seal_user_opt(crypto, id, "given_name", u.given_name.as_deref()).await?;
     let family = sealed::seal_user_opt(crypto, id, "family_name", u.family_name.as_deref()).await?;
     let (email_ct, email_bidx) = email.unzip();
@@ -216,6 +239,7 @@ pub async fn update_profile(
             family_name = COALESCE($3, family_name),
             phone_verified_at = CASE WHEN $4 THEN NULL ELSE phone_verified_at END,
             phone = CASE WHEN $4 THEN $5 ELSE phone END,
+            phone_bidx = CASE WHEN $4 THEN $9 ELSE phone_bidx END,
             time_zone = COALESCE($6, time_zone),
             email_verified_at = CASE WHEN $7::bytea IS NOT NULL THEN NULL ELSE email_verified_at END,
             email = COALESCE($7, email),
@@ -232,9 +256,108 @@ pub async fn update_profile(
     .bind(&u.time_zone)
     .bind(email_ct)
     .bind(email_bidx)
+    .bind(phone_bidx)
     .fetch_one(&mut *conn)
     .await?;
     account(crypto, row).await
+}
+
+/// The accounts whose verified phone is `phone` (E.164), locked until the transaction ends (in
+/// id order, like every lock of several accounts), found through the phone's blind index under
+/// every held key version and confirmed on the decrypted number (an index only narrows). A
+/// number changed since it was verified is not verified.
+pub async fn lock_users_with_verified_phone(
+    conn: &mut PgConnection,
+    crypto: &Envelope,
+    phone: &str,
+) -> Result<Vec<Uuid>> {
+    let candidates = sealed::phone_candidates(crypto, phone)?;
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, phone FROM users
+         WHERE phone_bidx = ANY($1) AND phone IS NOT NULL AND phone_verified_at IS NOT NULL
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(candidates)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, ciphertext) in rows {
+        match sealed::open_user(crypto, id, "phone", &ciphertext).await {
+            Ok(p) if p == phone => out.push(id),
+            Ok(_) => {}
+            // A shredded account holds no number any more; one bad row must not block the rest.
+            Err(e) if unreadable(&e) => {
+                tracing::warn!(user_id = %id, error = %e, "phone unreadable; account skipped");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// A ciphertext that will never open (shredded, altered, foreign), as opposed to keys or a
+/// database that are unavailable for now.
+fn unreadable(e: &IdentityError) -> bool {
+    use carehub_platform::crypto::CryptoError as C;
+    matches!(
+        e,
+        IdentityError::Crypto(
+            C::Shredded { .. }
+                | C::Malformed { .. }
+                | C::Authentication { .. }
+                | C::UnknownDataKey { .. }
+                | C::Unwrap { .. }
+        )
+    )
+}
+
+/// Rows the phone-index backfill reads at once.
+const PHONE_BACKFILL_BATCH: i64 = 500;
+
+/// Gives every phone written before `users.phone_bidx` existed its blind index (the key is
+/// outside the database, so the migration could not). Runs when identity starts, before it
+/// serves; a replica starting at the same time writes the same values. A row whose phone will
+/// never decrypt (a crypto-shredded account) is skipped and logged by id. Returns the rows filled.
+pub async fn backfill_phone_index(pool: &PgPool, crypto: &Envelope) -> Result<u64> {
+    let mut filled = 0;
+    let mut after = Uuid::nil();
+    loop {
+        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, phone FROM users
+             WHERE phone IS NOT NULL AND phone_bidx IS NULL AND id > $1
+             ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(PHONE_BACKFILL_BATCH)
+        .fetch_all(pool)
+        .await?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(filled);
+        };
+        after = *last;
+        for (id, ciphertext) in rows {
+            let index = match sealed::open_user(crypto, id, "phone", &ciphertext).await {
+                Ok(phone) => sealed::phone_index(crypto, &phone)?,
+                Err(e) if unreadable(&e) => {
+                    tracing::warn!(user_id = %id, error = %e, "phone not indexed: unreadable");
+                    continue;
+                }
+                // Keys or database unavailable: starting without the index would miss numbers.
+                Err(e) => return Err(e),
+            };
+            // Only if the phone is still the one read: a concurrent change wrote its own index.
+            filled += sqlx::query(
+                "UPDATE users SET phone_bidx = $2
+                 WHERE id = $1 AND phone = $3 AND phone_bidx IS NULL",
+            )
+            .bind(id)
+            .bind(index)
+            .bind(&ciphertext)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        }
+    }
 }
 
 /// Sets the status (with who, why and when). The caller evicts the user's sessions from its

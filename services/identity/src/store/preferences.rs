@@ -120,6 +120,7 @@ struct PrefsRow {
     language: String,
     quiet_hours_start: i16,
     quiet_hours_end: i16,
+    sms_notifications_changed_at: Option<DateTime<Utc>>,
 }
 
 impl From<PrefsRow> for CommPrefs {
@@ -132,12 +133,13 @@ impl From<PrefsRow> for CommPrefs {
             language: r.language,
             quiet_hours_start: r.quiet_hours_start,
             quiet_hours_end: r.quiet_hours_end,
+            sms_notifications_changed_at: r.sms_notifications_changed_at,
         }
     }
 }
 
 const PREFS_COLUMNS: &str = "user_id, email_notifications, sms_notifications, push_notifications, \
-    language, quiet_hours_start, quiet_hours_end";
+    language, quiet_hours_start, quiet_hours_end, sms_notifications_changed_at";
 
 /// Creates the preferences row of a new user with defaults (`sms` turns SMS notifications on).
 pub async fn insert_prefs(conn: &mut PgConnection, user_id: Uuid, sms: bool) -> Result<CommPrefs> {
@@ -170,6 +172,7 @@ pub async fn get_prefs(conn: &mut PgConnection, user_id: Uuid) -> Result<CommPre
             language: "en-US".to_owned(),
             quiet_hours_start: 0,
             quiet_hours_end: 0,
+            sms_notifications_changed_at: None,
         },
     })
 }
@@ -185,6 +188,7 @@ pub struct PrefsUpdate {
     pub quiet_hours_end: Option<i16>,
 }
 
+/// Applies `u`; a change of `sms_notifications` stamps its decision time.
 pub async fn update_prefs(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -197,6 +201,9 @@ pub async fn update_prefs(
     let row: PrefsRow = sqlx::query_as(&format!(
         "UPDATE communication_preferences SET
             email_notifications = COALESCE($2, email_notifications),
+            sms_notifications_changed_at = CASE
+                WHEN $3::boolean IS DISTINCT FROM sms_notifications AND $3::boolean IS NOT NULL
+                THEN now() ELSE sms_notifications_changed_at END,
             sms_notifications = COALESCE($3, sms_notifications),
             push_notifications = COALESCE($4, push_notifications),
             language = COALESCE($5, language),
@@ -213,6 +220,54 @@ pub async fn update_prefs(
     .bind(&u.language)
     .bind(u.quiet_hours_start)
     .bind(u.quiet_hours_end)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.into())
+}
+
+/// The preferences of `user_ids`, locked until the transaction ends, in id order (so that two
+/// transactions locking overlapping sets cannot deadlock). A missing row is created with the
+/// defaults and no decision time.
+pub async fn lock_prefs(conn: &mut PgConnection, user_ids: &[Uuid]) -> Result<Vec<CommPrefs>> {
+    sqlx::query(
+        "INSERT INTO communication_preferences (user_id, sms_notifications_changed_at)
+         SELECT unnest($1::uuid[]), NULL
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_ids)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<PrefsRow> = sqlx::query_as(&format!(
+        "SELECT {PREFS_COLUMNS} FROM communication_preferences WHERE user_id = ANY($1)
+         ORDER BY user_id FOR UPDATE"
+    ))
+    .bind(user_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(CommPrefs::from).collect())
+}
+
+/// Records an SMS decision that messaging's ledger made at `decided_at`: `sms_notifications`
+/// becomes `allowed` and its decision time `decided_at` (the ledger's time, not ours, so that an
+/// older delivery arriving later is recognised as older). The caller checked that the decision
+/// is newer than the standing one, on the row it locked.
+pub async fn set_sms_decision(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    allowed: bool,
+    decided_at: DateTime<Utc>,
+) -> Result<CommPrefs> {
+    let row: PrefsRow = sqlx::query_as(&format!(
+        "UPDATE communication_preferences SET
+            updated_at = CASE WHEN sms_notifications <> $2 THEN now() ELSE updated_at END,
+            sms_notifications = $2,
+            sms_notifications_changed_at = $3
+         WHERE user_id = $1
+         RETURNING {PREFS_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(allowed)
+    .bind(decided_at)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.into())

@@ -2,8 +2,9 @@
 //! IP address and user agent a session was opened from, and free text that can carry personal
 //! or health data (an admin's `users.status_reason`, a user's `device_pins.device_name`), is
 //! stored as a ciphertext under the user's data key (subject = the user id, row = the row's id),
-//! and email is looked up through
-//! a blind index. Login-throttle keys are keyed hashes of the email or source address.
+//! and email and phone are looked up through blind indexes (email at login and registration,
+//! phone when messaging's SMS ledger reports a keyword from a number). Login-throttle keys are
+//! keyed hashes of the email or source address.
 //!
 //! Encryption may reserve or create a data key on its own pooled connection; the user's first
 //! key is made at registration, later writes and every read with a cached key touch no key
@@ -17,6 +18,8 @@ use crate::error::{IdentityError, Result};
 
 /// Blind-index scope of `users.email`.
 pub const EMAIL_INDEX: &str = "users.email";
+/// Blind-index scope of `users.phone` (E.164; not unique: a household may share a number).
+pub const PHONE_INDEX: &str = "users.phone";
 /// Blind-index scope of login-throttle keys (so that they are not an unkeyed email hash).
 pub const THROTTLE_INDEX: &str = "login_throttle.account";
 /// Blind-index scope of per-source login-throttle keys (so that the table holds no IP address).
@@ -34,6 +37,20 @@ pub fn email_candidates(crypto: &Envelope, email: &str) -> Result<Vec<Vec<u8>>> 
     Ok(crypto
         .blind_index()
         .candidates(EMAIL_INDEX, Normalization::CaseInsensitive, email)?)
+}
+
+/// The blind index stored with an E.164 phone, under the current key.
+pub fn phone_index(crypto: &Envelope, phone: &str) -> Result<Vec<u8>> {
+    Ok(crypto
+        .blind_index()
+        .compute(PHONE_INDEX, Normalization::Phone, phone)?)
+}
+
+/// Every blind index a phone may be stored under (one per held key version).
+pub fn phone_candidates(crypto: &Envelope, phone: &str) -> Result<Vec<Vec<u8>>> {
+    Ok(crypto
+        .blind_index()
+        .candidates(PHONE_INDEX, Normalization::Phone, phone)?)
 }
 
 /// Throttle key of an email address (whether or not an account has it): keyed, so that the

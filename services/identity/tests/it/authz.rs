@@ -82,6 +82,7 @@ fn callers() -> Vec<CallerKind> {
         CallerKind::user("admin on another", "gateway", PRole::Admin, Other),
         CallerKind::user("admin through admin-cli", "admin-cli", PRole::Admin, Other),
         CallerKind::workload("records (a service)", "records"),
+        CallerKind::workload("messaging (a service)", "messaging"),
         CallerKind::user(
             "unknown workload with an admin",
             "intruder",
@@ -104,7 +105,8 @@ fn audit(m: &str) -> String {
 }
 
 /// The table. Columns as in [`callers`]: no user | patient, on another | provider, on another |
-/// staff, on another | billing, on another | admin, on another | admin-cli | records | unknown.
+/// staff, on another | billing, on another | admin, on another | admin-cli | records | messaging |
+/// unknown.
 /// `.` allowed, `W` workload not allowed, `R` role not allowed, `T` no (valid) token,
 /// `n` allowed but NOT_FOUND (another user's session does not exist for the caller),
 /// `-` not applicable (the RPC concerns no other user).
@@ -120,9 +122,9 @@ fn matrix() -> Matrix {
         "ResetPassword",
         "UnlockWithPin",
     ] {
-        m = m.row(&public(rpc), ". .- .- .- .- .- W W W");
+        m = m.row(&public(rpc), ". .- .- .- .- .- W W W W");
     }
-    m = m.row(&public("ListSigningKeys"), ". .- .- .- .- .- W . W");
+    m = m.row(&public("ListSigningKeys"), ". .- .- .- .- .- W . . W");
     // A signed-in user of any role, about themselves (a pending password change allowed for
     // the first three).
     for rpc in [
@@ -142,23 +144,27 @@ fn matrix() -> Matrix {
         "GetCommunicationPreferences",
         "UpdateCommunicationPreferences",
     ] {
-        m = m.row(&public(rpc), "T .- .- .- .- .- W W W");
+        m = m.row(&public(rpc), "T .- .- .- .- .- W W W W");
     }
     // Another user's session is not found; another user's account only for staff and admins.
-    m = m.row(&public("RevokeSession"), "T .n .n .n .n .n W W W");
-    m = m.row(&public("GetUser"), "T .R .R .. .R .. W W W");
+    m = m.row(&public("RevokeSession"), "T .n .n .n .n .n W W W W");
+    m = m.row(&public("GetUser"), "T .R .R .. .R .. W W W W");
     // Admin actions: admins through the gateway or the operator CLI.
-    m = m.row(&public("CreateUser"), "T R- R- R- R- .- . W W");
+    m = m.row(&public("CreateUser"), "T R- R- R- R- .- . W W W");
     for rpc in ["SuspendUser", "ReactivateUser", "TerminateUser"] {
-        m = m.row(&public(rpc), "T RR RR RR RR .. . W W");
+        m = m.row(&public(rpc), "T RR RR RR RR .. . W W W");
     }
     // Internal: named services (and the gateway for the keys), never for a user.
-    m = m.row(&internal("ListSigningKeys"), ". .- .- .- .- .- W . W");
-    m = m.row(&internal("ListRevocations"), "W W- W- W- W- W- W . W");
-    m = m.row(&internal("LookupUser"), "W WW WW WW WW WW W . W");
+    m = m.row(&internal("ListSigningKeys"), ". .- .- .- .- .- W . . W");
+    m = m.row(&internal("ListRevocations"), "W W- W- W- W- W- W . . W");
+    m = m.row(&internal("LookupUser"), "W WW WW WW WW WW W . . W");
+    // Messaging's own: contact data, account actions on abuse reports, SMS keywords.
+    for rpc in ["RequestAccountAction", "GetContact", "ApplySmsConsent"] {
+        m = m.row(&internal(rpc), "W WW WW WW WW WW W W . W");
+    }
     // The audit trail: records and the operator CLI.
     for rpc in ["ListEvents", "VerifyChain"] {
-        m = m.row(&audit(rpc), "W W- W- W- W- W- . . W");
+        m = m.row(&audit(rpc), "W W- W- W- W- W- . . W W");
     }
     m
 }
@@ -470,6 +476,34 @@ async fn call(
                 "LookupUser" => c
                     .lookup_user(meta.req(LookupUserRequest {
                         user_id: subject_id,
+                    }))
+                    .await
+                    .map(drop),
+                "RequestAccountAction" => {
+                    let staff = make(app, PRole::Staff, format!("rb{n}@example.org")).await;
+                    c.request_account_action(meta.req(RequestAccountActionRequest {
+                        user_id: subject_id,
+                        action: AccountAction::Suspend as i32,
+                        requested_by: staff.account.id.to_string(),
+                        report_id: uuid::Uuid::now_v7().to_string(),
+                    }))
+                    .await
+                    .map(drop)
+                }
+                "GetContact" => c
+                    .get_contact(meta.req(GetContactRequest {
+                        user_id: subject_id,
+                    }))
+                    .await
+                    .map(drop),
+                "ApplySmsConsent" => c
+                    .apply_sms_consent(meta.req(ApplySmsConsentRequest {
+                        phone_number: "+15555550100".into(),
+                        sms_allowed: false,
+                        change_time: Some(prost_types::Timestamp {
+                            seconds: 1_700_000_000,
+                            nanos: 0,
+                        }),
                     }))
                     .await
                     .map(drop),

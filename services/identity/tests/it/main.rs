@@ -11,6 +11,7 @@ mod encryption;
 mod jwks;
 mod login_concurrency;
 mod login_throttle_purge;
+mod messaging;
 mod outbox_events;
 mod read_audit;
 mod remote_verifier;

@@ -398,6 +398,28 @@ mod tests {
         ) -> Result<Response<UserSummary>, Status> {
             Err(Status::unimplemented("not scripted"))
         }
+
+        async fn request_account_action(
+            &self,
+            _: Request<carehub_proto::identity::v1::RequestAccountActionRequest>,
+        ) -> Result<Response<UserSummary>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+
+        async fn get_contact(
+            &self,
+            _: Request<carehub_proto::identity::v1::GetContactRequest>,
+        ) -> Result<Response<carehub_proto::identity::v1::Contact>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+
+        async fn apply_sms_consent(
+            &self,
+            _: Request<carehub_proto::identity::v1::ApplySmsConsentRequest>,
+        ) -> Result<Response<carehub_proto::identity::v1::ApplySmsConsentResponse>, Status>
+        {
+            Err(Status::unimplemented("not scripted"))
+        }
     }
 
     async fn start(identity: Arc<ScriptedIdentity>) -> RemoteVerifier {

@@ -129,6 +129,7 @@ pub struct Api<H> {
     verifier: Option<Arc<dyn TokenVerifier>>,
     admin_routes: Option<axum::Router>,
     readiness: Option<ReadinessCheck>,
+    on_drain: Option<Box<dyn FnOnce() + Send>>,
     handle: H,
 }
 
@@ -142,6 +143,7 @@ impl<H> Api<H> {
             verifier: None,
             admin_routes: None,
             readiness: None,
+            on_drain: None,
             handle,
         }
     }
@@ -184,6 +186,13 @@ impl<H> Api<H> {
         self
     }
 
+    /// Called once when the server starts draining (shutdown began): long-lived streams end
+    /// here with a resumable status instead of holding the drain until its timeout.
+    pub fn on_drain(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_drain = Some(Box::new(f));
+        self
+    }
+
     /// A readiness condition of the service's own, on top of the keys' (both must hold).
     pub fn readiness(mut self, check: ReadinessCheck) -> Self {
         self.readiness = Some(check);
@@ -223,6 +232,7 @@ pub async fn start<S: Service>(
         verifier,
         admin_routes,
         readiness,
+        on_drain,
         handle,
     } = api;
     let host = mounts.into_iter().fold(host, |host, mount| mount(host));
@@ -239,6 +249,16 @@ pub async fn start<S: Service>(
         shutdown: shutdown.boxed(),
     })
     .await?;
+    if let Some(f) = on_drain {
+        let mut health = server.health_watch();
+        tokio::spawn(async move {
+            // Ends with the server too (the sender dropped): nothing left to drain then.
+            let _ = health
+                .wait_for(|h| h.phase == crate::lifecycle::Phase::Draining)
+                .await;
+            f();
+        });
+    }
     Ok(Started { server, handle })
 }
 

@@ -8,7 +8,6 @@ use carehub_platform::call::{Call, Change};
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::records::v1::*;
 use futures::Stream;
-use sha2::Digest as _;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -16,13 +15,13 @@ use super::chart::{self, source_of, Sight};
 use super::convert::ts;
 use super::kinds;
 use crate::domain::access::{self, Access};
-use crate::domain::document::{self, MAX_BYTES, MAX_CHUNK, SNIFF_BYTES};
 use crate::domain::sensitivity::{self, Label};
 use crate::error::{checked, RecordsError, Result};
 use crate::store::documents::{self as store, DocumentRow, NewDocument};
 use crate::store::entries::Source;
 use crate::store::sealed;
 use crate::AppState;
+use carehub_platform::content::{self as document, Intake, MAX_BYTES};
 
 /// The stream DownloadDocument answers with.
 pub type ChunkStream =
@@ -118,7 +117,7 @@ pub async fn upload(
                     "a break-glass access reads the chart only".to_owned(),
                 ));
             }
-            let (mut seq, mut total, mut hasher) = (0i32, 0i64, sha2::Sha256::new());
+            let mut intake = Intake::new(&info.content_type, info.size_bytes, sha.clone());
             while let Some(message) = stream.message().await? {
                 let Some(upload_document_request::Part::Chunk(bytes)) = message.part else {
                     return Err(invalid(
@@ -126,44 +125,11 @@ pub async fn upload(
                         "only the first message says what the document is",
                     ));
                 };
-                if bytes.is_empty() || bytes.len() > MAX_CHUNK {
-                    return Err(invalid("chunk", "must hold 1 byte to 1 MiB"));
-                }
-                total += i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-                if total > info.size_bytes {
-                    return Err(invalid(
-                        "info.size_bytes",
-                        "the bytes are longer than declared",
-                    ));
-                }
-                if seq == 0 {
-                    let need = usize::try_from(info.size_bytes)
-                        .unwrap_or(SNIFF_BYTES)
-                        .min(SNIFF_BYTES);
-                    if bytes.len() < need {
-                        return Err(invalid(
-                            "chunk",
-                            "the first chunk must hold at least 8 bytes",
-                        ));
-                    }
-                    if !document::looks_like(&info.content_type, &bytes) {
-                        return Err(invalid("info.content_type", "does not match the bytes"));
-                    }
-                }
-                hasher.update(&bytes);
+                let seq = intake.take(&bytes).map_err(|(f, why)| invalid(f, why))?;
                 let sealed = sealed::seal_chunk(&state.crypto, patient, (id, seq), &bytes).await?;
                 store::insert_chunk(conn, id, seq, &sealed).await?;
-                seq += 1;
             }
-            if total != info.size_bytes {
-                return Err(invalid(
-                    "info.size_bytes",
-                    "the bytes are shorter than declared",
-                ));
-            }
-            if hasher.finalize().as_slice() != sha.as_slice() {
-                return Err(invalid("info.sha256", "does not match the bytes"));
-            }
+            let seq = intake.finish().map_err(|(f, why)| invalid(f, why))?;
             let sealed_info = sealed::seal_document_info(&state.crypto, patient, id, &info).await?;
             let row = store::insert(
                 conn,

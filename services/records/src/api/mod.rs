@@ -292,6 +292,12 @@ impl RecordsInternal for RecordsApi {
     ) -> Result<Response<CareTeam>, Status> {
         rpc!(self, req, team::add_booked_provider)
     }
+    async fn get_care_team(
+        &self,
+        req: Request<GetCareTeamRequest>,
+    ) -> Result<Response<CareTeam>, Status> {
+        rpc!(self, req, team::get_care_team)
+    }
 }
 
 #[tonic::async_trait]

@@ -98,6 +98,12 @@ pub fn policy() -> Policy {
         &["scheduling"],
         UserRule::WorkloadOnly,
     );
+    p = p.rule(
+        INTERNAL,
+        "GetCareTeam",
+        &["messaging"],
+        UserRule::WorkloadOnly,
+    );
     // EHR and HIE feeds.
     p = p.rule(
         INTERNAL,

@@ -222,3 +222,30 @@ pub async fn add_booked_provider(
         .await?;
     Ok(ran.answer)
 }
+
+/// Messaging asks who is on a patient's team before a participant reads, sends or receives in
+/// a care conversation, and whom to alert of a new message. Who treats whom is itself personal
+/// data: the answer is audited as a read of the team, by the calling workload.
+pub async fn get_care_team(
+    state: &AppState,
+    call: &Call,
+    r: GetCareTeamRequest,
+) -> Result<CareTeam> {
+    let mut v = FieldViolations::new();
+    let patient = v.require_uuid("patient_id", &r.patient_id);
+    v.finish()?;
+    let patient = checked(patient)?;
+    let rows = {
+        let mut conn = state.pool.acquire().await?;
+        team::list(&mut conn, patient).await?
+    };
+    let read = call.event(
+        kinds::CARE_TEAM_READ,
+        Purpose::Operations,
+        "care_team",
+        patient,
+        patient,
+    );
+    call.read(&state.pool, read, team_to_pb(patient, &rows))
+        .await
+}

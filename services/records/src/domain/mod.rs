@@ -5,5 +5,4 @@ pub mod access;
 pub mod aggregate;
 pub mod amendment;
 pub mod content;
-pub mod document;
 pub mod sensitivity;

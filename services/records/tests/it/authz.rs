@@ -155,6 +155,11 @@ fn matrix() -> Matrix {
         &format!("/{ACCOUNT_EVENTS}/ApplyAccountEvent"),
         "W W  W W  W W  W  W  W  W  W  W  W",
     );
+    // Messaging only (its positive case: messaging's tests).
+    m = m.row(
+        &format!("/{INTERNAL}/GetCareTeam"),
+        "W W  W W  W W  W  W  W  W  W  W  W",
+    );
     m.row(
         &format!("/{INTERNAL}/AddBookedProvider"),
         "W W  W W  W W  W  W  W  W  W  .  W",
@@ -392,6 +397,17 @@ async fn call(
                 ImportFhirBundleRequest {
                     patient_id: patient.id.clone(),
                     bundle_json: b"{}".to_vec(),
+                },
+            ))
+            .await
+            .map(drop);
+    }
+    if rpc.ends_with("/GetCareTeam") {
+        return RecordsInternalClient::new(channel)
+            .get_care_team(signed(
+                user,
+                GetCareTeamRequest {
+                    patient_id: patient.id.clone(),
                 },
             ))
             .await

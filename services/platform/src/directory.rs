@@ -1,17 +1,15 @@
-//! Who a user is, asked of identity (`IdentityInternal.LookupUser`, over mTLS as `records`):
-//! a care-team member must be an active provider or staff member, and a chart belongs to an
-//! active patient.
+//! Who a user is, asked of identity (`IdentityInternal.LookupUser`, over mTLS as the calling
+//! service): records checks that a care-team member is an active provider or staff member and
+//! that a chart belongs to a patient; messaging checks who joins a staff conversation.
 
-use carehub_platform::auth::Role;
-use carehub_platform::client::ServiceChannel;
-use carehub_platform::errors;
+use crate::auth::Role;
+use crate::client::ServiceChannel;
+use crate::errors;
 use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::identity::v1::identity_internal_client::IdentityInternalClient;
 use carehub_proto::identity::v1::{self as id_pb, LookupUserRequest};
-use tonic::Code;
+use tonic::{Code, Status};
 use uuid::Uuid;
-
-use crate::error::{RecordsError, Result};
 
 #[derive(Clone)]
 pub struct Directory {
@@ -19,7 +17,7 @@ pub struct Directory {
     channel: ServiceChannel,
 }
 
-/// What records needs to know about a user.
+/// What a service needs to know about a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Person {
     pub role: Role,
@@ -43,7 +41,7 @@ impl Directory {
 
     /// The user `id` (NOT_FOUND naming `what` when identity has no such user; UNAVAILABLE
     /// when identity cannot answer).
-    pub async fn person(&self, id: Uuid, what: &'static str) -> Result<Person> {
+    pub async fn person(&self, id: Uuid, what: &'static str) -> Result<Person, Status> {
         let mut client = self.client.clone();
         let answer = client
             .lookup_user(LookupUserRequest {
@@ -53,19 +51,16 @@ impl Directory {
         let summary = match answer {
             Ok(a) => a.into_inner(),
             Err(s) if s.code() == Code::NotFound => {
-                return Err(RecordsError::NotFound {
-                    what,
-                    id: id.to_string(),
-                })
+                return Err(errors::not_found(what, &id.to_string()))
             }
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "identity could not look a user up");
-                return Err(RecordsError::Status(errors::retry_after(
+                return Err(errors::retry_after(
                     Code::Unavailable,
                     ErrorReason::Unavailable,
                     "identity is unavailable; retry",
                     std::time::Duration::from_secs(1),
-                )));
+                ));
             }
         };
         let role = summary
@@ -80,7 +75,10 @@ impl Directory {
                 id_pb::Role::Admin => Some(Role::Admin),
                 id_pb::Role::Unspecified => None,
             })
-            .ok_or_else(|| RecordsError::Internal(format!("user {id} has no known role")))?;
+            .ok_or_else(|| {
+                tracing::error!(user_id = %id, "identity answered a user without a known role");
+                errors::internal("directory")
+            })?;
         Ok(Person {
             role,
             active: summary.status == id_pb::AccountStatus::Active as i32,

@@ -1,0 +1,4 @@
+//! Messaging's types and rules, pure: unit-tested without a database.
+
+pub mod participants;
+pub mod text;
