@@ -168,7 +168,11 @@ impl Service for IdentityDef {
                         config::DEFAULT_RESET_LINK
                     );
                 }
-                let m = MessagingNotifier::new(outbox.clone(), s.password_reset_link.clone());
+                let m = MessagingNotifier::new(
+                    outbox.clone(),
+                    pool.clone(),
+                    s.password_reset_link.clone(),
+                );
                 (Arc::new(m), None)
             }
             NotifierKind::LogSandbox => {

@@ -100,44 +100,64 @@ pub const SEND_NOTIFICATION: &str = "/carehub.messaging.v1.MessagingInternal/Sen
 /// it over mTLS.
 pub struct MessagingNotifier {
     outbox: Outbox,
+    /// For notices with no transaction of their own (password changed, account created): their
+    /// outbox row is written in one of its own.
+    pool: sqlx::PgPool,
     /// `identity.password_reset_link`, with `{token}` where the token goes.
     reset_link: String,
 }
 
 impl MessagingNotifier {
-    pub fn new(outbox: Outbox, reset_link: String) -> Self {
-        MessagingNotifier { outbox, reset_link }
+    pub fn new(outbox: Outbox, pool: sqlx::PgPool, reset_link: String) -> Self {
+        MessagingNotifier {
+            outbox,
+            pool,
+            reset_link,
+        }
     }
 
-    /// The request for `n`, or `None` for a notice messaging has no template for.
-    fn request(&self, n: &Notification) -> Option<messaging::SendNotificationRequest> {
+    async fn enqueue(
+        &self,
+        tx: &mut PgConnection,
+        request: &messaging::SendNotificationRequest,
+    ) -> Result<Uuid, IdentityError> {
+        Ok(self
+            .outbox
+            .enqueue(tx, MESSAGING_TARGET, SEND_NOTIFICATION, request)
+            .await
+            .map_err(tonic::Status::from)?)
+    }
+
+    /// The request for `n`.
+    fn request(&self, n: &Notification) -> messaging::SendNotificationRequest {
         let (template, param) = match &n.kind {
             NotificationKind::VerificationCode { code } => (
                 messaging::Template::VerificationCode,
-                ("code", code.clone()),
+                Some(("code", code.clone())),
             ),
             NotificationKind::PasswordReset { token } => (
                 messaging::Template::PasswordReset,
-                ("link", self.reset_link.replace("{token}", token)),
+                Some(("link", self.reset_link.replace("{token}", token))),
             ),
-            NotificationKind::PasswordChanged | NotificationKind::AccountCreated => return None,
+            NotificationKind::PasswordChanged => (messaging::Template::PasswordChanged, None),
+            NotificationKind::AccountCreated => (messaging::Template::AccountCreated, None),
         };
         let channel = match n.channel {
             Channel::Email => messaging::Channel::Email,
             Channel::Sms => messaging::Channel::Sms,
         };
-        Some(messaging::SendNotificationRequest {
+        messaging::SendNotificationRequest {
             user_id: n.user_id.to_string(),
             template: template as i32,
             // The address being verified (or asked for) is the only one to use: the user's
             // other channels are not what the code proves.
             channels: vec![channel as i32],
             urgent: true,
-            params: [(param.0.to_owned(), param.1)].into_iter().collect(),
+            params: param.map(|(k, v)| (k.to_owned(), v)).into_iter().collect(),
             // One notification per code or token issued; the relay's retries repeat the key.
             idempotency_key: format!("identity-{}", Uuid::now_v7()),
             address: n.destination.clone(),
-        })
+        }
     }
 }
 
@@ -148,14 +168,7 @@ impl Notifier for MessagingNotifier {
         tx: &mut PgConnection,
         n: &Notification,
     ) -> Result<Staged, IdentityError> {
-        let Some(request) = self.request(n) else {
-            return Ok(Staged::AfterCommit);
-        };
-        let id = self
-            .outbox
-            .enqueue(tx, MESSAGING_TARGET, SEND_NOTIFICATION, &request)
-            .await
-            .map_err(tonic::Status::from)?;
+        let id = self.enqueue(tx, &self.request(n)).await?;
         tracing::debug!(outbox.id = %id, user_id = %n.user_id, channel = ?n.channel, "notification queued for messaging");
         Ok(Staged::Written)
     }
@@ -167,8 +180,14 @@ impl Notifier for MessagingNotifier {
             // A code sent outside its transaction could outlive a rollback: a wiring bug.
             anyhow::bail!("codes and reset links go through stage(), in their transaction");
         }
-        // Messaging has no template for these notices (yet): they are not sent.
-        tracing::info!(user_id = %n.user_id, notice = n.kind.name(), "notice not sent: messaging has no template for it");
+        // A notice about a change that already committed: its row commits on its own.
+        let mut tx = self.pool.begin().await?;
+        let id = self
+            .enqueue(&mut tx, &self.request(&n))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await?;
+        tracing::debug!(outbox.id = %id, user_id = %n.user_id, notice = n.kind.name(), "notice queued for messaging");
         Ok(())
     }
 }

@@ -626,7 +626,7 @@ async fn an_sms_preference_change_reaches_messaging_through_the_outbox_and_only_
 }
 
 #[tokio::test]
-async fn the_messaging_notifier_writes_codes_and_reset_links_to_the_outbox_sealed() {
+async fn the_messaging_notifier_writes_codes_reset_links_and_notices_to_the_outbox_sealed() {
     let app = common::spawn_with(|c| {
         c.identity.notifier = carehub_identity::config::NotifierKind::Messaging;
         c.identity.password_reset_link = "https://app.example/reset#token={token}".into();
@@ -717,6 +717,13 @@ async fn the_messaging_notifier_writes_codes_and_reset_links_to_the_outbox_seale
     })
     .await
     .unwrap();
+    // The security notice of the reset follows it, without a secret.
+    let rows = outbox(&app, SEND_NOTIFICATION).await;
+    assert_eq!(rows.len(), 5);
+    let n: msg::SendNotificationRequest = decode(&rows[4]);
+    assert_eq!(n.template, msg::Template::PasswordChanged as i32);
+    assert_eq!(n.user_id, ann.user_id);
+    assert!(n.params.is_empty());
 
     // A refused request (no code for a channel without an address) leaves no row.
     let bob = app.register_patient("bob@example.org", PASSWORD).await;

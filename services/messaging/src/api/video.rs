@@ -10,8 +10,9 @@ use carehub_platform::audit::Purpose;
 use carehub_platform::call::{Call, Change};
 use carehub_platform::crypto::service_seal::SealError;
 use carehub_platform::crypto::CryptoError;
-use carehub_platform::errors::FieldViolations;
+use carehub_platform::errors::{self, FieldViolations};
 use carehub_platform::timestamps;
+use carehub_proto::common::v1::ErrorReason;
 use carehub_proto::messaging::v1::*;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
@@ -79,7 +80,7 @@ struct Upsert {
 
 fn parse_upsert(r: &UpsertVideoVisitRequest) -> Result<Upsert> {
     let Some(visit) = r.visit.as_ref() else {
-        return Err(carehub_platform::errors::invalid_field("visit", "is required").into());
+        return Err(errors::invalid_field("visit", "is required").into());
     };
     let mut v = FieldViolations::new();
     let appointment = v.require_uuid("visit.appointment_id", &visit.appointment_id);
@@ -206,9 +207,13 @@ pub async fn join_token(
             })?;
         // Before the visit's state: someone else's visit tells them nothing about it.
         if user.user_id != row.patient_id && user.user_id != row.provider_id {
-            return Err(MessagingError::PermissionDenied(
-                "only the visit's patient and provider may join it".to_owned(),
-            ));
+            // The conversations' reason: the caller is not in this visit (their role allowed
+            // the call; NotAParticipant's message names a conversation, hence the status here).
+            return Err(MessagingError::Status(errors::status(
+                tonic::Code::PermissionDenied,
+                ErrorReason::NotAParticipant,
+                "only the visit's patient and provider may join it",
+            )));
         }
         let validity = video::validity(
             (row.starts_at, row.ends_at, row.cancelled),

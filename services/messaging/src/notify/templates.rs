@@ -20,6 +20,8 @@ pub enum Template {
     VerificationCode,
     PasswordReset,
     Promotion,
+    PasswordChanged,
+    AccountCreated,
 }
 
 /// One row per template: its stored code, whether it is promotional (SMS only after an
@@ -41,7 +43,7 @@ struct Param {
     required: bool,
 }
 
-const TRAITS: [(Template, Traits); 5] = [
+const TRAITS: [(Template, Traits); 7] = [
     (
         Template::NewMessage,
         Traits {
@@ -107,6 +109,28 @@ const TRAITS: [(Template, Traits); 5] = [
             params: &[],
         },
     ),
+    // Security notices about the account itself: the user's preferences do not silence them
+    // (a password changed by someone else must reach the owner), an SMS opt-out still does.
+    (
+        Template::PasswordChanged,
+        Traits {
+            code: "password_changed",
+            promotional: false,
+            requested_by_user: true,
+            legally_required: false,
+            params: &[],
+        },
+    ),
+    (
+        Template::AccountCreated,
+        Traits {
+            code: "account_created",
+            promotional: false,
+            requested_by_user: true,
+            legally_required: false,
+            params: &[],
+        },
+    ),
 ];
 
 impl Template {
@@ -125,6 +149,8 @@ impl Template {
             pb::Template::VerificationCode => Template::VerificationCode,
             pb::Template::PasswordReset => Template::PasswordReset,
             pb::Template::Promotion => Template::Promotion,
+            pb::Template::PasswordChanged => Template::PasswordChanged,
+            pb::Template::AccountCreated => Template::AccountCreated,
             pb::Template::Unspecified => return None,
         })
     }
@@ -136,6 +162,8 @@ impl Template {
             Template::VerificationCode => pb::Template::VerificationCode,
             Template::PasswordReset => pb::Template::PasswordReset,
             Template::Promotion => pb::Template::Promotion,
+            Template::PasswordChanged => pb::Template::PasswordChanged,
+            Template::AccountCreated => pb::Template::AccountCreated,
         }
     }
 
@@ -296,6 +324,16 @@ pub fn render(template: Template, params: &Params, channel: Channel, recipient: 
             "News from carehub".to_owned(),
             "News from carehub: see what is new in the app.".to_owned(),
         ),
+        Template::PasswordChanged => (
+            "Your carehub password was changed".to_owned(),
+            "Your carehub password was changed. If this was not you, contact the practice at \
+             once."
+                .to_owned(),
+        ),
+        Template::AccountCreated => (
+            "Your carehub account".to_owned(),
+            "A carehub account was created for you. Sign in to carehub to set it up.".to_owned(),
+        ),
     };
     match channel {
         // A promotional text must say how to stop them; a subject line means nothing in an SMS.
@@ -316,12 +354,14 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    const ALL: [Template; 5] = [
+    const ALL: [Template; 7] = [
         Template::NewMessage,
         Template::AppointmentReminder,
         Template::VerificationCode,
         Template::PasswordReset,
         Template::Promotion,
+        Template::PasswordChanged,
+        Template::AccountCreated,
     ];
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {

@@ -236,7 +236,7 @@ async fn video_tokens_for_both_participants_pass_livekit_and_no_one_else_gets_on
 
     for who in [&stranger, &other_doc] {
         let e = token(&suite, who, &id).await.unwrap_err();
-        assert_status(&e, Code::PermissionDenied, None);
+        assert_status(&e, Code::PermissionDenied, Some("NOT_A_PARTICIPANT"));
     }
     let e = token(&suite, &patient, &appointment()).await.unwrap_err();
     assert_status(&e, Code::NotFound, Some("RESOURCE_NOT_FOUND"));
@@ -354,7 +354,7 @@ async fn video_tokens_are_refused_after_cancellation() {
     }
     // Someone else learns nothing about the visit's state.
     let e = token(&suite, &stranger, &id).await.unwrap_err();
-    assert_status(&e, Code::PermissionDenied, None);
+    assert_status(&e, Code::PermissionDenied, Some("NOT_A_PARTICIPANT"));
 
     // A delivery of the visit as it was before, arriving late, changes nothing.
     let late = upsert(&suite, live, "moved-earlier").await.unwrap();
