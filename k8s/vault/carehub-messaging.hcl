@@ -2,7 +2,9 @@
 # mounts (KV v2 at secret/, PKI at pki/); setup.sh rewrites the paths for other mounts or KV v1.
 
 # Its own keys: carehub/messaging/kek, blind-index, audit-checkpoint. Read only; only
-# carehub-operator writes (rotation), and no service can read another's.
+# carehub-operator writes (rotation), and no service can read another's. The video SFU's API
+# secret is not stored here: messaging derives it from its KEK for messaging.video.api_key
+# (README "Video visits"), so a KEK rotation changes it and the SFU's copy must follow.
 path "secret/data/carehub/messaging/*" {
   capabilities = ["read"]
 }

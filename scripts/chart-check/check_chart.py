@@ -221,8 +221,11 @@ BAD_VALUES = [
     ("AppRole without a role_id", {"vault": {"auth": {"method": "approle"}}}, "vault.auth.approle.roleIds.identity is required"),
     ("Vault keys without an address", {"vault": {"addr": ""}}, "vault.addr is required"),
     ("a service calling a disabled one", {"services": {"identity": {"enabled": False}}},
-     "services.records.calls names identity, which is not enabled"),
-    ("no service enabled", {"services": {"identity": {"enabled": False}, "records": {"enabled": False}}}, "no service is enabled"),
+     "calls names identity, which is not enabled"),
+    ("records merging the trail of a disabled messaging", {"services": {"messaging": {"enabled": False}}},
+     "services.records.calls names messaging, which is not enabled"),
+    ("no service enabled", {"services": {"identity": {"enabled": False}, "records": {"enabled": False},
+                                         "messaging": {"enabled": False}}}, "no service is enabled"),
 ]
 
 
@@ -307,7 +310,12 @@ WEAKENINGS = [
     ("dropping the PodDisruptionBudget", "templates/_service.tpl", r'"pdb" ', "", "no PodDisruptionBudget"),
     ("dropping the NetworkPolicy", "templates/_service.tpl", r'"networkpolicy" ', "", "no NetworkPolicy"),
     ("opening identity to every service", "templates/_network.tpl",
-     r"\{\{- if has \$name \(\$o\.calls \| default list\) -\}\}", "{{- if true -}}", "the call graph says"),
+     r"\{\{- if has \$name \$theirs -\}\}", "{{- if true -}}", "the call graph says"),
+    ("an outbox target left out of the NetworkPolicies", "templates/_helpers.tpl",
+     r"\{\{- if and \(has \$t \$enabled\) \(not \(has \$t \$out\)\) -\}\}", "{{- if false -}}", "the call graph says"),
+    ("a migration Job without messaging's records endpoint", "templates/_migration.tpl",
+     r"            - name: \{\{ printf \"CAREHUB_%s__%s\".*\n.*\n", "",
+     "CAREHUB_MESSAGING__RECORDS_ENDPOINT is None"),
     ("the serving pods given the migrator's Secret", "templates/_service.tpl",
      r'"carehub\.service\.databaseEnv" \(dict "root" \$root "name" \$name "role" "app"\)',
      '"carehub.service.databaseEnv" (dict "root" $root "name" $name "role" "migrator")', "reads the migrator Secret"),

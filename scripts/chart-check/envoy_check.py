@@ -39,6 +39,11 @@ ROUTES: dict[str, str | None] = {
     "/carehub.identity.v1.IdentityInternal/ListSigningKeys": None,
     "/carehub.records.v1.RecordsInternal/AddBookedProvider": None,
     "/carehub.records.v1.RecordsServiceX/GetChart": None,
+    "/carehub.messaging.v1.MessagingService/SendMessage": "messaging",
+    "/carehub.messaging.v1.MessagingService/StreamEvents": "messaging",
+    "/carehub.messaging.v1.MessagingService/GetVideoJoinToken": "messaging",
+    "/carehub.messaging.v1.MessagingInternal/UpsertVideoVisit": None,
+    "/carehub.messaging.v1.MessagingInternal/SendNotification": None,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": None,
 }
 

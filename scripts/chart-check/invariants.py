@@ -12,19 +12,34 @@ from typing import Any
 
 Obj = dict[str, Any]
 
-# DESIGN.md §1, "calls" column: the only service-to-service edges the NetworkPolicies allow.
+# DESIGN.md §1, "calls" column, as built: the only service-to-service RPC edges the
+# NetworkPolicies allow. Beyond the table: messaging asks records who is on a care team
+# (messaging.records_endpoint), and records merges messaging's audit trail into the patient's
+# access log (records.audit_sources).
 CALL_GRAPH: dict[str, set[str]] = {
     "identity": set(),
     "scheduling": {"identity", "records", "messaging", "billing"},
-    "messaging": {"identity"},
-    "records": {"identity"},
+    "messaging": {"identity", "records"},
+    "records": {"identity", "messaging"},
     "billing": {"identity"},
+}
+
+# Where each service's transactional outbox delivers (server.outbox.targets): identity's account
+# events (records, messaging), notifications and SMS preferences (messaging); messaging's abuse
+# actions and SMS consent changes (identity). These edges are opened too, for enabled targets.
+OUTBOX_GRAPH: dict[str, set[str]] = {
+    "identity": {"records", "messaging"},
+    "messaging": {"identity"},
+    "records": set(),
 }
 
 # Env names that carry secrets: they must come from a Secret (valueFrom), never a literal.
 SECRET_ENV = re.compile(r"(PASSWORD|TOKEN|SECRET|DATABASE__URL|_KEY$|CREDENTIAL)", re.I)
 # TOML keys that would be a secret inlined into a ConfigMap.
 SECRET_TOML_KEYS = {"url", "token", "password", "secret_id", "secret"}
+# Keys named `url` that hold a public address, never a credential (the SFU's WebSocket URL
+# handed to clients with their join token): allowed unless the value carries userinfo.
+PUBLIC_URL_KEYS = {"messaging.video.url"}
 
 
 def name_of(obj: Obj) -> str:
@@ -160,12 +175,18 @@ def components_selected(peers: list[Obj], release: str) -> set[str]:
     return out
 
 
-def check_call_graph(name: str, netpol: Obj, enabled: list[str], calls: dict[str, list[str]], release: str) -> list[str]:
-    """Ingress on gRPC from exactly the callers, egress to exactly the callees."""
+def check_call_graph(name: str, netpol: Obj, enabled: list[str], calls: dict[str, list[str]], release: str,
+                     outbox: dict[str, list[str]] | None = None) -> list[str]:
+    """Ingress on gRPC from exactly the callers, egress to exactly the callees (the services a
+    service calls, and its enabled outbox targets)."""
     where = name_of(netpol)
     problems = []
+    outbox = outbox or {}
     if name in CALL_GRAPH and set(calls.get(name, [])) != CALL_GRAPH[name]:
         problems.append(f"services.{name}.calls is {sorted(calls.get(name, []))}, DESIGN.md §1 says {sorted(CALL_GRAPH[name])}")
+    if name in OUTBOX_GRAPH and set(outbox.get(name, [])) != OUTBOX_GRAPH[name]:
+        problems.append(f"services.{name}.outboxTargets is {sorted(outbox.get(name, []))}, its outbox delivers to {sorted(OUTBOX_GRAPH[name])}")
+    calls = {s: sorted(set(calls.get(s, [])) | (set(outbox.get(s, [])) & set(enabled))) for s in enabled}
     spec = netpol.get("spec", {})
     if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
         problems.append(f"{where}: policyTypes must be [Ingress, Egress]")
@@ -195,7 +216,8 @@ def secret_toml_keys(table: Any, path: str = "") -> list[str]:
     if isinstance(table, dict):
         for k, v in table.items():
             p = f"{path}.{k}" if path else k
-            if k in SECRET_TOML_KEYS and not isinstance(v, dict):
+            public = p in PUBLIC_URL_KEYS and isinstance(v, str) and not re.search(r"://[^/]*@", v)
+            if k in SECRET_TOML_KEYS and not isinstance(v, dict) and not public:
                 found.append(p)
             found += secret_toml_keys(v, p)
     return found
@@ -312,6 +334,16 @@ def check_database_roles(docs: list[Obj], values: Obj, enabled: list[str]) -> li
                 except (tomllib.TOMLDecodeError, KeyError):
                     endpoint = None
                 env = {e.get("name"): e.get("value") for c in jspec.get("containers") or [] for e in c.get("env") or []}
+                try:
+                    own = tomllib.loads(cm["data"]["config.toml"]).get(name, {})
+                except tomllib.TOMLDecodeError:
+                    own = {}
+                # messaging refuses a configuration without messaging.records_endpoint.
+                for key in ("records_endpoint",):
+                    var = f"CAREHUB_{name.upper().replace('-', '_')}__{key.upper()}"
+                    if own.get(key) and env.get(var) != own[key]:
+                        problems.append(f"{name_of(job)}: {var} is {env.get(var)!r}, the service's config says "
+                                        f"{own[key]!r} (`carehub migrate {name}` refuses a configuration the service refuses)")
                 if endpoint and env.get("CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT") != endpoint:
                     problems.append(f"{name_of(job)}: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT is "
                                     f"{env.get('CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT')!r}, the service's config says {endpoint!r} "
@@ -341,6 +373,8 @@ def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
     enabled = sorted(n for n, s in services.items() if isinstance(s, dict) and s.get("enabled", True))
     defaults = values.get("serviceDefaults") or {}
     calls = {n: (services[n].get("calls") if services[n].get("calls") is not None else defaults.get("calls", [])) for n in enabled}
+    outbox = {n: (services[n].get("outboxTargets") if services[n].get("outboxTargets") is not None
+                  else defaults.get("outboxTargets", [])) for n in enabled}
     tls_source = values["tls"]["source"]
     problems += check_database_roles(docs, values, enabled)
     for name in enabled:
@@ -392,5 +426,5 @@ def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
                 problems.append(f"{name_of(dep)}: must run as ServiceAccount {full} (Vault's Kubernetes auth role is bound to it)")
         netpol = by_kind.get(("NetworkPolicy", full))
         if netpol:
-            problems += check_call_graph(name, netpol, enabled, calls, release)
+            problems += check_call_graph(name, netpol, enabled, calls, release, outbox)
     return problems

@@ -15,6 +15,51 @@ release whose services call a disabled identity.
 {{- printf "https://carehub-identity:%d" (int .Values.ports.grpc) -}}
 {{- end }}
 
+{{/*
+Settings of a service's own table that the chart derives from the call graph, so that they
+cannot disagree with the NetworkPolicies: messaging's records_endpoint (care teams) when it
+calls records; records' audit_sources (the trails the patient's access log merges beside its
+own and identity's) from the services other than identity that records calls.
+*/}}
+{{- define "carehub.wiredSettings" -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- $calls := $svc.calls | default list -}}
+{{- $out := dict -}}
+{{- if and (eq .name "messaging") (has "records" $calls) -}}
+{{- $_ := set $out "records_endpoint" (include "carehub.endpoint" (dict "root" .root "name" "records")) -}}
+{{- end -}}
+{{- if eq .name "records" -}}
+{{- $sources := dict -}}
+{{- range $s := $calls -}}
+{{- if ne $s "identity" -}}{{- $_ := set $sources $s (include "carehub.endpoint" (dict "root" $.root "name" $s)) -}}{{- end -}}
+{{- end -}}
+{{- if $sources -}}{{- $_ := set $out "audit_sources" $sources -}}{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end }}
+
+{{/* The service's own table: the wired settings, with what `settings` says winning key by key. */}}
+{{- define "carehub.settings" -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- toYaml (mergeOverwrite (include "carehub.wiredSettings" . | fromYaml) (deepCopy ($svc.settings | default dict))) -}}
+{{- end }}
+
+{{/*
+[server.outbox.targets]: the service's outboxTargets enabled in this release, each reached at
+its Service with the bare name its certificate carries.
+*/}}
+{{- define "carehub.outboxTargets" -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- $enabled := include "carehub.enabledServices" .root | fromYamlArray -}}
+{{- $targets := dict -}}
+{{- range $t := $svc.outboxTargets | default list -}}
+{{- if has $t $enabled -}}
+{{- $_ := set $targets $t (dict "endpoint" (include "carehub.endpoint" (dict "root" $.root "name" $t)) "server_name" $t) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $targets -}}
+{{- end }}
+
 {{- define "carehub.service.configToml" -}}
 {{- $root := .root -}}
 {{- $name := .name -}}
@@ -66,12 +111,15 @@ release whose services call a disabled identity.
 {{- if $v.vault.namespace -}}{{- $_ := set $vault "namespace" $v.vault.namespace -}}{{- end -}}
 {{- $_ := set $server "vault" $vault -}}
 {{- end -}}
+{{- $targets := include "carehub.outboxTargets" . | fromYaml -}}
+{{- if $targets -}}{{- $_ := set $server "outbox" (dict "targets" $targets) -}}{{- end -}}
 {{- $server = mergeOverwrite $server (deepCopy ($svc.server | default dict)) -}}
+{{- $settings := include "carehub.settings" . | fromYaml -}}
 # carehub {{ $name }}: rendered by the Helm chart; edit values, not this file.
 {{ include "carehub.tomlTable" (dict "path" "server" "table" $server) }}
-{{- if $svc.settings }}
+{{- if $settings }}
 
-{{ include "carehub.tomlTable" (dict "path" $name "table" $svc.settings) }}
+{{ include "carehub.tomlTable" (dict "path" $name "table" $settings) }}
 {{- end }}
 {{- end }}
 

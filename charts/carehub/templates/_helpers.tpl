@@ -53,6 +53,28 @@ helm.sh/chart: {{ include "carehub.chart" .root }}
 {{- toYaml (sortAlpha $out) -}}
 {{- end }}
 
+{{/* The gRPC endpoint of service .name inside the release: its Service, on the chart's gRPC
+port. Clients check the bare name on the peer's certificate (outbox targets' server_name). */}}
+{{- define "carehub.endpoint" -}}
+{{- printf "https://carehub-%s:%d" .name (int .root.Values.ports.grpc) -}}
+{{- end }}
+
+{{/*
+The services .name reaches, sorted, as a YAML list: its `calls`, and its `outboxTargets` that
+are enabled in this release (the outbox delivers to them; rows for a target not deployed stay
+pending until it is, so a disabled target is no error). The NetworkPolicies open exactly these
+edges, both ways.
+*/}}
+{{- define "carehub.callees" -}}
+{{- $svc := include "carehub.values" . | fromYaml -}}
+{{- $enabled := include "carehub.enabledServices" .root | fromYamlArray -}}
+{{- $out := $svc.calls | default list -}}
+{{- range $t := $svc.outboxTargets | default list -}}
+{{- if and (has $t $enabled) (not (has $t $out)) -}}{{- $out = append $out $t -}}{{- end -}}
+{{- end -}}
+{{- toYaml (sortAlpha $out) -}}
+{{- end }}
+
 {{- define "carehub.vaultUsed" -}}
 {{- if or (eq .Values.keys.provider "vault") (eq .Values.tls.source "vaultPki") -}}true{{- end -}}
 {{- end }}

@@ -3,7 +3,8 @@ Migration Job of a service: `carehub migrate <service>` before every install and
 (Helm hook), so new pods never start against an old schema. Hooks run before the release's
 ordinary objects exist, so the Job needs nothing of them: the database URL comes from the
 service's migrator Secret (the tables' owner; the serving pods get another role, see
-carehub.databaseSecrets), identity's endpoint is set as in the service's config (every service but identity), and
+carehub.databaseSecrets), identity's endpoint is set as in the service's config (every service but identity), so
+are the endpoints of its own table the chart wires (messaging.records_endpoint), and
 every other setting keeps its default. Migrations are
 expand-only (old pods keep working against the new schema), which is what makes a rolling
 upgrade and `helm rollback` safe.
@@ -58,6 +59,16 @@ spec:
             # service's configuration validates it whole, and records refuses one without it.
             - name: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT
               value: {{ include "carehub.identityEndpoint" $root | quote }}
+            {{- end }}
+            {{- /* The endpoints of the service's own table the chart wires (messaging refuses a
+            configuration without records_endpoint), as the service's config has them. */}}
+            {{- $settings := include "carehub.settings" . | fromYaml }}
+            {{- range $key := keys (include "carehub.wiredSettings" . | fromYaml) | sortAlpha }}
+            {{- $value := index $settings $key }}
+            {{- if kindIs "string" $value }}
+            - name: {{ printf "CAREHUB_%s__%s" ($.name | upper | replace "-" "_") ($key | upper) }}
+              value: {{ $value | quote }}
+            {{- end }}
             {{- end }}
           resources:
             requests: {cpu: 50m, memory: 64Mi}

@@ -1,8 +1,8 @@
 {{/*
-NetworkPolicy of a service: ingress only from its callers (the services whose `calls` name it,
-DESIGN.md §1), the gateway on its gatewayPorts, the helm-test pods, and metrics scrapers on
-the admin port; egress only to the services it calls, DNS, Postgres, Vault and OTLP.
-Kubelet probes come from the node, which NetworkPolicy implementations let through.
+NetworkPolicy of a service: ingress only from its callers (the services whose `calls` or enabled
+`outboxTargets` name it: carehub.callees), the gateway on its gatewayPorts, the helm-test pods,
+and metrics scrapers on the admin port; egress only to the services it calls or delivers its
+outbox to, DNS, Postgres, Vault and OTLP. Kubelet probes come from the node, which NetworkPolicy implementations let through.
 */}}
 {{- define "carehub.service.networkpolicy" -}}
 {{- $root := .root -}}
@@ -12,9 +12,10 @@ Kubelet probes come from the node, which NetworkPolicy implementations let throu
 {{- $svc := include "carehub.values" . | fromYaml -}}
 {{- $callers := list -}}
 {{- range $other := include "carehub.enabledServices" $root | fromYamlArray -}}
-{{- $o := include "carehub.values" (dict "root" $root "name" $other) | fromYaml -}}
-{{- if has $name ($o.calls | default list) -}}{{- $callers = append $callers $other -}}{{- end -}}
+{{- $theirs := include "carehub.callees" (dict "root" $root "name" $other) | fromYamlArray -}}
+{{- if has $name $theirs -}}{{- $callers = append $callers $other -}}{{- end -}}
 {{- end -}}
+{{- $callees := include "carehub.callees" . | fromYamlArray -}}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -62,12 +63,12 @@ spec:
     {{- end }}
   egress:
     {{- include "carehub.egress.dns" $root | nindent 4 }}
-    {{- if $svc.calls }}
+    {{- if $callees }}
     - to:
         - podSelector:
             matchExpressions:
               - {key: app.kubernetes.io/instance, operator: In, values: [{{ $root.Release.Name | quote }}]}
-              - {key: app.kubernetes.io/component, operator: In, values: {{ toJson (sortAlpha $svc.calls) }}}
+              - {key: app.kubernetes.io/component, operator: In, values: {{ toJson $callees }}}
       ports:
         - {port: {{ $v.ports.grpc }}, protocol: TCP}
     {{- end }}

@@ -32,6 +32,11 @@ pub enum KeysCommand {
     Status(StatusArgs),
     /// Rewrap a service's data keys under its current KEK (resumable; encrypted data untouched).
     Rewrap(RewrapArgs),
+    /// Print the `keys:` entry a LiveKit-compatible SFU needs to accept messaging's video join
+    /// tokens: `messaging.video.api_key` (from --config, messaging's TOML, or --set) and the API
+    /// secret messaging derives for it from its current KEK. A KEK rotation changes the secret:
+    /// print it again and update the SFU. The secret goes to stdout only.
+    VideoSecret(VideoSecretArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +76,12 @@ pub struct StatusArgs {
 pub struct RewrapArgs {
     #[arg(long, value_enum)]
     service: ServiceName,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+pub struct VideoSecretArgs {
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -149,7 +160,67 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate(args) => rotate(args).await,
         KeysCommand::Status(args) => status(args).await,
         KeysCommand::Rewrap(args) => rewrap(args).await,
+        KeysCommand::VideoSecret(args) => video_secret(args).await,
     }
+}
+
+/// `[server]` and `[messaging.video]` of messaging's configuration; its other settings are not
+/// needed to derive the secret and are ignored.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
+struct VideoOperatorConfig {
+    server: PlatformConfig,
+    messaging: VideoOnly,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
+struct VideoOnly {
+    video: carehub_messaging::config::VideoSettings,
+}
+
+impl Validate for VideoOperatorConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.messaging.video.validate(problems);
+    }
+}
+
+async fn video_secret(args: VideoSecretArgs) -> anyhow::Result<()> {
+    use carehub_platform::config::KeyProvider;
+    use carehub_platform::keys::{KeySource, StaticKeys};
+
+    let mut cfg =
+        config::load::<VideoOperatorConfig>(args.config.config.as_deref(), &args.config.overrides)
+            .context("loading messaging's configuration")?;
+    let api_key = cfg.messaging.video.api_key.clone();
+    let keys: Arc<dyn KeySource> = match cfg.server.keys.provider {
+        // Development: the key file messaging itself reads.
+        KeyProvider::File => carehub_platform::keys::from_config("messaging", &cfg.server).await?,
+        // Vault: the operator's token reads messaging's KEK (carehub-operator policy).
+        KeyProvider::Vault => {
+            if cfg.server.vault.addr.as_deref().is_none_or(str::is_empty) {
+                cfg.server.vault.addr = std::env::var("VAULT_ADDR").ok().filter(|a| !a.is_empty());
+            }
+            let conn = connect(&cfg.server).await?;
+            let path = KeyName::Kek.vault_path("messaging");
+            let secret = conn
+                .read_kv(&path)
+                .await
+                .with_context(|| format!("reading {path} (run `carehub keys init` first?)"))?;
+            let kek = KeyVersions::from_kv_data(&secret.data)
+                .with_context(|| format!("{path} is not in carehub's key layout"))?;
+            Arc::new(StaticKeys::default().with(KeyName::Kek, kek))
+        }
+    };
+    let version = keys.current(KeyName::Kek)?.0;
+    let secret = carehub_messaging::video::api_secret(&keys, &api_key)
+        .context("deriving the video API secret")?;
+    eprintln!(
+        "the SFU's key for messaging.video.api_key {api_key:?}, derived from messaging's KEK version \
+         {version}; rotating that KEK changes it"
+    );
+    println!("keys:\n  {api_key}: {}", secret.as_str());
+    Ok(())
 }
 
 async fn init(args: InitArgs) -> anyhow::Result<()> {

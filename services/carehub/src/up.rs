@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use carehub_platform::kit::{RunningService, ServiceDef};
+use carehub_platform::kit::{AnyConfig, RunningService, ServiceDef};
 use clap::Args;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
@@ -124,14 +124,20 @@ async fn run_services(
     };
     let telemetry = carehub_platform::telemetry::init("up", &telemetry_cfg)?;
     let shutdown = shutdown.shared();
+    // Where each service of this run listens, by name: what the others are pointed at.
+    let mut endpoints = std::collections::BTreeMap::new();
+    for (i, def) in services.iter().enumerate() {
+        endpoints.insert(
+            def.name(),
+            format!(
+                "https://127.0.0.1:{}",
+                port(args.grpc_port, i, "--grpc-port")?
+            ),
+        );
+    }
+    let endpoint = |name: &str| endpoints.get(name).cloned();
     // Every other service verifies user tokens against identity's keys and revocations.
-    let identity_endpoint = match services.iter().position(|s| s.name() == "identity") {
-        Some(i) => Some(format!(
-            "https://127.0.0.1:{}",
-            port(args.grpc_port, i, "--grpc-port")?
-        )),
-        None => None,
-    };
+    let identity_endpoint = endpoint("identity");
 
     let mut running: Vec<(&dyn ServiceDef, RunningService)> = Vec::new();
     for (i, def) in services.iter().copied().enumerate() {
@@ -157,23 +163,21 @@ async fn run_services(
         server.keys.file = data_dir.join("keys/dev-keys.json");
         if name != "identity" {
             server.auth.identity_endpoint = identity_endpoint.clone();
-        } else {
-            // Identity's account events reach the services here that consume them.
-            for (j, other) in services.iter().enumerate() {
-                if carehub_identity::events::ACCOUNT_EVENT_SUBSCRIBERS.contains(&other.name()) {
-                    server.outbox.targets.insert(
-                        other.name().to_owned(),
-                        carehub_platform::config::OutboxTarget {
-                            endpoint: format!(
-                                "https://127.0.0.1:{}",
-                                port(args.grpc_port, j, "--grpc-port")?
-                            ),
-                            server_name: other.name().to_owned(),
-                        },
-                    );
-                }
+        }
+        // Each outbox reaches the services of this run it delivers to; rows for one not
+        // running stay pending.
+        for target in outbox_targets(name) {
+            if let Some(endpoint) = endpoint(target) {
+                server.outbox.targets.insert(
+                    target.to_owned(),
+                    carehub_platform::config::OutboxTarget {
+                        endpoint,
+                        server_name: target.to_owned(),
+                    },
+                );
             }
         }
+        let cfg = wire_own_settings(cfg, name, &endpoint)?;
         let started = def
             .start(cfg, None, shutdown.clone().boxed())
             .await
@@ -219,6 +223,60 @@ async fn run_services(
         .shutdown_with_timeout(Duration::from_secs(5))
         .await;
     results.into_iter().collect()
+}
+
+/// Where `service`'s outbox delivers, by target name (each target is the service of that name).
+fn outbox_targets(service: &str) -> Vec<&'static str> {
+    let mut targets: Vec<&'static str> = match service {
+        // Account events to their subscribers; notifications and SMS preferences to messaging.
+        "identity" => carehub_identity::events::ACCOUNT_EVENT_SUBSCRIBERS
+            .into_iter()
+            .chain([
+                carehub_identity::notify::MESSAGING_TARGET,
+                carehub_identity::events::SMS_PREFERENCE_TARGET,
+            ])
+            .collect(),
+        // Account actions on abuse reports and SMS consent changes, to identity.
+        "messaging" => vec!["identity"],
+        _ => Vec::new(),
+    };
+    targets.sort_unstable();
+    targets.dedup();
+    targets
+}
+
+/// The settings of `name`'s own table that point at other services of this run: messaging asks
+/// records about care teams; records' access log merges messaging's audit trail.
+fn wire_own_settings(
+    cfg: Box<dyn AnyConfig>,
+    name: &str,
+    endpoint: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Box<dyn AnyConfig>> {
+    let not_its_own =
+        || anyhow::anyhow!("{name}: `carehub up` holds another service's configuration");
+    Ok(match name {
+        "messaging" => {
+            let mut c = cfg
+                .into_any()
+                .downcast::<carehub_messaging::config::MessagingConfig>()
+                .map_err(|_| not_its_own())?;
+            c.messaging.records_endpoint = endpoint("records");
+            c
+        }
+        "records" => {
+            let mut c = cfg
+                .into_any()
+                .downcast::<carehub_records::config::RecordsConfig>()
+                .map_err(|_| not_its_own())?;
+            if let Some(messaging) = endpoint("messaging") {
+                c.records
+                    .audit_sources
+                    .insert("messaging".to_owned(), messaging);
+            }
+            c
+        }
+        _ => cfg,
+    })
 }
 
 fn redact(url: &str) -> String {

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use carehub_identity::config::IdentityConfig;
+use carehub_messaging::config::MessagingConfig;
 use carehub_platform::config::{self, KeyProvider, TlsSource};
 use carehub_records::config::RecordsConfig;
 
@@ -58,6 +59,31 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                     Some("https://carehub-identity:50051"),
                     "{name}"
                 );
+            }
+            "messaging" => {
+                // Loading validates too: messaging refuses a config without identity_endpoint
+                // or records_endpoint.
+                let cfg = config::load::<MessagingConfig>(Some(file), &overrides())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(cfg.server.listen.port(), 50051, "{name}");
+                assert!(!cfg.server.database.migrate_on_start, "{name}");
+                assert_eq!(
+                    cfg.server.auth.identity_endpoint.as_deref(),
+                    Some("https://carehub-identity:50051"),
+                    "{name}"
+                );
+                assert_eq!(
+                    cfg.messaging.records_endpoint.as_deref(),
+                    Some("https://carehub-records:50051"),
+                    "{name}"
+                );
+                // Its outbox asks identity to act (abuse reports, SMS consent).
+                let identity = &cfg.server.outbox.targets["identity"];
+                assert_eq!(
+                    identity.endpoint, "https://carehub-identity:50051",
+                    "{name}"
+                );
+                assert_eq!(identity.server_name, "identity", "{name}");
             }
             other => panic!("{name}: no loader for service {other:?}; add it to this test"),
         }
@@ -115,6 +141,52 @@ fn the_ci_variants_mean_what_they_say() {
     assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-records"));
     let minimal = load("minimal-records.toml");
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
+    // The patient's access log merges messaging's trail.
+    assert_eq!(
+        prod.records
+            .audit_sources
+            .get("messaging")
+            .map(String::as_str),
+        Some("https://carehub-messaging:50051")
+    );
+
+    // identity's outbox reaches the services that consume its events and notifications.
+    let identity = config::load::<IdentityConfig>(
+        Some(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/chart-config/production-identity.toml"),
+        ),
+        &overrides(),
+    )
+    .unwrap();
+    for target in ["records", "messaging"] {
+        assert_eq!(
+            identity.server.outbox.targets[target].endpoint,
+            format!("https://carehub-{target}:50051")
+        );
+    }
+
+    // messaging: its own Vault role, and the SFU the production variant names.
+    let load = |name: &str| {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chart-config")
+            .join(name);
+        config::load::<MessagingConfig>(Some(&file), &overrides()).unwrap()
+    };
+    let prod = load("production-messaging.toml");
+    assert_eq!(
+        prod.server.vault.auth.role.as_deref(),
+        Some("carehub-messaging")
+    );
+    assert_eq!(prod.messaging.video.url, "wss://video.carehub.prod.example");
+    assert_eq!(prod.messaging.video.api_key, "carehub-prod");
+    let pki = load("vault-pki-messaging.toml");
+    assert_eq!(
+        pki.server.tls.pki_role.as_deref(),
+        Some("carehub-messaging")
+    );
+    let minimal = load("minimal-messaging.toml");
+    assert_eq!(minimal.server.keys.provider, KeyProvider::File);
 }
 
 #[test]
@@ -134,6 +206,25 @@ fn records_without_identity_endpoint_is_refused() {
     let err = config::load::<RecordsConfig>(Some(&file), &overrides())
         .expect_err("records without identity_endpoint must fail");
     assert!(err.to_string().contains("identity_endpoint"), "{err}");
+}
+
+#[test]
+fn messaging_without_records_endpoint_is_refused() {
+    // What the chart's records_endpoint (and the migration Job's env) guards against.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/minimal-messaging.toml"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("records_endpoint"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<MessagingConfig>(Some(&file), &overrides())
+        .expect_err("messaging without records_endpoint must fail");
+    assert!(err.to_string().contains("records_endpoint"), "{err}");
 }
 
 #[test]

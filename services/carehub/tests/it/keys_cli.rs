@@ -1,7 +1,8 @@
 //! `carehub keys init/rotate/status/rewrap` as an operator runs them, against the Vault API
 //! double and a real per-test PostgreSQL database: keys are created once (a second init touches
 //! nothing), a KEK rotation is picked up, rewrap moves every data key to the new KEK, and data
-//! encrypted before the rotation still decrypts after it.
+//! encrypted before the rotation still decrypts after it; `keys video-secret` prints the SFU
+//! secret messaging signs with.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Output;
@@ -215,4 +216,70 @@ async fn denied_operator_token_is_reported_with_the_path() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
+}
+
+/// messaging's source of keys as the service builds it from Vault.
+async fn messaging_keys(double: &VaultDouble) -> std::sync::Arc<dyn keys::KeySource> {
+    let mut vault = VaultConfig {
+        addr: Some(double.addr()),
+        ..VaultConfig::default()
+    };
+    vault.auth.token = Some(SecretString::from(double.root_token()));
+    let keys_cfg = KeysConfig {
+        provider: KeyProvider::Vault,
+        ..KeysConfig::default()
+    };
+    keys::from_parts("messaging", &keys_cfg, &vault)
+        .await
+        .unwrap()
+}
+
+/// `carehub keys video-secret` prints, for the SFU's `keys:`, the very secret messaging signs
+/// video join tokens with (derived from its KEK), and a KEK rotation changes it.
+#[tokio::test]
+async fn video_secret_is_the_one_messaging_signs_with_and_follows_a_kek_rotation() {
+    let double = VaultDouble::start().await.unwrap();
+    stdout(&carehub(&double, None, &["keys", "init", "--service", "messaging"]).await);
+    let args = [
+        "keys",
+        "video-secret",
+        "--set",
+        "messaging.video.api_key=sfu-key",
+    ];
+    let printed = stdout(&carehub(&double, None, &args).await);
+    let expected =
+        carehub_messaging::video::api_secret(&messaging_keys(&double).await, "sfu-key").unwrap();
+    assert_eq!(
+        printed,
+        format!("keys:\n  sfu-key: {}\n", expected.as_str())
+    );
+
+    stdout(&carehub(&double, None, &["keys", "rotate", "--service", "messaging"]).await);
+    let rotated = stdout(&carehub(&double, None, &args).await);
+    assert_ne!(rotated, printed);
+    let expected =
+        carehub_messaging::video::api_secret(&messaging_keys(&double).await, "sfu-key").unwrap();
+    assert!(
+        rotated.ends_with(&format!("{}\n", expected.as_str())),
+        "{rotated}"
+    );
+
+    // An API key the SFU would not take is refused with the setting named.
+    let out = carehub(
+        &double,
+        None,
+        &[
+            "keys",
+            "video-secret",
+            "--set",
+            "messaging.video.api_key=has space",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("messaging.video.api_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
