@@ -18,9 +18,13 @@ use hdrhistogram::Histogram;
 pub type OpFuture = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
 /// A scenario's operation: `seq` numbers the calls (users, keys and chains are picked by it).
 pub type Op = Arc<dyn Fn(u64) -> OpFuture + Send + Sync>;
+/// An operation that also learns when its call was meant to start (open loop: the intended
+/// send time; closed loop: when it started), for latencies it measures itself (a message's
+/// arrival on a stream).
+pub type TimedOp = Arc<dyn Fn(u64, Instant) -> OpFuture + Send + Sync>;
 
 /// The highest latency a histogram holds (longer ones are clamped to it).
-const MAX_LATENCY_US: u64 = 120_000_000;
+pub const MAX_LATENCY_US: u64 = 120_000_000;
 
 #[derive(Clone, Debug)]
 pub struct LoadShape {
@@ -67,7 +71,7 @@ impl Measured {
 }
 
 #[allow(clippy::expect_used)] // constant bounds: not input-dependent
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
         .expect("1 µs .. 120 s at 3 significant figures")
 }
@@ -133,7 +137,7 @@ impl Recorder {
                 t.interval_errors += 1;
                 if counted {
                     let code = match status.message() {
-                        CLIENT_OVERLOADED => CLIENT_OVERLOADED.to_owned(),
+                        m @ (CLIENT_OVERLOADED | NOT_DELIVERED) => m.to_owned(),
                         _ => carehub_platform::admin::code_name(status.code()).to_owned(),
                     };
                     *t.errors.entry(code).or_default() += 1;
@@ -169,11 +173,16 @@ impl Recorder {
 
 /// The message of the status an open loop records when too many requests are outstanding.
 pub const CLIENT_OVERLOADED: &str = "CLIENT_OVERLOADED";
+/// The message of the status a messaging call fails with when its message was sent but never
+/// arrived on the streams waiting for it (counted under this name, not a gRPC code).
+pub const NOT_DELIVERED: &str = "NOT_DELIVERED";
 
 /// Hooks called right before the window opens and right after it closes (scrape `/metrics`,
 /// read CPU counters).
 pub trait Window {
     fn opening(&mut self) -> impl Future<Output = ()> + Send;
+    /// Right when the window closes, before the calls still running are waited for.
+    fn closing(&mut self) {}
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
 }
 
@@ -181,6 +190,16 @@ pub trait Window {
 pub async fn run<W: Window + Send>(
     label: &str,
     op: Op,
+    shape: &LoadShape,
+    window: &mut W,
+) -> Measured {
+    run_timed(label, Arc::new(move |seq, _| op(seq)), shape, window).await
+}
+
+/// [`run`] for an operation that is told each call's intended start.
+pub async fn run_timed<W: Window + Send>(
+    label: &str,
+    op: TimedOp,
     shape: &LoadShape,
     window: &mut W,
 ) -> Measured {
@@ -223,6 +242,7 @@ pub async fn run<W: Window + Send>(
     let started = Instant::now();
     tokio::time::sleep(shape.duration).await;
     rec.close_window();
+    window.closing();
     let elapsed = started.elapsed();
     phase.store(2, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -271,7 +291,12 @@ impl Driver {
     }
 }
 
-fn spawn_closed(op: Op, in_flight: usize, rec: Arc<Recorder>, stop: Arc<AtomicBool>) -> Driver {
+fn spawn_closed(
+    op: TimedOp,
+    in_flight: usize,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) -> Driver {
     let n = in_flight as u64;
     Driver::Closed(
         (0..n)
@@ -283,7 +308,7 @@ fn spawn_closed(op: Op, in_flight: usize, rec: Arc<Recorder>, stop: Arc<AtomicBo
                     let mut seq = w;
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
-                        let result = op(seq).await;
+                        let result = op(seq, started).await;
                         rec.record(started, result);
                         seq += n;
                     }
@@ -294,7 +319,7 @@ fn spawn_closed(op: Op, in_flight: usize, rec: Arc<Recorder>, stop: Arc<AtomicBo
 }
 
 fn spawn_open(
-    op: Op,
+    op: TimedOp,
     rate: f64,
     max_outstanding: usize,
     rec: Arc<Recorder>,
@@ -323,7 +348,7 @@ fn spawn_open(
                 let rec = rec.clone();
                 let out = out.clone();
                 tokio::spawn(async move {
-                    let result = op(seq).await;
+                    let result = op(seq, intended).await;
                     rec.record(intended, result);
                     out.fetch_sub(1, Ordering::AcqRel);
                 });

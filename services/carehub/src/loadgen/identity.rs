@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 use super::engine::{Op, OpFuture};
 
 /// The seeded users' password (they are the load generator's own test accounts).
-const PASSWORD: &str = "loadgen correct horse battery";
+pub(super) const PASSWORD: &str = "loadgen correct horse battery";
 
 /// A signed-in seeded user.
 #[derive(Clone, Debug)]

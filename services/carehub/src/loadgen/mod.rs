@@ -1,4 +1,4 @@
-//! `carehub loadgen`: drives a running carehub (identity, records) over mTLS and reports throughput, latency
+//! `carehub loadgen`: drives a running carehub (identity, records, messaging) over mTLS and reports throughput, latency
 //! percentiles (HDR histograms), errors by gRPC code, CPU per request, and what the steady
 //! state cost that it should not have (Vault requests, TLS handshakes, new database
 //! connections, read from the services' `/metrics`), beside baselines measured in the same
@@ -10,6 +10,7 @@ mod audit;
 mod echo;
 mod engine;
 mod identity;
+mod messaging;
 mod pgbench;
 mod probe;
 mod records;
@@ -64,6 +65,15 @@ pub enum Scenario {
     ChartUpdate,
     /// 6 chart reads : 2 entry reads : 1 entry update : 1 entry create.
     ClinicMixed,
+    /// Every messaging scenario.
+    Messaging,
+    /// SendMessage by the patient of a care conversation: audited, encrypted send.
+    MessageSend,
+    /// Open loop (--rate, default 500/s): send-to-arrival latency on the provider's stream.
+    MessageDelivery,
+    /// --fanout-streams streams over --fanout-conversations conversations, one sender at
+    /// --fanout-rate: latency per stream event and events delivered per second.
+    StreamFanout,
     /// The three audit scenarios below.
     Audit,
     /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
@@ -86,6 +96,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
         Mixed,
     ];
     let records = [ChartRead, ChartReadHalf, ChartUpdate, ClinicMixed];
+    let messaging = [MessageSend, MessageDelivery, StreamFanout];
     let audit = [AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
@@ -95,6 +106,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
                 out.extend([Echo, Pgbench]);
                 out.extend(identity);
                 out.extend(records);
+                out.extend(messaging);
                 out.extend(audit);
                 out.push(Echo);
             }
@@ -102,6 +114,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
             Baseline => out.extend([Echo, Pgbench]),
             Identity => out.extend(identity),
             Records => out.extend(records),
+            Messaging => out.extend(messaging),
             other => out.push(*other),
         }
     }
@@ -139,18 +152,48 @@ pub struct LoadgenArgs {
     /// The name records' certificate must carry.
     #[arg(long, default_value = "records")]
     records_server_name: String,
-    /// Admin (`/metrics`) addresses of the services, host:port (repeatable; default identity's
-    /// and records' under `carehub up`).
-    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052"])]
+    /// messaging's gRPC endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:50053")]
+    messaging: String,
+    /// The name messaging's certificate must carry.
+    #[arg(long, default_value = "messaging")]
+    messaging_server_name: String,
+    /// Admin (`/metrics`) addresses of the services, host:port (repeatable; default identity's,
+    /// records' and messaging's under `carehub up`).
+    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052", "127.0.0.1:9053"])]
     admins: Vec<String>,
+    /// The identity admin who creates the providers of the messaging scenarios.
+    #[arg(long, default_value = "admin@carehub.local")]
+    admin_email: String,
+    /// That admin's password (the messaging scenarios need it; `all` skips them without it).
+    #[arg(long, env = "LOADGEN_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// When the admin still has a one-time password (a fresh `carehub up` prints it): the
+    /// password it is changed to first.
+    #[arg(long, env = "LOADGEN_ADMIN_NEW_PASSWORD", hide_env_values = true)]
+    admin_new_password: Option<String>,
+    /// Providers created for the messaging scenarios; patient n's care team gets provider
+    /// n modulo this, and each patient one care conversation with it.
+    #[arg(long, default_value_t = 4)]
+    providers: usize,
+    /// stream-fanout: live streams held (StreamEvents), by the conversations' providers and
+    /// patients in turn.
+    #[arg(long, default_value_t = 200)]
+    fanout_streams: usize,
+    /// stream-fanout: conversations the streams are spread over.
+    #[arg(long, default_value_t = 4)]
+    fanout_conversations: usize,
+    /// stream-fanout: messages per second sent (open loop), over those conversations in turn.
+    #[arg(long, default_value_t = 20.0)]
+    fanout_rate: f64,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
     /// HTTP/2 connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Open loop at this many requests per second (identity and records scenarios) instead of
-    /// a closed loop.
+    /// Open loop at this many requests per second (identity, records and messaging scenarios)
+    /// instead of a closed loop; message-delivery's rate (default 500).
     #[arg(long)]
     rate: Option<f64>,
     /// Open loop: most requests outstanding before further ones count as CLIENT_OVERLOADED.
@@ -230,6 +273,9 @@ pub struct ScenarioReport {
     pub steady_state: probe::SteadyDelta,
     /// Audit scenarios: age of the oldest event still queued right after the steady state.
     pub sealing_lag_secs: Option<f64>,
+    /// Delivery scenarios: streams, arrivals, undelivered and duplicated messages (the
+    /// latency figures above are then per arrival on a stream).
+    pub delivery: Option<messaging::DeliveryStats>,
     pub note: Option<String>,
 }
 
@@ -345,6 +391,7 @@ fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
             probe::SteadyDelta::between(&before.counters, &after.counters)
         },
         sealing_lag_secs: None,
+        delivery: None,
         note: None,
     }
 }
@@ -450,6 +497,38 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 | Scenario::AuditWriteLocked
         )
     });
+    let needs_messaging = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::MessageSend | Scenario::MessageDelivery | Scenario::StreamFanout
+        )
+    });
+    // Without an admin to create providers, `all` leaves the messaging scenarios out; asked
+    // for by name, they fail the run.
+    let admin_password = args.admin_password.clone().filter(|p| !p.is_empty());
+    let needs_messaging = if needs_messaging && admin_password.is_none() {
+        let named = args.scenarios.iter().any(|s| {
+            matches!(
+                s,
+                Scenario::Messaging
+                    | Scenario::MessageSend
+                    | Scenario::MessageDelivery
+                    | Scenario::StreamFanout
+            )
+        });
+        anyhow::ensure!(
+            !named,
+            "the messaging scenarios need an identity admin to create providers: set \
+             LOADGEN_ADMIN_PASSWORD to the password of {} (--admin-email)",
+            args.admin_email
+        );
+        eprintln!(
+            "messaging scenarios skipped: LOADGEN_ADMIN_PASSWORD is not set (an identity admin creates their providers)"
+        );
+        false
+    } else {
+        needs_messaging
+    };
     // The audit scenarios' scratch database, once, when one of them is asked for.
     let scratch = if scenarios.iter().any(|s| {
         matches!(
@@ -492,17 +571,24 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    // records: connections and charts for the identity seed's patients, once.
-    let records = match &identity {
-        Some((_, users)) if needs_records => {
-            let channels = connect(
+    let records_channels = if identity.is_some() && (needs_records || needs_messaging) {
+        Some(
+            connect(
                 &args.records,
                 &tls,
                 &args.records_server_name,
                 args.connections,
             )
             .await
-            .with_context(|| format!("connecting to records at {}", args.records))?;
+            .with_context(|| format!("connecting to records at {}", args.records))?,
+        )
+    } else {
+        None
+    };
+    // records: charts for the identity seed's patients, once.
+    let records = match (&identity, &records_channels) {
+        (Some((_, users)), Some(channels)) if needs_records => {
+            let channels = channels.clone();
             let slots = args.in_flight.max(1);
             let seed = records::seed(&channels, &users.users, slots, 8)
                 .await
@@ -512,6 +598,46 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     "seeding: {} charts of {} entries, {slots} entries updated (one per request in flight)",
                     seed.patients.len(),
                     seed.entries_per_chart
+                );
+            }
+            Some((channels, Arc::new(seed)))
+        }
+        _ => None,
+    };
+    // messaging: providers, care teams and one conversation per patient, once.
+    let messaging = match (&identity, &records_channels) {
+        (Some((identity_channels, users)), Some(records_channels)) if needs_messaging => {
+            let channels = connect(
+                &args.messaging,
+                &tls,
+                &args.messaging_server_name,
+                args.connections,
+            )
+            .await
+            .with_context(|| format!("connecting to messaging at {}", args.messaging))?;
+            let admin = messaging::Admin {
+                email: args.admin_email.clone(),
+                password: admin_password.clone(),
+                new_password: args.admin_new_password.clone().filter(|p| !p.is_empty()),
+            };
+            let seed = messaging::seed(
+                messaging::Channels {
+                    identity: identity_channels,
+                    records: records_channels,
+                    messaging: &channels,
+                },
+                &users.users,
+                &admin,
+                args.providers,
+                4,
+            )
+            .await
+            .context("seeding care conversations through identity's, records' and messaging's public RPCs")?;
+            if !args.quiet {
+                eprintln!(
+                    "seeding: {} providers, {} care conversations (a provider on each patient's care team)",
+                    seed.providers.len(),
+                    seed.conversations.len()
                 );
             }
             Some((channels, Arc::new(seed)))
@@ -622,7 +748,126 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             | Scenario::Baseline
             | Scenario::Identity
             | Scenario::Records
+            | Scenario::Messaging
             | Scenario::Audit => {}
+            Scenario::MessageSend => {
+                let Some((channels, seed)) = &messaging else {
+                    continue;
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let op = messaging::send_op(channels, seed.clone());
+                let m = engine::run("message-send", op, &shape, &mut probe).await;
+                let mut r = report("message-send", load, &m, &probe);
+                r.note = Some(format!(
+                    "SendMessage by the patient, {} care conversations, {} providers, no stream open",
+                    seed.conversations.len(),
+                    seed.providers.len()
+                ));
+                results.push(r);
+            }
+            Scenario::MessageDelivery | Scenario::StreamFanout => {
+                let Some((channels, seed)) = &messaging else {
+                    continue;
+                };
+                let fanout = *s == Scenario::StreamFanout;
+                let (name, rate, plan, targets) = if fanout {
+                    let conversations =
+                        args.fanout_conversations.clamp(1, seed.conversations.len());
+                    let (plan, targets) =
+                        messaging::fanout_plan(args.fanout_streams, conversations);
+                    ("stream-fanout", args.fanout_rate, plan, targets)
+                } else {
+                    // The recipient, the provider, holds one stream per conversation.
+                    let n = seed.conversations.len();
+                    let plan = (0..n).map(|c| (c, messaging::Holder::Provider)).collect();
+                    let targets = (0..n).map(|c| (c, 1)).collect();
+                    (
+                        "message-delivery",
+                        args.rate.unwrap_or(500.0),
+                        plan,
+                        targets,
+                    )
+                };
+                let rate = rate.max(0.001);
+                let conversations = targets.len();
+                let load = format!("open {rate:.0}/s");
+                let live = messaging::Live::new(if fanout { "f" } else { "d" });
+                let streams = plan.len().div_ceil(messaging::STREAMS_PER_CONNECTION);
+                let subscribed = match connect(
+                    &args.messaging,
+                    &tls,
+                    &args.messaging_server_name,
+                    streams,
+                )
+                .await
+                {
+                    Ok(stream_channels) => {
+                        messaging::subscribe(&stream_channels, seed, &plan, &live, 8).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let subscribers = match subscribed {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("  {name}: opening the streams failed: {e:#}");
+                        let m = engine::Measured {
+                            ok: 0,
+                            errors: [("STREAMS_NOT_OPENED".to_owned(), 1)].into(),
+                            elapsed: Duration::ZERO,
+                            histogram: engine::new_histogram(),
+                        };
+                        let mut r = report(name, load, &m, &probe);
+                        r.note = Some(format!("opening the streams failed: {e:#}"));
+                        results.push(r);
+                        continue;
+                    }
+                };
+                let mut shape = shape.clone();
+                shape.rate = Some(rate);
+                let op = messaging::delivery_op(channels, seed.clone(), live.clone(), targets);
+                let mut window = messaging::Marked {
+                    inner: &mut probe,
+                    live: live.clone(),
+                };
+                let m = engine::run_timed(name, op, &shape, &mut window).await;
+                let d = live.stats(rate, subscribers.streams(), conversations, m.elapsed);
+                drop(subscribers);
+                let mut r = report(name, load, &m, &probe);
+                // Latencies per arrival on a stream (the engine's are per message, to its
+                // last arrival).
+                (r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms) =
+                    (d.p50_ms, d.p90_ms, d.p99_ms, d.p999_ms, d.max_ms);
+                let mut extra: Vec<(String, u64)> = d
+                    .stream_errors
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                if d.duplicates > 0 {
+                    extra.push(("DUPLICATE".to_owned(), d.duplicates));
+                }
+                for (k, v) in extra {
+                    *r.errors.entry(k).or_default() += v;
+                    r.error_count += v;
+                }
+                r.note = Some(format!(
+                    "{} streams over {} conversations; {} arrivals counted ({:.0}/s), {} never delivered, {} duplicated, {} late, {} streams resumed",
+                    d.streams,
+                    d.conversations,
+                    d.subscriber_events,
+                    d.events_per_sec,
+                    d.undelivered,
+                    d.duplicates,
+                    d.late,
+                    d.stream_restarts
+                ));
+                r.delivery = Some(d);
+                results.push(r);
+            }
             Scenario::ChartRead
             | Scenario::ChartReadHalf
             | Scenario::ChartUpdate
@@ -810,6 +1055,58 @@ fn budgets(
         }),
         met: chart_half.map(|r| r.p99_ms < 10.0 && r.error_count == 0),
     });
+    let send = find("message-send");
+    out.push(Budget {
+        name: "audited, encrypted message send (closed loop)".into(),
+        target: ">= 4300/s at 64 in flight".into(),
+        measured: send.map_or("n/a".into(), |r| {
+            format!(
+                "{:.0}/s = {} x echo ({})",
+                r.throughput,
+                opt(r.ratio_to_echo, 3),
+                r.load
+            )
+        }),
+        met: send
+            .filter(|r| r.load.starts_with("closed"))
+            .map(|r| r.throughput >= 4300.0 && r.error_count == 0),
+    });
+    let delivery = find("message-delivery");
+    out.push(Budget {
+        name: "send-to-delivery p99 at 500 messages/s (open loop, recipient's stream)".into(),
+        target: "<= 25 ms, 0 undelivered, 0 duplicated".into(),
+        measured: delivery.map_or("n/a".into(), |r| {
+            let (u, d) = r
+                .delivery
+                .as_ref()
+                .map_or((0, 0), |d| (d.undelivered, d.duplicates));
+            format!(
+                "{:.2} ms at {}, {u} undelivered, {d} duplicated",
+                r.p99_ms, r.load
+            )
+        }),
+        // Evaluated at 500/s or more only.
+        met: delivery.and_then(|r| {
+            let d = r.delivery.as_ref()?;
+            (d.rate >= 500.0).then_some(
+                r.p99_ms <= 25.0 && d.undelivered == 0 && d.duplicates == 0 && r.error_count == 0,
+            )
+        }),
+    });
+    let fanout = find("stream-fanout");
+    out.push(Budget {
+        name: "stream fan-out (delivery per stream event)".into(),
+        target: "reported (no budget)".into(),
+        measured: fanout
+            .and_then(|r| Some((r, r.delivery.as_ref()?)))
+            .map_or("n/a".into(), |(r, d)| {
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms, {:.0} events/s to {} streams over {} conversations at {}",
+                    r.p50_ms, r.p99_ms, d.events_per_sec, d.streams, d.conversations, r.load
+                )
+            }),
+        met: None,
+    });
     let update = find("profile-update");
     let insert = pg.iter().find(|p| p.name == "pgbench insert");
     let ratio = match (update, insert) {
@@ -951,6 +1248,13 @@ fn render_table(r: &Report, markdown: bool) -> String {
         if let Some(pc) = s.per_core {
             let _ = write!(name, " ({pc:.1}/s per core)");
         }
+        if let Some(d) = &s.delivery {
+            let _ = write!(
+                name,
+                " ({} streams, {:.0} events/s)",
+                d.streams, d.events_per_sec
+            );
+        }
         rows.push(vec![
             name,
             s.load.clone(),
@@ -1076,9 +1380,17 @@ mod tests {
         assert_eq!(s.last(), Some(&Scenario::Echo));
         assert!(s.contains(&Scenario::Pgbench));
         assert!(s.contains(&Scenario::ProfileReadHalf));
-        for r in expand(&[Scenario::Records]) {
+        for r in expand(&[Scenario::Records, Scenario::Messaging]) {
             assert!(s.contains(&r), "{r:?} not in all");
         }
+        assert_eq!(
+            expand(&[Scenario::Messaging]),
+            vec![
+                Scenario::MessageSend,
+                Scenario::MessageDelivery,
+                Scenario::StreamFanout
+            ]
+        );
         assert_eq!(
             expand(&[Scenario::Records]),
             vec![

@@ -1,5 +1,6 @@
-//! Smoke run of `carehub loadgen` against real identity and records servers (real Postgres,
-//! real mTLS, one test CA): a second or so per scenario, every scenario free of errors;
+//! Smoke run of `carehub loadgen` against real identity, records and messaging servers (real
+//! Postgres, real mTLS, one test CA): a second or so per scenario, every scenario free of errors
+//! (every message delivered, none twice);
 //! and the load generator exits non-zero when a scenario reports errors (the server stops
 //! in the middle of a steady state). Speed is not asserted: scripts/bench.sh measures it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use carehub_identity::config::NotifierKind;
 use carehub_identity::IdentityDef;
+use carehub_messaging::config::MessagingConfig;
+use carehub_messaging::MessagingDef;
+use carehub_platform::auth::Role;
 use carehub_records::config::RecordsConfig;
 use carehub_records::RecordsDef;
 use carehub_testkit::service::TestService;
@@ -57,12 +61,71 @@ async fn records(id: &TestService<IdentityDef>) -> TestService<RecordsDef> {
     records
 }
 
-fn loadgen(
-    dir: &Path,
+/// Messaging on identity's CA, asking records about care teams, as messaging's own tests run
+/// it; returns once it is ready.
+async fn messaging(
     id: &TestService<IdentityDef>,
     records: &TestService<RecordsDef>,
-    scenarios: &[&str],
-) -> tokio::process::Command {
+) -> TestService<MessagingDef> {
+    let identity_endpoint = format!("https://{}", id.grpc_addr);
+    let records_endpoint = format!("https://{}", records.grpc_addr);
+    let messaging = TestService::start_with_pki(
+        &carehub_messaging::SERVICE,
+        id.pki().clone(),
+        |c: &mut MessagingConfig| {
+            c.server.auth.identity_endpoint = Some(identity_endpoint);
+            c.server.auth.revocation_poll_secs = 1;
+            c.messaging.records_endpoint = Some(records_endpoint);
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&messaging.admin_addr.to_string(), "/readyz")
+        .await
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(Instant::now() < deadline, "messaging not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    messaging
+}
+
+/// An identity admin with a known password: loadgen creates the messaging providers as it.
+async fn admin(id: &TestService<IdentityDef>) -> String {
+    let state = &id.handle().state;
+    let email = format!(
+        "loadgen-admin-{}@example.org",
+        uuid::Uuid::now_v7().simple()
+    );
+    carehub_identity::store::accounts::create_user_direct(
+        &state.pool,
+        &state.crypto,
+        &state.hasher,
+        &email,
+        Role::Admin,
+        "Load",
+        "Admin",
+        Some(carehub_testkit::PASSWORD),
+    )
+    .await
+    .expect("create the admin");
+    email
+}
+
+struct Servers<'a> {
+    identity: &'a TestService<IdentityDef>,
+    records: &'a TestService<RecordsDef>,
+    messaging: &'a TestService<MessagingDef>,
+    admin_email: &'a str,
+}
+
+fn loadgen(dir: &Path, servers: &Servers<'_>, scenarios: &[&str]) -> tokio::process::Command {
+    let Servers {
+        identity: id,
+        records,
+        messaging,
+        admin_email,
+    } = servers;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
     cmd.arg("loadgen")
         .args(scenarios)
@@ -74,10 +137,17 @@ fn loadgen(
         .arg(dir.join("ca.pem"))
         .args(["--identity", &format!("https://{}", id.grpc_addr)])
         .args(["--records", &format!("https://{}", records.grpc_addr)])
+        .args(["--messaging", &format!("https://{}", messaging.grpc_addr)])
         .args(["--admin", &id.admin_addr.to_string()])
         .args(["--admin", &records.admin_addr.to_string()])
+        .args(["--admin", &messaging.admin_addr.to_string()])
         .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
         .args(["--login-in-flight", "2", "--payload-bytes", "64"])
+        .args(["--admin-email", admin_email, "--providers", "2"])
+        .args(["--fanout-streams", "8", "--fanout-conversations", "2"])
+        .args(["--fanout-rate", "20"])
+        .env("LOADGEN_ADMIN_PASSWORD", carehub_testkit::PASSWORD)
+        .env_remove("LOADGEN_ADMIN_NEW_PASSWORD")
         .env_remove("CAREHUB_DATABASE_URL")
         .kill_on_drop(true);
     cmd
@@ -87,14 +157,22 @@ fn loadgen(
 async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     let mut id = identity().await;
     let records = records(&id).await;
+    let messaging = messaging(&id, &records).await;
+    let admin_email = admin(&id).await;
     let dir = id.dir().to_owned();
 
     // Every scenario, briefly; pgbench is left out (scripts/bench.sh runs it). The audit
     // scenarios use a scratch database on the tests' PostgreSQL.
     let postgres = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let groups = ["echo", "identity", "records", "audit"];
-    let out = loadgen(&dir, &id, &records, &groups)
+    let groups = ["echo", "identity", "records", "messaging", "audit"];
+    let servers = Servers {
+        identity: &id,
+        records: &records,
+        messaging: &messaging,
+        admin_email: &admin_email,
+    };
+    let out = loadgen(&dir, &servers, &groups)
         .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
         .args(["--database-url", &postgres, "--pgbench-clients", "4"])
         .output()
@@ -122,6 +200,9 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "chart-read-half",
         "chart-update",
         "clinic-mixed",
+        "message-send",
+        "message-delivery",
+        "stream-fanout",
         "audit-read",
         "audit-write",
         "audit-write-locked",
@@ -137,13 +218,16 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "audited single-row write",
         "locked-head",
         "sealing lag",
+        "message send",
+        "send-to-delivery",
+        "stream fan-out",
     ] {
         let b = budgets
             .iter()
             .find(|b| b["name"].as_str().unwrap().contains(want))
             .unwrap_or_else(|| panic!("budget {want} missing: {text}"));
         assert!(
-            !b["met"].is_null() || want == "audited single-row write",
+            !b["met"].is_null() || ["audited single-row write", "stream fan-out"].contains(&want),
             "{want} not evaluated: {text}"
         );
     }
@@ -153,8 +237,20 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         assert!(s["p99_ms"].as_f64().unwrap() > 0.0, "{text}");
         assert!(s["ratio_to_echo"].as_f64().is_some(), "{text}");
     }
+    // Every message reached every stream waiting for it, once: 4 conversations (one per
+    // patient) each streamed by its provider; 8 fan-out streams over 2 conversations.
+    for (name, streams) in [("message-delivery", 4), ("stream-fanout", 8)] {
+        let d = &scenarios.iter().find(|s| s["name"] == name).unwrap()["delivery"];
+        assert_eq!(d["streams"], streams, "{name}: {text}");
+        assert_eq!(d["undelivered"], 0, "{name}: {text}");
+        assert_eq!(d["duplicates"], 0, "{name}: {text}");
+        assert!(
+            d["subscriber_events"].as_u64().unwrap() > 0,
+            "{name}: {text}"
+        );
+    }
     // The steady-state counters are read from the services' /metrics.
-    for name in ["profile-read", "chart-read", "chart-update"] {
+    for name in ["profile-read", "chart-read", "chart-update", "message-send"] {
         let read = scenarios.iter().find(|s| s["name"] == name).unwrap();
         for counter in ["vault_requests", "tls_handshakes", "db_connections_opened"] {
             assert!(
@@ -165,7 +261,7 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     }
 
     // Errors in a steady state fail the run: identity stops while profile-read measures.
-    let mut child = loadgen(&dir, &id, &records, &["profile-read"])
+    let mut child = loadgen(&dir, &servers, &["profile-read"])
         .args(["--warmup", "0.2", "--duration", "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -198,6 +294,7 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     assert!(rest.contains("profile-read"), "{seen}{rest}");
 
     running.handle.state.pool.close().await;
+    messaging.shutdown().await;
     records.shutdown().await;
     id.shutdown().await;
 }
