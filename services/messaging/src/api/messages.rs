@@ -172,6 +172,8 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
             Ok(Change::new(answer, e))
         })
         .await?;
+    // Committed (or a retry of what committed: announcing again wakes nobody twice).
+    state.hub.published(row.id, ran.answer.seq);
     Ok(ran.answer)
 }
 
@@ -185,6 +187,7 @@ pub async fn retract(state: &AppState, call: &Call, r: RetractMessageRequest) ->
     let (row, standing) = enter(state, user, checked(id)?).await?;
     let message = checked(message)?;
     let window = chrono::Duration::seconds(i64::from(state.settings.retract_window_secs));
+    let mut appended = None;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             store::lock_plain(conn, row.id).await?;
@@ -218,7 +221,10 @@ pub async fn retract(state: &AppState, call: &Call, r: RetractMessageRequest) ->
             }
             let at = store::retract(conn, m.id).await?;
             crate::store::attachments::destroy_of_message(conn, m.id).await?;
-            store::append_other(conn, row.id, user.user_id, OtherEvent::Retraction(m.id)).await?;
+            appended = Some(
+                store::append_other(conn, row.id, user.user_id, OtherEvent::Retraction(m.id))
+                    .await?,
+            );
             let mut answer = message_to_pb(&m, String::new());
             answer.retract_time = Some(ts(at));
             let e = event(
@@ -231,6 +237,9 @@ pub async fn retract(state: &AppState, call: &Call, r: RetractMessageRequest) ->
             Ok(Change::new(answer, e))
         })
         .await?;
+    if let Some(seq) = appended {
+        state.hub.published(row.id, seq);
+    }
     Ok(ran.answer)
 }
 
@@ -342,6 +351,7 @@ pub async fn mark_read(state: &AppState, call: &Call, r: MarkReadRequest) -> Res
     );
     v.finish()?;
     let (row, standing) = enter(state, user, checked(id)?).await?;
+    let mut appended = None;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             let last = store::lock_plain(conn, row.id).await?.unwrap_or(0);
@@ -356,8 +366,10 @@ pub async fn mark_read(state: &AppState, call: &Call, r: MarkReadRequest) -> Res
             let moved =
                 conversations_store::advance_read(conn, row.id, user.user_id, r.read_seq).await?;
             if moved.is_some() {
-                store::append_other(conn, row.id, user.user_id, OtherEvent::Read(r.read_seq))
-                    .await?;
+                appended = Some(
+                    store::append_other(conn, row.id, user.user_id, OtherEvent::Read(r.read_seq))
+                        .await?,
+                );
                 if row.patient_id.is_some() {
                     conversations_store::note_participant(conn, row.id, user.user_id).await?;
                 }
@@ -383,5 +395,8 @@ pub async fn mark_read(state: &AppState, call: &Call, r: MarkReadRequest) -> Res
             Ok(Change::new(answer, e))
         })
         .await?;
+    if let Some(seq) = appended {
+        state.hub.published(row.id, seq);
+    }
     Ok(ran.answer)
 }

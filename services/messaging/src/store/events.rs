@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::CHANNEL;
 use crate::error::Result;
 
 /// What the sender's append finds under the conversation's lock.
@@ -61,8 +60,8 @@ pub struct NewMessage<'a> {
 }
 
 /// Appends message `m` as event `m.seq` (the next after [`lock`]'s `last_seq`), notes the sender
-/// as a participant, queues the conversation's new-message alert, and announces it to every
-/// replica at commit, in one statement; when it was sent.
+/// as a participant and queues the conversation's new-message alert, in one statement; when it
+/// was sent. The caller announces it once committed (`crate::live::Hub::published`).
 pub async fn append_message(conn: &mut PgConnection, m: &NewMessage<'_>) -> Result<DateTime<Utc>> {
     let (sent_at,): (DateTime<Utc>,) = sqlx::query_as(
         "WITH c AS (UPDATE conversations SET last_seq = $3, last_activity_at = now()
@@ -72,11 +71,10 @@ pub async fn append_message(conn: &mut PgConnection, m: &NewMessage<'_>) -> Resu
               e AS (INSERT INTO conversation_events (conversation_id, seq, kind, actor_id, message_id)
                     VALUES ($2, $3, 'message', $4, $1)),
               p AS (INSERT INTO conversation_participants (conversation_id, user_id)
-                    SELECT $2, $4 WHERE $8 ON CONFLICT DO NOTHING),
+                    SELECT $2, $4 WHERE $7 ON CONFLICT DO NOTHING),
               a AS (INSERT INTO alert_queue (conversation_id, due_at)
-                    VALUES ($2, now() + make_interval(secs => $9)) ON CONFLICT DO NOTHING),
-              n AS (SELECT pg_notify($7, 'e:' || $2::text || ':' || $3::text))
-         SELECT now() FROM n",
+                    VALUES ($2, now() + make_interval(secs => $8)) ON CONFLICT DO NOTHING)
+         SELECT now()",
     )
     .bind(m.id)
     .bind(m.conversation)
@@ -84,7 +82,6 @@ pub async fn append_message(conn: &mut PgConnection, m: &NewMessage<'_>) -> Resu
     .bind(m.sender)
     .bind(m.client_message_id)
     .bind(m.body)
-    .bind(CHANNEL)
     .bind(m.care)
     .bind(f64::from(m.alert_after_secs))
     .fetch_one(&mut *conn)
@@ -92,8 +89,8 @@ pub async fn append_message(conn: &mut PgConnection, m: &NewMessage<'_>) -> Resu
     Ok(sent_at)
 }
 
-/// Appends a retraction or read receipt (the conversation locked by the caller) and announces
-/// it; its sequence number.
+/// Appends a retraction or read receipt (the conversation locked by the caller); its sequence
+/// number, for the caller to announce once committed.
 pub async fn append_other(
     conn: &mut PgConnection,
     conversation: Uuid,
@@ -109,16 +106,14 @@ pub async fn append_other(
                      WHERE id = $1 RETURNING last_seq),
               e AS (INSERT INTO conversation_events
                         (conversation_id, seq, kind, actor_id, message_id, read_seq)
-                    SELECT $1, c.last_seq, $2, $3, $4, $5 FROM c),
-              n AS (SELECT pg_notify($6, 'e:' || $1::text || ':' || c.last_seq::text) FROM c)
-         SELECT c.last_seq FROM c, n",
+                    SELECT $1, c.last_seq, $2, $3, $4, $5 FROM c)
+         SELECT c.last_seq FROM c",
     )
     .bind(conversation)
     .bind(kind)
     .bind(actor)
     .bind(message)
     .bind(read_seq)
-    .bind(CHANNEL)
     .fetch_one(&mut *conn)
     .await?;
     Ok(seq)

@@ -185,13 +185,17 @@ async fn twenty_concurrent_senders_give_every_subscriber_one_gap_free_order() {
 
 #[tokio::test]
 async fn a_lost_notification_delays_but_never_loses_a_message() {
-    let suite = common::spawn_with(|c| c.messaging.catch_up_ms = 300).await;
+    let suite = common::spawn().await;
+    let replica = suite.replica().await;
     let (patient, provider, _staff, conversation) = suite.care().await;
-    let mut api = suite.public().await;
-    let mut stream = open(&mut api, &provider, &conversation, 0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let hub = &suite.messaging.handle().state.hub;
+    // The stream is held on the replica; the message is sent through the first instance, so
+    // only a notification (or the replica's catch-up) can tell the replica about it.
+    let mut on_replica = suite.public_of(&replica).await;
+    let mut stream = open(&mut on_replica, &provider, &conversation, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hub = &replica.handle.state.hub;
     let catch_ups = hub.catch_ups.load(std::sync::atomic::Ordering::Relaxed);
+    let heard = hub.notifications.load(std::sync::atomic::Ordering::Relaxed);
     hub.drop_next_notifications(1);
     let sent = suite
         .send(&patient, &conversation, "lost in the network")
@@ -201,10 +205,16 @@ async fn a_lost_notification_delays_but_never_loses_a_message() {
         (got.seq, body(&got)),
         (sent.seq, Some("lost in the network"))
     );
+    assert_eq!(
+        hub.notifications.load(std::sync::atomic::Ordering::Relaxed),
+        heard,
+        "the notification was lost"
+    );
     assert!(
         hub.catch_ups.load(std::sync::atomic::Ordering::Relaxed) > catch_ups,
         "delivered by a catch-up round"
     );
+    let _ = replica.server.shutdown().await;
     suite.shutdown().await;
 }
 
