@@ -219,6 +219,27 @@ impl Call {
         E: From<sqlx::Error> + From<AuditError>,
         F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
     {
+        self.unstored(pool, op).await
+    }
+
+    /// A change whose request carries its own idempotency key — a client-chosen id under a
+    /// unique constraint, which `op` looks up and answers from when it is already there
+    /// (messaging's `client_message_id`): one transaction with its audit events, and no stored
+    /// answer, since the table itself answers a retry. Cheaper than [`Call::mutate`] by the
+    /// idempotency row and the sealed answer; the `idempotency-key` header is not read.
+    pub async fn mutate_self_keyed<Resp, E, F>(&self, pool: &PgPool, op: F) -> Result<Resp, E>
+    where
+        E: From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
+        self.unstored(pool, op).await
+    }
+
+    async fn unstored<Resp, E, F>(&self, pool: &PgPool, op: F) -> Result<Resp, E>
+    where
+        E: From<sqlx::Error> + From<AuditError>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Change<Resp>, E>,
+    {
         let mut tx = pool.begin().await?;
         let change = op(&mut tx).await?;
         change.record(&mut tx).await?;

@@ -104,8 +104,10 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
         &r.body,
     )
     .await?;
-    let ran = call
-        .mutate(&state.idempotency, &r, async |conn| {
+    // The client message id is the idempotency key (unique per sender and conversation): a
+    // retry finds the stored message under the lock and answers it.
+    let answer = call
+        .mutate_self_keyed(&state.pool, async |conn| {
             let locked = store::lock(conn, row.id, user.user_id, &r.client_message_id)
                 .await?
                 .ok_or_else(|| MessagingError::NotFound {
@@ -173,8 +175,8 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
         })
         .await?;
     // Committed (or a retry of what committed: announcing again wakes nobody twice).
-    state.hub.published(row.id, ran.answer.seq);
-    Ok(ran.answer)
+    state.hub.published(row.id, answer.seq);
+    Ok(answer)
 }
 
 pub async fn retract(state: &AppState, call: &Call, r: RetractMessageRequest) -> Result<Message> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::Result;
 
 /// What the sender's append finds under the conversation's lock.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct Locked {
     pub last_seq: i64,
     /// The message this sender already sent with this client message id (a retry).
@@ -23,27 +23,43 @@ pub struct Locked {
 
 /// Locks conversation `id` for an append by `sender` (to the commit) and tells what the append
 /// must know; `None` when there is no such conversation.
+///
+/// Two statements, on purpose: under READ COMMITTED a statement that waited for the row lock
+/// re-reads only the locked row, while its other reads keep the snapshot taken before the wait.
+/// A retry racing the send it repeats would then miss the message that send just committed
+/// and collide with it. The checks run after the lock, in a snapshot that sees it.
 pub async fn lock(
     conn: &mut PgConnection,
     id: Uuid,
     sender: Uuid,
     client_message_id: &str,
 ) -> Result<Option<Locked>> {
-    Ok(sqlx::query_as(
-        "SELECT c.last_seq,
-                (SELECT m.id FROM messages m WHERE m.conversation_id = c.id
-                    AND m.sender_id = $2 AND m.client_message_id = $3) AS existing,
-                EXISTS (SELECT 1 FROM blocks b WHERE b.conversation_id = c.id
-                           AND b.user_id = $2 AND b.lifted_at IS NULL) AS blocked,
-                COALESCE((SELECT NOT a.active FROM account_states a WHERE a.user_id = $2),
-                         false) AS inactive
-           FROM conversations c WHERE c.id = $1 FOR UPDATE",
+    let Some((last_seq,)) =
+        sqlx::query_as::<_, (i64,)>("SELECT last_seq FROM conversations WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let (existing, blocked, inactive): (Option<Uuid>, bool, bool) = sqlx::query_as(
+        "SELECT (SELECT m.id FROM messages m WHERE m.conversation_id = $1
+                    AND m.sender_id = $2 AND m.client_message_id = $3),
+                EXISTS (SELECT 1 FROM blocks b WHERE b.conversation_id = $1
+                           AND b.user_id = $2 AND b.lifted_at IS NULL),
+                COALESCE((SELECT NOT a.active FROM account_states a WHERE a.user_id = $2), false)",
     )
     .bind(id)
     .bind(sender)
     .bind(client_message_id)
-    .fetch_optional(&mut *conn)
-    .await?)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(Locked {
+        last_seq,
+        existing,
+        blocked,
+        inactive,
+    }))
 }
 
 pub struct NewMessage<'a> {

@@ -134,11 +134,22 @@ async fn sending_is_ordered_idempotent_retractable_within_the_window_and_stored_
         .unwrap()
         .into_inner();
     assert_eq!((again.id.as_str(), again.seq), (first.id.as_str(), 1));
+    // Eight racing retries of one send (a flaky network): one message.
+    let racers = (0..8).map(|_| {
+        let mut api = api.clone();
+        let req = as_user(&patient, send("Also: can I take it at night?", "m-2"));
+        async move { api.send_message(req).await.unwrap().into_inner() }
+    });
+    let raced = futures::future::join_all(racers).await;
+    assert!(
+        raced.iter().all(|m| m.id == raced[0].id && m.seq == 2),
+        "{raced:?}"
+    );
     let reply = suite
         .send(&provider, &conversation, "Not yet; let's talk Tuesday.")
         .await;
-    assert_eq!(reply.seq, 2);
-    assert_eq!(suite.messaging.count("messages").await, 2);
+    assert_eq!(reply.seq, 3);
+    assert_eq!(suite.messaging.count("messages").await, 3);
 
     // Nothing written is in clear in the tables.
     let raw: Vec<(Vec<u8>,)> = sqlx::query_as(
@@ -210,7 +221,7 @@ async fn sending_is_ordered_idempotent_retractable_within_the_window_and_stored_
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
-        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4, 5],
         "messages and retractions share one order"
     );
     match &events[0].event {
@@ -219,7 +230,7 @@ async fn sending_is_ordered_idempotent_retractable_within_the_window_and_stored_
         }
         other => panic!("{other:?}"),
     }
-    match &events[2].event {
+    match &events[3].event {
         Some(conversation_event::Event::Retraction(r)) => {
             assert_eq!(
                 (r.message_id.as_str(), r.message_seq),
