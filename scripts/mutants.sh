@@ -54,16 +54,17 @@ group_args() {
     crypto) echo "-f services/platform/src/crypto/format.rs -- --lib --test it -E kind(lib)|test(/^crypto::/)" ;;
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
     policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;
+    participants) echo "-f services/messaging/src/domain/participants.rs -- --lib" ;;
     *) return 1 ;;
   esac
 }
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(auth remote audit crypto throttle policy)
+[ ${#groups[@]} -gt 0 ] || groups=(auth remote audit crypto throttle policy participants)
 failed=()
 for g in "${groups[@]}"; do
   if ! args=$(group_args "$g"); then
-    echo "unknown group $g (auth remote audit crypto throttle policy)" >&2
+    echo "unknown group $g (auth remote audit crypto throttle policy participants)" >&2
     exit 2
   fi
   echo

@@ -173,6 +173,19 @@ mod tests {
         assert_eq!(everyone(&roster), vec![patient, provider, staff]);
     }
 
+    /// The stored kind decides whose roster applies: it must read back as written, and an
+    /// unknown one must not read as a care conversation.
+    #[test]
+    fn kinds_read_back_as_stored() {
+        for kind in [ConversationKind::Care, ConversationKind::Staff] {
+            assert_eq!(ConversationKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ConversationKind::Care.as_str(), "care");
+        assert_eq!(ConversationKind::Staff.as_str(), "staff");
+        assert_eq!(ConversationKind::parse("Care"), None);
+        assert_eq!(ConversationKind::parse(""), None);
+    }
+
     #[test]
     fn a_staff_conversation_is_its_members_acting_as_provider_or_staff() {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
