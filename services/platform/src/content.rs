@@ -30,6 +30,37 @@ pub fn looks_like(content_type: &str, head: &[u8]) -> bool {
     }
 }
 
+/// Checks what an upload declares before its bytes arrive — `info.content_type` on the
+/// allowlist, `info.size_bytes` within 1..=[`MAX_BYTES`], `info.sha256` a hex SHA-256 — adding
+/// each failure to `v`; the decoded hash when it is one.
+pub fn check_declared(
+    v: &mut crate::errors::FieldViolations,
+    content_type: &str,
+    size_bytes: i64,
+    sha256: &str,
+) -> Option<Vec<u8>> {
+    v.check(
+        ALLOWED.contains(&content_type),
+        "info.content_type",
+        "must be application/pdf, image/png, image/jpeg or text/plain",
+    );
+    v.check(
+        (1..=MAX_BYTES).contains(&size_bytes),
+        "info.size_bytes",
+        "must be from 1 to 10485760",
+    );
+    let sha = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(sha256.as_bytes())
+        .ok()
+        .filter(|s| s.len() == 32);
+    v.check(
+        sha.is_some(),
+        "info.sha256",
+        "must be the hex SHA-256 of the bytes",
+    );
+    sha
+}
+
 /// The checks of one upload as its chunks arrive: chunk sizes, the declared size, the content
 /// type against the first bytes, the SHA-256 at the end. Each refusal names the request field
 /// it is about and why, for an INVALID_ARGUMENT.

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 
 use carehub_platform::call::{Call, Change};
-use carehub_platform::content::{self, Intake, MAX_BYTES};
+use carehub_platform::content::{self, Intake};
 use carehub_platform::crypto::Field;
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::messaging::v1::*;
@@ -114,24 +114,7 @@ fn check_info(info: &AttachmentInfo) -> Result<(Uuid, Vec<u8>)> {
     let conversation = v.require_uuid("info.conversation_id", &info.conversation_id);
     v.require_len(info.file_name.trim(), "info.file_name", 1, 255);
     crate::domain::text::check_text(&mut v, "info.file_name", &info.file_name, 255);
-    v.check(
-        content::ALLOWED.contains(&info.content_type.as_str()),
-        "info.content_type",
-        "must be application/pdf, image/png, image/jpeg or text/plain",
-    );
-    v.check(
-        (1..=MAX_BYTES).contains(&info.size_bytes),
-        "info.size_bytes",
-        "must be from 1 to 10485760",
-    );
-    let sha = data_encoding::HEXLOWER_PERMISSIVE
-        .decode(info.sha256.as_bytes())
-        .ok();
-    v.check(
-        sha.as_ref().is_some_and(|s| s.len() == 32),
-        "info.sha256",
-        "must be the hex SHA-256 of the bytes",
-    );
+    let sha = content::check_declared(&mut v, &info.content_type, info.size_bytes, &info.sha256);
     v.finish()?;
     Ok((checked(conversation)?, checked(sha)?))
 }

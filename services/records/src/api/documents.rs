@@ -21,7 +21,7 @@ use crate::store::documents::{self as store, DocumentRow, NewDocument};
 use crate::store::entries::Source;
 use crate::store::sealed;
 use crate::AppState;
-use carehub_platform::content::{self as document, Intake, MAX_BYTES};
+use carehub_platform::content::{self as document, Intake};
 
 /// The stream DownloadDocument answers with.
 pub type ChunkStream =
@@ -36,24 +36,7 @@ fn check_info(info: &DocumentInfo) -> Result<(Uuid, Vec<Label>, Vec<u8>)> {
     let mut v = FieldViolations::new();
     let patient = v.require_uuid("info.patient_id", &info.patient_id);
     v.require_len(info.title.trim(), "info.title", 1, 200);
-    v.check(
-        document::ALLOWED.contains(&info.content_type.as_str()),
-        "info.content_type",
-        "must be application/pdf, image/png, image/jpeg or text/plain",
-    );
-    v.check(
-        (1..=MAX_BYTES).contains(&info.size_bytes),
-        "info.size_bytes",
-        "must be from 1 to 10485760",
-    );
-    let sha = data_encoding::HEXLOWER_PERMISSIVE
-        .decode(info.sha256.as_bytes())
-        .ok();
-    v.check(
-        sha.as_ref().is_some_and(|s| s.len() == 32),
-        "info.sha256",
-        "must be the hex SHA-256 of the bytes",
-    );
+    let sha = document::check_declared(&mut v, &info.content_type, info.size_bytes, &info.sha256);
     let labels = sensitivity::check_labels(&mut v, "info.labels", &info.labels);
     v.finish()?;
     Ok((checked(patient)?, labels, checked(sha)?))
