@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carehub/common/v1/types.proto",
         "carehub/common/v1/errors.proto",
         "carehub/identity/v1/identity.proto",
+        "carehub/scheduling/v1/scheduling.proto",
         "carehub/common/v1/events.proto",
         "carehub/audit/v1/audit.proto",
         "carehub/records/v1/records.proto",
@@ -22,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Maps as BTreeMap: a HashMap encodes its entries in a random order, so one request
+        // would encode differently twice, and the idempotency fingerprint of a retry (a hash
+        // of the encoded request) would not match the first call's.
+        .btree_map(".")
         .file_descriptor_set_path(out.join("carehub_descriptor.bin"))
         .compile_protos(
             &protos.map(PathBuf::from),

@@ -43,6 +43,12 @@ pub mod messaging {
     }
 }
 
+pub mod scheduling {
+    pub mod v1 {
+        tonic::include_proto!("carehub.scheduling.v1");
+    }
+}
+
 pub mod audit {
     pub mod v1 {
         tonic::include_proto!("carehub.audit.v1");

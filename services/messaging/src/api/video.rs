@@ -36,6 +36,7 @@ fn visit_to_pb(row: &VisitRow) -> VideoVisit {
         end_time: Some(ts(row.ends_at)),
         cancelled: row.cancelled,
         room: row.room.clone(),
+        revision: row.revision,
     }
 }
 
@@ -76,6 +77,7 @@ struct Upsert {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     cancelled: bool,
+    revision: i64,
 }
 
 fn parse_upsert(r: &UpsertVideoVisitRequest) -> Result<Upsert> {
@@ -101,6 +103,11 @@ fn parse_upsert(r: &UpsertVideoVisitRequest) -> Result<Upsert> {
             );
         }
     }
+    v.check(
+        visit.revision >= 0,
+        "visit.revision",
+        "must not be negative",
+    );
     v.finish()?;
     Ok(Upsert {
         appointment: checked(appointment)?,
@@ -109,13 +116,16 @@ fn parse_upsert(r: &UpsertVideoVisitRequest) -> Result<Upsert> {
         start: checked(start)?,
         end: checked(end)?,
         cancelled: visit.cancelled,
+        revision: visit.revision,
     })
 }
 
-/// Records or changes an appointment's visit. A cancelled visit is final: a later delivery
-/// (typically an earlier change that the outbox retried late) answers the cancelled visit and
-/// changes nothing. The patient of an appointment never changes: a delivery naming another one
-/// is refused (VISIT_PATIENT), since the room and the audit trail are the first patient's.
+/// Records or changes an appointment's visit. A delivery older than the stored visit (its
+/// revision not above the stored one; revision 0 is never older) is an earlier change that the
+/// outbox retried late, overtaken by a later one: it answers the stored visit and changes
+/// nothing. A cancelled visit is final, whatever the revision of a later delivery. The patient
+/// of an appointment never changes: a delivery naming another one is refused (VISIT_PATIENT),
+/// since the room and the audit trail are the first patient's.
 pub async fn upsert_visit(
     state: &AppState,
     call: &Call,
@@ -136,6 +146,7 @@ pub async fn upsert_visit(
                     ends_at: u.end,
                     cancelled: u.cancelled,
                     room: &room,
+                    revision: u.revision,
                 },
             )
             .await?;
@@ -146,10 +157,17 @@ pub async fn upsert_visit(
                     description: "the appointment's video visit is another patient's".to_owned(),
                 });
             }
-            if !written {
+            if !written && row.cancelled {
                 tracing::info!(
                     appointment = %u.appointment,
                     "video visit is cancelled; the change was not applied"
+                );
+            } else if !written {
+                tracing::info!(
+                    appointment = %u.appointment,
+                    revision = u.revision,
+                    stored = row.revision,
+                    "video visit is at a later revision; the older change was not applied"
                 );
             }
             let event = call.event(

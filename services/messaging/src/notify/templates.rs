@@ -4,7 +4,7 @@
 //! below fill a template in, and none of them is health information: a one-time code, a reset
 //! link, a visit's time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use carehub_platform::errors::FieldViolations;
 use carehub_proto::messaging::v1 as pb;
@@ -205,7 +205,7 @@ const MAX_LINK: usize = 2048;
 /// other); the checked parameters, or `None` with the problems added to `v`.
 pub fn check_params(
     template: Template,
-    params: &HashMap<String, String>,
+    params: &BTreeMap<String, String>,
     v: &mut FieldViolations,
 ) -> Option<Params> {
     let mut ok = true;
@@ -364,7 +364,7 @@ mod tests {
         Template::AccountCreated,
     ];
 
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::error::Result;
 
 const COLUMNS: &str =
-    "appointment_id, patient_id, provider_id, starts_at, ends_at, cancelled, room";
+    "appointment_id, patient_id, provider_id, starts_at, ends_at, cancelled, room, revision";
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct VisitRow {
@@ -18,6 +18,8 @@ pub struct VisitRow {
     pub ends_at: DateTime<Utc>,
     pub cancelled: bool,
     pub room: String,
+    /// The highest revision applied (0 while only unversioned upserts were).
+    pub revision: i64,
 }
 
 /// A visit as scheduling describes it; `room` is used only when the visit is new.
@@ -30,27 +32,36 @@ pub struct NewVisit<'a> {
     pub ends_at: DateTime<Utc>,
     pub cancelled: bool,
     pub room: &'a str,
+    /// Scheduling's revision of the appointment; 0: unversioned, always applied.
+    pub revision: i64,
 }
 
-/// Records `v`, or changes the stored visit to it, unless the stored one is cancelled or
-/// belongs to another patient: those are left alone. Returns the stored row either way, and
-/// whether `v` was written; the caller tells the two refusals apart from the row.
+/// Records `v`, or changes the stored visit to it, unless the stored one is cancelled, belongs
+/// to another patient, or is at a revision `v` does not exceed (when `v` has one, i.e. is not
+/// 0): those are left alone. Returns the stored row either way, and whether `v` was written;
+/// the caller tells the refusals apart from the row.
 ///
 /// One statement, so that two deliveries racing for a new appointment cannot both miss the
-/// other: the loser's insert turns into the conditional update.
+/// other: the loser's insert turns into the conditional update, whose condition is checked
+/// against the row as locked, so that revisions are compared and set without a race. An
+/// unversioned change keeps the stored revision: a later delivery older than that revision is
+/// still older.
 pub async fn upsert(conn: &mut PgConnection, v: &NewVisit<'_>) -> Result<(bool, VisitRow)> {
     let written: Option<VisitRow> = sqlx::query_as(&format!(
         "INSERT INTO video_visits
-                (appointment_id, patient_id, provider_id, starts_at, ends_at, cancelled, room)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                (appointment_id, patient_id, provider_id, starts_at, ends_at, cancelled, room,
+                 revision)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (appointment_id) DO UPDATE
             SET provider_id = EXCLUDED.provider_id,
                 starts_at = EXCLUDED.starts_at,
                 ends_at = EXCLUDED.ends_at,
                 cancelled = EXCLUDED.cancelled,
+                revision = GREATEST(video_visits.revision, EXCLUDED.revision),
                 updated_at = now()
           WHERE NOT video_visits.cancelled
             AND video_visits.patient_id = EXCLUDED.patient_id
+            AND (EXCLUDED.revision = 0 OR EXCLUDED.revision > video_visits.revision)
          RETURNING {COLUMNS}"
     ))
     .bind(v.appointment_id)
@@ -60,6 +71,7 @@ pub async fn upsert(conn: &mut PgConnection, v: &NewVisit<'_>) -> Result<(bool, 
     .bind(v.ends_at)
     .bind(v.cancelled)
     .bind(v.room)
+    .bind(v.revision)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = written {

@@ -106,6 +106,7 @@ fn visit(
         end_time: Some(ts(end)),
         cancelled: false,
         room: String::new(),
+        revision: 0,
     }
 }
 
@@ -362,6 +363,109 @@ async fn video_tokens_are_refused_after_cancellation() {
     assert_eq!(late.room, cancelled.room);
     let e = token(&suite, &patient, &id).await.unwrap_err();
     assert_precondition(&e, "VISIT_CANCELLED", &id);
+    suite.shutdown().await;
+}
+
+/// Revisions order scheduling's changes: its cancellation (revision 2) applied, then the change
+/// before it (revision 1, not cancelled) delivered late — a retry the cancellation overtook,
+/// under its own outbox id — is ignored: the visit stays cancelled and no token is issued. Not
+/// only for cancellations: a late older move leaves the later one standing. An unversioned
+/// upsert (revision 0) is always applied and keeps the stored revision.
+#[tokio::test]
+async fn video_visit_upserts_older_than_the_stored_revision_are_ignored() {
+    let suite = common::spawn().await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let provider = suite.user(Role::Provider, "doc").await;
+    let now = Utc::now();
+    let times = (now - Duration::minutes(1), now + Duration::minutes(30));
+
+    let id = appointment();
+    let cancelled = upsert(
+        &suite,
+        VideoVisit {
+            cancelled: true,
+            revision: 2,
+            ..visit(&id, &patient, &provider, times)
+        },
+        "a-rev-2",
+    )
+    .await
+    .unwrap();
+    assert!(cancelled.cancelled);
+    assert_eq!(cancelled.revision, 2);
+    let late = upsert(
+        &suite,
+        VideoVisit {
+            revision: 1,
+            ..visit(&id, &patient, &provider, times)
+        },
+        "a-rev-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(late, cancelled, "the stored visit, unchanged");
+    for who in [&patient, &provider] {
+        let e = token(&suite, who, &id).await.unwrap_err();
+        assert_precondition(&e, "VISIT_CANCELLED", &id);
+    }
+
+    let id = appointment();
+    let booked = VideoVisit {
+        revision: 3,
+        ..visit(&id, &patient, &provider, times)
+    };
+    upsert(&suite, booked.clone(), "b-rev-3").await.unwrap();
+    let moved = upsert(
+        &suite,
+        VideoVisit {
+            start_time: Some(ts(now + Duration::hours(3))),
+            end_time: Some(ts(now + Duration::minutes(200))),
+            revision: 4,
+            ..booked.clone()
+        },
+        "b-rev-4",
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.revision, 4);
+    // Revision 3 again, as a retry under another outbox id: not above the stored 4.
+    let late = upsert(&suite, booked.clone(), "b-rev-3-late")
+        .await
+        .unwrap();
+    assert_eq!(late, moved);
+    let e = token(&suite, &patient, &id).await.unwrap_err();
+    assert_precondition(&e, "VISIT_WINDOW", &id);
+    let unversioned = upsert(
+        &suite,
+        VideoVisit {
+            revision: 0,
+            ..booked.clone()
+        },
+        "b-unversioned",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        unversioned.start_time.map(|t| t.seconds),
+        booked.start_time.map(|t| t.seconds)
+    );
+    assert_eq!(unversioned.revision, 4);
+    token(&suite, &patient, &id).await.unwrap();
+
+    let e = upsert(
+        &suite,
+        VideoVisit {
+            revision: -1,
+            ..booked
+        },
+        "b-negative",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        assert_status(&e, Code::InvalidArgument, None),
+        ["visit.revision"]
+    );
     suite.shutdown().await;
 }
 

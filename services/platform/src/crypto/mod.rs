@@ -277,6 +277,31 @@ impl Envelope {
         })
     }
 
+    /// Seals `text` in the cell (`table`, `column`, `row`) under `subject`'s data key: what most
+    /// services store encrypted, a row's text column keyed by ids.
+    pub async fn seal_cell(
+        &self,
+        subject: uuid::Uuid,
+        (table, column, row): (&str, &str, uuid::Uuid),
+        text: &str,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let (row, subject) = (row.to_string(), subject.to_string());
+        self.encrypt_str(&Field::new(table, column, &row, &subject), text)
+            .await
+    }
+
+    /// Opens what [`Envelope::seal_cell`] sealed for the same cell and subject.
+    pub async fn open_cell(
+        &self,
+        subject: uuid::Uuid,
+        (table, column, row): (&str, &str, uuid::Uuid),
+        sealed: &[u8],
+    ) -> Result<String, CryptoError> {
+        let (row, subject) = (row.to_string(), subject.to_string());
+        self.decrypt_string(&Field::new(table, column, &row, &subject), sealed)
+            .await
+    }
+
     /// Destroys all data keys of `subject` (crypto-shredding) and refuses new data for it.
     /// Idempotent; returns how many key versions were destroyed by this call.
     pub async fn shred(&self, subject: &str) -> Result<u64, CryptoError> {

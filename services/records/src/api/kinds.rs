@@ -231,6 +231,13 @@ pub const CHART_IMPORT: Kind = Kind::new(
     PATIENT,
 );
 
+pub const INTAKE_RECORD: Kind = Kind::new(
+    "records.intake.record",
+    Action::Create,
+    "scheduling recorded a patient's intake answers for an appointment, a new version per submission (RecordsInternal.RecordIntakeResponse)",
+    PATIENT,
+);
+
 pub const DEMOGRAPHICS_READ: Kind = Kind::new(
     "records.demographics.read",
     Action::Read,
@@ -290,6 +297,7 @@ pub const VOCABULARY: Vocabulary = Vocabulary {
         DOCUMENTS_READ,
         CHART_EXPORT,
         CHART_IMPORT,
+        INTAKE_RECORD,
         DEMOGRAPHICS_READ,
         DEMOGRAPHICS_UPDATE,
         AGGREGATES_READ,

@@ -7,7 +7,8 @@
 //! `sensitivity` (the patient's grants of labelled entries), `access_log` (who accessed the
 //! patient's data, from every service's trail), `amendments` (HIPAA 164.526 requests),
 //! `disclosures` (the 164.528 accounting), `notes` (clinical notes and addenda), `documents`
-//! (streamed uploads and downloads, encrypted chunk by chunk), `export` (FHIR R4 Bundle).
+//! (streamed uploads and downloads, encrypted chunk by chunk), `export` (FHIR R4 Bundle),
+//! `intake` (scheduling's intake answers, one version per submission).
 //! `policy` says who may call what; `kinds` is records' audit vocabulary; `convert` holds
 //! the proto encodings they share.
 //!
@@ -26,6 +27,7 @@ pub mod documents;
 pub mod erasure;
 pub mod export;
 pub mod import;
+pub mod intake;
 pub mod kinds;
 pub mod notes;
 pub mod policy;
@@ -291,6 +293,12 @@ impl RecordsInternal for RecordsApi {
         req: Request<AddBookedProviderRequest>,
     ) -> Result<Response<CareTeam>, Status> {
         rpc!(self, req, team::add_booked_provider)
+    }
+    async fn record_intake_response(
+        &self,
+        req: Request<RecordIntakeResponseRequest>,
+    ) -> Result<Response<IntakeResponse>, Status> {
+        rpc!(self, req, intake::record)
     }
     async fn get_care_team(
         &self,

@@ -100,6 +100,12 @@ pub fn policy() -> Policy {
     );
     p = p.rule(
         INTERNAL,
+        "RecordIntakeResponse",
+        &["scheduling"],
+        UserRule::WorkloadOnly,
+    );
+    p = p.rule(
+        INTERNAL,
         "GetCareTeam",
         &["messaging"],
         UserRule::WorkloadOnly,

@@ -8,6 +8,7 @@ pub mod documents;
 pub mod entries;
 pub mod erasures;
 pub mod grants;
+pub mod intake;
 pub mod notes;
 pub mod sealed;
 pub mod team;

@@ -2,6 +2,8 @@
 //! key (subject = the patient's user id), bound to the table, column and row it is stored in,
 //! so that a ciphertext copied to another row or version does not open.
 
+use std::collections::BTreeMap;
+
 use carehub_platform::crypto::{Envelope, Field};
 use carehub_proto::records::v1 as pb;
 use prost::Message;
@@ -266,4 +268,49 @@ pub async fn open_reason(
         sealed,
     )
     .await
+}
+
+/// What an intake response's sealed column holds. A `BTreeMap`, so that the same answers
+/// always encode to the same bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredAnswers {
+    #[prost(btree_map = "string, string", tag = "1")]
+    answers: BTreeMap<String, String>,
+}
+
+/// An intake response's answers (question id -> answer), bound to the response's row.
+pub async fn seal_answers(
+    crypto: &Envelope,
+    patient: Uuid,
+    response: Uuid,
+    answers: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let (row, subject) = (response.to_string(), patient.to_string());
+    let stored = StoredAnswers {
+        answers: answers.clone(),
+    };
+    Ok(crypto
+        .encrypt(
+            &Field::new("intake_responses", "answers", &row, &subject),
+            &stored.encode_to_vec(),
+        )
+        .await?)
+}
+
+pub async fn open_answers(
+    crypto: &Envelope,
+    patient: Uuid,
+    response: Uuid,
+    sealed: &[u8],
+) -> Result<BTreeMap<String, String>> {
+    let (row, subject) = (response.to_string(), patient.to_string());
+    let plain = crypto
+        .decrypt(
+            &Field::new("intake_responses", "answers", &row, &subject),
+            sealed,
+        )
+        .await?;
+    StoredAnswers::decode(plain.as_slice())
+        .map(|s| s.answers)
+        .map_err(|_| RecordsError::Internal(format!("intake response {response} holds no answers")))
 }

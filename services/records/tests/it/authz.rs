@@ -160,8 +160,13 @@ fn matrix() -> Matrix {
         &format!("/{INTERNAL}/GetCareTeam"),
         "W W  W W  W W  W  W  W  W  W  W  W",
     );
-    m.row(
+    m = m.row(
         &format!("/{INTERNAL}/AddBookedProvider"),
+        "W W  W W  W W  W  W  W  W  W  .  W",
+    );
+    // Scheduling's outbox only (the rest of its case: intake.rs).
+    m.row(
+        &format!("/{INTERNAL}/RecordIntakeResponse"),
         "W W  W W  W W  W  W  W  W  W  .  W",
     )
 }
@@ -408,6 +413,24 @@ async fn call(
                 user,
                 GetCareTeamRequest {
                     patient_id: patient.id.clone(),
+                },
+            ))
+            .await
+            .map(drop);
+    }
+    if rpc.ends_with("/RecordIntakeResponse") {
+        return RecordsInternalClient::new(channel)
+            .record_intake_response(signed(
+                user,
+                RecordIntakeResponseRequest {
+                    patient_id: patient.id.clone(),
+                    appointment_id: uuid::Uuid::now_v7().to_string(),
+                    form: "new-patient".into(),
+                    answers: [("reason".to_owned(), "a cough for the matrix".to_owned())].into(),
+                    submit_time: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp(),
+                        nanos: 0,
+                    }),
                 },
             ))
             .await

@@ -483,7 +483,7 @@ async fn no_clinical_text_is_stored_in_clear() {
 }
 
 /// The text of every `\x...` hex run in `row` (how a bytea column prints inside a row).
-fn decode_hex_runs(row: &str) -> String {
+pub fn decode_hex_runs(row: &str) -> String {
     let mut out = String::new();
     for run in row.split("\\\\x").skip(1).chain(row.split("\\x").skip(1)) {
         let hex: String = run.chars().take_while(char::is_ascii_hexdigit).collect();

@@ -13,5 +13,6 @@ mod chart;
 mod documents;
 mod erasure;
 mod fhir;
+mod intake;
 mod notes;
 mod sensitivity;
