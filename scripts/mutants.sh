@@ -15,6 +15,9 @@
 #   crypto    platform/src/crypto/format.rs     platform unit tests + tests/it/crypto.rs
 #   throttle  identity/src/domain/throttle.rs   identity unit tests + tests/it/login_concurrency.rs
 #   policy    identity/src/api/policy.rs        identity tests/it/{authz,transport,accounts}.rs
+#   participants messaging/src/domain/participants.rs  messaging unit tests
+#   scheduling scheduling/src/domain/appointment.rs (the state machine, late cancellation),
+#             scheduling/src/api/access.rs (whose appointments a caller acts on)  scheduling unit tests
 # Each crate's integration tests are one binary (`it`); a group picks its modules with a nextest
 # filter expression (no spaces in it: the arguments below are split on spaces).
 #
@@ -55,16 +58,17 @@ group_args() {
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
     policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;
     participants) echo "-f services/messaging/src/domain/participants.rs -- --lib" ;;
+    scheduling) echo "-f services/scheduling/src/domain/appointment.rs -f services/scheduling/src/api/access.rs -- --lib" ;;
     *) return 1 ;;
   esac
 }
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(auth remote audit crypto throttle policy participants)
+[ ${#groups[@]} -gt 0 ] || groups=(auth remote audit crypto throttle policy participants scheduling)
 failed=()
 for g in "${groups[@]}"; do
   if ! args=$(group_args "$g"); then
-    echo "unknown group $g (auth remote audit crypto throttle policy participants)" >&2
+    echo "unknown group $g (auth remote audit crypto throttle policy participants scheduling)" >&2
     exit 2
   fi
   echo

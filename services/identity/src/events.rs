@@ -17,7 +17,7 @@
 //! the change committed. One row per subscriber, so that one subscriber's outage or poison row
 //! does not hold back the others. A subscriber without a configured endpoint
 //! (`[server.outbox.targets.<name>]`; none by default) keeps its rows pending until it gets one:
-//! the services that consume these events (records, messaging) receive everything that happened
+//! the services that consume these events (records, messaging, scheduling) receive everything that happened
 //! before they were deployed.
 
 use carehub_platform::outbox::Outbox;
@@ -30,7 +30,7 @@ use crate::domain::account::{Account, AccountStatus, CommPrefs};
 use crate::error::IdentityError;
 
 /// The services that consume account events (outbox target names).
-pub const ACCOUNT_EVENT_SUBSCRIBERS: [&str; 2] = ["records", "messaging"];
+pub const ACCOUNT_EVENT_SUBSCRIBERS: [&str; 3] = ["records", "messaging", "scheduling"];
 
 /// The RPC every subscriber implements.
 pub const APPLY_ACCOUNT_EVENT: &str = "/carehub.common.v1.AccountEvents/ApplyAccountEvent";
