@@ -225,7 +225,14 @@ BAD_VALUES = [
     ("records merging the trail of a disabled messaging", {"services": {"messaging": {"enabled": False}}},
      "services.records.calls names messaging, which is not enabled"),
     ("no service enabled", {"services": {"identity": {"enabled": False}, "records": {"enabled": False},
-                                         "messaging": {"enabled": False}}}, "no service is enabled"),
+                                         "messaging": {"enabled": False}, "scheduling": {"enabled": False}}},
+     "no service is enabled"),
+    ("scheduling without its feeds' public address", {"services": {"scheduling": {"feedBaseUrl": None}}},
+     "services.scheduling.feedBaseUrl is required"),
+    ("a feed address with a trailing slash", {"services": {"scheduling": {"feedBaseUrl": "https://api.example.org/"}}},
+     ("services.scheduling.feedBaseUrl: Does not match pattern", "/services/scheduling/feedBaseUrl")),
+    ("a feed address given to another service", {"services": {"records": {"feedBaseUrl": "https://api.example.org"}}},
+     "services.records.feedBaseUrl is scheduling's setting"),
 ]
 
 

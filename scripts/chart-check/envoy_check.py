@@ -44,6 +44,18 @@ ROUTES: dict[str, str | None] = {
     "/carehub.messaging.v1.MessagingService/GetVideoJoinToken": "messaging",
     "/carehub.messaging.v1.MessagingInternal/UpsertVideoVisit": None,
     "/carehub.messaging.v1.MessagingInternal/SendNotification": None,
+    "/carehub.scheduling.v1.SchedulingService/SearchSlots": "scheduling",
+    "/carehub.scheduling.v1.SchedulingService/BookAppointment": "scheduling",
+    "/carehub.scheduling.v1.SchedulingService/CreateCalendarFeed": "scheduling",
+    "/carehub.audit.v1.AuditLog/ListEvents": None,
+    "/carehub.common.v1.AppointmentEvents/ApplyAppointmentEvent": None,
+    # Scheduling's admin port: the calendar feeds only, never its metrics or health.
+    "/calendar/3q2k7x9m4p.ics": "scheduling_calendar",
+    "/calendar": None,
+    "/metrics": None,
+    "/healthz": None,
+    "/readyz": None,
+    "/grpc.health.v1.Health/Check": None,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": None,
 }
 

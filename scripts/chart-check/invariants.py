@@ -14,22 +14,26 @@ Obj = dict[str, Any]
 
 # DESIGN.md §1, "calls" column, as built: the only service-to-service RPC edges the
 # NetworkPolicies allow. Beyond the table: messaging asks records who is on a care team
-# (messaging.records_endpoint), and records merges messaging's audit trail into the patient's
-# access log (records.audit_sources).
+# (messaging.records_endpoint), and records merges messaging's and scheduling's audit trails
+# into the patient's access log (records.audit_sources). Scheduling calls only identity directly: what it tells
+# records, messaging and billing goes through its outbox (OUTBOX_GRAPH).
 CALL_GRAPH: dict[str, set[str]] = {
     "identity": set(),
-    "scheduling": {"identity", "records", "messaging", "billing"},
+    "scheduling": {"identity"},
     "messaging": {"identity", "records"},
-    "records": {"identity", "messaging"},
+    "records": {"identity", "messaging", "scheduling"},
     "billing": {"identity"},
 }
 
 # Where each service's transactional outbox delivers (server.outbox.targets): identity's account
-# events (records, messaging), notifications and SMS preferences (messaging); messaging's abuse
-# actions and SMS consent changes (identity). These edges are opened too, for enabled targets.
+# events (records, messaging, scheduling), notifications and SMS preferences (messaging); messaging's abuse
+# actions and SMS consent changes (identity); scheduling's booked providers and intake answers
+# (records), reminders and video visits (messaging) and appointment events (billing). These
+# edges are opened too, for enabled targets.
 OUTBOX_GRAPH: dict[str, set[str]] = {
-    "identity": {"records", "messaging"},
+    "identity": {"records", "messaging", "scheduling"},
     "messaging": {"identity"},
+    "scheduling": {"records", "messaging", "billing"},
     "records": set(),
 }
 
@@ -338,8 +342,9 @@ def check_database_roles(docs: list[Obj], values: Obj, enabled: list[str]) -> li
                     own = tomllib.loads(cm["data"]["config.toml"]).get(name, {})
                 except tomllib.TOMLDecodeError:
                     own = {}
-                # messaging refuses a configuration without messaging.records_endpoint.
-                for key in ("records_endpoint",):
+                # messaging refuses a configuration without messaging.records_endpoint;
+                # scheduling's feed_base_url is validated there too.
+                for key in ("records_endpoint", "feed_base_url"):
                     var = f"CAREHUB_{name.upper().replace('-', '_')}__{key.upper()}"
                     if own.get(key) and env.get(var) != own[key]:
                         problems.append(f"{name_of(job)}: {var} is {env.get(var)!r}, the service's config says "

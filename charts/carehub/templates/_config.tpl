@@ -19,7 +19,9 @@ release whose services call a disabled identity.
 Settings of a service's own table that the chart derives from the call graph, so that they
 cannot disagree with the NetworkPolicies: messaging's records_endpoint (care teams) when it
 calls records; records' audit_sources (the trails the patient's access log merges beside its
-own and identity's) from the services other than identity that records calls.
+own and identity's) from the services other than identity that records calls. And the one the
+chart takes from a value of its own: scheduling's feed_base_url (services.scheduling.feedBaseUrl,
+the public address the gateway routes /calendar/ at).
 */}}
 {{- define "carehub.wiredSettings" -}}
 {{- $svc := include "carehub.values" . | fromYaml -}}
@@ -27,6 +29,9 @@ own and identity's) from the services other than identity that records calls.
 {{- $out := dict -}}
 {{- if and (eq .name "messaging") (has "records" $calls) -}}
 {{- $_ := set $out "records_endpoint" (include "carehub.endpoint" (dict "root" .root "name" "records")) -}}
+{{- end -}}
+{{- if and (eq .name "scheduling") $svc.feedBaseUrl -}}
+{{- $_ := set $out "feed_base_url" $svc.feedBaseUrl -}}
 {{- end -}}
 {{- if eq .name "records" -}}
 {{- $sources := dict -}}

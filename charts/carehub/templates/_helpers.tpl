@@ -110,6 +110,21 @@ edges, both ways.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- /* feedBaseUrl is scheduling's (its calendar feeds' public address), nobody else's. */ -}}
+{{- if hasKey (.Values.serviceDefaults | default dict) "feedBaseUrl" -}}
+{{- fail "carehub: serviceDefaults.feedBaseUrl is not a default of every service: set services.scheduling.feedBaseUrl (the public base of scheduling's calendar feed URLs)" -}}
+{{- end -}}
+{{- range $name, $own := .Values.services -}}
+{{- if and (kindIs "map" $own) (ne $name "scheduling") (hasKey $own "feedBaseUrl") -}}
+{{- fail (printf "carehub: services.%s.feedBaseUrl is scheduling's setting (the public base of its calendar feed URLs), not %s's" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if has "scheduling" $enabled -}}
+{{- $sched := include "carehub.values" (dict "root" $ "name" "scheduling") | fromYaml -}}
+{{- if not (or $sched.feedBaseUrl (hasKey ($sched.settings | default dict) "feed_base_url")) -}}
+{{- fail "carehub: services.scheduling.feedBaseUrl is required: the public base of calendar feed URLs (<feedBaseUrl>/calendar/<token>.ics), the address clients reach the gateway at; without it scheduling would hand out feed links to 127.0.0.1" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.tests.enabled (ne .Values.tls.source "certManager") -}}
 {{- include "carehub.require" (dict "key" "tests.tlsSecret" "value" .Values.tests.tlsSecret "why" "when tests.enabled and tls.source is not certManager (the helm-test client certificate)") -}}
 {{- end -}}

@@ -4,7 +4,8 @@ Migration Job of a service: `carehub migrate <service>` before every install and
 ordinary objects exist, so the Job needs nothing of them: the database URL comes from the
 service's migrator Secret (the tables' owner; the serving pods get another role, see
 carehub.databaseSecrets), identity's endpoint is set as in the service's config (every service but identity), so
-are the endpoints of its own table the chart wires (messaging.records_endpoint), and
+are the settings of its own table the chart wires (messaging.records_endpoint,
+scheduling.feed_base_url), and
 every other setting keeps its default. Migrations are
 expand-only (old pods keep working against the new schema), which is what makes a rolling
 upgrade and `helm rollback` safe.
@@ -60,8 +61,9 @@ spec:
             - name: CAREHUB_SERVER__AUTH__IDENTITY_ENDPOINT
               value: {{ include "carehub.identityEndpoint" $root | quote }}
             {{- end }}
-            {{- /* The endpoints of the service's own table the chart wires (messaging refuses a
-            configuration without records_endpoint), as the service's config has them. */}}
+            {{- /* The settings of the service's own table the chart wires (messaging refuses a
+            configuration without records_endpoint; scheduling validates feed_base_url), as the
+            service's config has them. */}}
             {{- $settings := include "carehub.settings" . | fromYaml }}
             {{- range $key := keys (include "carehub.wiredSettings" . | fromYaml) | sortAlpha }}
             {{- $value := index $settings $key }}

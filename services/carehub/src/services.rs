@@ -11,6 +11,7 @@ pub static SERVICES: &[&dyn ServiceDef] = &[
     &carehub_identity::SERVICE,
     &carehub_records::SERVICE,
     &carehub_messaging::SERVICE,
+    &carehub_scheduling::SERVICE,
 ];
 
 #[cfg(test)]

@@ -177,7 +177,8 @@ async fn run_services(
                 );
             }
         }
-        let cfg = wire_own_settings(cfg, name, &endpoint)?;
+        let admin_url = format!("http://{}", server.admin_listen);
+        let cfg = wire_own_settings(cfg, name, &endpoint, &admin_url)?;
         let started = def
             .start(cfg, None, shutdown.clone().boxed())
             .await
@@ -187,9 +188,16 @@ async fn run_services(
 
     println!();
     println!("carehub is up (development mode: sandbox notifier, development certificates)");
+    // Names in one column, however long the longest (scheduling).
+    let width = running
+        .iter()
+        .map(|(def, _)| def.name().len())
+        .max()
+        .unwrap_or(0);
+    let indent = " ".repeat(width + 3);
     for (def, service) in &running {
         println!(
-            "  {:<9} grpc (mTLS) https://{}   admin http://{}",
+            "  {:<width$} grpc (mTLS) https://{}   admin http://{}",
             def.name(),
             service.server.grpc_addr,
             service.server.admin_addr
@@ -199,7 +207,7 @@ async fn run_services(
             .await
             .with_context(|| format!("{}: after start", def.name()))?
         {
-            println!("            {line}");
+            println!("{indent}{line}");
         }
     }
     println!(
@@ -238,6 +246,13 @@ fn outbox_targets(service: &str) -> Vec<&'static str> {
             .collect(),
         // Account actions on abuse reports and SMS consent changes, to identity.
         "messaging" => vec!["identity"],
+        // Booked providers and intake answers to records, reminders and video visits to
+        // messaging, appointment events to billing (pending while billing is not running).
+        "scheduling" => vec![
+            carehub_scheduling::api::effects::RECORDS,
+            carehub_scheduling::api::effects::MESSAGING,
+            carehub_scheduling::api::effects::BILLING,
+        ],
         _ => Vec::new(),
     };
     targets.sort_unstable();
@@ -246,11 +261,15 @@ fn outbox_targets(service: &str) -> Vec<&'static str> {
 }
 
 /// The settings of `name`'s own table that point at other services of this run: messaging asks
-/// records about care teams; records' access log merges messaging's audit trail.
+/// records about care teams; records' access log merges messaging's and scheduling's audit
+/// trails. And one that
+/// points at the service itself: scheduling's calendar feed links lead to its own admin port
+/// (`admin_url`; in a cluster, the gateway's public address).
 fn wire_own_settings(
     cfg: Box<dyn AnyConfig>,
     name: &str,
     endpoint: &dyn Fn(&str) -> Option<String>,
+    admin_url: &str,
 ) -> anyhow::Result<Box<dyn AnyConfig>> {
     let not_its_own =
         || anyhow::anyhow!("{name}: `carehub up` holds another service's configuration");
@@ -268,11 +287,19 @@ fn wire_own_settings(
                 .into_any()
                 .downcast::<carehub_records::config::RecordsConfig>()
                 .map_err(|_| not_its_own())?;
-            if let Some(messaging) = endpoint("messaging") {
-                c.records
-                    .audit_sources
-                    .insert("messaging".to_owned(), messaging);
+            for source in ["messaging", "scheduling"] {
+                if let Some(e) = endpoint(source) {
+                    c.records.audit_sources.insert(source.to_owned(), e);
+                }
             }
+            c
+        }
+        "scheduling" => {
+            let mut c = cfg
+                .into_any()
+                .downcast::<carehub_scheduling::config::SchedulingConfig>()
+                .map_err(|_| not_its_own())?;
+            admin_url.clone_into(&mut c.scheduling.feed_base_url);
             c
         }
         _ => cfg,

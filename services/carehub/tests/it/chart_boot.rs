@@ -1,9 +1,9 @@
 //! The chart's minimal configuration boots the real binary: `carehub serve <service>` with the
 //! TOML the chart renders (tests/chart-config/minimal-<service>.toml; only the in-pod paths and
-//! ports are redirected, and records' identity_endpoint to the identity started here), a real
-//! database, dev certificates and a dev key file. As in the chart, the migrations run as the
-//! tables' owner (`carehub migrate <service>`, the migration Job) and the server connects as a
-//! login role that is only a member of "<database>_app" and owns nothing
+//! ports are redirected, and records' and scheduling's identity_endpoint to the identity started
+//! here), a real database, dev certificates and a dev key file. As in the chart, the migrations
+//! run as the tables' owner (`carehub migrate <service>`, the migration Job) and the server
+//! connects as a login role that is only a member of "<database>_app" and owns nothing
 //! (services.<service>.database.app). Readiness turns 200, `carehub health` (what `helm test`
 //! runs) answers SERVING, and SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -261,5 +261,38 @@ async fn the_minimal_records_config_serves_beside_identity() {
     records.terminate();
     identity.terminate();
     records_db.check_audit_and_drop().await;
+    identity_db.check_audit_and_drop().await;
+}
+
+/// scheduling with the chart's minimal TOML, beside identity as records is: migrated as the owner
+/// (the Job, with identity's endpoint and the feed address the chart sets), served as a member of
+/// `<database>_app` (its reminder and hold sweeps included), ready, SERVING, drained. Its outbox
+/// targets (records, messaging) are not started: their rows would only stay pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimal_scheduling_config_serves_beside_identity() {
+    let identity_db = ServiceDb::new("identity", &carehub_identity::MIGRATOR).await;
+    let scheduling_db = ServiceDb::new("scheduling", &carehub_scheduling::MIGRATOR).await;
+    let s = secrets();
+    let mut identity = serve("identity", &s, &identity_db, &[]);
+    identity.wait_ready().await;
+    let endpoint = format!(
+        "server.auth.identity_endpoint=https://127.0.0.1:{}",
+        identity.grpc
+    );
+    let mut scheduling = serve("scheduling", &s, &scheduling_db, &[endpoint]);
+    scheduling.wait_ready().await;
+    scheduling.health(&s);
+    // The calendar route is on the admin port (the gateway's /calendar/); an unknown token is
+    // not found.
+    let admin = format!("127.0.0.1:{}", scheduling.admin);
+    assert_eq!(
+        http_get(&admin, "/calendar/not-a-token.ics")
+            .await
+            .map(|r| r.0),
+        Some(404)
+    );
+    scheduling.terminate();
+    identity.terminate();
+    scheduling_db.check_audit_and_drop().await;
     identity_db.check_audit_and_drop().await;
 }

@@ -10,6 +10,7 @@ use carehub_identity::config::IdentityConfig;
 use carehub_messaging::config::MessagingConfig;
 use carehub_platform::config::{self, KeyProvider, TlsSource};
 use carehub_records::config::RecordsConfig;
+use carehub_scheduling::config::SchedulingConfig;
 
 fn rendered() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config");
@@ -85,6 +86,39 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                 );
                 assert_eq!(identity.server_name, "identity", "{name}");
             }
+            "scheduling" => {
+                // Loading validates too: scheduling refuses a config without identity_endpoint
+                // or with a feed_base_url that is not an http(s) URL without a trailing slash.
+                let cfg = config::load::<SchedulingConfig>(Some(file), &overrides())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(cfg.server.listen.port(), 50051, "{name}");
+                assert_eq!(cfg.server.admin_listen.port(), 9051, "{name}");
+                assert!(!cfg.server.database.migrate_on_start, "{name}");
+                assert_eq!(
+                    cfg.server.auth.identity_endpoint.as_deref(),
+                    Some("https://carehub-identity:50051"),
+                    "{name}"
+                );
+                // Its outbox tells records and messaging; billing is not in the chart yet, so
+                // it has no target and its rows stay pending.
+                for target in ["records", "messaging"] {
+                    let t = &cfg.server.outbox.targets[target];
+                    assert_eq!(
+                        t.endpoint,
+                        format!("https://carehub-{target}:50051"),
+                        "{name}"
+                    );
+                    assert_eq!(t.server_name, target, "{name}");
+                }
+                assert!(!cfg.server.outbox.targets.contains_key("billing"), "{name}");
+                // Feed links lead to the gateway's public address, never the pod's loopback.
+                assert!(
+                    cfg.scheduling.feed_base_url.starts_with("https://")
+                        && !cfg.scheduling.feed_base_url.contains("127.0.0.1"),
+                    "{name}: {}",
+                    cfg.scheduling.feed_base_url
+                );
+            }
             other => panic!("{name}: no loader for service {other:?}; add it to this test"),
         }
     }
@@ -141,14 +175,13 @@ fn the_ci_variants_mean_what_they_say() {
     assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-records"));
     let minimal = load("minimal-records.toml");
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
-    // The patient's access log merges messaging's trail.
-    assert_eq!(
-        prod.records
-            .audit_sources
-            .get("messaging")
-            .map(String::as_str),
-        Some("https://carehub-messaging:50051")
-    );
+    // The patient's access log merges messaging's and scheduling's trails.
+    for source in ["messaging", "scheduling"] {
+        assert_eq!(
+            prod.records.audit_sources.get(source).map(String::as_str),
+            Some(format!("https://carehub-{source}:50051").as_str())
+        );
+    }
 
     // identity's outbox reaches the services that consume its events and notifications.
     let identity = config::load::<IdentityConfig>(
@@ -159,7 +192,7 @@ fn the_ci_variants_mean_what_they_say() {
         &overrides(),
     )
     .unwrap();
-    for target in ["records", "messaging"] {
+    for target in ["records", "messaging", "scheduling"] {
         assert_eq!(
             identity.server.outbox.targets[target].endpoint,
             format!("https://carehub-{target}:50051")
@@ -187,6 +220,32 @@ fn the_ci_variants_mean_what_they_say() {
     );
     let minimal = load("minimal-messaging.toml");
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
+
+    // scheduling: its own Vault role, PKI role, and the production gateway's address.
+    let load = |name: &str| {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chart-config")
+            .join(name);
+        config::load::<SchedulingConfig>(Some(&file), &overrides()).unwrap()
+    };
+    let prod = load("production-scheduling.toml");
+    assert_eq!(
+        prod.server.vault.auth.role.as_deref(),
+        Some("carehub-scheduling")
+    );
+    assert_eq!(
+        prod.scheduling.feed_base_url,
+        "https://api.carehub.prod.example"
+    );
+    let pki = load("vault-pki-scheduling.toml");
+    assert_eq!(
+        pki.server.tls.pki_role.as_deref(),
+        Some("carehub-scheduling")
+    );
+    let minimal = load("minimal-scheduling.toml");
+    assert_eq!(minimal.server.keys.provider, KeyProvider::File);
+    // The chart's placeholder (never resolves) until values set the gateway's address.
+    assert_eq!(minimal.scheduling.feed_base_url, "https://carehub.example");
 }
 
 #[test]
@@ -225,6 +284,25 @@ fn messaging_without_records_endpoint_is_refused() {
     let err = config::load::<MessagingConfig>(Some(&file), &overrides())
         .expect_err("messaging without records_endpoint must fail");
     assert!(err.to_string().contains("records_endpoint"), "{err}");
+}
+
+#[test]
+fn scheduling_without_identity_endpoint_is_refused() {
+    // What the chart's identity_endpoint (and the migration Job's env) guards against.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/minimal-scheduling.toml"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("identity_endpoint"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<SchedulingConfig>(Some(&file), &overrides())
+        .expect_err("scheduling without identity_endpoint must fail");
+    assert!(err.to_string().contains("identity_endpoint"), "{err}");
 }
 
 #[test]
