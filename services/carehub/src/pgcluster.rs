@@ -115,8 +115,11 @@ impl PgCluster {
             .arg(&log)
             .arg("-w")
             .arg("-o")
+            // Each service keeps a warm pool (`up` opens them all at start: 4 x 16 today) beside
+            // its listener, sequencer and relays, and bench.sh's pgbench and audit scenarios
+            // connect too: PostgreSQL's default of 100 ran out when scheduling joined.
             .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {}",
+                "-p {} -c listen_addresses=127.0.0.1 -c max_connections=300 -k {}",
                 self.port,
                 self.data_dir.display()
             ))

@@ -29,6 +29,11 @@ pub struct SchedulingSettings {
     pub reminder_offsets_minutes: Vec<u32>,
     /// How often each replica looks for due reminders and expired holds (100..=60000 ms).
     pub reminder_poll_ms: u64,
+    /// Live holds one patient may have at once (1..=20): holds cannot be used to keep a
+    /// provider's calendar from everyone else.
+    pub max_live_holds: u32,
+    /// Upcoming appointments (requested to in progress) one patient may have at once (1..=500).
+    pub max_upcoming_appointments: u32,
     /// How far ahead a visit may be held or booked (1..=1095 days); searches stop there too.
     pub max_booking_days: u32,
     /// The longest range one slot search covers (1..=31 days).
@@ -50,6 +55,8 @@ impl Default for SchedulingSettings {
             late_cancel_hours: 24,
             reminder_offsets_minutes: vec![24 * 60, 60],
             reminder_poll_ms: 1_000,
+            max_live_holds: 3,
+            max_upcoming_appointments: 20,
             max_booking_days: 730,
             max_search_days: 31,
             max_search_providers: 200,
@@ -88,6 +95,14 @@ impl Validate for SchedulingConfig {
         within(
             (100..=60_000).contains(&s.reminder_poll_ms),
             "reminder_poll_ms must be within 100..=60000",
+        );
+        within(
+            (1..=20).contains(&s.max_live_holds),
+            "max_live_holds must be within 1..=20",
+        );
+        within(
+            (1..=500).contains(&s.max_upcoming_appointments),
+            "max_upcoming_appointments must be within 1..=500",
         );
         within(
             (1..=1095).contains(&s.max_booking_days),

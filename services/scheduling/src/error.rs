@@ -34,6 +34,9 @@ pub enum SchedulingError {
     /// The slot is not one the provider's availability offers (or is in the past).
     #[error("slot unavailable: {0}")]
     SlotUnavailable(String),
+    /// The patient already has as many live holds or upcoming appointments as allowed.
+    #[error("the patient already has {limit} {what}")]
+    Quota { what: &'static str, limit: u32 },
     #[error("hold {0} expired or was released")]
     HoldExpired(String),
     /// An action the appointment's (or request's) state does not allow.
@@ -44,6 +47,9 @@ pub enum SchedulingError {
         state: &'static str,
         action: &'static str,
     },
+    /// PostgreSQL aborted the transaction to break a deadlock: nothing was written.
+    #[error("the change collided with another and was rolled back")]
+    Contention,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -59,11 +65,16 @@ pub fn checked<T>(value: Option<T>) -> Result<T> {
 impl From<sqlx::Error> for SchedulingError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(d) = &e {
-            if d.code().as_deref() == Some("23P01") {
-                return match d.constraint() {
-                    Some(c) if c.contains("patient") => SchedulingError::PatientBusy,
-                    _ => SchedulingError::SlotTaken,
-                };
+            match d.code().as_deref() {
+                Some("23P01") => {
+                    return match d.constraint() {
+                        Some(c) if c.contains("patient") => SchedulingError::PatientBusy,
+                        _ => SchedulingError::SlotTaken,
+                    }
+                }
+                // A deadlock or serialization failure rolled the whole change back: retryable.
+                Some("40P01" | "40001") => return SchedulingError::Contention,
+                _ => {}
             }
         }
         SchedulingError::Db(e)
@@ -103,6 +114,13 @@ impl From<SchedulingError> for Status {
                 "slot",
                 &format!("the slot is not available: {why}"),
             ),
+            SchedulingError::Quota { what, limit } => errors::status(
+                Code::ResourceExhausted,
+                ErrorReason::RateLimited,
+                format!(
+                    "the patient already has {limit} {what}: release, book or cancel one first"
+                ),
+            ),
             SchedulingError::HoldExpired(id) => errors::precondition(
                 ErrorReason::HoldExpired,
                 "HOLD_EXPIRED",
@@ -120,6 +138,15 @@ impl From<SchedulingError> for Status {
                 &id,
                 &format!("{what} {id} is {state}: cannot {action}"),
             ),
+            SchedulingError::Contention => {
+                tracing::warn!("a change was rolled back to break a deadlock");
+                errors::retry_after(
+                    Code::Aborted,
+                    ErrorReason::Unavailable,
+                    "the change collided with another and was rolled back; retry",
+                    std::time::Duration::from_millis(100),
+                )
+            }
             SchedulingError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 errors::internal("scheduling")

@@ -106,13 +106,13 @@ fn clients(channels: &[Channel]) -> Vec<MessagingServiceClient<Channel>> {
         .collect()
 }
 
-fn pick<T: Clone>(items: &[T], i: usize) -> anyhow::Result<T> {
+pub(super) fn pick<T: Clone>(items: &[T], i: usize) -> anyhow::Result<T> {
     anyhow::ensure!(!items.is_empty(), "no connections");
     Ok(items[i % items.len()].clone())
 }
 
 /// `msg` with `token` and the idempotency key `key`.
-fn keyed<T>(msg: T, token: &str, key: &str) -> Result<tonic::Request<T>, Status> {
+pub(super) fn keyed<T>(msg: T, token: &str, key: &str) -> Result<tonic::Request<T>, Status> {
     let mut req = bearer(msg, token)?;
     req.metadata_mut().insert(
         "idempotency-key",
@@ -122,12 +122,12 @@ fn keyed<T>(msg: T, token: &str, key: &str) -> Result<tonic::Request<T>, Status>
     Ok(req)
 }
 
-fn new_key() -> String {
+pub(super) fn new_key() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
 /// A short random tag: the run's (provider emails) or a scenario's (client message ids).
-fn short_id() -> String {
+pub(super) fn short_id() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id.get(..10).unwrap_or(&id).to_owned()
 }
@@ -142,7 +142,7 @@ fn party(t: AuthTokens) -> Party {
 /// Signs `email` in with `password`. A session that must change its password first (a
 /// one-time password) changes it to `new_password` and is refreshed, so that its tokens are
 /// accepted everywhere, not only by ChangePassword.
-async fn sign_in(
+pub(super) async fn sign_in(
     client: &IdentityServiceClient<Channel>,
     email: &str,
     password: &str,
@@ -204,29 +204,36 @@ async fn sign_in(
     Ok(party(refreshed))
 }
 
-/// Creates `providers` providers (as `admin`), puts one of them on each patient's care team
-/// (as the patient) and opens a care conversation per patient, `parallel` calls at a time.
-pub async fn seed(
-    ch: Channels<'_>,
-    patients: &[SeededUser],
-    admin: &Admin,
-    providers: usize,
-    parallel: usize,
-) -> anyhow::Result<Seed> {
-    anyhow::ensure!(!patients.is_empty(), "no seeded patients");
+/// Signs the admin in (`--admin-email`, `LOADGEN_ADMIN_PASSWORD`), changing a pending one-time
+/// password to `LOADGEN_ADMIN_NEW_PASSWORD` first: once per run, for every seed that needs it
+/// (the messaging and the scheduling scenarios').
+pub async fn admin_session(identity: &[Channel], admin: &Admin) -> anyhow::Result<Party> {
     let password = admin.password.as_deref().context(
-        "the messaging scenarios need an admin to create providers: set LOADGEN_ADMIN_PASSWORD \
-         (the password of --admin-email)",
+        "the messaging and scheduling scenarios need an admin to create providers: set \
+         LOADGEN_ADMIN_PASSWORD (the password of --admin-email)",
     )?;
-    let identity = IdentityServiceClient::new(pick(ch.identity, 0)?);
-    let admin_party = sign_in(
+    let identity = IdentityServiceClient::new(pick(identity, 0)?);
+    sign_in(
         &identity,
         &admin.email,
         password,
         admin.new_password.as_deref(),
     )
     .await
-    .with_context(|| format!("signing in the admin {}", admin.email))?;
+    .with_context(|| format!("signing in the admin {}", admin.email))
+}
+
+/// Creates `providers` providers (as the signed-in admin, `admin_party`), puts one on each
+/// patient's care team (as the patient) and opens a care conversation per patient, `parallel`
+/// calls at a time.
+pub async fn seed(
+    ch: Channels<'_>,
+    patients: &[SeededUser],
+    admin_party: &Party,
+    providers: usize,
+    parallel: usize,
+) -> anyhow::Result<Seed> {
+    anyhow::ensure!(!patients.is_empty(), "no seeded patients");
     let run = short_id();
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
 

@@ -1,4 +1,4 @@
-//! `carehub loadgen`: drives a running carehub (identity, records, messaging) over mTLS and reports throughput, latency
+//! `carehub loadgen`: drives a running carehub (identity, records, messaging, scheduling) over mTLS and reports throughput, latency
 //! percentiles (HDR histograms), errors by gRPC code, CPU per request, and what the steady
 //! state cost that it should not have (Vault requests, TLS handshakes, new database
 //! connections, read from the services' `/metrics`), beside baselines measured in the same
@@ -14,6 +14,7 @@ mod messaging;
 mod pgbench;
 mod probe;
 mod records;
+mod scheduling;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -74,6 +75,14 @@ pub enum Scenario {
     /// --fanout-streams streams over --fanout-conversations conversations, one sender at
     /// --fanout-rate: latency per stream event and events delivered per second.
     StreamFanout,
+    /// Every scheduling scenario.
+    Scheduling,
+    /// SearchSlots by the patient over one week across --search-providers providers (50),
+    /// filtered by state and visit type, in the patient's zone.
+    SlotSearch,
+    /// BookAppointment by many patients of one provider's slots, most of them colliding
+    /// (SLOT_TAKEN refusals counted apart); then checks that nothing was double-booked.
+    BookingStorm,
     /// The three audit scenarios below.
     Audit,
     /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
@@ -97,6 +106,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
     ];
     let records = [ChartRead, ChartReadHalf, ChartUpdate, ClinicMixed];
     let messaging = [MessageSend, MessageDelivery, StreamFanout];
+    let scheduling = [SlotSearch, BookingStorm];
     let audit = [AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
@@ -107,6 +117,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
                 out.extend(identity);
                 out.extend(records);
                 out.extend(messaging);
+                out.extend(scheduling);
                 out.extend(audit);
                 out.push(Echo);
             }
@@ -115,6 +126,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
             Identity => out.extend(identity),
             Records => out.extend(records),
             Messaging => out.extend(messaging),
+            Scheduling => out.extend(scheduling),
             other => out.push(*other),
         }
     }
@@ -158,14 +170,22 @@ pub struct LoadgenArgs {
     /// The name messaging's certificate must carry.
     #[arg(long, default_value = "messaging")]
     messaging_server_name: String,
+    /// scheduling's gRPC endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:50054")]
+    scheduling: String,
+    /// The name scheduling's certificate must carry.
+    #[arg(long, default_value = "scheduling")]
+    scheduling_server_name: String,
     /// Admin (`/metrics`) addresses of the services, host:port (repeatable; default identity's,
-    /// records' and messaging's under `carehub up`).
-    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052", "127.0.0.1:9053"])]
+    /// records', messaging's and scheduling's under `carehub up`).
+    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052", "127.0.0.1:9053", "127.0.0.1:9054"])]
     admins: Vec<String>,
-    /// The identity admin who creates the providers of the messaging scenarios.
+    /// The identity admin who creates the providers of the messaging and scheduling scenarios
+    /// (and the scheduling scenarios' staff member).
     #[arg(long, default_value = "admin@carehub.local")]
     admin_email: String,
-    /// That admin's password (the messaging scenarios need it; `all` skips them without it).
+    /// That admin's password (the messaging and scheduling scenarios need it; `all` skips them
+    /// without it).
     #[arg(long, env = "LOADGEN_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
     /// When the admin still has a one-time password (a fresh `carehub up` prints it): the
@@ -186,6 +206,25 @@ pub struct LoadgenArgs {
     /// stream-fanout: messages per second sent (open loop), over those conversations in turn.
     #[arg(long, default_value_t = 20.0)]
     fanout_rate: f64,
+    /// slot-search: providers in the directory (08:00-18:00 Monday to Friday in five US zones,
+    /// all licensed in NY), each with 4 appointments already booked by the patients.
+    #[arg(long, default_value_t = 50)]
+    search_providers: usize,
+    /// booking-storm: booking attempts per slot, on average (the calls advance through the
+    /// provider's slots by one slot per this many calls).
+    #[arg(long, default_value_t = 4.0)]
+    storm_attempts_per_slot: f64,
+    /// booking-storm: each call picks at random among this many slots from where the storm
+    /// stands.
+    #[arg(long, default_value_t = 8)]
+    storm_spread: u64,
+    /// booking-storm: scheduling's database, for the final SQL check of double bookings
+    /// (default: `carehub_scheduling` on --database-url's server, as `carehub up` names it;
+    /// empty: no SQL). When it cannot be read, or holds fewer of the storm provider's
+    /// appointments than were booked, the check lists them through the API (ListAppointments
+    /// as the staff member).
+    #[arg(long)]
+    scheduling_database_url: Option<String>,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -276,6 +315,8 @@ pub struct ScenarioReport {
     /// Delivery scenarios: streams, arrivals, undelivered and duplicated messages (the
     /// latency figures above are then per arrival on a stream).
     pub delivery: Option<messaging::DeliveryStats>,
+    /// booking-storm: bookings and refusals, and the double-booking check.
+    pub booking: Option<scheduling::BookingStats>,
     pub note: Option<String>,
 }
 
@@ -392,6 +433,7 @@ fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
         },
         sealing_lag_secs: None,
         delivery: None,
+        booking: None,
         note: None,
     }
 }
@@ -503,11 +545,16 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             Scenario::MessageSend | Scenario::MessageDelivery | Scenario::StreamFanout
         )
     });
-    // Without an admin to create providers, `all` leaves the messaging scenarios out; asked
-    // for by name, they fail the run.
+    let needs_scheduling = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::SlotSearch | Scenario::BookingStorm));
+    // Without an admin to create providers, `all` leaves the messaging and scheduling
+    // scenarios out; asked for by name, they fail the run.
     let admin_password = args.admin_password.clone().filter(|p| !p.is_empty());
-    let needs_messaging = if needs_messaging && admin_password.is_none() {
-        let named = args.scenarios.iter().any(|s| {
+    let needs_messaging = admin_gate(
+        needs_messaging,
+        admin_password.is_some(),
+        args.scenarios.iter().any(|s| {
             matches!(
                 s,
                 Scenario::Messaging
@@ -515,20 +562,22 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     | Scenario::MessageDelivery
                     | Scenario::StreamFanout
             )
-        });
-        anyhow::ensure!(
-            !named,
-            "the messaging scenarios need an identity admin to create providers: set \
-             LOADGEN_ADMIN_PASSWORD to the password of {} (--admin-email)",
-            args.admin_email
-        );
-        eprintln!(
-            "messaging scenarios skipped: LOADGEN_ADMIN_PASSWORD is not set (an identity admin creates their providers)"
-        );
-        false
-    } else {
-        needs_messaging
-    };
+        }),
+        "messaging",
+        &args.admin_email,
+    )?;
+    let needs_scheduling = admin_gate(
+        needs_scheduling,
+        admin_password.is_some(),
+        args.scenarios.iter().any(|s| {
+            matches!(
+                s,
+                Scenario::Scheduling | Scenario::SlotSearch | Scenario::BookingStorm
+            )
+        }),
+        "scheduling",
+        &args.admin_email,
+    )?;
     // The audit scenarios' scratch database, once, when one of them is asked for.
     let scratch = if scenarios.iter().any(|s| {
         matches!(
@@ -604,9 +653,24 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // The admin who creates providers (and scheduling's staff member), signed in once: a fresh
+    // install's one-time password can be changed only once.
+    let admin_party = match &identity {
+        Some((identity_channels, _)) if needs_messaging || needs_scheduling => {
+            let admin = messaging::Admin {
+                email: args.admin_email.clone(),
+                password: admin_password.clone(),
+                new_password: args.admin_new_password.clone().filter(|p| !p.is_empty()),
+            };
+            Some(messaging::admin_session(identity_channels, &admin).await?)
+        }
+        _ => None,
+    };
     // messaging: providers, care teams and one conversation per patient, once.
-    let messaging = match (&identity, &records_channels) {
-        (Some((identity_channels, users)), Some(records_channels)) if needs_messaging => {
+    let messaging = match (&identity, &records_channels, &admin_party) {
+        (Some((identity_channels, users)), Some(records_channels), Some(admin))
+            if needs_messaging =>
+        {
             let channels = connect(
                 &args.messaging,
                 &tls,
@@ -615,11 +679,6 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("connecting to messaging at {}", args.messaging))?;
-            let admin = messaging::Admin {
-                email: args.admin_email.clone(),
-                password: admin_password.clone(),
-                new_password: args.admin_new_password.clone().filter(|p| !p.is_empty()),
-            };
             let seed = messaging::seed(
                 messaging::Channels {
                     identity: identity_channels,
@@ -627,7 +686,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     messaging: &channels,
                 },
                 &users.users,
-                &admin,
+                admin,
                 args.providers,
                 4,
             )
@@ -643,6 +702,64 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             Some((channels, Arc::new(seed)))
         }
         _ => None,
+    };
+    // scheduling: a staff member, the run's visit type and the providers the scenarios need,
+    // once.
+    let scheduling = match (&identity, &admin_party) {
+        (Some((identity_channels, users)), Some(admin)) if needs_scheduling => {
+            let channels = connect(
+                &args.scheduling,
+                &tls,
+                &args.scheduling_server_name,
+                args.connections,
+            )
+            .await
+            .with_context(|| format!("connecting to scheduling at {}", args.scheduling))?;
+            let search = scenarios
+                .contains(&Scenario::SlotSearch)
+                .then_some(args.search_providers.max(1));
+            let storm = scenarios.contains(&Scenario::BookingStorm);
+            let seed = scheduling::seed(
+                scheduling::Channels {
+                    identity: identity_channels,
+                    scheduling: &channels,
+                },
+                &users.users,
+                admin,
+                search,
+                storm,
+                4,
+            )
+            .await
+            .context(
+                "seeding the provider directory through identity's and scheduling's public RPCs",
+            )?;
+            if !args.quiet {
+                let search = seed.search.as_ref().map_or(String::new(), |s| {
+                    format!(
+                        ", {} search providers with {} appointments booked",
+                        s.providers.len(),
+                        s.booked
+                    )
+                });
+                let storm = if seed.storm.is_some() {
+                    ", the storm's provider"
+                } else {
+                    ""
+                };
+                eprintln!("seeding: a staff member, a visit type{search}{storm}");
+            }
+            Some((channels, Arc::new(seed)))
+        }
+        _ => None,
+    };
+    // booking-storm's SQL check: scheduling's database (empty: none).
+    let scheduling_database = match &args.scheduling_database_url {
+        Some(url) if url.is_empty() => None,
+        Some(url) => Some(url.clone()),
+        None => {
+            carehub_platform::db::url_with_database(&args.database_url, "carehub_scheduling").ok()
+        }
     };
 
     let mut profile_read_tps = None;
@@ -749,7 +866,96 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             | Scenario::Identity
             | Scenario::Records
             | Scenario::Messaging
+            | Scenario::Scheduling
             | Scenario::Audit => {}
+            Scenario::SlotSearch => {
+                let Some((channels, seed)) = &scheduling else {
+                    continue;
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let op = scheduling::search_op(channels, seed.clone());
+                let m = engine::run("slot-search", op, &shape, &mut probe).await;
+                let mut r = report("slot-search", load, &m, &probe);
+                let (providers, booked) = seed
+                    .search
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.providers.len(), s.booked));
+                r.note = Some(format!(
+                    "SearchSlots by the patient over the coming {} days, visit type {} min, state {}, zone {}, first page of {}: {providers} providers (08:00-18:00 Mon-Fri in 5 zones), {booked} of their slots booked",
+                    scheduling::SEARCH_DAYS,
+                    scheduling::VISIT_MINUTES,
+                    scheduling::SEARCH_STATE,
+                    scheduling::PATIENT_ZONE,
+                    scheduling::SEARCH_PAGE
+                ));
+                results.push(r);
+            }
+            Scenario::BookingStorm => {
+                let Some((channels, seed)) = &scheduling else {
+                    continue;
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let storm = scheduling::Storm::new(
+                    channels,
+                    seed.clone(),
+                    args.storm_attempts_per_slot,
+                    args.storm_spread,
+                );
+                let mut window = scheduling::Marked {
+                    inner: &mut probe,
+                    storm: storm.clone(),
+                };
+                let m = engine::run_timed("booking-storm", storm.op(), &shape, &mut window).await;
+                let mut r = report("booking-storm", load, &m, &probe);
+                let verdict = storm
+                    .verify(
+                        scheduling_database.as_deref(),
+                        identity.as_ref().map(|(c, _)| c.as_slice()),
+                        channels,
+                    )
+                    .await;
+                let b = storm.stats(m.elapsed, verdict);
+                // Printed whatever --quiet says: it is the scenario's verdict.
+                if b.problems().is_empty() {
+                    eprintln!("  booking-storm: {}", b.line());
+                } else {
+                    eprintln!(
+                        "  booking-storm: FAILED: {}: {}",
+                        b.problems()
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        b.line()
+                    );
+                }
+                for (k, v) in b.problems() {
+                    *r.errors.entry(k).or_default() += v;
+                    r.error_count += v;
+                }
+                r.note = Some(format!(
+                    "BookAppointment (direct) by {} patients of one provider's 30-min slots, {} attempts per slot on average among {} slots at a time; {} booked, {} refused (SLOT_TAKEN) in the steady state, {} slots spanned; {}",
+                    seed.patients.len(),
+                    b.attempts_per_slot,
+                    b.spread,
+                    b.bookings,
+                    b.refusals,
+                    b.slots_spanned,
+                    b.line()
+                ));
+                r.booking = Some(b);
+                results.push(r);
+            }
             Scenario::MessageSend => {
                 let Some((channels, seed)) = &messaging else {
                     continue;
@@ -1012,6 +1218,29 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `group`'s scenarios run: without an admin to create their providers, `all` leaves
+/// them out (saying so) and naming them fails the run.
+fn admin_gate(
+    wanted: bool,
+    has_admin: bool,
+    named: bool,
+    group: &str,
+    admin_email: &str,
+) -> anyhow::Result<bool> {
+    if !wanted || has_admin {
+        return Ok(wanted);
+    }
+    anyhow::ensure!(
+        !named,
+        "the {group} scenarios need an identity admin to create providers: set \
+         LOADGEN_ADMIN_PASSWORD to the password of {admin_email} (--admin-email)"
+    );
+    eprintln!(
+        "{group} scenarios skipped: LOADGEN_ADMIN_PASSWORD is not set (an identity admin creates their providers)"
+    );
+    Ok(false)
+}
+
 fn budgets(
     results: &[ScenarioReport],
     pg: &[pgbench::PgbenchResult],
@@ -1106,6 +1335,57 @@ fn budgets(
                 )
             }),
         met: None,
+    });
+    let search = find("slot-search");
+    out.push(Budget {
+        name: "slot search over one week (SearchSlots, closed loop)".into(),
+        target: "reported (no budget)".into(),
+        measured: search.map_or("n/a".into(), |r| {
+            format!(
+                "{:.0}/s = {} x echo, p50 {:.2} ms, p99 {:.2} ms ({})",
+                r.throughput,
+                opt(r.ratio_to_echo, 3),
+                r.p50_ms,
+                r.p99_ms,
+                r.load
+            )
+        }),
+        met: None,
+    });
+    let storm = find("booking-storm");
+    out.push(Budget {
+        name: "booking storm on one provider".into(),
+        target: "0 double bookings (no speed budget)".into(),
+        measured: storm
+            .and_then(|r| Some((r, r.booking.as_ref()?)))
+            .map_or("n/a".into(), |(r, b)| {
+                let errors = if r.error_count == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; errors: {}",
+                        r.errors
+                            .iter()
+                            .map(|(k, v)| format!("{k}:{v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
+                };
+                format!(
+                    "{:.0} bookings/s + {:.0} refusals/s (SLOT_TAKEN), p50 {:.2} ms, p99 {:.2} ms; {}{errors}",
+                    b.bookings_per_sec,
+                    b.refusals_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    match b.double_bookings {
+                        Some(n) => format!("double bookings: {n} (by {})", b.verified_by),
+                        None => "double bookings: NOT CHECKED".to_owned(),
+                    }
+                )
+            }),
+        met: storm
+            .and_then(|r| r.booking.as_ref())
+            .map(|b| b.problems().is_empty()),
     });
     let update = find("profile-update");
     let insert = pg.iter().find(|p| p.name == "pgbench insert");
@@ -1255,6 +1535,13 @@ fn render_table(r: &Report, markdown: bool) -> String {
                 d.streams, d.events_per_sec
             );
         }
+        if let Some(b) = &s.booking {
+            let _ = write!(
+                name,
+                " ({:.0} bookings/s, {:.0} refusals/s)",
+                b.bookings_per_sec, b.refusals_per_sec
+            );
+        }
         rows.push(vec![
             name,
             s.load.clone(),
@@ -1380,7 +1667,7 @@ mod tests {
         assert_eq!(s.last(), Some(&Scenario::Echo));
         assert!(s.contains(&Scenario::Pgbench));
         assert!(s.contains(&Scenario::ProfileReadHalf));
-        for r in expand(&[Scenario::Records, Scenario::Messaging]) {
+        for r in expand(&[Scenario::Records, Scenario::Messaging, Scenario::Scheduling]) {
             assert!(s.contains(&r), "{r:?} not in all");
         }
         assert_eq!(
@@ -1390,6 +1677,10 @@ mod tests {
                 Scenario::MessageDelivery,
                 Scenario::StreamFanout
             ]
+        );
+        assert_eq!(
+            expand(&[Scenario::Scheduling]),
+            vec![Scenario::SlotSearch, Scenario::BookingStorm]
         );
         assert_eq!(
             expand(&[Scenario::Records]),

@@ -1,6 +1,7 @@
-//! Smoke run of `carehub loadgen` against real identity, records and messaging servers (real
-//! Postgres, real mTLS, one test CA): a second or so per scenario, every scenario free of errors
-//! (every message delivered, none twice);
+//! Smoke run of `carehub loadgen` against real identity, records, messaging and scheduling
+//! servers (real Postgres, real mTLS, one test CA): a second or so per scenario, every scenario
+//! free of errors (every message delivered, none twice; no double booking, checked with SQL and
+//! through the API);
 //! and the load generator exits non-zero when a scenario reports errors (the server stops
 //! in the middle of a steady state). Speed is not asserted: scripts/bench.sh measures it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,7 +19,10 @@ use carehub_messaging::MessagingDef;
 use carehub_platform::auth::Role;
 use carehub_records::config::RecordsConfig;
 use carehub_records::RecordsDef;
+use carehub_scheduling::config::SchedulingConfig;
+use carehub_scheduling::SchedulingDef;
 use carehub_testkit::service::TestService;
+use secrecy::ExposeSecret as _;
 use tokio::io::AsyncBufReadExt as _;
 
 /// Identity as its own tests run it (the test kit's start, the in-memory notification sandbox),
@@ -90,7 +94,35 @@ async fn messaging(
     messaging
 }
 
-/// An identity admin with a known password: loadgen creates the messaging providers as it.
+/// Scheduling on identity's CA, verifying its tokens and asking identity who users are (its
+/// effects on other services stay queued in its outbox); returns once it is ready.
+async fn scheduling(id: &TestService<IdentityDef>) -> TestService<SchedulingDef> {
+    let endpoint = format!("https://{}", id.grpc_addr);
+    let scheduling = TestService::start_with_pki(
+        &carehub_scheduling::SERVICE,
+        id.pki().clone(),
+        |c: &mut SchedulingConfig| {
+            c.server.auth.identity_endpoint = Some(endpoint);
+            c.server.auth.revocation_poll_secs = 1;
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&scheduling.admin_addr.to_string(), "/readyz")
+        .await
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "scheduling not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scheduling
+}
+
+/// An identity admin with a known password: loadgen creates the messaging and scheduling
+/// providers (and scheduling's staff member) as it.
 async fn admin(id: &TestService<IdentityDef>) -> String {
     let state = &id.handle().state;
     let email = format!(
@@ -116,6 +148,7 @@ struct Servers<'a> {
     identity: &'a TestService<IdentityDef>,
     records: &'a TestService<RecordsDef>,
     messaging: &'a TestService<MessagingDef>,
+    scheduling: &'a TestService<SchedulingDef>,
     admin_email: &'a str,
 }
 
@@ -124,6 +157,7 @@ fn loadgen(dir: &Path, servers: &Servers<'_>, scenarios: &[&str]) -> tokio::proc
         identity: id,
         records,
         messaging,
+        scheduling,
         admin_email,
     } = servers;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_carehub"));
@@ -138,14 +172,17 @@ fn loadgen(dir: &Path, servers: &Servers<'_>, scenarios: &[&str]) -> tokio::proc
         .args(["--identity", &format!("https://{}", id.grpc_addr)])
         .args(["--records", &format!("https://{}", records.grpc_addr)])
         .args(["--messaging", &format!("https://{}", messaging.grpc_addr)])
+        .args(["--scheduling", &format!("https://{}", scheduling.grpc_addr)])
         .args(["--admin", &id.admin_addr.to_string()])
         .args(["--admin", &records.admin_addr.to_string()])
         .args(["--admin", &messaging.admin_addr.to_string()])
+        .args(["--admin", &scheduling.admin_addr.to_string()])
         .args(["--in-flight", "4", "--connections", "2", "--users", "4"])
         .args(["--login-in-flight", "2", "--payload-bytes", "64"])
         .args(["--admin-email", admin_email, "--providers", "2"])
         .args(["--fanout-streams", "8", "--fanout-conversations", "2"])
         .args(["--fanout-rate", "20"])
+        .args(["--search-providers", "3"])
         .env("LOADGEN_ADMIN_PASSWORD", carehub_testkit::PASSWORD)
         .env_remove("LOADGEN_ADMIN_NEW_PASSWORD")
         .env_remove("CAREHUB_DATABASE_URL")
@@ -158,6 +195,7 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     let mut id = identity().await;
     let records = records(&id).await;
     let messaging = messaging(&id, &records).await;
+    let scheduling = scheduling(&id).await;
     let admin_email = admin(&id).await;
     let dir = id.dir().to_owned();
 
@@ -165,16 +203,27 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     // scenarios use a scratch database on the tests' PostgreSQL.
     let postgres = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let groups = ["echo", "identity", "records", "messaging", "audit"];
+    let groups = [
+        "echo",
+        "identity",
+        "records",
+        "messaging",
+        "scheduling",
+        "audit",
+    ];
     let servers = Servers {
         identity: &id,
         records: &records,
         messaging: &messaging,
+        scheduling: &scheduling,
         admin_email: &admin_email,
     };
+    // The booking storm's check reads scheduling's own database with SQL.
+    let scheduling_db = scheduling.env.db.url().expose_secret().to_owned();
     let out = loadgen(&dir, &servers, &groups)
         .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
         .args(["--database-url", &postgres, "--pgbench-clients", "4"])
+        .args(["--scheduling-database-url", &scheduling_db])
         .output()
         .await
         .unwrap();
@@ -203,6 +252,8 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "message-send",
         "message-delivery",
         "stream-fanout",
+        "slot-search",
+        "booking-storm",
         "audit-read",
         "audit-write",
         "audit-write-locked",
@@ -221,13 +272,16 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
         "message send",
         "send-to-delivery",
         "stream fan-out",
+        "slot search",
+        "booking storm",
     ] {
         let b = budgets
             .iter()
             .find(|b| b["name"].as_str().unwrap().contains(want))
             .unwrap_or_else(|| panic!("budget {want} missing: {text}"));
         assert!(
-            !b["met"].is_null() || ["audited single-row write", "stream fan-out"].contains(&want),
+            !b["met"].is_null()
+                || ["audited single-row write", "stream fan-out", "slot search"].contains(&want),
             "{want} not evaluated: {text}"
         );
     }
@@ -249,8 +303,23 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
             "{name}: {text}"
         );
     }
+    // The booking storm booked, and its check (SQL on scheduling's database) found every
+    // booking and no two overlapping.
+    let storm = &scenarios
+        .iter()
+        .find(|s| s["name"] == "booking-storm")
+        .unwrap()["booking"];
+    assert_storm_checked(storm, "sql", &text);
+    assert!(text.contains("double bookings: 0"), "{text}");
     // The steady-state counters are read from the services' /metrics.
-    for name in ["profile-read", "chart-read", "chart-update", "message-send"] {
+    for name in [
+        "profile-read",
+        "chart-read",
+        "chart-update",
+        "message-send",
+        "slot-search",
+        "booking-storm",
+    ] {
         let read = scenarios.iter().find(|s| s["name"] == name).unwrap();
         for counter in ["vault_requests", "tls_handshakes", "db_connections_opened"] {
             assert!(
@@ -259,6 +328,20 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
             );
         }
     }
+
+    // Without scheduling's database, the storm is checked through the API (ListAppointments as
+    // the staff member).
+    let out = loadgen(&dir, &servers, &["booking-storm"])
+        .args(["--warmup", "0.2", "--duration", "0.5", "--json", "-q"])
+        .args(["--scheduling-database-url", ""])
+        .output()
+        .await
+        .unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_storm_checked(&report["scenarios"][0]["booking"], "api", &text);
+    assert!(text.contains("double bookings: 0"), "{text}");
 
     // Errors in a steady state fail the run: identity stops while profile-read measures.
     let mut child = loadgen(&dir, &servers, &["profile-read"])
@@ -294,7 +377,21 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     assert!(rest.contains("profile-read"), "{seen}{rest}");
 
     running.handle.state.pool.close().await;
+    scheduling.shutdown().await;
     messaging.shutdown().await;
     records.shutdown().await;
     id.shutdown().await;
+}
+
+/// The booking storm booked something and `method` found every booking, none overlapping.
+fn assert_storm_checked(storm: &serde_json::Value, method: &str, text: &str) {
+    assert_eq!(storm["verified_by"], method, "{text}");
+    assert_eq!(storm["double_bookings"], 0, "{text}");
+    let booked = storm["booked_total"].as_u64().unwrap();
+    assert!(booked > 0, "{text}");
+    assert!(
+        storm["active_appointments"].as_u64().unwrap() >= booked,
+        "{text}"
+    );
+    assert!(storm["bookings_per_sec"].as_f64().unwrap() > 0.0, "{text}");
 }

@@ -71,9 +71,14 @@ pub async fn apply_account_event(
             .await?;
         effects::cancelled(state, &mut tx, &a, was_booked, &price).await?;
         events.push(
-            AuditEvent::of(kinds::APPOINTMENT_CHANGE, Purpose::Operations, "appointment", a.id)
-                .caller(&call.caller)
-                .subject(a.patient_id),
+            AuditEvent::of(
+                kinds::APPOINTMENT_CHANGE,
+                Purpose::Operations,
+                "appointment",
+                a.id,
+            )
+            .caller(&call.caller)
+            .subject(a.patient_id),
         );
     }
     sqlx::query(

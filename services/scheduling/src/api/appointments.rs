@@ -136,6 +136,14 @@ pub async fn insert(
     n: &NewAppointment<'_>,
 ) -> Result<AppointmentRow> {
     let span = span(n.visit, n.start);
+    store::lock_patient(conn, n.patient).await?;
+    let limit = state.settings.max_upcoming_appointments;
+    if store::upcoming(conn, n.patient).await? >= i64::from(limit) {
+        return Err(SchedulingError::Quota {
+            what: "upcoming appointments",
+            limit,
+        });
+    }
     let claim_id = match n.hold {
         Some(hold_id) => {
             let hold = store::hold(conn, hold_id, true)
@@ -502,6 +510,8 @@ pub async fn reschedule(
         .mutate(&state.idempotency, &r, async |conn| {
             let mut a = locked(conn, id).await?;
             let status = step(&a, Action::Reschedule)?;
+            // Before any claim of this provider is touched (the hold's below): see lock_provider.
+            store::lock_provider(conn, a.provider_id).await?;
             if let Some(h) = hold {
                 // The hold's time passes to the appointment: released and taken in the same
                 // transaction, so no one else can take it in between.

@@ -96,6 +96,14 @@ pub async fn create(state: &AppState, call: &Call, r: CreateHoldRequest) -> Resu
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             let id = Uuid::now_v7();
+            store::lock_patient(conn, patient).await?;
+            let limit = state.settings.max_live_holds;
+            if store::live_holds(conn, patient).await? >= i64::from(limit) {
+                return Err(SchedulingError::Quota {
+                    what: "live holds",
+                    limit,
+                });
+            }
             let expires = store::claim(conn, id, provider, patient, span, Some(minutes))
                 .await?
                 .ok_or_else(|| SchedulingError::Internal("a hold without expiry".into()))?;

@@ -130,7 +130,9 @@ pub async fn check_offered_to(
 ) -> Result<()> {
     if let Some(patient) = patient {
         if !provider.accepting_new_patients
-            && claims::seen_by(conn, patient, &[provider.provider_id]).await?.is_empty()
+            && claims::seen_by(conn, patient, &[provider.provider_id])
+                .await?
+                .is_empty()
         {
             return Err(SchedulingError::SlotUnavailable(
                 "the provider takes no new patients".into(),
@@ -314,24 +316,36 @@ pub async fn search(
                 .push(Interval { start: s, end: e });
         }
         let shape = shape(&visit);
-        for p in &providers {
-            let Some(av) = av.get(&p.provider_id) else {
-                continue;
-            };
-            let taken = busy.get(&p.provider_id).map(Vec::as_slice).unwrap_or(&[]);
-            found.extend(
-                slots::slots(av, &shape, from, end, now, taken)
-                    .into_iter()
-                    .map(|s| (s, p.provider_id)),
-            );
+        // A day at a time, in order, until the page is full: a first page of 50 needs the
+        // first day of 50 providers, not their whole week (generating and sorting the week's
+        // slots took most of a search's CPU). A slot's alignment does not depend on where the
+        // range starts (domain::slots), so chunks and the page cursor cut nowhere.
+        let want = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+        let mut chunk_from = page.after.map_or(from, |(t, _)| t.max(from));
+        while chunk_from < end && found.len() < want {
+            let chunk_to = (chunk_from + Duration::days(1)).min(end);
+            let mut chunk = Vec::new();
+            for p in &providers {
+                let Some(av) = av.get(&p.provider_id) else {
+                    continue;
+                };
+                let taken = busy.get(&p.provider_id).map(Vec::as_slice).unwrap_or(&[]);
+                chunk.extend(
+                    slots::slots(av, &shape, chunk_from, chunk_to, now, taken)
+                        .into_iter()
+                        .map(|s| (s, p.provider_id)),
+                );
+            }
+            chunk.sort_unstable();
+            if let Some(after) = page.after {
+                chunk.retain(|k| *k > after);
+            }
+            found.extend(chunk);
+            chunk_from = chunk_to;
         }
+        found.truncate(want);
     }
     drop(conn);
-    found.sort_unstable();
-    if let Some(after) = page.after {
-        found.retain(|k| *k > after);
-    }
-    found.truncate(usize::try_from(page.fetch()).unwrap_or(usize::MAX));
     let next = page.finish(&mut found, &filter, |k| *k);
     let zones: HashMap<Uuid, chrono_tz::Tz> = providers
         .iter()

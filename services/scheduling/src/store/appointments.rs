@@ -96,6 +96,7 @@ pub async fn claim(
     span: Span,
     hold_minutes: Option<i32>,
 ) -> Result<Option<DateTime<Utc>>> {
+    lock_provider(conn, provider).await?;
     release_stale_holds(conn, provider, patient, span).await?;
     Ok(sqlx::query_scalar(
         "INSERT INTO slot_claims (id, provider_id, patient_id, visit, blocked, hold_expires_at)
@@ -123,6 +124,7 @@ pub async fn move_claim(
     provider: Uuid,
     span: Span,
 ) -> Result<()> {
+    lock_provider(conn, provider).await?;
     release_stale_holds(conn, provider, patient, span).await?;
     sqlx::query(
         "UPDATE slot_claims SET visit = tstzrange($2, $3), blocked = tstzrange($2, $4)
@@ -348,7 +350,11 @@ pub async fn list(
 }
 
 /// Which of `providers` have had an appointment with `patient` (booked at some point).
-pub async fn seen_by(conn: &mut PgConnection, patient: Uuid, providers: &[Uuid]) -> Result<Vec<Uuid>> {
+pub async fn seen_by(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    providers: &[Uuid],
+) -> Result<Vec<Uuid>> {
     if providers.is_empty() {
         return Ok(Vec::new());
     }
@@ -360,4 +366,57 @@ pub async fn seen_by(conn: &mut PgConnection, patient: Uuid, providers: &[Uuid])
     .bind(providers)
     .fetch_all(conn)
     .await?)
+}
+
+/// Serializes the claims of one patient until the caller's transaction ends, so that counting
+/// their holds or appointments and adding one cannot be raced.
+pub async fn lock_patient(conn: &mut PgConnection, patient: Uuid) -> Result<()> {
+    // The key is the id's last 8 bytes, random in a v7 id (the first ones are its creation
+    // time); a collision only makes two patients wait for each other.
+    let bytes = patient.as_bytes();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&bytes[8..16]);
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from_be_bytes(key))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The patient's live holds.
+pub async fn live_holds(conn: &mut PgConnection, patient: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM slot_claims
+          WHERE patient_id = $1 AND active AND hold_expires_at > now()",
+    )
+    .bind(patient)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The patient's upcoming appointments (not yet ended, in an active state).
+pub async fn upcoming(conn: &mut PgConnection, patient: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM appointments
+          WHERE patient_id = $1 AND end_time > now()
+            AND status IN ('requested', 'booked', 'checked_in', 'in_progress')",
+    )
+    .bind(patient)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Serializes one provider's claims until the caller's transaction ends. Without it, two
+/// transactions inserting overlapping claims at once each wait for the other's uncommitted row
+/// in the exclusion constraint, and PostgreSQL aborts one as a deadlock after
+/// `deadlock_timeout` (found by the load generator's booking storm: 15-31 per 10 s, each after
+/// a second's stall). Queued behind the lock, the second gets 23P01 (SLOT_TAKEN) at once.
+/// Taken after [`lock_patient`] where both are taken: always patient, then provider. Advisory
+/// keys of two 32-bit halves are a key space of their own, apart from `lock_patient`'s.
+pub async fn lock_provider(conn: &mut PgConnection, provider: Uuid) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7002, hashtext($1::text))")
+        .bind(provider)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

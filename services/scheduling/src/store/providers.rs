@@ -303,9 +303,11 @@ pub async fn list_exceptions(
 
 /// Clears a provider's weekly windows (a terminated account): no search offers them again.
 pub async fn clear_windows(conn: &mut PgConnection, provider: Uuid) -> Result<u64> {
-    Ok(sqlx::query("DELETE FROM weekly_windows WHERE provider_id = $1")
-        .bind(provider)
-        .execute(conn)
-        .await?
-        .rows_affected())
+    Ok(
+        sqlx::query("DELETE FROM weekly_windows WHERE provider_id = $1")
+            .bind(provider)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
 }

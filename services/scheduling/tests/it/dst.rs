@@ -288,3 +288,66 @@ async fn transition_nights_in_new_york_berlin_and_lord_howe_have_every_slot_once
 fn s_of(slots: &[Slot], i: usize) -> DateTime<Utc> {
     starts(slots)[i]
 }
+
+/// Pages of any size, across providers in three zones and day boundaries, list exactly what one
+/// large page lists, in (start, provider) order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_pages_across_days_and_zones_add_up_to_one_large_page() {
+    let suite = spawn().await;
+    let staff = suite.user(Role::Staff, "desk").await;
+    let visit = suite
+        .visit_type(&staff, 45, 15, Modality::Telehealth, "")
+        .await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let mut providers = Vec::new();
+    for tz in ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe"] {
+        providers.push(suite.provider(&staff, tz, &[&visit], 7, 19).await.id);
+    }
+    let from = Utc::now() + Duration::days(1);
+    let search = |size: i32, token: String| SearchSlotsRequest {
+        start_time: Some(to_proto(from)),
+        end_time: Some(to_proto(from + Duration::days(4))),
+        visit_type_id: visit.id.clone(),
+        provider_ids: providers.clone(),
+        time_zone: "America/Los_Angeles".into(),
+        page: Some(carehub_proto::common::v1::PageRequest {
+            page_size: size,
+            page_token: token,
+        }),
+        ..Default::default()
+    };
+    let mut api = suite.public().await;
+    let all = api
+        .search_slots(as_user(&patient, search(500, String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.page.unwrap().next_page_token.is_empty());
+    // Four days of three providers' twelve-hour days, an hour per slot.
+    assert!(
+        (140..=150).contains(&all.slots.len()),
+        "{}",
+        all.slots.len()
+    );
+    let key = |s: &Slot| (s.start_time.unwrap().seconds, s.provider_id.clone());
+    assert!(all.slots.windows(2).all(|w| key(&w[0]) < key(&w[1])));
+    for size in [1, 7, 50] {
+        let mut paged = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = api
+                .search_slots(as_user(&patient, search(size, token)))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.slots.len() <= usize::try_from(size).unwrap());
+            paged.extend(page.slots);
+            token = page.page.unwrap().next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(paged, all.slots, "pages of {size}");
+    }
+    suite.shutdown().await;
+}

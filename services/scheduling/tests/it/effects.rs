@@ -372,7 +372,10 @@ async fn a_terminated_account_gives_its_time_back_through_identitys_outbox() {
     let leaving = suite.user(Role::Patient, "leaving").await;
     let staying = suite.user(Role::Patient, "staying").await;
     let start = local(NEW_YORK, 2, 10, 0);
-    let theirs = suite.book(&leaving, &provider, &visit, start).await.unwrap();
+    let theirs = suite
+        .book(&leaving, &provider, &visit, start)
+        .await
+        .unwrap();
     let kept = suite
         .book(&staying, &provider, &visit, start + Duration::hours(1))
         .await
@@ -388,14 +391,19 @@ async fn a_terminated_account_gives_its_time_back_through_identitys_outbox() {
         ))
         .await
         .unwrap();
-    eventually(20, "the terminated patient's appointment is cancelled", || async {
-        let status: String = sqlx::query_scalar("SELECT status FROM appointments WHERE id = $1::uuid")
-            .bind(&theirs.id)
-            .fetch_one(suite.pool())
-            .await
-            .unwrap();
-        status == "cancelled"
-    })
+    eventually(
+        20,
+        "the terminated patient's appointment is cancelled",
+        || async {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM appointments WHERE id = $1::uuid")
+                    .bind(&theirs.id)
+                    .fetch_one(suite.pool())
+                    .await
+                    .unwrap();
+            status == "cancelled"
+        },
+    )
     .await;
     // Its slot is free again; the other patient's appointment is untouched.
     let other = suite.user(Role::Patient, "next").await;
@@ -407,13 +415,14 @@ async fn a_terminated_account_gives_its_time_back_through_identitys_outbox() {
         .unwrap();
     assert_eq!(status, "booked");
     // Its reminders are cancelled and billing hears of the cancellation.
-    assert!(reminders(suite.pool(), &theirs.id).await.iter().all(|(_, s, _)| s == "cancelled"));
+    assert!(reminders(suite.pool(), &theirs.id)
+        .await
+        .iter()
+        .all(|(_, s, _)| s == "cancelled"));
     eventually(20, "billing hears of it", || async {
-        suite
-            .billing
-            .applied()
-            .iter()
-            .any(|e| e.appointment_id == theirs.id && e.kind == AppointmentEventKind::Cancelled as i32)
+        suite.billing.applied().iter().any(|e| {
+            e.appointment_id == theirs.id && e.kind == AppointmentEventKind::Cancelled as i32
+        })
     })
     .await;
     suite.shutdown().await;
