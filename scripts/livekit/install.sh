@@ -10,12 +10,18 @@ dir="${CAREHUB_LIVEKIT_DIR:-$HOME/.cache/carehub/livekit-api}"
 pins="$(sha256sum "$here/requirements.txt" | cut -c1-16)"
 marker="$dir/.installed-livekit-api-1.2.2-$pins"
 if [ ! -f "$marker" ]; then
-  rm -rf "$dir/venv"
   mkdir -p "$dir"
-  python3 -m venv "$dir/venv" >&2
-  "$dir/venv/bin/pip" install -q --disable-pip-version-check --no-deps \
-    -r "$here/requirements.txt" >&2
-  "$dir/venv/bin/python" -c "from livekit.api import TokenVerifier" >&2
-  touch "$marker"
+  # Test runners start one process per test: the first installs, the others wait for it here
+  # instead of rebuilding the venv under its feet.
+  exec 9>"$dir/.lock"
+  flock 9
+  if [ ! -f "$marker" ]; then
+    rm -rf "$dir/venv"
+    python3 -m venv "$dir/venv" >&2
+    "$dir/venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+      -r "$here/requirements.txt" >&2
+    "$dir/venv/bin/python" -c "from livekit.api import TokenVerifier" >&2
+    touch "$marker"
+  fi
 fi
 echo "$dir"

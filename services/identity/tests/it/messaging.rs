@@ -7,6 +7,7 @@
 
 use crate::common;
 
+use carehub_identity::events::ACCOUNT_EVENT_SUBSCRIBERS;
 use carehub_platform::crypto::ServiceSealer;
 use carehub_proto::identity::v1::*;
 use carehub_proto::messaging::v1 as msg;
@@ -211,10 +212,10 @@ async fn an_abuse_report_suspends_then_terminates_through_the_admin_path() {
     assert_eq!(e.actor_role.as_deref(), Some("staff"));
     assert_eq!(e.actor_workload.as_deref(), Some("messaging"));
     assert_eq!(e.subject_id, Some(id(&ann.user_id)));
-    // The account event went to both subscribers; the reason (ids only) is sealed; the staff
+    // The account event went to every subscriber; the reason (ids only) is sealed; the staff
     // member is recorded as the one who decided.
     let events_out = outbox(&app, APPLY_ACCOUNT_EVENT).await;
-    assert_eq!(events_out.len(), 2);
+    assert_eq!(events_out.len(), ACCOUNT_EVENT_SUBSCRIBERS.len());
     let changed: AccountStatusChanged = decode(&events_out[0]);
     assert_eq!(changed.status, AccountStatus::Suspended as i32);
     let (by, reason): (Option<Uuid>, Vec<u8>) =
@@ -263,7 +264,10 @@ async fn an_abuse_report_suspends_then_terminates_through_the_admin_path() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["identity.user.lookup"]);
-    assert_eq!(outbox(&app, APPLY_ACCOUNT_EVENT).await.len(), 2);
+    assert_eq!(
+        outbox(&app, APPLY_ACCOUNT_EVENT).await.len(),
+        ACCOUNT_EVENT_SUBSCRIBERS.len()
+    );
 
     // Terminating a suspended account works; suspending a terminated one does not.
     let before = last_seq(&app).await;
@@ -282,7 +286,10 @@ async fn an_abuse_report_suspends_then_terminates_through_the_admin_path() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["identity.account.terminate"]);
-    assert_eq!(outbox(&app, APPLY_ACCOUNT_EVENT).await.len(), 4);
+    assert_eq!(
+        outbox(&app, APPLY_ACCOUNT_EVENT).await.len(),
+        2 * ACCOUNT_EVENT_SUBSCRIBERS.len()
+    );
     let e = m
         .request_account_action(app.with_key(
             action(&ann.user_id, AccountAction::Suspend, &staff_id, &report),
@@ -291,7 +298,10 @@ async fn an_abuse_report_suspends_then_terminates_through_the_admin_path() {
         .await
         .unwrap_err();
     assert_status(&e, Code::FailedPrecondition, Some("STATE_CONFLICT"));
-    assert_eq!(outbox(&app, APPLY_ACCOUNT_EVENT).await.len(), 4);
+    assert_eq!(
+        outbox(&app, APPLY_ACCOUNT_EVENT).await.len(),
+        2 * ACCOUNT_EVENT_SUBSCRIBERS.len()
+    );
     app.shutdown().await;
 }
 
