@@ -17,7 +17,8 @@
 #   policy    identity/src/api/policy.rs        identity tests/it/{authz,transport,accounts}.rs
 #   participants messaging/src/domain/participants.rs  messaging unit tests
 #   scheduling scheduling/src/domain/appointment.rs (the state machine, late cancellation),
-#             scheduling/src/api/access.rs (whose appointments a caller acts on)  scheduling unit tests
+#             scheduling/src/api/access.rs (whose appointments a caller acts on)  scheduling unit
+#             tests + tests/it/booking.rs's staff-books-for-a-patient test (patient_for's glue)
 # Each crate's integration tests are one binary (`it`); a group picks its modules with a nextest
 # filter expression (no spaces in it: the arguments below are split on spaces).
 #
@@ -58,7 +59,7 @@ group_args() {
     throttle) echo "-f services/identity/src/domain/throttle.rs -- --lib --test it -E kind(lib)|test(/^login_concurrency::/)" ;;
     policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;
     participants) echo "-f services/messaging/src/domain/participants.rs -- --lib" ;;
-    scheduling) echo "-f services/scheduling/src/domain/appointment.rs -f services/scheduling/src/api/access.rs -- --lib" ;;
+    scheduling) echo "-f services/scheduling/src/domain/appointment.rs -f services/scheduling/src/api/access.rs -- --lib --test it -E kind(lib)|test(/^booking::a_provider_who_takes_no_new_patients/)" ;;
     *) return 1 ;;
   esac
 }

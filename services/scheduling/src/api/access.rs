@@ -5,23 +5,26 @@
 
 use carehub_platform::audit::Purpose;
 use carehub_platform::auth::{Role, UserCaller};
+use carehub_platform::directory::Person;
 use carehub_platform::errors::FieldViolations;
 use uuid::Uuid;
 
 use crate::error::{Result, SchedulingError};
 use crate::AppState;
 
-/// The patient a booking-type request is for: a patient's own (the field empty or theirs),
-/// or, for staff, the active patient the field names (checked with identity).
-pub async fn patient_for(
-    state: &AppState,
-    user: &UserCaller,
-    field: &str,
-    value: &str,
-) -> Result<Uuid> {
+/// Whom a booking-type request is for, before anyone is asked: a patient's own id (the field
+/// empty or theirs; anyone else's is PERMISSION_DENIED), or, for staff, the id the field names
+/// (`Named`), still to be checked with identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whom {
+    Own(Uuid),
+    Named(Uuid),
+}
+
+pub fn whom(user: &UserCaller, field: &str, value: &str) -> Result<Whom> {
     if user.has_role(Role::Patient) {
         if value.is_empty() || value == user.user_id.to_string() {
-            return Ok(user.user_id);
+            return Ok(Whom::Own(user.user_id));
         }
         return Err(SchedulingError::PermissionDenied(format!(
             "a patient acts only for themselves ({field})"
@@ -30,8 +33,11 @@ pub async fn patient_for(
     let mut v = FieldViolations::new();
     let id = v.require_uuid(field, value);
     v.finish()?;
-    let id = crate::error::checked(id)?;
-    let person = state.directory.person(id, "patient").await?;
+    Ok(Whom::Named(crate::error::checked(id)?))
+}
+
+/// Whether identity's `person` (user `id`) can be booked for: an active patient.
+pub fn bookable(id: Uuid, person: &Person) -> Result<Uuid> {
     if person.role != Role::Patient || !person.active {
         return Err(SchedulingError::State {
             what: "user",
@@ -41,6 +47,20 @@ pub async fn patient_for(
         });
     }
     Ok(id)
+}
+
+/// The patient a booking-type request is for: a patient's own (the field empty or theirs),
+/// or, for staff, the active patient the field names (checked with identity).
+pub async fn patient_for(
+    state: &AppState,
+    user: &UserCaller,
+    field: &str,
+    value: &str,
+) -> Result<Uuid> {
+    match whom(user, field, value)? {
+        Whom::Own(id) => Ok(id),
+        Whom::Named(id) => bookable(id, &state.directory.person(id, "patient").await?),
+    }
 }
 
 /// Why the caller may see an appointment (or hold, or request) of `patient` with `provider`,
@@ -114,6 +134,58 @@ mod tests {
         }
         // A provider is not a party by being a patient's provider elsewhere.
         assert!(party(&provider, other, None).is_err());
+    }
+
+    #[test]
+    fn a_patient_books_for_themselves_and_staff_name_whom() {
+        let patient = user(Role::Patient);
+        let me = patient.user_id.to_string();
+        assert_eq!(
+            whom(&patient, "patient_id", "").unwrap(),
+            Whom::Own(patient.user_id)
+        );
+        assert_eq!(
+            whom(&patient, "patient_id", &me).unwrap(),
+            Whom::Own(patient.user_id)
+        );
+        let other = Uuid::now_v7();
+        let refused = whom(&patient, "patient_id", &other.to_string()).unwrap_err();
+        assert!(
+            matches!(refused, SchedulingError::PermissionDenied(_)),
+            "{refused:?}"
+        );
+        let staff = user(Role::Staff);
+        assert_eq!(
+            whom(&staff, "patient_id", &other.to_string()).unwrap(),
+            Whom::Named(other)
+        );
+        // Staff must name someone; a malformed id is a bad argument, not their own.
+        for bad in ["", "not-a-uuid"] {
+            let e = whom(&staff, "patient_id", bad).unwrap_err();
+            assert!(matches!(e, SchedulingError::Status(_)), "{bad:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_active_patient_can_be_booked_for() {
+        let id = Uuid::now_v7();
+        let person = |role, active| Person {
+            role,
+            active,
+            display_name: "A B".into(),
+        };
+        assert_eq!(bookable(id, &person(Role::Patient, true)).unwrap(), id);
+        for (role, active) in [
+            (Role::Patient, false),
+            (Role::Provider, true),
+            (Role::Staff, true),
+        ] {
+            let e = bookable(id, &person(role, active)).unwrap_err();
+            assert!(
+                matches!(e, SchedulingError::State { .. }),
+                "{role:?} {active}"
+            );
+        }
     }
 
     #[test]

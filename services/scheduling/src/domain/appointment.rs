@@ -170,6 +170,24 @@ mod tests {
         }
     }
 
+    /// Refusals name the action in words (STATE_CONFLICT's message).
+    #[test]
+    fn every_action_has_its_own_verb() {
+        let verbs = [
+            (Action::Confirm, "confirm"),
+            (Action::CheckIn, "check in"),
+            (Action::Start, "start"),
+            (Action::Complete, "complete"),
+            (Action::NoShow, "mark as no-show"),
+            (Action::Cancel, "cancel"),
+            (Action::Reschedule, "reschedule"),
+            (Action::SubmitIntake, "submit intake"),
+        ];
+        for (action, verb) in verbs {
+            assert_eq!(action.verb(), verb);
+        }
+    }
+
     #[test]
     fn only_the_four_open_states_hold_the_slot() {
         let active: Vec<_> = Status::ALL.iter().filter(|s| s.is_active()).collect();
