@@ -70,6 +70,16 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// The codes of the kinds `doc` (the README) does not list in its table as
+    /// `` | `code` | action | ``. Each service's tests assert this is empty.
+    pub fn undocumented_in(&self, doc: &str) -> Vec<&'static str> {
+        self.kinds
+            .iter()
+            .filter(|k| !doc.contains(&format!("| `{}` | {} |", k.code(), k.action())))
+            .map(|k| k.code())
+            .collect()
+    }
+
     /// The kind stored as `code`, if this vocabulary has it.
     pub fn get(&self, code: &str) -> Option<Kind> {
         self.kinds.iter().copied().find(|k| k.code == code)
@@ -144,6 +154,29 @@ pub const PLATFORM: Vocabulary = Vocabulary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_is_documented_only_by_its_table_row_with_its_action() {
+        let row = format!(
+            "| `{}` | {} | who listed | whose |",
+            AUDIT_LIST_BY_SUBJECT.code(),
+            AUDIT_LIST_BY_SUBJECT.action()
+        );
+        assert_eq!(
+            PLATFORM.undocumented_in(&row),
+            [AUDIT_LIST_BY_ACTOR.code()],
+            "one row documents one kind"
+        );
+        // The code named elsewhere, or with another action, is not its row.
+        let loose = format!(
+            "`{}` and `{}`",
+            AUDIT_LIST_BY_SUBJECT.code(),
+            AUDIT_LIST_BY_ACTOR.code()
+        );
+        assert_eq!(PLATFORM.undocumented_in(&loose).len(), 2);
+        let wrong = format!("| `{}` | create |", AUDIT_LIST_BY_SUBJECT.code());
+        assert_eq!(PLATFORM.undocumented_in(&wrong).len(), 2);
+    }
 
     #[test]
     fn the_platform_vocabulary_is_well_formed() {
