@@ -55,9 +55,22 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
 }
 
 /// A database error as a service answers it: UNAVAILABLE with RetryInfo when the database
-/// cannot be reached (pool exhausted, connection lost), INTERNAL otherwise (logged, never
-/// shown: it may name tables or values).
+/// cannot be reached (pool exhausted, connection lost); ABORTED with RetryInfo when PostgreSQL
+/// rolled the transaction back to break a deadlock or a serialization conflict (nothing was
+/// written: a retry is the answer); INTERNAL otherwise (logged, never shown: it may name tables
+/// or values).
 pub fn database(err: &sqlx::Error) -> Status {
+    if let sqlx::Error::Database(d) = err {
+        if matches!(d.code().as_deref(), Some("40P01" | "40001")) {
+            tracing::warn!(error = %err, "transaction rolled back by the database");
+            return retry_after(
+                Code::Aborted,
+                ErrorReason::Unavailable,
+                "the change collided with another and was rolled back; retry",
+                Duration::from_millis(100),
+            );
+        }
+    }
     if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
         tracing::warn!(error = %err, "database unavailable");
         return retry_after(
@@ -118,6 +131,18 @@ impl FieldViolations {
         if !ok {
             self.add(field, description);
         }
+    }
+
+    /// Free text people write (reasons, messages, notes): no control characters but line
+    /// breaks and tabs.
+    pub fn check_free_text(&mut self, field: &str, text: &str) {
+        self.check(
+            !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+            field,
+            "must not contain control characters",
+        );
     }
 
     /// Requires a non-empty string of at most `max` characters.

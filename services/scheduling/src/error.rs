@@ -47,9 +47,6 @@ pub enum SchedulingError {
         state: &'static str,
         action: &'static str,
     },
-    /// PostgreSQL aborted the transaction to break a deadlock: nothing was written.
-    #[error("the change collided with another and was rolled back")]
-    Contention,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -61,20 +58,16 @@ pub fn checked<T>(value: Option<T>) -> Result<T> {
     value.ok_or_else(|| SchedulingError::Internal("a validated field is missing".into()))
 }
 
-/// The exclusion constraints of `slot_claims` name what overlapped.
+/// The exclusion constraints of `slot_claims` name what overlapped; a deadlock or serialization
+/// failure stays a database error, which `errors::database` answers ABORTED with RetryInfo.
 impl From<sqlx::Error> for SchedulingError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(d) = &e {
-            match d.code().as_deref() {
-                Some("23P01") => {
-                    return match d.constraint() {
-                        Some(c) if c.contains("patient") => SchedulingError::PatientBusy,
-                        _ => SchedulingError::SlotTaken,
-                    }
-                }
-                // A deadlock or serialization failure rolled the whole change back: retryable.
-                Some("40P01" | "40001") => return SchedulingError::Contention,
-                _ => {}
+            if d.code().as_deref() == Some("23P01") {
+                return match d.constraint() {
+                    Some(c) if c.contains("patient") => SchedulingError::PatientBusy,
+                    _ => SchedulingError::SlotTaken,
+                };
             }
         }
         SchedulingError::Db(e)
@@ -138,15 +131,6 @@ impl From<SchedulingError> for Status {
                 &id,
                 &format!("{what} {id} is {state}: cannot {action}"),
             ),
-            SchedulingError::Contention => {
-                tracing::warn!("a change was rolled back to break a deadlock");
-                errors::retry_after(
-                    Code::Aborted,
-                    ErrorReason::Unavailable,
-                    "the change collided with another and was rolled back; retry",
-                    std::time::Duration::from_millis(100),
-                )
-            }
             SchedulingError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 errors::internal("scheduling")

@@ -29,13 +29,7 @@ pub fn check_text(v: &mut FieldViolations, field: &str, text: &str, max: usize) 
         field,
         &format!("must be at most {max} characters"),
     );
-    v.check(
-        !text
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r'),
-        field,
-        "must not contain control characters",
-    );
+    v.check_free_text(field, text);
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ use crate::domain::appointment::{is_late_cancellation, Action, IntakeStatus, Sta
 use crate::error::{checked, Result, SchedulingError};
 use crate::store::appointments::{self as store, AppointmentRow, Whose};
 use crate::store::providers::{ProviderRow, VisitTypeRow};
-use crate::store::sealed;
 use crate::AppState;
 
 /// Longest reason for a visit.
@@ -40,12 +39,7 @@ pub fn check_text(v: &mut FieldViolations, field: &str, text: &str, min: usize, 
     if n < min || n > max {
         v.add(field, format!("must be {min} to {max} characters"));
     }
-    if text
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-    {
-        v.add(field, "must not contain control characters");
-    }
+    v.check_free_text(field, text);
 }
 
 fn not_found(id: Uuid) -> SchedulingError {
@@ -89,15 +83,10 @@ pub fn step(a: &AppointmentRow, action: Action) -> Result<Status> {
 
 pub async fn open_reason(state: &AppState, a: &AppointmentRow) -> Result<String> {
     match &a.reason {
-        Some(r) => {
-            sealed::open(
-                &state.crypto,
-                a.patient_id,
-                ("appointments", "reason", a.id),
-                r,
-            )
-            .await
-        }
+        Some(r) => Ok(state
+            .crypto
+            .open_cell(a.patient_id, ("appointments", "reason", a.id), r)
+            .await?),
         None => Ok(String::new()),
     }
 }
@@ -256,13 +245,10 @@ pub async fn book(state: &AppState, call: &Call, r: BookAppointmentRequest) -> R
         None
     } else {
         Some(
-            sealed::seal(
-                &state.crypto,
-                patient,
-                ("appointments", "reason", id),
-                &reason_text,
-            )
-            .await?,
+            state
+                .crypto
+                .seal_cell(patient, ("appointments", "reason", id), &reason_text)
+                .await?,
         )
     };
     let status = if r.request_only {
@@ -413,13 +399,14 @@ pub async fn cancel(
         None
     } else {
         Some(
-            sealed::seal(
-                &state.crypto,
-                current.patient_id,
-                ("appointments", "cancel_note", id),
-                note,
-            )
-            .await?,
+            state
+                .crypto
+                .seal_cell(
+                    current.patient_id,
+                    ("appointments", "cancel_note", id),
+                    note,
+                )
+                .await?,
         )
     };
     let visit = visit_type(state, current.visit_type_id).await?;

@@ -24,7 +24,6 @@ use crate::domain::appointment::Status;
 use crate::domain::directory::{is_code, is_state};
 use crate::error::{checked, Result, SchedulingError};
 use crate::store::consultations::{self as store, ConsultationRow};
-use crate::store::sealed;
 use crate::AppState;
 
 const MAX_REASON: usize = 2000;
@@ -41,22 +40,24 @@ async fn row(state: &AppState, id: Uuid) -> Result<ConsultationRow> {
 }
 
 async fn to_pb(state: &AppState, c: &ConsultationRow) -> Result<ConsultationRequest> {
-    let reason = sealed::open(
-        &state.crypto,
-        c.patient_id,
-        ("consultation_requests", "reason", c.id),
-        &c.reason,
-    )
-    .await?;
+    let reason = state
+        .crypto
+        .open_cell(
+            c.patient_id,
+            ("consultation_requests", "reason", c.id),
+            &c.reason,
+        )
+        .await?;
     let decline = match &c.decline_reason {
         Some(d) => {
-            sealed::open(
-                &state.crypto,
-                c.patient_id,
-                ("consultation_requests", "decline_reason", c.id),
-                d,
-            )
-            .await?
+            state
+                .crypto
+                .open_cell(
+                    c.patient_id,
+                    ("consultation_requests", "decline_reason", c.id),
+                    d,
+                )
+                .await?
         }
         None => String::new(),
     };
@@ -132,13 +133,10 @@ pub async fn request(
     let patient = patient_for(state, user, "patient_id", &r.patient_id).await?;
     let purpose = party(user, patient, None)?;
     let id = Uuid::now_v7();
-    let sealed_reason = sealed::seal(
-        &state.crypto,
-        patient,
-        ("consultation_requests", "reason", id),
-        &reason,
-    )
-    .await?;
+    let sealed_reason = state
+        .crypto
+        .seal_cell(patient, ("consultation_requests", "reason", id), &reason)
+        .await?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
             let c = store::insert(
@@ -243,6 +241,18 @@ pub async fn list(
     })
 }
 
+/// Request `id` locked in the decision's transaction, still open (or STATE_CONFLICT): two
+/// staff deciding at once decide one after the other, and the second finds it decided.
+async fn locked_open(conn: &mut sqlx::PgConnection, id: Uuid, action: &'static str) -> Result<()> {
+    let current = store::get(conn, id, true)
+        .await?
+        .ok_or_else(|| SchedulingError::NotFound {
+            what: "consultation request",
+            id: id.to_string(),
+        })?;
+    still_open(&current, action)
+}
+
 fn still_open(c: &ConsultationRow, action: &'static str) -> Result<()> {
     if c.status == "open" {
         return Ok(());
@@ -300,23 +310,17 @@ pub async fn accept(
     }
     let reason = to_pb(state, &c).await?.reason;
     let appointment = Uuid::now_v7();
-    let sealed_reason = sealed::seal(
-        &state.crypto,
-        c.patient_id,
-        ("appointments", "reason", appointment),
-        &reason,
-    )
-    .await?;
+    let sealed_reason = state
+        .crypto
+        .seal_cell(
+            c.patient_id,
+            ("appointments", "reason", appointment),
+            &reason,
+        )
+        .await?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
-            let current =
-                store::get(conn, id, true)
-                    .await?
-                    .ok_or_else(|| SchedulingError::NotFound {
-                        what: "consultation request",
-                        id: id.to_string(),
-                    })?;
-            still_open(&current, "accept it")?;
+            locked_open(conn, id, "accept it").await?;
             let a = insert(
                 state,
                 conn,
@@ -370,23 +374,17 @@ pub async fn decline(
     still_open(&c, "decline it")?;
     let purpose = party(user, c.patient_id, None)?;
     let reason = to_pb(state, &c).await?.reason;
-    let sealed_why = sealed::seal(
-        &state.crypto,
-        c.patient_id,
-        ("consultation_requests", "decline_reason", id),
-        &why,
-    )
-    .await?;
+    let sealed_why = state
+        .crypto
+        .seal_cell(
+            c.patient_id,
+            ("consultation_requests", "decline_reason", id),
+            &why,
+        )
+        .await?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
-            let current =
-                store::get(conn, id, true)
-                    .await?
-                    .ok_or_else(|| SchedulingError::NotFound {
-                        what: "consultation request",
-                        id: id.to_string(),
-                    })?;
-            still_open(&current, "decline it")?;
+            locked_open(conn, id, "decline it").await?;
             let decided =
                 store::decide(conn, id, "declined", None, Some(&sealed_why), user.user_id).await?;
             Ok::<_, SchedulingError>(Change::new(

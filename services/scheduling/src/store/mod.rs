@@ -6,11 +6,9 @@
 //! - `consultations`: consultation requests.
 //! - `reminders`: reminder rows and the worker's claim of due ones.
 //! - `feeds`: calendar feed tokens.
-//! - `sealed`: what is stored encrypted, under the patient's data key.
 
 pub mod appointments;
 pub mod consultations;
 pub mod feeds;
 pub mod providers;
 pub mod reminders;
-pub mod sealed;
