@@ -69,8 +69,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A port nothing listens on right now (for a server started as a separate process).
+/// A port nothing listens on right now, for a server whose address must be known before it
+/// starts (another service's outbox target, a separate process).
+///
+/// Chosen below Linux's ephemeral range (32768-60999 by default), where every other test's
+/// port-0 listener and outgoing connection gets its port: a port the kernel handed out here
+/// and released could be handed to a parallel test process before our server binds it (seen:
+/// "Address already in use" in a suite that reserves three ports). Random within 20000-32767
+/// and checked free; parallel callers of this function could still draw the same port, once
+/// in thousands of suites.
 pub fn free_port() -> u16 {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(20_000..32_768);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding port 0")
