@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "carehub/audit/v1/audit.proto",
         "carehub/records/v1/records.proto",
         "carehub/messaging/v1/messaging.proto",
+        "carehub/billing/v1/billing.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -49,6 +49,12 @@ pub mod scheduling {
     }
 }
 
+pub mod billing {
+    pub mod v1 {
+        tonic::include_proto!("carehub.billing.v1");
+    }
+}
+
 pub mod audit {
     pub mod v1 {
         tonic::include_proto!("carehub.audit.v1");

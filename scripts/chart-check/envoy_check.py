@@ -52,6 +52,13 @@ ROUTES: dict[str, str | None] = {
     # Scheduling's admin port: the calendar feeds only, never its metrics or health.
     "/calendar/3q2k7x9m4p.ics": "scheduling_calendar",
     "/calendar": None,
+    "/carehub.billing.v1.BillingService/PayInvoice": "billing",
+    "/carehub.billing.v1.BillingService/RefundPayment": "billing",
+    "/carehub.billing.v1.BillingInternal/Anything": None,
+    # Billing's admin port: the processor's webhook only, never its metrics or health.
+    "/webhooks/stripe": "billing_webhook",
+    "/webhooks": None,
+    "/webhooks/": None,
     "/metrics": None,
     "/healthz": None,
     "/readyz": None,

@@ -14,14 +14,14 @@ Obj = dict[str, Any]
 
 # DESIGN.md §1, "calls" column, as built: the only service-to-service RPC edges the
 # NetworkPolicies allow. Beyond the table: messaging asks records who is on a care team
-# (messaging.records_endpoint), and records merges messaging's and scheduling's audit trails
-# into the patient's access log (records.audit_sources). Scheduling calls only identity directly: what it tells
+# (messaging.records_endpoint), and records merges messaging's, scheduling's and billing's audit
+# trails into the patient's access log (records.audit_sources). Scheduling calls only identity directly: what it tells
 # records, messaging and billing goes through its outbox (OUTBOX_GRAPH).
 CALL_GRAPH: dict[str, set[str]] = {
     "identity": set(),
     "scheduling": {"identity"},
     "messaging": {"identity", "records"},
-    "records": {"identity", "messaging", "scheduling"},
+    "records": {"identity", "messaging", "scheduling", "billing"},
     "billing": {"identity"},
 }
 
@@ -35,6 +35,7 @@ OUTBOX_GRAPH: dict[str, set[str]] = {
     "messaging": {"identity"},
     "scheduling": {"records", "messaging", "billing"},
     "records": set(),
+    "billing": set(),
 }
 
 # Env names that carry secrets: they must come from a Secret (valueFrom), never a literal.
@@ -212,6 +213,34 @@ def check_call_graph(name: str, netpol: Obj, enabled: list[str], calls: dict[str
             problems.append(f"{where}: a rule without peers admits everything")
         if not rule.get("ports"):
             problems.append(f"{where}: a rule without ports admits every port")
+    return problems
+
+
+def check_billing_processor(netpol: Obj, config: Obj, metrics_peers: list[Obj]) -> list[str]:
+    """Billing reaches the outside world only for Stripe: egress on TCP 443 to the processor's
+    peers, and the webhook's callers on the admin port, both only when its config says
+    processor.kind = "stripe" (the sandbox needs neither); no other rule reaches beyond the
+    cluster's pods or opens the admin port to anyone but the metrics scrapers."""
+    where = name_of(netpol)
+    problems = []
+    stripe = ((config.get("billing") or {}).get("processor") or {}).get("kind") == "stripe"
+    if stripe and not ((config.get("billing") or {}).get("processor") or {}).get("vault_path"):
+        problems.append(f"{where}: billing talks to Stripe without billing.processor.vault_path (its secrets' Vault path)")
+    spec = netpol.get("spec", {})
+    outside = [r for r in spec.get("egress") or [] if any("ipBlock" in p for p in r.get("to") or [])
+               and any(p.get("port") == 443 for p in r.get("ports") or [])]
+    if stripe and not outside:
+        problems.append(f"{where}: billing talks to Stripe but has no egress to the processor on 443")
+    if not stripe and outside:
+        problems.append(f"{where}: billing uses the sandbox processor but may reach the outside on 443")
+    for r in outside:
+        ports = {(p.get("port"), p.get("protocol", "TCP")) for p in r.get("ports") or []}
+        if ports != {(443, "TCP")}:
+            problems.append(f"{where}: the processor egress opens {sorted(ports)}, only TCP 443 is the processor's")
+    webhook = [r for r in spec.get("ingress") or [] if any(p.get("port") == "admin" for p in r.get("ports") or [])
+               and (r.get("from") or []) != metrics_peers]
+    if webhook and not stripe:
+        problems.append(f"{where}: billing's admin port admits webhook callers although it uses the sandbox processor")
     return problems
 
 
@@ -432,4 +461,11 @@ def check_release(docs: list[Obj], values: Obj, release: str) -> list[str]:
         netpol = by_kind.get(("NetworkPolicy", full))
         if netpol:
             problems += check_call_graph(name, netpol, enabled, calls, release, outbox)
+        if netpol and cm and name == "billing":
+            try:
+                config = tomllib.loads(cm["data"]["config.toml"])
+            except tomllib.TOMLDecodeError:
+                config = {}
+            metrics = (values.get("networkPolicy") or {}).get("metrics") or []
+            problems += check_billing_processor(netpol, config, metrics)
     return problems

@@ -248,7 +248,8 @@ def check_k8s_dir(k8s: pathlib.Path, validate: Callable[[list[dict], str], int])
     if not deny:
         problems.append(f"{how}: no default-deny NetworkPolicy (empty podSelector, Ingress and Egress, no rules)")
     for want in (("Issuer", "carehub-ca"), ("Cluster", "carehub-identity-db"), ("Cluster", "carehub-records-db"),
-                 ("Cluster", "carehub-messaging-db"), ("Cluster", "carehub-scheduling-db")):
+                 ("Cluster", "carehub-messaging-db"), ("Cluster", "carehub-scheduling-db"),
+                 ("Cluster", "carehub-billing-db")):
         if want not in kinds:
             problems.append(f"{how}: no {want[0]}/{want[1]}")
     problems += check_database_isolation(docs, how)

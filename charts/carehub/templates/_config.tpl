@@ -19,9 +19,11 @@ release whose services call a disabled identity.
 Settings of a service's own table that the chart derives from the call graph, so that they
 cannot disagree with the NetworkPolicies: messaging's records_endpoint (care teams) when it
 calls records; records' audit_sources (the trails the patient's access log merges beside its
-own and identity's) from the services other than identity that records calls. And the one the
-chart takes from a value of its own: scheduling's feed_base_url (services.scheduling.feedBaseUrl,
-the public address the gateway routes /calendar/ at).
+own and identity's) from the services other than identity that records calls. And the ones the
+chart takes from values of its own: scheduling's feed_base_url (services.scheduling.feedBaseUrl,
+the public address the gateway routes /calendar/ at); billing's processor.kind and, for Stripe,
+processor.vault_path (services.billing.processor: the KV path its secret key and webhook signing
+secret are read from; the secrets themselves never appear here).
 */}}
 {{- define "carehub.wiredSettings" -}}
 {{- $svc := include "carehub.values" . | fromYaml -}}
@@ -33,6 +35,16 @@ the public address the gateway routes /calendar/ at).
 {{- if and (eq .name "scheduling") $svc.feedBaseUrl -}}
 {{- $_ := set $out "feed_base_url" $svc.feedBaseUrl -}}
 {{- end -}}
+{{- if eq .name "billing" -}}
+{{- $proc := $svc.processor | default dict -}}
+{{- $p := dict "kind" ($proc.kind | default "sandbox") -}}
+{{- /* A processor.kind in `settings` wins (carehub.settings): the Vault path follows it. */ -}}
+{{- $kind := (($svc.settings | default dict).processor | default dict).kind | default $p.kind -}}
+{{- if and (eq $kind "stripe") $proc.vaultPath -}}
+{{- $_ := set $p "vault_path" $proc.vaultPath -}}
+{{- end -}}
+{{- $_ := set $out "processor" $p -}}
+{{- end -}}
 {{- if eq .name "records" -}}
 {{- $sources := dict -}}
 {{- range $s := $calls -}}
@@ -41,6 +53,16 @@ the public address the gateway routes /calendar/ at).
 {{- if $sources -}}{{- $_ := set $out "audit_sources" $sources -}}{{- end -}}
 {{- end -}}
 {{- toYaml $out -}}
+{{- end }}
+
+{{/* "true" when billing (.name) talks to Stripe, as its rendered configuration says (a
+processor.kind in `settings` wins like any setting): its secrets come from Vault, its pods need
+egress to the processor, and the processor's webhook callers reach its admin port. */}}
+{{- define "carehub.billing.stripe" -}}
+{{- if eq .name "billing" -}}
+{{- $settings := include "carehub.settings" . | fromYaml -}}
+{{- if eq (($settings.processor | default dict).kind | default "sandbox") "stripe" -}}true{{- end -}}
+{{- end -}}
 {{- end }}
 
 {{/* The service's own table: the wired settings, with what `settings` says winning key by key. */}}

@@ -125,6 +125,26 @@ edges, both ways.
 {{- fail "carehub: services.scheduling.feedBaseUrl is required: the public base of calendar feed URLs (<feedBaseUrl>/calendar/<token>.ics), the address clients reach the gateway at; without it scheduling would hand out feed links to 127.0.0.1" -}}
 {{- end -}}
 {{- end -}}
+{{- /* processor and webhook are billing's (its payment processor), nobody else's. */ -}}
+{{- range $key := list "processor" "webhook" -}}
+{{- if hasKey ($.Values.serviceDefaults | default dict) $key -}}
+{{- fail (printf "carehub: serviceDefaults.%s is not a default of every service: set services.billing.%s (billing's payment processor)" $key $key) -}}
+{{- end -}}
+{{- range $name, $own := $.Values.services -}}
+{{- if and (kindIs "map" $own) (ne $name "billing") (hasKey $own $key) -}}
+{{- fail (printf "carehub: services.%s.%s is billing's setting (its payment processor), not %s's" $name $key $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (has "billing" $enabled) (include "carehub.billing.stripe" (dict "root" $ "name" "billing")) -}}
+{{- $billing := include "carehub.settings" (dict "root" $ "name" "billing") | fromYaml -}}
+{{- if not (include "carehub.vaultUsed" $) -}}
+{{- fail "carehub: services.billing.processor.kind=stripe reads the processor's secret key and webhook signing secret from Vault (services.billing.processor.vaultPath), but this release uses no Vault: set keys.provider=vault (or tls.source=vaultPki) and vault.*" -}}
+{{- end -}}
+{{- if not ($billing.processor.vault_path) -}}
+{{- fail "carehub: services.billing.processor.vaultPath is required with processor.kind=stripe: the Vault KV path holding secret_key and webhook_secret (default carehub/billing/processor); secrets never go into values" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.tests.enabled (ne .Values.tls.source "certManager") -}}
 {{- include "carehub.require" (dict "key" "tests.tlsSecret" "value" .Values.tests.tlsSecret "why" "when tests.enabled and tls.source is not certManager (the helm-test client certificate)") -}}
 {{- end -}}

@@ -63,7 +63,8 @@ spec:
             {{- end }}
             {{- /* The settings of the service's own table the chart wires (messaging refuses a
             configuration without records_endpoint; scheduling validates feed_base_url), as the
-            service's config has them. */}}
+            service's config has them. Strings only: billing's processor table stays out (the
+            Job validates the sandbox default and never calls the processor or reads Vault). */}}
             {{- $settings := include "carehub.settings" . | fromYaml }}
             {{- range $key := keys (include "carehub.wiredSettings" . | fromYaml) | sortAlpha }}
             {{- $value := index $settings $key }}

@@ -2,7 +2,9 @@
 NetworkPolicy of a service: ingress only from its callers (the services whose `calls` or enabled
 `outboxTargets` name it: carehub.callees), the gateway on its gatewayPorts, the helm-test pods,
 and metrics scrapers on the admin port; egress only to the services it calls or delivers its
-outbox to, DNS, Postgres, Vault and OTLP. Kubelet probes come from the node, which NetworkPolicy implementations let through.
+outbox to, DNS, Postgres, Vault and OTLP. Billing with processor.kind=stripe also admits the
+processor's webhook callers (webhook.from, default the gateway) on its admin port and reaches the
+processor's API (processor.egress, HTTPS). Kubelet probes come from the node, which NetworkPolicy implementations let through.
 */}}
 {{- define "carehub.service.networkpolicy" -}}
 {{- $root := .root -}}
@@ -46,6 +48,18 @@ spec:
         - {port: {{ . }}, protocol: TCP}
         {{- end }}
     {{- end }}
+    {{- /* billing talking to Stripe: the processor's webhook (POST /webhooks/stripe) reaches its
+    admin port from services.billing.webhook.from (default: the gateway), which must route that
+    path alone there. */}}
+    {{- if and (include "carehub.billing.stripe" .) ($svc.webhook | default dict).expose }}
+    {{- $from := ($svc.webhook.from | default $v.networkPolicy.gateway) }}
+    {{- if $from }}
+    - from:
+        {{- toYaml $from | nindent 8 }}
+      ports:
+        - {port: admin, protocol: TCP}
+    {{- end }}
+    {{- end }}
     {{- if $v.tests.enabled }}
     - from:
         - podSelector:
@@ -73,6 +87,13 @@ spec:
         - {port: {{ $v.ports.grpc }}, protocol: TCP}
     {{- end }}
     {{- include "carehub.egress.postgres" $root | nindent 4 }}
+    {{- /* billing talking to Stripe: the processor's API over HTTPS (services.billing.processor.egress). */}}
+    {{- if include "carehub.billing.stripe" . }}
+    - to:
+        {{- toYaml $svc.processor.egress.to | nindent 8 }}
+      ports:
+        - {port: {{ $svc.processor.egress.port }}, protocol: TCP}
+    {{- end }}
     {{- if include "carehub.vaultUsed" $root }}
     - to:
         {{- toYaml $v.networkPolicy.vault.to | nindent 8 }}

@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit_cmd;
+mod billing_cmd;
 mod entry;
 mod health;
 mod keys_cmd;
@@ -70,6 +71,10 @@ enum Command {
     /// Records operations (schedule a chart's erasure).
     #[command(subcommand)]
     Records(records_cmd::RecordsCommand),
+    /// Billing operations: `carehub billing reconcile` settles payment and refund intents whose
+    /// call died and checks the ledger (exits 1 when an invariant is violated).
+    #[command(subcommand)]
+    Billing(billing_cmd::BillingCommand),
     /// Keys in Vault: init, rotate, status, rewrap.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -181,6 +186,7 @@ async fn run(
         Command::Keys(cmd) => keys_cmd::run(cmd).await,
         Command::Outbox(cmd) => outbox_cmd::run(cmd).await,
         Command::Records(cmd) => records_cmd::run(cmd).await,
+        Command::Billing(cmd) => billing_cmd::run(cmd).await,
         Command::Loadgen(args) => loadgen::run(*args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             let workloads = dev_workloads(services);

@@ -115,7 +115,7 @@ impl PgCluster {
             .arg(&log)
             .arg("-w")
             .arg("-o")
-            // Each service keeps a warm pool (`up` opens them all at start: 4 x 16 today) beside
+            // Each service keeps a warm pool (`up` opens them all at start: 5 x 16 today) beside
             // its listener, sequencer and relays, and bench.sh's pgbench and audit scenarios
             // connect too: PostgreSQL's default of 100 ran out when scheduling joined.
             .arg(format!(

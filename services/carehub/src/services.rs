@@ -12,6 +12,7 @@ pub static SERVICES: &[&dyn ServiceDef] = &[
     &carehub_records::SERVICE,
     &carehub_messaging::SERVICE,
     &carehub_scheduling::SERVICE,
+    &carehub_billing::SERVICE,
 ];
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ async fn run_services(
             }
         }
         let admin_url = format!("http://{}", server.admin_listen);
-        let cfg = wire_own_settings(cfg, name, &endpoint, &admin_url)?;
+        let cfg = wire_own_settings(cfg, name, &endpoint, &admin_url, data_dir)?;
         let started = def
             .start(cfg, None, shutdown.clone().boxed())
             .await
@@ -187,7 +187,9 @@ async fn run_services(
     }
 
     println!();
-    println!("carehub is up (development mode: sandbox notifier, development certificates)");
+    println!(
+        "carehub is up (development mode: sandbox notifier, sandbox payment processor, development certificates)"
+    );
     // Names in one column, however long the longest (scheduling).
     let width = running
         .iter()
@@ -208,6 +210,16 @@ async fn run_services(
             .with_context(|| format!("{}: after start", def.name()))?
         {
             println!("{indent}{line}");
+        }
+        if def.name() == "billing" {
+            // The processor's webhook, signed with the development secret (`up` configures one
+            // so that the route exists; in a cluster the secret comes from Vault).
+            println!(
+                "{indent}webhook POST http://{}{}   (signing secret: {})",
+                service.server.admin_addr,
+                BILLING_WEBHOOK_PATH,
+                dev_webhook_secret_path(data_dir).display()
+            );
         }
     }
     println!(
@@ -247,7 +259,8 @@ fn outbox_targets(service: &str) -> Vec<&'static str> {
         // Account actions on abuse reports and SMS consent changes, to identity.
         "messaging" => vec!["identity"],
         // Booked providers and intake answers to records, reminders and video visits to
-        // messaging, appointment events to billing (pending while billing is not running).
+        // messaging, appointment events to billing (AppointmentEvents; rows written while
+        // billing was not running drain once it is).
         "scheduling" => vec![
             carehub_scheduling::api::effects::RECORDS,
             carehub_scheduling::api::effects::MESSAGING,
@@ -260,16 +273,61 @@ fn outbox_targets(service: &str) -> Vec<&'static str> {
     targets
 }
 
+/// Where billing's admin port serves the processor's webhook (when a signing secret is set).
+const BILLING_WEBHOOK_PATH: &str = "/webhooks/stripe";
+
+/// The development webhook signing secret of `carehub up`'s billing, kept under --data-dir.
+fn dev_webhook_secret_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("billing/webhook-secret")
+}
+
+/// The development webhook signing secret: read from --data-dir, or made (random, `whsec_`
+/// like the processor's, readable by the owner only) on the first run.
+fn dev_webhook_secret(data_dir: &std::path::Path) -> anyhow::Result<SecretString> {
+    let path = dev_webhook_secret_path(data_dir);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let secret = text.trim();
+        if !secret.is_empty() {
+            return Ok(SecretString::from(secret.to_owned()));
+        }
+    }
+    let secret = format!("whsec_dev_{}", uuid::Uuid::new_v4().simple());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    {
+        use std::io::Write as _;
+        let mut file = options
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "created a development webhook signing secret for billing in {}",
+        path.display()
+    );
+    Ok(SecretString::from(secret))
+}
+
 /// The settings of `name`'s own table that point at other services of this run: messaging asks
-/// records about care teams; records' access log merges messaging's and scheduling's audit
-/// trails. And one that
-/// points at the service itself: scheduling's calendar feed links lead to its own admin port
-/// (`admin_url`; in a cluster, the gateway's public address).
+/// records about care teams; records' access log merges messaging's, scheduling's and billing's
+/// audit trails. And the ones that
+/// point at the service itself: scheduling's calendar feed links lead to its own admin port
+/// (`admin_url`; in a cluster, the gateway's public address); billing charges the sandbox
+/// processor and verifies its webhook with a development secret (kept under `data_dir`).
 fn wire_own_settings(
     cfg: Box<dyn AnyConfig>,
     name: &str,
     endpoint: &dyn Fn(&str) -> Option<String>,
     admin_url: &str,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<Box<dyn AnyConfig>> {
     let not_its_own =
         || anyhow::anyhow!("{name}: `carehub up` holds another service's configuration");
@@ -287,7 +345,7 @@ fn wire_own_settings(
                 .into_any()
                 .downcast::<carehub_records::config::RecordsConfig>()
                 .map_err(|_| not_its_own())?;
-            for source in ["messaging", "scheduling"] {
+            for source in ["messaging", "scheduling", "billing"] {
                 if let Some(e) = endpoint(source) {
                     c.records.audit_sources.insert(source.to_owned(), e);
                 }
@@ -300,6 +358,19 @@ fn wire_own_settings(
                 .downcast::<carehub_scheduling::config::SchedulingConfig>()
                 .map_err(|_| not_its_own())?;
             admin_url.clone_into(&mut c.scheduling.feed_base_url);
+            c
+        }
+        "billing" => {
+            let mut c = cfg
+                .into_any()
+                .downcast::<carehub_billing::config::BillingConfig>()
+                .map_err(|_| not_its_own())?;
+            let processor = &mut c.billing.processor;
+            // The sandbox (test cards, no money moves), whatever the defaults become; secrets
+            // from the development secret below, never from Vault.
+            processor.kind = carehub_billing::config::ProcessorKind::Sandbox;
+            processor.vault_path = None;
+            processor.webhook_secrets = vec![dev_webhook_secret(data_dir)?];
             c
         }
         _ => cfg,

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod pki;
 pub mod process;
 pub mod service;
+pub mod stripe;
 pub mod users;
 pub mod vault;
 

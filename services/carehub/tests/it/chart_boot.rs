@@ -1,7 +1,7 @@
 //! The chart's minimal configuration boots the real binary: `carehub serve <service>` with the
 //! TOML the chart renders (tests/chart-config/minimal-<service>.toml; only the in-pod paths and
-//! ports are redirected, and records' and scheduling's identity_endpoint to the identity started
-//! here), a real database, dev certificates and a dev key file. As in the chart, the migrations
+//! ports are redirected, and records', scheduling's and billing's identity_endpoint to the
+//! identity started here), a real database, dev certificates and a dev key file. As in the chart, the migrations
 //! run as the tables' owner (`carehub migrate <service>`, the migration Job) and the server
 //! connects as a login role that is only a member of "<database>_app" and owns nothing
 //! (services.<service>.database.app). Readiness turns 200, `carehub health` (what `helm test`
@@ -294,5 +294,34 @@ async fn the_minimal_scheduling_config_serves_beside_identity() {
     scheduling.terminate();
     identity.terminate();
     scheduling_db.check_audit_and_drop().await;
+    identity_db.check_audit_and_drop().await;
+}
+
+/// billing with the chart's minimal TOML (the sandbox processor), beside identity: migrated as
+/// the owner (the Job, with identity's endpoint), served as a member of `<database>_app`, ready,
+/// SERVING, drained. The sandbox has no webhook signing secret, so the processor's webhook route
+/// is not mounted on the admin port (the chart exposes it only for Stripe).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimal_billing_config_serves_beside_identity() {
+    let identity_db = ServiceDb::new("identity", &carehub_identity::MIGRATOR).await;
+    let billing_db = ServiceDb::new("billing", &carehub_billing::MIGRATOR).await;
+    let s = secrets();
+    let mut identity = serve("identity", &s, &identity_db, &[]);
+    identity.wait_ready().await;
+    let endpoint = format!(
+        "server.auth.identity_endpoint=https://127.0.0.1:{}",
+        identity.grpc
+    );
+    let mut billing = serve("billing", &s, &billing_db, &[endpoint]);
+    billing.wait_ready().await;
+    billing.health(&s);
+    let admin = format!("127.0.0.1:{}", billing.admin);
+    assert_eq!(
+        http_get(&admin, "/webhooks/stripe").await.map(|r| r.0),
+        Some(404)
+    );
+    billing.terminate();
+    identity.terminate();
+    billing_db.check_audit_and_drop().await;
     identity_db.check_audit_and_drop().await;
 }

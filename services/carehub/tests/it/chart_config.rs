@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use carehub_billing::config::{BillingConfig, ProcessorKind};
 use carehub_identity::config::IdentityConfig;
 use carehub_messaging::config::MessagingConfig;
 use carehub_platform::config::{self, KeyProvider, TlsSource};
@@ -99,9 +100,9 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                     Some("https://carehub-identity:50051"),
                     "{name}"
                 );
-                // Its outbox tells records and messaging; billing is not in the chart yet, so
-                // it has no target and its rows stay pending.
-                for target in ["records", "messaging"] {
+                // Its outbox tells records, messaging and billing (appointment events), each
+                // at its Service.
+                for target in ["records", "messaging", "billing"] {
                     let t = &cfg.server.outbox.targets[target];
                     assert_eq!(
                         t.endpoint,
@@ -110,7 +111,6 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                     );
                     assert_eq!(t.server_name, target, "{name}");
                 }
-                assert!(!cfg.server.outbox.targets.contains_key("billing"), "{name}");
                 // Feed links lead to the gateway's public address, never the pod's loopback.
                 assert!(
                     cfg.scheduling.feed_base_url.starts_with("https://")
@@ -118,6 +118,29 @@ fn every_rendered_config_loads_with_the_binarys_loader() {
                     "{name}: {}",
                     cfg.scheduling.feed_base_url
                 );
+            }
+            "billing" => {
+                // Loading validates too: billing refuses a config without identity_endpoint, and
+                // Stripe without a secret key or the Vault path it is read from.
+                let cfg = config::load::<BillingConfig>(Some(file), &overrides())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(cfg.server.listen.port(), 50051, "{name}");
+                assert_eq!(cfg.server.admin_listen.port(), 9051, "{name}");
+                assert!(!cfg.server.database.migrate_on_start, "{name}");
+                assert_eq!(
+                    cfg.server.auth.identity_endpoint.as_deref(),
+                    Some("https://carehub-identity:50051"),
+                    "{name}"
+                );
+                // No outbox of its own; secrets never in the file (they come from Vault).
+                assert!(cfg.server.outbox.targets.is_empty(), "{name}");
+                assert!(cfg.billing.processor.secret_key.is_none(), "{name}");
+                assert!(cfg.billing.processor.webhook_secrets.is_empty(), "{name}");
+                // Stripe reads its secrets from Vault, so the release must configure Vault.
+                if cfg.billing.processor.kind == ProcessorKind::Stripe {
+                    assert!(cfg.billing.processor.vault_path.is_some(), "{name}");
+                    assert_eq!(cfg.server.keys.provider, KeyProvider::Vault, "{name}");
+                }
             }
             other => panic!("{name}: no loader for service {other:?}; add it to this test"),
         }
@@ -175,8 +198,8 @@ fn the_ci_variants_mean_what_they_say() {
     assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-records"));
     let minimal = load("minimal-records.toml");
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
-    // The patient's access log merges messaging's and scheduling's trails.
-    for source in ["messaging", "scheduling"] {
+    // The patient's access log merges messaging's, scheduling's and billing's trails.
+    for source in ["messaging", "scheduling", "billing"] {
         assert_eq!(
             prod.records.audit_sources.get(source).map(String::as_str),
             Some(format!("https://carehub-{source}:50051").as_str())
@@ -246,6 +269,49 @@ fn the_ci_variants_mean_what_they_say() {
     assert_eq!(minimal.server.keys.provider, KeyProvider::File);
     // The chart's placeholder (never resolves) until values set the gateway's address.
     assert_eq!(minimal.scheduling.feed_base_url, "https://carehub.example");
+    // Appointment events reach billing's Service under every variant.
+    for variant in ["defaults", "minimal", "production", "vault-pki"] {
+        let cfg = load(&format!("{variant}-scheduling.toml"));
+        let billing = &cfg.server.outbox.targets["billing"];
+        assert_eq!(
+            billing.endpoint, "https://carehub-billing:50051",
+            "{variant}"
+        );
+        assert_eq!(billing.server_name, "billing", "{variant}");
+    }
+
+    // billing: its own Vault role and PKI role; Stripe with its secrets' Vault path in
+    // production, the sandbox (no secrets, no egress) elsewhere.
+    let load = |name: &str| {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chart-config")
+            .join(name);
+        config::load::<BillingConfig>(Some(&file), &overrides()).unwrap()
+    };
+    let prod = load("production-billing.toml");
+    assert_eq!(
+        prod.server.vault.auth.role.as_deref(),
+        Some("carehub-billing")
+    );
+    assert_eq!(prod.billing.processor.kind, ProcessorKind::Stripe);
+    assert_eq!(
+        prod.billing.processor.vault_path.as_deref(),
+        Some("carehub/billing/processor")
+    );
+    let pki = load("vault-pki-billing.toml");
+    assert_eq!(pki.server.tls.pki_role.as_deref(), Some("carehub-billing"));
+    for variant in ["defaults", "minimal", "vault-pki"] {
+        let cfg = load(&format!("{variant}-billing.toml"));
+        assert_eq!(
+            cfg.billing.processor.kind,
+            ProcessorKind::Sandbox,
+            "{variant}"
+        );
+        // A Vault path with the sandbox would make billing read (and need) Vault secrets.
+        assert!(cfg.billing.processor.vault_path.is_none(), "{variant}");
+    }
+    let minimal = load("minimal-billing.toml");
+    assert_eq!(minimal.server.keys.provider, KeyProvider::File);
 }
 
 #[test]
@@ -303,6 +369,45 @@ fn scheduling_without_identity_endpoint_is_refused() {
     let err = config::load::<SchedulingConfig>(Some(&file), &overrides())
         .expect_err("scheduling without identity_endpoint must fail");
     assert!(err.to_string().contains("identity_endpoint"), "{err}");
+}
+
+#[test]
+fn billing_without_identity_endpoint_is_refused() {
+    // What the chart's identity_endpoint (and the migration Job's env) guards against.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/minimal-billing.toml"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("identity_endpoint"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<BillingConfig>(Some(&file), &overrides())
+        .expect_err("billing without identity_endpoint must fail");
+    assert!(err.to_string().contains("identity_endpoint"), "{err}");
+}
+
+#[test]
+fn stripe_without_its_secrets_vault_path_is_refused() {
+    // What the chart's "vaultPath is required with processor.kind=stripe" guards against:
+    // billing would have no key to charge with.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart-config/production-billing.toml"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("vault_path"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let err = config::load::<BillingConfig>(Some(&file), &overrides())
+        .expect_err("Stripe without a key or a Vault path must fail");
+    assert!(err.to_string().contains("processor.vault_path"), "{err}");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 mod common;
 
 mod audit_cli;
+mod billing_cli;
+mod billing_crash;
 mod chart_boot;
 mod chart_config;
 mod chart_services;
