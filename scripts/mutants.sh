@@ -21,7 +21,7 @@
 #             tests + tests/it/booking.rs's staff-books-for-a-patient test (patient_for's glue)
 #   billing   billing/src/domain/{card_data,webhook}.rs (card data refused; webhook signatures),
 #             billing/src/api/access.rs (whose billing data a caller sees)  billing unit tests +
-#             tests/it/card_data.rs
+#             tests/it/{card_data,webhooks}.rs
 # Each crate's integration tests are one binary (`it`); a group picks its modules with a nextest
 # filter expression (no spaces in it: the arguments below are split on spaces).
 #
@@ -63,7 +63,7 @@ group_args() {
     policy) echo "-f services/identity/src/api/policy.rs -- --test it -E test(/^(authz|transport|accounts)::/)" ;;
     participants) echo "-f services/messaging/src/domain/participants.rs -- --lib" ;;
     scheduling) echo "-f services/scheduling/src/domain/appointment.rs -f services/scheduling/src/api/access.rs -- --lib --test it -E kind(lib)|test(/^booking::a_provider_who_takes_no_new_patients/)" ;;
-    billing) echo "-f services/billing/src/domain/card_data.rs -f services/billing/src/domain/webhook.rs -f services/billing/src/api/access.rs -- --lib --test it -E kind(lib)|test(/^card_data::/)" ;;
+    billing) echo "-f services/billing/src/domain/card_data.rs -f services/billing/src/domain/webhook.rs -f services/billing/src/api/access.rs -- --lib --test it -E kind(lib)|test(/^(card_data|webhooks)::/)" ;;
     *) return 1 ;;
   esac
 }

@@ -59,16 +59,15 @@ fn has_card_number(value: &str) -> bool {
         run.clear();
         found
     };
-    let bytes = value.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
+    for b in value.bytes() {
         if b.is_ascii_digit() {
             run.push(b - b'0');
             group += 1;
             continue;
         }
-        let joins = (b == b' ' || b == b'-')
-            && (3..=6).contains(&group)
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        // A separator after a group keeps the run going; whatever follows it decides (a
+        // non-digit there flushes the run as any other character does).
+        let joins = (b == b' ' || b == b'-') && (3..=6).contains(&group);
         group = 0;
         if !joins && flush(&mut run) {
             return true;
@@ -77,6 +76,9 @@ fn has_card_number(value: &str) -> bool {
     flush(&mut run)
 }
 
+/// A digit doubled, its digits summed (7 -> 14 -> 5): Luhn's every-second-digit step.
+const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+
 /// The Luhn (mod 10) check every card number passes.
 pub fn luhn_valid(digits: &[u8]) -> bool {
     let sum: u32 = digits
@@ -84,16 +86,11 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         .rev()
         .enumerate()
         .map(|(i, &d)| {
-            let d = u32::from(d);
+            let d = usize::from(d.min(9));
             if i % 2 == 1 {
-                let doubled = d * 2;
-                if doubled > 9 {
-                    doubled - 9
-                } else {
-                    doubled
-                }
+                DOUBLED[d]
             } else {
-                d
+                d as u32
             }
         })
         .sum();
@@ -150,6 +147,9 @@ mod tests {
             // Digit groups that line up into a Luhn-valid run: ids, not cards.
             "01924823-4470-7128-a456-789abcdef012",
             "+1 555-555-1234 ext 42",
+            // Groups of other lengths, or other separators, are not a printed card number.
+            "42424242 42424242",
+            "4242a4242a4242a4242",
         ] {
             assert_eq!(find(ok, false), None, "{ok}");
         }

@@ -357,6 +357,36 @@ mod tests {
     }
 
     #[test]
+    fn a_header_of_exactly_the_limit_is_read() {
+        let header = format!("t={T},v1={KNOWN}");
+        let padded = format!(
+            "{header},v0={}",
+            "0".repeat(MAX_HEADER_LEN - header.len() - 4)
+        );
+        assert_eq!(padded.len(), MAX_HEADER_LEN);
+        let s = secrets(&[SECRET]);
+        assert_eq!(verify(&padded, PAYLOAD, &s, T, 300), Ok(T));
+        let over = format!("{padded}0");
+        assert_eq!(
+            verify(&over, PAYLOAD, &s, T, 300),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn reasons_are_distinct_codes() {
+        assert_eq!(
+            SignatureError::Malformed.reason(),
+            "malformed_signature_header"
+        );
+        assert_eq!(
+            SignatureError::OutsideTolerance.reason(),
+            "timestamp_outside_tolerance"
+        );
+        assert_eq!(SignatureError::NoMatch.reason(), "no_matching_signature");
+    }
+
+    #[test]
     fn reasons_hold_no_secret() {
         for error in [
             SignatureError::Malformed,
