@@ -3,26 +3,28 @@
 #
 # Builds the release binary, starts a fresh `carehub up` (its own data directory, private
 # PostgreSQL cluster and ports; identity on the first gRPC/admin port, records on the next,
-# messaging on the one after, scheduling on the one after that), runs `carehub loadgen all`
-# (echo baseline first and last, pgbench insert/select against the same PostgreSQL, every
-# identity scenario, every records scenario, every messaging scenario, every scheduling
-# scenario, the audit scenarios on a scratch database of that PostgreSQL), records the
-# `carehub up` process's idle and loaded resident memory, writes
+# messaging on the one after, scheduling on the one after that, billing on the next), runs
+# `carehub loadgen all` (echo baseline first and last, pgbench insert/select against the same
+# PostgreSQL, every identity scenario, every records scenario, every messaging scenario, every
+# scheduling scenario, the billing scenario, the audit scenarios on a scratch database of that
+# PostgreSQL), records the `carehub up` process's idle and loaded resident memory, writes
 # BENCHMARKS.md and stops everything it started. Not part of scripts/test.sh: speed is
 # measured, never asserted.
 #
-# The messaging and scheduling scenarios' providers (and scheduling's staff member) are created
-# by the fresh install's first admin: its one-time password (from `carehub up`'s output) goes to
-# loadgen in LOADGEN_ADMIN_PASSWORD, with a random new password in LOADGEN_ADMIN_NEW_PASSWORD
-# (the install is thrown away after). The booking storm's double-booking check reads
-# scheduling's database (carehub_scheduling on the private cluster) with SQL.
+# The messaging and scheduling scenarios' providers (and scheduling's staff member, and the
+# billing scenario's billing clerk) are created by the fresh install's first admin: its
+# one-time password (from `carehub up`'s output) goes to loadgen in LOADGEN_ADMIN_PASSWORD, with
+# a random new password in LOADGEN_ADMIN_NEW_PASSWORD (the install is thrown away after). The
+# booking storm's double-booking check reads scheduling's database (carehub_scheduling on the
+# private cluster) with SQL; pay-invoice's duplicate-charge check reads the invoices it paid
+# back through billing's API (as the billing clerk).
 #
 # Settings (environment): BENCH_WARMUP (s, 3), BENCH_DURATION (s, 10), BENCH_IN_FLIGHT (64),
 # BENCH_CONNECTIONS (4), BENCH_GRPC_PORT (50151; records on +1, messaging on +2, scheduling
-# on +3), BENCH_ADMIN_PORT (9151; records on +1, messaging on +2, scheduling on +3),
-# BENCH_PG_PORT (55451), BENCH_OUT (BENCHMARKS.md), BENCH_SCENARIOS ("all", or scenarios and
-# groups separated by spaces or commas, "slot-search,booking-storm": echo is added first and
-# last when the list lacks it).
+# on +3, billing on +4), BENCH_ADMIN_PORT (9151; records on +1, messaging on +2, scheduling on
+# +3, billing on +4), BENCH_PG_PORT (55451), BENCH_OUT (BENCHMARKS.md), BENCH_SCENARIOS ("all",
+# or scenarios and groups separated by spaces or commas, "slot-search,booking-storm" or
+# "pay-invoice": echo is added first and last when the list lacks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,13 +36,15 @@ GRPC_PORT=${BENCH_GRPC_PORT:-50151}
 ADMIN_PORT=${BENCH_ADMIN_PORT:-9151}
 PG_PORT=${BENCH_PG_PORT:-55451}
 # `carehub up` gives each service consecutive ports in the binary's order: identity, records,
-# messaging, scheduling.
+# messaging, scheduling, billing.
 RECORDS_GRPC_PORT=$((GRPC_PORT + 1))
 RECORDS_ADMIN_PORT=$((ADMIN_PORT + 1))
 MESSAGING_GRPC_PORT=$((GRPC_PORT + 2))
 MESSAGING_ADMIN_PORT=$((ADMIN_PORT + 2))
 SCHEDULING_GRPC_PORT=$((GRPC_PORT + 3))
 SCHEDULING_ADMIN_PORT=$((ADMIN_PORT + 3))
+BILLING_GRPC_PORT=$((GRPC_PORT + 4))
+BILLING_ADMIN_PORT=$((ADMIN_PORT + 4))
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 # A list of scenarios and groups: commas or spaces. A list without the echo baseline is
 # measured between two echo runs all the same, so that its ratios exist.
@@ -89,7 +93,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
-log "starting carehub up in $data (gRPC $GRPC_PORT/$RECORDS_GRPC_PORT/$MESSAGING_GRPC_PORT/$SCHEDULING_GRPC_PORT, admin $ADMIN_PORT/$RECORDS_ADMIN_PORT/$MESSAGING_ADMIN_PORT/$SCHEDULING_ADMIN_PORT, PostgreSQL $PG_PORT)"
+log "starting carehub up in $data (gRPC $GRPC_PORT/$RECORDS_GRPC_PORT/$MESSAGING_GRPC_PORT/$SCHEDULING_GRPC_PORT/$BILLING_GRPC_PORT, admin $ADMIN_PORT/$RECORDS_ADMIN_PORT/$MESSAGING_ADMIN_PORT/$SCHEDULING_ADMIN_PORT/$BILLING_ADMIN_PORT, PostgreSQL $PG_PORT)"
 start=$(date +%s)
 RUST_LOG=warn "$BIN" up --data-dir "$data" --pg-port "$PG_PORT" \
   --grpc-port "$GRPC_PORT" --admin-port "$ADMIN_PORT" >"$data/up.log" 2>&1 &
@@ -99,7 +103,7 @@ ready() { # admin port
 }
 all_ready() {
   ready "$ADMIN_PORT" && ready "$RECORDS_ADMIN_PORT" && ready "$MESSAGING_ADMIN_PORT" &&
-    ready "$SCHEDULING_ADMIN_PORT"
+    ready "$SCHEDULING_ADMIN_PORT" && ready "$BILLING_ADMIN_PORT"
 }
 for _ in $(seq 1 150); do
   if all_ready; then break; fi
@@ -112,7 +116,7 @@ idle_rss=$(rss_kib "$up_pid")
 pg_pid=$(head -1 "$data/postgres/postmaster.pid")
 # The first admin's one-time password, printed once by the fresh `carehub up`.
 admin_otp=$(sed -n 's/.*one-time password (shown once, change it at first login): *//p' "$data/up.log" | head -1)
-[ -n "$admin_otp" ] || log "no first-admin password in carehub up's output: the messaging and scheduling scenarios will be skipped"
+[ -n "$admin_otp" ] || log "no first-admin password in carehub up's output: the messaging, scheduling and billing scenarios will be skipped"
 admin_new=""
 [ -z "$admin_otp" ] || admin_new="bench-$(head -c 18 /dev/urandom | base64 | tr -d '/+=\n')"
 
@@ -124,8 +128,10 @@ env ${admin_otp:+LOADGEN_ADMIN_PASSWORD="$admin_otp" LOADGEN_ADMIN_NEW_PASSWORD=
   --identity "https://127.0.0.1:$GRPC_PORT" --records "https://127.0.0.1:$RECORDS_GRPC_PORT" \
   --messaging "https://127.0.0.1:$MESSAGING_GRPC_PORT" \
   --scheduling "https://127.0.0.1:$SCHEDULING_GRPC_PORT" \
+  --billing "https://127.0.0.1:$BILLING_GRPC_PORT" \
   --admin "127.0.0.1:$ADMIN_PORT" --admin "127.0.0.1:$RECORDS_ADMIN_PORT" \
   --admin "127.0.0.1:$MESSAGING_ADMIN_PORT" --admin "127.0.0.1:$SCHEDULING_ADMIN_PORT" \
+  --admin "127.0.0.1:$BILLING_ADMIN_PORT" \
   --database-url "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   --scheduling-database-url "postgres://postgres@127.0.0.1:$PG_PORT/carehub_scheduling" \
   --server-pid "$up_pid" --postgres-pid "$pg_pid" \
@@ -162,15 +168,19 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
   echo "  arrival on a recipient's live stream minus its intended send time (their req/s: messages sent);"
   echo "  \`slot-search\` is SearchSlots over one week across 50 providers; \`booking-storm\` books one provider's"
   echo "  slots from all patients at once (req/s: bookings + SLOT_TAKEN refusals, both in the percentiles;"
-  echo "  its double bookings are counted with SQL on scheduling's database afterwards)"
+  echo "  its double bookings are counted with SQL on scheduling's database afterwards);"
+  echo "  \`pay-invoice\` pays invoices a billing clerk seeded (PayInvoice by the invoice's patient, sandbox"
+  echo "  test card, a fresh idempotency key per call; req/s: payments answered SUCCEEDED), 1 call in 10"
+  echo "  replayed with its key off the measured call (the answer must name the same payment); afterwards the"
+  echo "  invoices it paid are read back as the billing clerk (duplicate charges: paid more than the total)"
   echo "- the load generator, the server and PostgreSQL share the same cores; server CPU is the"
-  echo "  \`carehub up\` process's (identity, records, messaging and scheduling), PostgreSQL's is the postmaster's and its"
+  echo "  \`carehub up\` process's (identity, records, messaging, scheduling and billing), PostgreSQL's is the postmaster's and its"
   echo "  backends' (utime + stime); steady-state counters are summed over the services' /metrics"
   echo "- wall time of the run (start, seed, all scenarios, excluding the build): ${elapsed} s"
   echo
   cat "$data/table.md"
   echo
-  echo "Resident memory of the \`carehub up\` process (identity, records, messaging and scheduling):"
+  echo "Resident memory of the \`carehub up\` process (identity, records, messaging, scheduling and billing):"
   echo
   echo "| idle (after start) | after the run | peak (VmHWM) |"
   echo "|---|---|---|"

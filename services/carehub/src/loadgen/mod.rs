@@ -1,4 +1,4 @@
-//! `carehub loadgen`: drives a running carehub (identity, records, messaging, scheduling) over mTLS and reports throughput, latency
+//! `carehub loadgen`: drives a running carehub (identity, records, messaging, scheduling, billing) over mTLS and reports throughput, latency
 //! percentiles (HDR histograms), errors by gRPC code, CPU per request, and what the steady
 //! state cost that it should not have (Vault requests, TLS handshakes, new database
 //! connections, read from the services' `/metrics`), beside baselines measured in the same
@@ -7,6 +7,7 @@
 //! It exits non-zero when any scenario saw an error, so that a smoke run can gate a build.
 
 mod audit;
+mod billing;
 mod echo;
 mod engine;
 mod identity;
@@ -83,6 +84,12 @@ pub enum Scenario {
     /// BookAppointment by many patients of one provider's slots, most of them colliding
     /// (SLOT_TAKEN refusals counted apart); then checks that nothing was double-booked.
     BookingStorm,
+    /// Every billing scenario.
+    Billing,
+    /// PayInvoice by the invoice's patient (sandbox card, fresh idempotency key) of invoices
+    /// seeded by a billing clerk, 1 in 10 replayed with the same key; then checks that no
+    /// invoice was charged twice.
+    PayInvoice,
     /// The three audit scenarios below.
     Audit,
     /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
@@ -107,6 +114,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
     let records = [ChartRead, ChartReadHalf, ChartUpdate, ClinicMixed];
     let messaging = [MessageSend, MessageDelivery, StreamFanout];
     let scheduling = [SlotSearch, BookingStorm];
+    let billing = [PayInvoice];
     let audit = [AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
@@ -118,6 +126,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
                 out.extend(records);
                 out.extend(messaging);
                 out.extend(scheduling);
+                out.extend(billing);
                 out.extend(audit);
                 out.push(Echo);
             }
@@ -127,6 +136,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
             Records => out.extend(records),
             Messaging => out.extend(messaging),
             Scheduling => out.extend(scheduling),
+            Billing => out.extend(billing),
             other => out.push(*other),
         }
     }
@@ -176,16 +186,22 @@ pub struct LoadgenArgs {
     /// The name scheduling's certificate must carry.
     #[arg(long, default_value = "scheduling")]
     scheduling_server_name: String,
+    /// billing's gRPC endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:50055")]
+    billing: String,
+    /// The name billing's certificate must carry.
+    #[arg(long, default_value = "billing")]
+    billing_server_name: String,
     /// Admin (`/metrics`) addresses of the services, host:port (repeatable; default identity's,
-    /// records', messaging's and scheduling's under `carehub up`).
-    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052", "127.0.0.1:9053", "127.0.0.1:9054"])]
+    /// records', messaging's, scheduling's and billing's under `carehub up`).
+    #[arg(long = "admin", default_values = ["127.0.0.1:9051", "127.0.0.1:9052", "127.0.0.1:9053", "127.0.0.1:9054", "127.0.0.1:9055"])]
     admins: Vec<String>,
     /// The identity admin who creates the providers of the messaging and scheduling scenarios
-    /// (and the scheduling scenarios' staff member).
+    /// (and the scheduling scenarios' staff member, and the billing scenario's billing clerk).
     #[arg(long, default_value = "admin@carehub.local")]
     admin_email: String,
-    /// That admin's password (the messaging and scheduling scenarios need it; `all` skips them
-    /// without it).
+    /// That admin's password (the messaging, scheduling and billing scenarios need it; `all`
+    /// skips them without it).
     #[arg(long, env = "LOADGEN_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
     /// When the admin still has a one-time password (a fresh `carehub up` prints it): the
@@ -225,6 +241,14 @@ pub struct LoadgenArgs {
     /// as the staff member).
     #[arg(long)]
     scheduling_database_url: Option<String>,
+    /// pay-invoice: the payments per second the invoice pool is sized for (warm-up and steady
+    /// state at this rate, a fifth more; --rate when given).
+    #[arg(long, default_value_t = billing::DEFAULT_EXPECTED_RATE)]
+    pay_expected_rate: f64,
+    /// pay-invoice: invoices to seed (default: from --pay-expected-rate, --warmup and
+    /// --duration).
+    #[arg(long)]
+    invoices: Option<usize>,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -317,6 +341,8 @@ pub struct ScenarioReport {
     pub delivery: Option<messaging::DeliveryStats>,
     /// booking-storm: bookings and refusals, and the double-booking check.
     pub booking: Option<scheduling::BookingStats>,
+    /// pay-invoice: payments, replays, and the duplicate-charge check.
+    pub payments: Option<billing::PaymentStats>,
     pub note: Option<String>,
 }
 
@@ -434,6 +460,7 @@ fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
         sealing_lag_secs: None,
         delivery: None,
         booking: None,
+        payments: None,
         note: None,
     }
 }
@@ -578,6 +605,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         "scheduling",
         &args.admin_email,
     )?;
+    let needs_billing = admin_gate(
+        scenarios.contains(&Scenario::PayInvoice),
+        admin_password.is_some(),
+        args.scenarios
+            .iter()
+            .any(|s| matches!(s, Scenario::Billing | Scenario::PayInvoice)),
+        "billing",
+        &args.admin_email,
+    )?;
     // The audit scenarios' scratch database, once, when one of them is asked for.
     let scratch = if scenarios.iter().any(|s| {
         matches!(
@@ -656,7 +692,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     // The admin who creates providers (and scheduling's staff member), signed in once: a fresh
     // install's one-time password can be changed only once.
     let admin_party = match &identity {
-        Some((identity_channels, _)) if needs_messaging || needs_scheduling => {
+        Some((identity_channels, _)) if needs_messaging || needs_scheduling || needs_billing => {
             let admin = messaging::Admin {
                 email: args.admin_email.clone(),
                 password: admin_password.clone(),
@@ -750,6 +786,52 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 eprintln!("seeding: a staff member, a visit type{search}{storm}");
             }
             Some((channels, Arc::new(seed)))
+        }
+        _ => None,
+    };
+    // billing: a billing clerk, the price, the patients' cards and the invoice pool, once. A
+    // seed that fails (billing not running, or not built yet) fails the scenario, not the run.
+    let billing = match (&identity, &admin_party) {
+        (Some((identity_channels, users)), Some(admin)) if needs_billing => {
+            let seeded = async {
+                let channels = connect(
+                    &args.billing,
+                    &tls,
+                    &args.billing_server_name,
+                    args.connections,
+                )
+                .await
+                .with_context(|| format!("connecting to billing at {}", args.billing))?;
+                let invoices = args.invoices.unwrap_or_else(|| {
+                    billing::pool_size(
+                        args.rate.unwrap_or(args.pay_expected_rate),
+                        args.warmup + args.duration,
+                        args.in_flight,
+                    )
+                });
+                if !args.quiet {
+                    eprintln!(
+                        "seeding: a billing clerk, price {}, {} payment methods, {invoices} invoices",
+                        billing::PRICE_CODE,
+                        users.users.len()
+                    );
+                }
+                let seed = billing::seed(
+                    billing::Channels {
+                        identity: identity_channels,
+                        billing: &channels,
+                    },
+                    &users.users,
+                    admin,
+                    invoices,
+                    billing::SEED_PARALLEL,
+                    !args.quiet,
+                )
+                .await
+                .context("seeding invoices through identity's and billing's public RPCs")?;
+                Ok::<_, anyhow::Error>((channels, Arc::new(seed)))
+            };
+            Some(seeded.await.map_err(|e| format!("{e:#}")))
         }
         _ => None,
     };
@@ -867,7 +949,98 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             | Scenario::Records
             | Scenario::Messaging
             | Scenario::Scheduling
+            | Scenario::Billing
             | Scenario::Audit => {}
+            Scenario::PayInvoice => {
+                let Some(seeded) = &billing else {
+                    continue;
+                };
+                let mut shape = shape.clone();
+                shape.rate = args.rate;
+                let load = match shape.rate {
+                    Some(r) => format!("open {r:.0}/s"),
+                    None => closed(shape.in_flight),
+                };
+                let (channels, seed) = match seeded {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("  pay-invoice: FAILED: seeding: {e}");
+                        let m = engine::Measured {
+                            ok: 0,
+                            errors: [("SEED_FAILED".to_owned(), 1)].into(),
+                            elapsed: Duration::ZERO,
+                            histogram: engine::new_histogram(),
+                        };
+                        let mut r = report("pay-invoice", load, &m, &probe);
+                        r.note = Some(format!("seeding failed: {e}"));
+                        results.push(r);
+                        continue;
+                    }
+                };
+                let payments = billing::Payments::new(channels, seed.clone());
+                let mut window = billing::Marked {
+                    inner: &mut probe,
+                    payments: payments.clone(),
+                };
+                let m = engine::run_timed("pay-invoice", payments.op(), &shape, &mut window).await;
+                let mut r = report("pay-invoice", load, &m, &probe);
+                payments.reclassify(&mut r.errors);
+                payments.drain(Duration::from_secs(30)).await;
+                let verdict = match &identity {
+                    Some((identity_channels, _)) => {
+                        payments.verify(identity_channels, channels).await
+                    }
+                    None => billing::Verdict {
+                        method: "none".to_owned(),
+                        invoices_checked: None,
+                        duplicate_charges: None,
+                        lost_payments: None,
+                        unrequested_charges: None,
+                        note: Some("no identity connection to sign the clerk in".to_owned()),
+                    },
+                };
+                let p = payments.stats(m.elapsed, verdict);
+                // Printed whatever --quiet says: it is the scenario's verdict.
+                if p.problems().is_empty() {
+                    eprintln!("  pay-invoice: {}", p.line());
+                } else {
+                    eprintln!(
+                        "  pay-invoice: FAILED: {}: {}",
+                        p.problems()
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.line()
+                    );
+                }
+                for (k, v) in p.problems() {
+                    *r.errors.entry(k).or_default() += v;
+                    r.error_count += v;
+                }
+                r.note = Some(format!(
+                    "PayInvoice (default card {}, amount due {} {}) by {} patients{} of {} invoices seeded by a billing clerk, a fresh idempotency key per call, 1 in {} replayed with its key (not measured); {} paid in the steady state, {} invoices used; {}",
+                    billing::TEST_TOKEN,
+                    billing::PRICE_MINOR,
+                    billing::CURRENCY,
+                    seed.patients.len() - seed.refused_patients,
+                    if seed.refused_patients == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} left out: billing took their id for card data)",
+                            seed.refused_patients
+                        )
+                    },
+                    p.invoices_seeded,
+                    billing::REPLAY_EVERY,
+                    p.payments,
+                    p.invoices_used,
+                    p.line()
+                ));
+                r.payments = Some(p);
+                results.push(r);
+            }
             Scenario::SlotSearch => {
                 let Some((channels, seed)) = &scheduling else {
                     continue;
@@ -1387,6 +1560,26 @@ fn budgets(
             .and_then(|r| r.booking.as_ref())
             .map(|b| b.problems().is_empty()),
     });
+    let pay = find("pay-invoice");
+    out.push(Budget {
+        name: "pay an invoice (PayInvoice, sandbox processor)".into(),
+        target: "0 duplicate charges, replays name the same payment (no speed budget)".into(),
+        measured: pay.and_then(|r| Some((r, r.payments.as_ref()?))).map_or(
+            "n/a".into(),
+            |(r, p)| {
+                format!(
+                    "{:.0} payments/s, p50 {:.2} ms, p99 {:.2} ms; {}",
+                    p.payments_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    p.line()
+                )
+            },
+        ),
+        met: pay
+            .and_then(|r| r.payments.as_ref())
+            .map(|p| p.problems().is_empty()),
+    });
     let update = find("profile-update");
     let insert = pg.iter().find(|p| p.name == "pgbench insert");
     let ratio = match (update, insert) {
@@ -1542,6 +1735,16 @@ fn render_table(r: &Report, markdown: bool) -> String {
                 b.bookings_per_sec, b.refusals_per_sec
             );
         }
+        if let Some(p) = &s.payments {
+            let _ = write!(
+                name,
+                " ({} duplicate charges, {}/{} replays same)",
+                p.duplicate_charges
+                    .map_or("unchecked".to_owned(), |n| n.to_string()),
+                p.replays_same,
+                p.replays
+            );
+        }
         rows.push(vec![
             name,
             s.load.clone(),
@@ -1667,7 +1870,12 @@ mod tests {
         assert_eq!(s.last(), Some(&Scenario::Echo));
         assert!(s.contains(&Scenario::Pgbench));
         assert!(s.contains(&Scenario::ProfileReadHalf));
-        for r in expand(&[Scenario::Records, Scenario::Messaging, Scenario::Scheduling]) {
+        for r in expand(&[
+            Scenario::Records,
+            Scenario::Messaging,
+            Scenario::Scheduling,
+            Scenario::Billing,
+        ]) {
             assert!(s.contains(&r), "{r:?} not in all");
         }
         assert_eq!(
@@ -1682,6 +1890,7 @@ mod tests {
             expand(&[Scenario::Scheduling]),
             vec![Scenario::SlotSearch, Scenario::BookingStorm]
         );
+        assert_eq!(expand(&[Scenario::Billing]), vec![Scenario::PayInvoice]);
         assert_eq!(
             expand(&[Scenario::Records]),
             vec![
