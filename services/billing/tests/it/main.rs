@@ -9,5 +9,6 @@ mod card_data;
 mod common;
 mod payments;
 mod processor_secrets;
+mod scheduling_flow;
 mod stripe_adapter;
 mod webhooks;
