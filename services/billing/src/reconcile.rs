@@ -18,6 +18,7 @@ use chrono::Utc;
 
 use crate::api::{payments, refunds};
 use crate::config::BillingConfig;
+use crate::store::intents::{self, Intents};
 use crate::store::{invoices, payments as payment_store, refunds as refund_store};
 use crate::AppState;
 
@@ -77,12 +78,12 @@ pub async fn pass(state: &AppState) -> anyhow::Result<Report> {
     let resend_within = chrono::Duration::hours(i64::from(state.settings.resend_within_hours));
     let ids = {
         let mut conn = state.pool.acquire().await?;
-        payment_store::unsettled(&mut conn, BATCH).await?
+        intents::unsettled(&mut conn, Intents::Payments, BATCH).await?
     };
     for id in ids {
         let row = {
             let mut conn = state.pool.acquire().await?;
-            if !payment_store::claim(&mut conn, id, lease).await? {
+            if !intents::claim(&mut conn, Intents::Payments, id, lease).await? {
                 continue;
             }
             payment_store::get(&mut conn, id).await?
@@ -98,12 +99,12 @@ pub async fn pass(state: &AppState) -> anyhow::Result<Report> {
     }
     let ids = {
         let mut conn = state.pool.acquire().await?;
-        refund_store::unsettled(&mut conn, BATCH).await?
+        intents::unsettled(&mut conn, Intents::Refunds, BATCH).await?
     };
     for id in ids {
         let row = {
             let mut conn = state.pool.acquire().await?;
-            if !refund_store::claim(&mut conn, id, lease).await? {
+            if !intents::claim(&mut conn, Intents::Refunds, id, lease).await? {
                 continue;
             }
             refund_store::lock(&mut conn, id).await?

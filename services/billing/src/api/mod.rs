@@ -13,6 +13,7 @@ pub mod access;
 pub mod appointments;
 pub mod convert;
 pub mod documents;
+pub mod intents;
 pub mod invoices;
 pub mod kinds;
 pub mod payment_methods;

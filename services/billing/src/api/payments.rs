@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::api::access::may_see;
 use crate::api::convert::payment_to_pb;
+use crate::api::intents::{existing, Begin};
 use crate::api::invoices::status_of;
 use crate::api::kinds;
 use crate::api::validate;
@@ -24,40 +25,10 @@ use crate::domain::invoice::{payable, Status};
 use crate::error::{checked, BillingError, Result};
 use crate::processor::{ChargeOutcome, ChargeRequest, ChargeStatus, ProcessorError};
 use crate::store::customers;
+use crate::store::intents::{self, Intents};
 use crate::store::invoices;
 use crate::store::payments::{self as store, PaymentRow};
 use crate::AppState;
-
-/// What the first transaction decided.
-enum Begin {
-    /// A stored payment to answer with (a retry of a call that got an outcome).
-    Answer(PaymentRow),
-    /// An intent this call now holds: ask the processor.
-    Drive(PaymentRow),
-}
-
-/// What a stored intent under (`actor`, `key`) means for this call, if there is one.
-async fn existing(
-    tx: &mut sqlx::PgConnection,
-    actor: &str,
-    key: &str,
-    hash: &[u8],
-    lease: u64,
-) -> Result<Option<Result<Begin>>> {
-    let Some(existing) = store::by_key(tx, actor, key).await? else {
-        return Ok(None);
-    };
-    if existing.request_hash != hash {
-        return Ok(Some(Err(BillingError::KeyReused)));
-    }
-    if existing.status != "pending" {
-        return Ok(Some(Ok(Begin::Answer(existing))));
-    }
-    if store::claim(tx, existing.id, lease).await? {
-        return Ok(Some(Ok(Begin::Drive(existing))));
-    }
-    Ok(Some(Err(BillingError::KeyInUse)))
-}
 
 /// Whether an idempotency key is required and present.
 pub fn required_key(call: &Call) -> Result<&str> {
@@ -138,11 +109,12 @@ async fn begin(
     invoice_id: Uuid,
     method: Option<Uuid>,
     amount_asked: i64,
-) -> Result<Begin> {
+) -> Result<Begin<PaymentRow>> {
     let lease = state.settings.intent_lease_secs;
     let user = call.user()?;
     let mut tx = state.pool.begin().await?;
-    if let Some(begun) = existing(&mut tx, actor, key, hash, lease).await? {
+    let found = store::by_key(&mut tx, actor, key).await?;
+    if let Some(begun) = existing(&mut tx, found, hash, lease).await? {
         tx.commit().await?;
         return begun;
     }
@@ -153,7 +125,8 @@ async fn begin(
             id: invoice_id.to_string(),
         })?;
     // A first call with this key may have committed while this one waited for the invoice.
-    if let Some(begun) = existing(&mut tx, actor, key, hash, lease).await? {
+    let found = store::by_key(&mut tx, actor, key).await?;
+    if let Some(begun) = existing(&mut tx, found, hash, lease).await? {
         tx.commit().await?;
         return begun;
     }
@@ -270,7 +243,7 @@ pub async fn drive(
         // asking): give the lease back so that a retry or the reconciler asks again at once.
         Err(e) => {
             let mut conn = state.pool.acquire().await?;
-            store::release(&mut conn, row.id).await?;
+            intents::release(&mut conn, Intents::Payments, row.id).await?;
             Err(e)
         }
     }

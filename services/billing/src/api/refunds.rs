@@ -11,19 +11,16 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::api::convert::{refund_reason, refund_to_pb};
+use crate::api::intents::{existing, Begin};
 use crate::api::kinds;
 use crate::api::payments::required_key;
 use crate::api::validate;
 use crate::error::{checked, BillingError, Result};
 use crate::processor::{ProcessorError, RefundOutcome, RefundRequest, RefundStatus};
+use crate::store::intents::{self, Intents};
 use crate::store::refunds::{self as store, RefundRow};
 use crate::store::{invoices, payments};
 use crate::AppState;
-
-enum Begin {
-    Answer(RefundRow),
-    Drive(RefundRow),
-}
 
 pub async fn refund(state: &AppState, call: &Call, r: RefundPaymentRequest) -> Result<Refund> {
     let mut v = FieldViolations::new();
@@ -75,29 +72,6 @@ pub async fn refund(state: &AppState, call: &Call, r: RefundPaymentRequest) -> R
     Ok(refund_to_pb(&drive(state, &row, Some(call)).await?))
 }
 
-/// What a stored refund under (`actor`, `key`) means for this call, if there is one.
-async fn existing(
-    tx: &mut sqlx::PgConnection,
-    actor: &str,
-    key: &str,
-    hash: &[u8],
-    lease: u64,
-) -> Result<Option<Result<Begin>>> {
-    let Some(existing) = store::by_key(tx, actor, key).await? else {
-        return Ok(None);
-    };
-    if existing.request_hash != hash {
-        return Ok(Some(Err(BillingError::KeyReused)));
-    }
-    if existing.status != "pending" || existing.processor_refund_id.is_some() {
-        return Ok(Some(Ok(Begin::Answer(existing))));
-    }
-    if store::claim(tx, existing.id, lease).await? {
-        return Ok(Some(Ok(Begin::Drive(existing))));
-    }
-    Ok(Some(Err(BillingError::KeyInUse)))
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn begin(
     state: &AppState,
@@ -108,10 +82,11 @@ async fn begin(
     payment_id: Uuid,
     amount_asked: i64,
     reason: &str,
-) -> Result<Begin> {
+) -> Result<Begin<RefundRow>> {
     let lease = state.settings.intent_lease_secs;
     let mut tx = state.pool.begin().await?;
-    if let Some(begun) = existing(&mut tx, actor, key, hash, lease).await? {
+    let found = store::by_key(&mut tx, actor, key).await?;
+    if let Some(begun) = existing(&mut tx, found, hash, lease).await? {
         tx.commit().await?;
         return begun;
     }
@@ -122,7 +97,8 @@ async fn begin(
             id: payment_id.to_string(),
         })?;
     // A first call with this key may have committed while this one waited for the payment.
-    if let Some(begun) = existing(&mut tx, actor, key, hash, lease).await? {
+    let found = store::by_key(&mut tx, actor, key).await?;
+    if let Some(begun) = existing(&mut tx, found, hash, lease).await? {
         tx.commit().await?;
         return begun;
     }
@@ -210,7 +186,7 @@ pub async fn drive(state: &AppState, row: &RefundRow, call: Option<&Call>) -> Re
         },
         Err(e) => {
             let mut conn = state.pool.acquire().await?;
-            store::release(&mut conn, row.id).await?;
+            intents::release(&mut conn, Intents::Refunds, row.id).await?;
             return Err(e.into());
         }
     };

@@ -3,6 +3,7 @@
 
 pub mod customers;
 pub mod events;
+pub mod intents;
 pub mod invoices;
 pub mod payments;
 pub mod prices;

@@ -109,30 +109,6 @@ pub async fn insert(
     .await
 }
 
-/// Takes over a pending intent whose lease ran out (or was given back); false when someone
-/// else holds it or it is settled.
-pub async fn claim(conn: &mut PgConnection, id: Uuid, lease_secs: u64) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE payments SET locked_until = now() + make_interval(secs => $2)
-         WHERE id = $1 AND status = 'pending' AND (locked_until IS NULL OR locked_until < now())",
-    )
-    .bind(id)
-    .bind(lease_secs as f64)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// Gives the lease back after a call that learnt nothing (a retry may take over at once).
-pub async fn release(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("UPDATE payments SET locked_until = NULL WHERE id = $1 AND status = 'pending'")
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Records an outcome.
 pub async fn settle(
     conn: &mut PgConnection,
@@ -168,17 +144,6 @@ pub async fn add_refunded(conn: &mut PgConnection, id: Uuid, amount: i64) -> sql
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Pending intents nobody holds, oldest first.
-pub async fn unsettled(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM payments WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < now())
-         ORDER BY create_time LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(conn)
-    .await
 }
 
 /// The patient's succeeded payments in [start, end), oldest first (statements).

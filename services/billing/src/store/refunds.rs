@@ -118,27 +118,6 @@ pub async fn insert(
     .await
 }
 
-pub async fn claim(conn: &mut PgConnection, id: Uuid, lease_secs: u64) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE refunds SET locked_until = now() + make_interval(secs => $2)
-         WHERE id = $1 AND status = 'pending' AND (locked_until IS NULL OR locked_until < now())",
-    )
-    .bind(id)
-    .bind(lease_secs as f64)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-pub async fn release(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("UPDATE refunds SET locked_until = NULL WHERE id = $1 AND status = 'pending'")
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 pub async fn settle(
     conn: &mut PgConnection,
     id: Uuid,
@@ -161,17 +140,6 @@ pub async fn settle(
     .bind(processor_refund_id)
     .bind(event_created)
     .fetch_one(conn)
-    .await
-}
-
-pub async fn unsettled(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM refunds WHERE status = 'pending' AND processor_refund_id IS NULL
-           AND (locked_until IS NULL OR locked_until < now())
-         ORDER BY create_time LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(conn)
     .await
 }
 
