@@ -38,6 +38,13 @@ pub struct BillingSettings {
     pub resend_within_hours: u32,
     /// Webhook signatures older (or newer) than this are refused as replays (1..=3600 s).
     pub webhook_tolerance_secs: u64,
+    /// Active payment methods one patient may have (1..=100), counted under the patient's
+    /// customer row before the processor is asked to attach another.
+    pub max_payment_methods: u32,
+    /// AddPaymentMethod calls that may talk to the processor at once (1..=64); each holds a
+    /// database transaction meanwhile, so a burst is refused (RESOURCE_EXHAUSTED with
+    /// RetryInfo) instead of taking the pool from every other RPC.
+    pub attach_slots: u32,
 }
 
 impl Default for BillingSettings {
@@ -50,6 +57,8 @@ impl Default for BillingSettings {
             reconcile_interval_secs: 30,
             resend_within_hours: 23,
             webhook_tolerance_secs: 300,
+            max_payment_methods: 10,
+            attach_slots: 4,
         }
     }
 }
@@ -136,6 +145,14 @@ impl Validate for BillingConfig {
         within(
             (1..=3600).contains(&b.webhook_tolerance_secs),
             "webhook_tolerance_secs must be within 1..=3600",
+        );
+        within(
+            (1..=100).contains(&b.max_payment_methods),
+            "max_payment_methods must be within 1..=100",
+        );
+        within(
+            (1..=64).contains(&b.attach_slots),
+            "attach_slots must be within 1..=64",
         );
         within(
             (100..=60_000).contains(&b.processor.timeout_ms),

@@ -42,6 +42,12 @@ pub enum BillingError {
         what: &'static str,
         left: i64,
     },
+    /// The patient already has as many payment methods as allowed.
+    #[error("the patient already has {0} payment methods")]
+    TooManyMethods(u32),
+    /// Every slot for calls to the processor is taken: retry shortly.
+    #[error("the processor's call slots are all taken")]
+    Busy,
     /// The first call with this idempotency key is still at the processor.
     #[error("idempotency-key in use")]
     KeyInUse,
@@ -104,6 +110,17 @@ impl From<BillingError> for Status {
                 "AMOUNT_EXCEEDS_BALANCE",
                 "amount_minor",
                 &format!("amount {asked} exceeds the {what} of {left}"),
+            ),
+            BillingError::TooManyMethods(limit) => errors::status(
+                Code::ResourceExhausted,
+                ErrorReason::RateLimited,
+                format!("the patient already has {limit} payment methods: remove one first"),
+            ),
+            BillingError::Busy => errors::retry_after(
+                Code::ResourceExhausted,
+                ErrorReason::RateLimited,
+                "too many cards are being added right now; retry shortly",
+                Duration::from_secs(1),
             ),
             BillingError::KeyInUse => errors::retry_after(
                 Code::Aborted,

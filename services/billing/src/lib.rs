@@ -54,6 +54,8 @@ pub struct AppState {
     pub processor: SharedProcessor,
     /// Secrets that sign the processor's webhook events (empty: the webhook is not mounted).
     pub webhook_secrets: Vec<SecretString>,
+    /// Slots of AddPaymentMethod calls at the processor (`billing.attach_slots`).
+    pub attach_slots: tokio::sync::Semaphore,
 }
 
 /// Billing's description for the platform's service kit.
@@ -123,6 +125,7 @@ impl Service for BillingDef {
             idempotency,
             processor,
             webhook_secrets: secrets.webhook_secrets,
+            attach_slots: tokio::sync::Semaphore::new(config.billing.attach_slots as usize),
             settings: config.billing.clone(),
         });
         reconcile::spawn(state.clone());

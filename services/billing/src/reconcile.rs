@@ -190,6 +190,7 @@ pub async fn run_offline(cfg: &BillingConfig) -> anyhow::Result<Report> {
         crypto,
         processor,
         webhook_secrets: secrets.webhook_secrets,
+        attach_slots: tokio::sync::Semaphore::new(cfg.billing.attach_slots as usize),
         settings: cfg.billing.clone(),
     };
     pass(&state).await

@@ -78,8 +78,18 @@ pub async fn add(
             &customer.processor_customer_id,
         )
         .await?;
+    // The transaction below stays open while the processor attaches the card: a fixed number
+    // of slots, the rest refused at once.
+    let _slot = state
+        .attach_slots
+        .try_acquire()
+        .map_err(|_| BillingError::Busy)?;
+    let limit = state.settings.max_payment_methods;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
+            if store::lock_and_count_methods(conn, patient).await? >= i64::from(limit) {
+                return Err(BillingError::TooManyMethods(limit));
+            }
             let card = state
                 .processor
                 .attach_payment_method(&processor_customer, &r.processor_token)

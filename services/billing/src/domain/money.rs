@@ -110,23 +110,6 @@ impl Currency {
     pub fn parse(code: &str) -> Option<Currency> {
         CURRENCIES.iter().copied().find(|c| c.code == code)
     }
-
-    /// `amount_minor` for people: `12.50 USD`, `1200 JPY`.
-    pub fn display(self, amount_minor: i64) -> String {
-        let sign = if amount_minor < 0 { "-" } else { "" };
-        let abs = amount_minor.unsigned_abs();
-        if self.exponent == 0 {
-            return format!("{sign}{abs} {}", self.code);
-        }
-        let unit = 10u64.pow(u32::from(self.exponent));
-        format!(
-            "{sign}{}.{:0width$} {}",
-            abs / unit,
-            abs % unit,
-            self.code,
-            width = usize::from(self.exponent)
-        )
-    }
 }
 
 #[cfg(test)]
@@ -141,15 +124,5 @@ mod tests {
         for bad in ["usd", "US", "USDX", "", "XXX"] {
             assert_eq!(Currency::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn amounts_display_with_the_currency_exponent() {
-        let usd = Currency::parse("USD").map(|c| c.display(1250));
-        assert_eq!(usd.as_deref(), Some("12.50 USD"));
-        let jpy = Currency::parse("JPY").map(|c| c.display(1200));
-        assert_eq!(jpy.as_deref(), Some("1200 JPY"));
-        let kwd = Currency::parse("KWD").map(|c| c.display(-5));
-        assert_eq!(kwd.as_deref(), Some("-0.005 KWD"));
     }
 }

@@ -84,6 +84,21 @@ pub async fn default_method(
     .await
 }
 
+/// Locks the patient's customer row for the rest of the transaction and counts their active
+/// methods: what a new method is checked against, so that concurrent adds cannot pass the cap.
+pub async fn lock_and_count_methods(conn: &mut PgConnection, patient: Uuid) -> sqlx::Result<i64> {
+    sqlx::query("SELECT 1 FROM customers WHERE patient_id = $1 FOR UPDATE")
+        .bind(patient)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM payment_methods WHERE patient_id = $1 AND removed_time IS NULL",
+    )
+    .bind(patient)
+    .fetch_one(conn)
+    .await
+}
+
 /// Adds a method; it becomes the default when asked or when the patient has none. Takes the
 /// customer row's lock so that two first cards cannot both become the default.
 pub async fn insert_method(

@@ -388,3 +388,99 @@ async fn refunds_never_exceed_what_was_captured_and_the_ledger_holds() {
     let broken = reconcile::pass(&s.billing.handle().state).await.unwrap();
     assert_eq!(broken.ledger_violations.len(), 1, "{broken}");
 }
+
+#[tokio::test]
+async fn a_storm_of_refunds_never_returns_more_than_was_captured() {
+    let s = spawn_with(|c| c.billing.processor.sandbox_latency_ms = 200).await;
+    let (office, patient, invoice) = s.ready_to_pay("tok_visa").await;
+    let payment = s
+        .api()
+        .await
+        .pay_invoice(as_user(&patient, pay(&invoice, 0)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let mut api = s.api().await;
+        let req = as_user(
+            &office,
+            RefundPaymentRequest {
+                payment_id: payment.id.clone(),
+                amount_minor: 2000,
+                reason: RefundReason::Duplicate as i32,
+            },
+        );
+        calls.push(tokio::spawn(async move { api.refund_payment(req).await }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.into_inner().status, RefundStatus::Succeeded as i32);
+                ok += 1;
+            }
+            Err(e) => {
+                assert_status(&e, Code::FailedPrecondition, Some("AMOUNT_EXCEEDS_BALANCE"));
+            }
+        }
+    }
+    assert_eq!(ok, 2, "two refunds of 2000 fit 5000");
+    let after = s.get_invoice(&office, &invoice.id).await;
+    assert_eq!(
+        (after.amount_paid_minor, after.amount_refunded_minor),
+        (1000, 4000)
+    );
+    let report = reconcile::pass(&s.billing.handle().state).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[tokio::test]
+async fn a_storm_of_new_cards_stays_within_the_cap_and_the_slots() {
+    let s = spawn_with(|c| {
+        c.billing.processor.sandbox_latency_ms = 100;
+        c.billing.max_payment_methods = 3;
+    })
+    .await;
+    let patient = s.user(carehub_platform::auth::Role::Patient, "pat").await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut api = s.api().await;
+        let req = as_user(
+            &patient,
+            AddPaymentMethodRequest {
+                patient_id: patient.id.clone(),
+                processor_token: "tok_visa".into(),
+                make_default: false,
+            },
+        );
+        calls.push(tokio::spawn(
+            async move { api.add_payment_method(req).await },
+        ));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_status(&e, Code::ResourceExhausted, Some("RATE_LIMITED"));
+            }
+        }
+    }
+    assert_eq!(ok, 3, "the cap holds under the storm");
+    let listed = s
+        .api()
+        .await
+        .list_payment_methods(with_token(
+            tonic::Request::new(ListPaymentMethodsRequest {
+                patient_id: patient.id.clone(),
+            }),
+            &patient.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_methods;
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed.iter().filter(|m| m.is_default).count(), 1);
+}
