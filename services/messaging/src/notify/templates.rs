@@ -172,6 +172,11 @@ impl Template {
         self.traits().code
     }
 
+    /// Every template, in the order of the list of traits.
+    pub fn all() -> impl Iterator<Item = Template> {
+        TRAITS.iter().map(|(template, _)| *template)
+    }
+
     pub fn parse(code: &str) -> Option<Template> {
         TRAITS
             .iter()
