@@ -12,6 +12,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proto ./proto
 COPY services ./services
+# The end-to-end tests are a workspace member: cargo needs them to load the workspace (not built).
+COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin carehub \

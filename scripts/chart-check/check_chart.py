@@ -3,8 +3,9 @@
 Renders and lints with the `helm` binary given by --helm (scripts/check-chart.sh passes its
 pinned Helm 3.17), else one on the PATH, else helm-python-sdk (Helm's Go SDK as a library);
 validates every object with kubernetes-validate (strict) for Kubernetes 1.30 and the newest
-version it knows; checks the invariants in invariants.py; proves that bad values and weakened
-templates are refused; shows that a new service renders complete from the shared helpers alone.
+version it knows; checks the invariants in invariants.py and the monitoring objects in
+promql_check.py; proves that bad values, weakened templates and broken alert or dashboard
+expressions are refused; shows that a new service renders complete from the shared helpers alone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 import image_check
 import invariants
 import k8s_checks
+import promql_check
 
 RELEASE = "carehub"
 NAMESPACE = "carehub"
@@ -165,6 +167,8 @@ def check_golden_config(label: str, docs: list[dict]) -> None:
     for d in docs:
         if d["kind"] != "ConfigMap" or not d["metadata"]["name"].startswith("carehub-"):
             continue
+        if d["metadata"]["name"] == promql_check.DASHBOARD_CONFIGMAP:
+            continue
         service = d["metadata"]["name"].removeprefix("carehub-")
         path = GOLDEN / f"{stem}-{service}.toml"
         text = d["data"]["config.toml"]
@@ -193,7 +197,76 @@ def check_values_file(helm: Helm, chart: pathlib.Path, label: str, user: dict, d
     if not lint and not bad and not problems:
         kinds = sorted({d["kind"] for d in docs})
         ok(f"{label}: {len(docs)} objects ({', '.join(kinds)}) render, lint, validate and keep the invariants")
+    mon, what = promql_check.check_release(docs, coalesce(defaults, user), chart, README)
+    for p in mon:
+        fail(f"{label}: {p}")
+    if what and not mon:
+        ok(f"{label}: monitoring: {what}: every expression parses (promql-parser) and names only exported metrics;"
+           " every alert has a severity, a summary and its README runbook")
     return docs
+
+
+# The README whose "Alerts and runbooks" notes the alerts' runbook_url point at (--readme, or
+# CAREHUB_RUNBOOK_README: a draft of it).
+README = pathlib.Path(os.environ.get("CAREHUB_RUNBOOK_README") or pathlib.Path(__file__).resolve().parents[2] / "README.md")
+
+# Monitoring files broken on purpose, with the words the refusal must contain: proof that the
+# checks of promql_check.py bite (a file in the chart, the pattern, its replacement).
+BROKEN_MONITORING = [
+    ("an alert expression that does not parse", "files/prometheus-rules.yaml",
+     r"expr: carehub_key_cache_serving == 0", "expr: sum(carehub_key_cache_serving == 0", "does not parse"),
+    ("a dashboard expression that does not parse", "files/grafana-dashboard.json",
+     r"\[5m\]\)\)\)", "[5 minutes])))", "does not parse"),
+    ("an alert on a metric no service exports", "files/prometheus-rules.yaml",
+     r"carehub_db_pool_in_use_connections /", "carehub_db_pool_busy_connections /",
+     "unknown metric carehub_db_pool_busy_connections"),
+    ("a panel on a metric no service exports", "files/grafana-dashboard.json",
+     r"carehub_outbox_dead_letters\{", "carehub_outbox_dead_letter{", "unknown metric carehub_outbox_dead_letter "),
+    ("a metric dropped from the exported list", "files/exported-metrics.txt",
+     r"(?m)^carehub_audit_queue_depth\n", "", "unknown metric carehub_audit_queue_depth "),
+    ("a selector naming no metric", "files/prometheus-rules.yaml",
+     r"expr: carehub_key_cache_refresh_failing == 1", 'expr: \'{service="identity"} == 1\'', "names no metric"),
+    ("an alert without its severity", "files/prometheus-rules.yaml",
+     r"(?s)(CarehubDbPoolSaturated.*?)severity: warning", r"\1team: sre", "labels.severity must be one of"),
+]
+
+
+def check_broken_monitoring(helm: Helm, chart: pathlib.Path, prod: dict, defaults: dict) -> None:
+    for problem in promql_check.canary_parser():
+        fail(problem)
+    for label, rel, pattern, repl, expect in BROKEN_MONITORING:
+        with tempfile.TemporaryDirectory() as tmp:
+            c = scratch_copy(chart, pathlib.Path(tmp))
+            f = c / rel
+            text, n = re.subn(pattern, repl, f.read_text(), count=1)
+            if n == 0:
+                fail(f"broken monitoring ({label}): the pattern no longer matches {rel}; update BROKEN_MONITORING")
+                continue
+            f.write_text(text)
+            try:
+                docs = helm.render(c, prod)
+            except RenderError as e:
+                fail(f"broken monitoring ({label}) does not even render: {e}")
+                continue
+            problems, _ = promql_check.check_release(docs, coalesce(defaults, prod), c, README)
+            hit = [p for p in problems if expect in p]
+            if hit:
+                ok(f"broken monitoring refused ({label}): {hit[0][:150]}")
+            else:
+                fail(f"broken monitoring ({label}) passed; expected {expect!r}, got {problems}")
+    # An alert whose runbook note is missing from the README.
+    with tempfile.TemporaryDirectory() as tmp:
+        readme = pathlib.Path(tmp) / "README.md"
+        readme.write_text(re.sub(r"(?m)^### CarehubOutboxDeadLetters$", "### Outbox dead letters",
+                                 README.read_text() if README.exists() else ""))
+        docs = helm.render(chart, prod)
+        problems, _ = promql_check.check_release(docs, coalesce(defaults, prod), chart, readme)
+        want = "README.md has no '### CarehubOutboxDeadLetters'"
+        hit = [p for p in problems if want in p]
+        if hit:
+            ok(f"broken monitoring refused (an alert without its runbook note): {hit[0][:150]}")
+        else:
+            fail(f"an alert without its README runbook note passed; expected {want!r}, got {problems}")
 
 
 # Values that must be refused, with the words the refusal must contain (a tuple: Helm 3's
@@ -246,6 +319,12 @@ BAD_VALUES = [
      ("services.billing.processor.kind: services.billing.processor.kind must be one of", "/services/billing/processor/kind")),
     ("a processor given to another service", {"services": {"records": {"processor": {"kind": "stripe"}}}},
      "services.records.processor is billing's setting"),
+    ("a misspelt monitoring key", {"monitoring": {"serviceMonitor": {"enable": True}}},
+     ("Additional property enable is not allowed", "'enable' not allowed")),
+    ("a monitoring switch that is no boolean", {"monitoring": {"prometheusRule": {"enabled": "yes"}}},
+     ("monitoring.prometheusRule.enabled: Invalid type", "/monitoring/prometheusRule/enabled")),
+    ("a runbook base URL with an anchor", {"monitoring": {"prometheusRule": {"runbookBaseUrl": "https://x.example/README.md#alerts"}}},
+     ("monitoring.prometheusRule.runbookBaseUrl: Does not match pattern", "/monitoring/prometheusRule/runbookBaseUrl")),
 ]
 
 
@@ -437,8 +516,12 @@ def main() -> int:
     ap.add_argument("--k8s", type=pathlib.Path, required=True)
     ap.add_argument("--helm", help="the helm binary to render and lint with")
     ap.add_argument("--carehub", help="a carehub binary whose `carehub services` the chart must match")
+    ap.add_argument("--readme", type=pathlib.Path, help="the README with the alerts' runbook notes (default: the repository's)")
     ap.add_argument("values", nargs="*", type=pathlib.Path, help="more values files to check")
     args = ap.parse_args()
+    if args.readme:
+        global README
+        README = args.readme.resolve()
     helm = Helm(args.helm)
     canary_validator()
     chart = args.chart.resolve()
@@ -470,6 +553,7 @@ def main() -> int:
     check_former_database_values(helm, chart, defaults)
     check_new_service(helm, chart, prod)
     check_weakened_templates(helm, chart, prod, defaults)
+    check_broken_monitoring(helm, chart, prod, defaults)
     for p in k8s_checks.check_k8s_dir(args.k8s.resolve(), validate_objects):
         fail(p)
     image = image_check.check_dockerfile(chart.parent.parent, defaults["ports"])

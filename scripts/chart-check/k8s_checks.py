@@ -32,6 +32,17 @@ CRD_FIELDS: dict[tuple[str, str], dict[str, Any]] = {
         "one_of": ["selfSigned", "ca", "vault", "acme", "venafi"],
         "allowed": {"selfSigned", "ca", "vault", "acme", "venafi"},
     },
+    # The Prometheus Operator's kinds (templates/monitoring.yaml); promql_check.py checks their
+    # contents (endpoints, rules, expressions).
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "required": ["selector", "endpoints"],
+        "allowed": {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels",
+                    "sampleLimit", "targetLimit", "labelLimit", "attachMetadata"},
+    },
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "required": ["groups"],
+        "allowed": {"groups"},
+    },
     ("postgresql.cnpg.io/v1", "Cluster"): {
         "required": ["instances", "storage"],
         "allowed": {"instances", "imageName", "primaryUpdateStrategy", "bootstrap", "storage", "walStorage", "postgresql",

@@ -28,6 +28,22 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
             "--role must be one of admin, provider, staff, billing (patients register themselves)",
         )?;
     let cfg = crate::load_identity(&args.config)?;
+    let (user_id, password) =
+        create_account(&cfg, role, &args.email, &args.given_name, &args.family_name).await?;
+    println!("created {role} account {user_id}");
+    println!("one-time password (shown once; it must be changed at first login): {password}");
+    Ok(())
+}
+
+/// Creates an account of `role` in identity's database (`cfg.server.database`, keys from
+/// `cfg.server.keys`): its id and one-time password. `carehub admin create` and `carehub demo`.
+pub async fn create_account(
+    cfg: &carehub_identity::config::IdentityConfig,
+    role: carehub_platform::auth::Role,
+    email: &str,
+    given_name: &str,
+    family_name: &str,
+) -> anyhow::Result<(uuid::Uuid, String)> {
     let pool = carehub_platform::db::connect(&cfg.server.database)
         .await
         .context("connecting to identity's database")?;
@@ -41,17 +57,16 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     )?;
     let keys = carehub_platform::keys::from_config("identity", &cfg.server).await?;
     let crypto = carehub_identity::envelope(&pool, keys, s)?;
-    let (user_id, password) = carehub_identity::bootstrap::create_account(
+    let created = carehub_identity::bootstrap::create_account(
         &pool,
         &crypto,
         &hasher,
         role,
-        &args.email,
-        &args.given_name,
-        &args.family_name,
+        email,
+        given_name,
+        family_name,
     )
-    .await?;
-    println!("created {role} account {user_id}");
-    println!("one-time password (shown once; it must be changed at first login): {password}");
-    Ok(())
+    .await;
+    pool.close().await;
+    created
 }

@@ -8,6 +8,7 @@
 mod admin;
 mod audit_cmd;
 mod billing_cmd;
+pub mod demo;
 mod entry;
 mod health;
 mod keys_cmd;
@@ -29,6 +30,8 @@ use futures::future::BoxFuture;
 
 pub use entry::{command, dev_workloads, main, run_args, Exit};
 use entry::{load_config, service};
+/// Where each service's outbox delivers under `carehub up` (the end-to-end tests wire the same).
+pub use up::outbox_targets;
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +85,10 @@ enum Command {
     /// started) beside an echo and a pgbench baseline measured in the same run; exits non-zero
     /// when a scenario saw errors. `carehub loadgen baseline` measures the baselines only.
     Loadgen(Box<loadgen::LoadgenArgs>),
+    /// A scripted visit journey against a running suite (by default the one `carehub up`
+    /// started), printed step by step: exits 1 naming the step, the RPC and the gRPC status
+    /// when one fails.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -188,6 +195,7 @@ async fn run(
         Command::Records(cmd) => records_cmd::run(cmd).await,
         Command::Billing(cmd) => billing_cmd::run(cmd).await,
         Command::Loadgen(args) => loadgen::run(*args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Dev(DevCommand::Certs { out, trust_domain }) => {
             let workloads = dev_workloads(services);
             carehub_platform::devcerts::generate_dev_pki(&out, &trust_domain, &workloads)?;

@@ -38,6 +38,16 @@ pub struct UpArgs {
     /// Each service gets its own database, `<prefix>_<service>`.
     #[arg(long, default_value = "carehub")]
     database_prefix: String,
+    /// Database connections each service opens at start and keeps (its pool's size): five
+    /// services hold five times this many. Lower it on a PostgreSQL shared with other work.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    db_pool_size: u32,
+}
+
+/// Where `carehub up`'s messaging mirrors what its sandbox channels record (one JSON object a
+/// line), under `data_dir`: `carehub demo` reads verification codes there.
+pub fn sandbox_outbox_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("messaging/sandbox-outbox.jsonl")
 }
 
 /// Runs every service of `services` until `shutdown` resolves.
@@ -158,7 +168,8 @@ async fn run_services(
         )?));
         server.database.migrate_on_start = true;
         // A warm pool: no connection is opened on the request path (DESIGN.md §9).
-        server.database.min_connections = server.database.max_connections;
+        server.database.max_connections = args.db_pool_size;
+        server.database.min_connections = args.db_pool_size;
         server.telemetry = telemetry_cfg.clone();
         server.keys.file = data_dir.join("keys/dev-keys.json");
         if name != "identity" {
@@ -211,6 +222,12 @@ async fn run_services(
         {
             println!("{indent}{line}");
         }
+        if def.name() == "messaging" {
+            println!(
+                "{indent}sandbox notifications (codes, reminders) also appended to {}",
+                sandbox_outbox_path(data_dir).display()
+            );
+        }
         if def.name() == "billing" {
             // The processor's webhook, signed with the development secret (`up` configures one
             // so that the route exists; in a cluster the secret comes from Vault).
@@ -246,7 +263,7 @@ async fn run_services(
 }
 
 /// Where `service`'s outbox delivers, by target name (each target is the service of that name).
-fn outbox_targets(service: &str) -> Vec<&'static str> {
+pub fn outbox_targets(service: &str) -> Vec<&'static str> {
     let mut targets: Vec<&'static str> = match service {
         // Account events to their subscribers; notifications and SMS preferences to messaging.
         "identity" => carehub_identity::events::ACCOUNT_EVENT_SUBSCRIBERS
@@ -316,9 +333,10 @@ fn dev_webhook_secret(data_dir: &std::path::Path) -> anyhow::Result<SecretString
     Ok(SecretString::from(secret))
 }
 
-/// The settings of `name`'s own table that point at other services of this run: messaging asks
-/// records about care teams; records' access log merges messaging's, scheduling's and billing's
-/// audit trails. And the ones that
+/// The settings of `name`'s own table that point at other services of this run: identity sends
+/// codes and reset links through messaging (when it runs here); messaging asks records about
+/// care teams and mirrors its sandboxes to a file under `data_dir`; records' access log merges
+/// messaging's, scheduling's and billing's audit trails. And the ones that
 /// point at the service itself: scheduling's calendar feed links lead to its own admin port
 /// (`admin_url`; in a cluster, the gateway's public address); billing charges the sandbox
 /// processor and verifies its webhook with a development secret (kept under `data_dir`).
@@ -332,12 +350,25 @@ fn wire_own_settings(
     let not_its_own =
         || anyhow::anyhow!("{name}: `carehub up` holds another service's configuration");
     Ok(match name {
+        "identity" => {
+            let mut c = cfg
+                .into_any()
+                .downcast::<carehub_identity::config::IdentityConfig>()
+                .map_err(|_| not_its_own())?;
+            // Codes reach the sandbox file (and `carehub demo`) only through messaging; without
+            // it they stay in identity's log.
+            if endpoint("messaging").is_some() {
+                c.identity.notifier = carehub_identity::config::NotifierKind::Messaging;
+            }
+            c
+        }
         "messaging" => {
             let mut c = cfg
                 .into_any()
                 .downcast::<carehub_messaging::config::MessagingConfig>()
                 .map_err(|_| not_its_own())?;
             c.messaging.records_endpoint = endpoint("records");
+            c.messaging.notifications.sandbox_file = Some(sandbox_outbox_path(data_dir));
             c
         }
         "records" => {

@@ -38,13 +38,38 @@ struct Inner {
     methods: HashMap<String, MethodStats>,
     gauges: BTreeMap<String, BTreeMap<Labels, f64>>,
     counters: BTreeMap<String, BTreeMap<Labels, f64>>,
+    /// Families declared before their first sample: their `# HELP`/`# TYPE` lines are rendered
+    /// from startup, so that a scrape of a fresh service already names every metric the alerts
+    /// use (a labelled family such as the outbox's per-target gauges has no series until then).
+    described: BTreeMap<String, (MetricKind, String)>,
 }
+
+/// The kind of a family declared with [`Metrics::describe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Gauge,
+    Counter,
+}
+
+impl MetricKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        }
+    }
+}
+
+/// Sets gauges from current state right before each render (pool occupancy, certificate
+/// expiry): read at scrape time, never stale.
+pub type Collector = Arc<dyn Fn(&Metrics) + Send + Sync>;
 
 /// A service's metrics: gRPC requests, errors and latency per method (recorded by the server),
 /// and any gauges and counters the service sets.
 pub struct Metrics {
     service: String,
     inner: Mutex<Inner>,
+    collectors: Mutex<Vec<Collector>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,7 +153,26 @@ impl Metrics {
         Arc::new(Self {
             service: service.to_owned(),
             inner: Mutex::new(Inner::default()),
+            collectors: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Declares a gauge or counter family so that it is rendered (`# HELP`, `# TYPE`) before
+    /// its first sample. Invalid metric names are ignored.
+    pub fn describe(&self, name: &str, kind: MetricKind, help: &str) {
+        if !is_metric_name(name) {
+            return;
+        }
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        self.lock().described.insert(name.to_owned(), (kind, help));
+    }
+
+    /// Runs `collector` before every render.
+    pub fn add_collector(&self, collector: Collector) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(collector);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -196,6 +240,16 @@ impl Metrics {
 
     /// Everything in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
+        // Cloned out so that a collector may set gauges (which takes the inner lock) and no
+        // lock is held while it runs.
+        let collectors: Vec<Collector> = self
+            .collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for collect in &collectors {
+            collect(self);
+        }
         let inner = self.lock();
         let svc = self.service.as_str();
         let mut out = String::new();
@@ -251,9 +305,26 @@ impl Metrics {
             write_labels(&mut out, &[("service", svc), ("method", method)]);
             let _ = writeln!(out, " {}", stats.count);
         }
-        for (kind, family) in [("gauge", &inner.gauges), ("counter", &inner.counters)] {
-            for (name, series) in family {
-                let _ = writeln!(out, "# TYPE {name} {kind}");
+        let no_series = BTreeMap::new();
+        for (kind, family) in [
+            (MetricKind::Gauge, &inner.gauges),
+            (MetricKind::Counter, &inner.counters),
+        ] {
+            let mut names: Vec<&String> = family.keys().collect();
+            names.extend(
+                inner
+                    .described
+                    .iter()
+                    .filter(|(name, (k, _))| *k == kind && !family.contains_key(*name))
+                    .map(|(name, _)| name),
+            );
+            names.sort();
+            for name in names {
+                if let Some((_, help)) = inner.described.get(name) {
+                    let _ = writeln!(out, "# HELP {name} {help}");
+                }
+                let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+                let series = family.get(name).unwrap_or(&no_series);
                 for (labels, value) in series {
                     out.push_str(name);
                     let mut all: Vec<(&str, &str)> = vec![("service", svc)];
@@ -391,5 +462,50 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("bad name"));
+    }
+
+    #[test]
+    fn described_families_render_before_their_first_sample() {
+        let m = Metrics::new("records");
+        m.describe("carehub_outbox_pending", MetricKind::Gauge, "Rows waiting.");
+        m.describe("carehub_x_total", MetricKind::Counter, "Things.");
+        let text = m.render();
+        assert!(
+            text.contains("# HELP carehub_outbox_pending Rows waiting.\n# TYPE carehub_outbox_pending gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE carehub_x_total counter"), "{text}");
+        assert!(!text.contains("carehub_outbox_pending{"), "{text}");
+        m.set_gauge("carehub_outbox_pending", &[("target", "billing")], 3.0);
+        let text = m.render();
+        assert_eq!(
+            text.matches("# TYPE carehub_outbox_pending gauge").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("carehub_outbox_pending{service=\"records\",target=\"billing\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn collectors_set_gauges_at_render_time() {
+        let m = Metrics::new("billing");
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let seen = n.clone();
+        m.add_collector(Arc::new(move |m: &Metrics| {
+            let v = seen.load(std::sync::atomic::Ordering::Relaxed) as f64;
+            m.set_gauge("carehub_db_pool_connections", &[], v);
+        }));
+        assert!(m
+            .render()
+            .contains("carehub_db_pool_connections{service=\"billing\"} 1"));
+        n.store(7, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("carehub_db_pool_connections{service=\"billing\"} 7"),
+            "{text}"
+        );
     }
 }

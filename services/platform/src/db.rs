@@ -48,6 +48,52 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
         .await?)
 }
 
+/// The database pool gauges: connections open, idle, in use, and the configured maximum.
+pub const POOL_METRICS: [(&str, &str); 4] = [
+    (
+        "carehub_db_pool_connections",
+        "Connections the pool holds open.",
+    ),
+    (
+        "carehub_db_pool_idle_connections",
+        "Open connections waiting in the pool.",
+    ),
+    (
+        "carehub_db_pool_in_use_connections",
+        "Connections checked out of the pool.",
+    ),
+    (
+        "carehub_db_pool_max_connections",
+        "The most connections the pool opens (server.database.max_connections).",
+    ),
+];
+
+/// Open, idle, in-use and maximum connections of `pool`, as the gauges of [`POOL_METRICS`].
+pub fn pool_occupancy(pool: &PgPool) -> [f64; 4] {
+    let size = pool.size();
+    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+    [
+        f64::from(size),
+        f64::from(idle),
+        f64::from(size - idle),
+        f64::from(pool.options().get_max_connections()),
+    ]
+}
+
+/// Exports the pool gauges of [`POOL_METRICS`], read at every scrape: saturation is in use over
+/// maximum.
+pub fn export_pool_metrics(metrics: &crate::admin::Metrics, pool: &PgPool) {
+    for (name, help) in POOL_METRICS {
+        metrics.describe(name, crate::admin::MetricKind::Gauge, help);
+    }
+    let pool = pool.clone();
+    metrics.add_collector(std::sync::Arc::new(move |m: &crate::admin::Metrics| {
+        for ((name, _), value) in POOL_METRICS.iter().zip(pool_occupancy(&pool)) {
+            m.set_gauge(name, &[], value);
+        }
+    }));
+}
+
 /// Applies the platform migrations (in their own schema) and then the service's.
 pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
     let mut conn = pool.acquire().await?;
@@ -158,5 +204,32 @@ impl TestDatabase {
             .execute(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn pool_gauges_render_from_startup_with_the_configured_maximum() {
+        // Lazy: no connection is opened, so the pool is empty but its maximum is known.
+        let pool = PgPoolOptions::new()
+            .max_connections(7)
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        assert_eq!(pool_occupancy(&pool), [0.0, 0.0, 0.0, 7.0]);
+        let metrics = crate::admin::Metrics::new("records");
+        export_pool_metrics(&metrics, &pool);
+        let text = metrics.render();
+        for line in [
+            "# TYPE carehub_db_pool_connections gauge\ncarehub_db_pool_connections{service=\"records\"} 0\n",
+            "# TYPE carehub_db_pool_idle_connections gauge\ncarehub_db_pool_idle_connections{service=\"records\"} 0\n",
+            "# TYPE carehub_db_pool_in_use_connections gauge\ncarehub_db_pool_in_use_connections{service=\"records\"} 0\n",
+            "# TYPE carehub_db_pool_max_connections gauge\ncarehub_db_pool_max_connections{service=\"records\"} 7\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
     }
 }

@@ -107,6 +107,23 @@ pub fn cert_serial_hex(der: &[u8]) -> Option<String> {
     Some(data_encoding::HEXLOWER.encode(cert.raw_serial()))
 }
 
+/// `notBefore` and `notAfter` of a DER certificate, as seconds since the Unix epoch.
+pub fn cert_validity_unix(der: &[u8]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// The gauges holding our serving certificate's `notBefore` and `notAfter` (Unix seconds): the
+/// alerts compare the time left with the certificate's lifetime, since cert-manager and Vault
+/// PKI both renew with a third of it left, whatever its length.
+pub const CERT_NOT_BEFORE_METRIC: &str = "carehub_tls_cert_not_before_timestamp_seconds";
+pub const CERT_NOT_AFTER_METRIC: &str = "carehub_tls_cert_not_after_timestamp_seconds";
+
 struct Material {
     key: Arc<CertifiedKey>,
     client_verifier: Arc<dyn ClientCertVerifier>,
@@ -257,6 +274,37 @@ impl TlsStore {
     /// Our current certificate and key.
     pub fn certified_key(&self) -> Arc<CertifiedKey> {
         self.with_material(|m| m.key.clone())
+    }
+
+    /// `notBefore` and `notAfter` of the certificate in use (the leaf), as Unix seconds.
+    pub fn validity_unix(&self) -> Option<(i64, i64)> {
+        let key = self.certified_key();
+        key.cert
+            .first()
+            .and_then(|c| cert_validity_unix(c.as_ref()))
+    }
+
+    /// Exports [`CERT_NOT_BEFORE_METRIC`] and [`CERT_NOT_AFTER_METRIC`], read from the
+    /// certificate in use at every scrape, so that a reloaded or renewed certificate shows at
+    /// once.
+    pub fn export_metrics(self: &Arc<Self>, metrics: &crate::admin::Metrics) {
+        metrics.describe(
+            CERT_NOT_BEFORE_METRIC,
+            crate::admin::MetricKind::Gauge,
+            "notBefore of the serving certificate in use, as Unix time.",
+        );
+        metrics.describe(
+            CERT_NOT_AFTER_METRIC,
+            crate::admin::MetricKind::Gauge,
+            "notAfter of the serving certificate in use, as Unix time.",
+        );
+        let weak = Arc::downgrade(self);
+        metrics.add_collector(Arc::new(move |m: &crate::admin::Metrics| {
+            if let Some((from, until)) = weak.upgrade().and_then(|store| store.validity_unix()) {
+                m.set_gauge(CERT_NOT_BEFORE_METRIC, &[], from as f64);
+                m.set_gauge(CERT_NOT_AFTER_METRIC, &[], until as f64);
+            }
+        }));
     }
 
     /// Re-reads the files if any changed (mtime or size). `Ok(true)` when new material is now
@@ -516,6 +564,61 @@ mod tests {
             Some("gateway-x")
         );
         assert_eq!(workload_from_cert(b"not a cert", "carehub.test"), None);
+    }
+
+    #[test]
+    fn the_certificate_expiry_gauge_is_the_leaf_not_after() {
+        let pki = DevPki::new("carehub.test").unwrap();
+        let issued = pki.issue("billing").unwrap();
+        let store = TlsStore::from_pem(
+            &issued.cert_pem,
+            &issued.key_pem,
+            &pki.ca_pem,
+            "carehub.test",
+        )
+        .unwrap();
+        let der = parse_certs(issued.cert_pem.as_bytes()).unwrap().remove(0);
+        let (_, cert) =
+            <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+                x509_parser::error::X509Error,
+            >>::from_der(der.as_ref())
+            .unwrap();
+        let (from, expected) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        assert_eq!(store.validity_unix(), Some((from, expected)));
+        assert!(from < expected);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(expected > now, "a freshly issued dev certificate is valid");
+
+        let metrics = crate::admin::Metrics::new("billing");
+        let text = metrics.render();
+        assert!(!text.contains(CERT_NOT_AFTER_METRIC), "{text}");
+        store.export_metrics(&metrics);
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                "# TYPE {CERT_NOT_AFTER_METRIC} gauge\n{CERT_NOT_AFTER_METRIC}{{service=\"billing\"}} {expected}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{CERT_NOT_BEFORE_METRIC}{{service=\"billing\"}} {from}\n"
+            )),
+            "{text}"
+        );
+        // Once the store is gone, the family stays declared but carries no stale value.
+        drop(store);
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!("# TYPE {CERT_NOT_AFTER_METRIC} gauge")),
+            "{text}"
+        );
     }
 
     #[test]

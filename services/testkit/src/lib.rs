@@ -10,6 +10,9 @@
 //!   (`both_backends!`).
 //! - [`grpc`] — request metadata (bearer token, idempotency key), status assertions, plain HTTP.
 //! - [`users`] — signing in through identity's public API; the roles to sign in.
+//! - [`otlp`] — an in-process OTLP/gRPC trace receiver, for tests that assert on spans.
+//! - [`promql`] — the metric names the chart's alerts and dashboard use, against what the
+//!   services' `/metrics` export.
 //! - [`process`] — running a test in a process of its own under `cargo test` too.
 //! - [`authz`] — the authorization check: every RPC of a mounted service has a policy rule, and a
 //!   table-driven runner compares allow/deny for each kind of caller with the table.
@@ -22,8 +25,10 @@ pub mod authz;
 pub mod db;
 pub mod grpc;
 pub mod keys;
+pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod promql;
 pub mod service;
 pub mod stripe;
 pub mod users;

@@ -466,16 +466,28 @@ fn report(name: &str, load: String, m: &Measured, p: &Probe) -> ScenarioReport {
 }
 
 fn client_tls(args: &LoadgenArgs) -> anyhow::Result<Arc<TlsStore>> {
-    let certs = args.data_dir.join("certs");
-    let cert = args
-        .cert
-        .clone()
-        .unwrap_or_else(|| certs.join("gateway.pem"));
-    let key = args
-        .key
-        .clone()
-        .unwrap_or_else(|| certs.join("gateway-key.pem"));
-    let ca = args.ca.clone().unwrap_or_else(|| certs.join("ca.pem"));
+    gateway_tls(
+        &args.data_dir,
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.ca.as_deref(),
+        &args.trust_domain,
+    )
+}
+
+/// The client TLS of a tool that talks to `carehub up`'s services as the gateway: certificate,
+/// key and CA from `<data_dir>/certs` unless given.
+pub(crate) fn gateway_tls(
+    data_dir: &std::path::Path,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    ca: Option<&std::path::Path>,
+    trust_domain: &str,
+) -> anyhow::Result<Arc<TlsStore>> {
+    let certs = data_dir.join("certs");
+    let cert = cert.map_or_else(|| certs.join("gateway.pem"), PathBuf::from);
+    let key = key.map_or_else(|| certs.join("gateway-key.pem"), PathBuf::from);
+    let ca = ca.map_or_else(|| certs.join("ca.pem"), PathBuf::from);
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| {
             format!(
@@ -484,7 +496,7 @@ fn client_tls(args: &LoadgenArgs) -> anyhow::Result<Arc<TlsStore>> {
             )
         })
     };
-    TlsStore::from_pem(&read(&cert)?, &read(&key)?, &read(&ca)?, &args.trust_domain)
+    TlsStore::from_pem(&read(&cert)?, &read(&key)?, &read(&ca)?, trust_domain)
 }
 
 async fn connect(

@@ -125,9 +125,23 @@ fn secrets() -> Secrets {
 
 struct Running {
     service: &'static str,
-    child: Child,
+    /// Taken by [`Running::terminate`]; killed on drop otherwise.
+    child: Option<Child>,
     grpc: u16,
     admin: u16,
+}
+
+/// A failed assertion must not leave the server running: it would hold its database connections
+/// (a warm pool) for the rest of the test run.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
 }
 
 /// `carehub serve <service>` with the chart's minimal TOML; `extra` are more `--set`s.
@@ -165,7 +179,7 @@ fn serve(service: &'static str, s: &Secrets, db: &ServiceDb, extra: &[String]) -
         .unwrap();
     Running {
         service,
-        child,
+        child: Some(child),
         grpc,
         admin,
     }
@@ -176,9 +190,10 @@ impl Running {
     async fn wait_ready(&mut self) {
         let admin_addr = format!("127.0.0.1:{}", self.admin);
         for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let out = self.child.stdout.take().map(std::io::read_to_string);
-                let err = self.child.stderr.take().map(std::io::read_to_string);
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.stdout.take().map(std::io::read_to_string);
+                let err = child.stderr.take().map(std::io::read_to_string);
                 panic!(
                     "{} exited with {status} before it was ready: {out:?}{err:?}",
                     self.service
@@ -189,8 +204,9 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = self.child.kill();
-        let out = self.child.stdout.take().map(std::io::read_to_string);
+        let child = self.child.as_mut().unwrap();
+        let _ = child.kill();
+        let out = child.stdout.take().map(std::io::read_to_string);
         panic!("{}: /readyz never answered 200: {out:?}", self.service);
     }
 
@@ -217,9 +233,10 @@ impl Running {
     }
 
     /// The kubelet's SIGTERM after the preStop sleep: drain and exit 0.
-    fn terminate(self) {
-        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let out = self.child.wait_with_output().unwrap();
+    fn terminate(mut self) {
+        let child = self.child.take().unwrap();
+        run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let out = child.wait_with_output().unwrap();
         let log = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -11,6 +11,9 @@ use carehub_platform::db;
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::kit::ServiceDef;
 use carehub_testkit::service::TestService;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// The binary's list (src/services.rs) plus the one line a new service adds.
 static SERVICES: &[&dyn ServiceDef] = &[
@@ -297,6 +300,37 @@ async fn wait_serving(service: &str, addr: &str, certs: &Path) {
     panic!("{service} at {addr} never SERVING: {last:?}");
 }
 
+/// Asks (gRPC health over mTLS, as the gateway) until `service` answers `want`; the server binds
+/// while the caller polls.
+async fn wait_answering(service: &str, addr: &str, certs: &Path, want: ServingStatus) {
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let store = carehub_platform::tls::TlsStore::from_pem(
+        &read("gateway.pem"),
+        &read("gateway-key.pem"),
+        &read("ca.pem"),
+        "carehub.local",
+    )
+    .unwrap();
+    let mut last = None;
+    for _ in 0..150 {
+        let url = format!("https://{addr}");
+        if let Ok(channel) = carehub_platform::client::connect(&url, &store, service).await {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if answer.as_ref().is_ok_and(|s| *s == want as i32) {
+                return;
+            }
+            last = Some(answer);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("{service} at {addr} never answered {want:?}: {last:?}");
+}
+
 fn help_of(args: &[&str]) -> String {
     let err = carehub::command(SERVICES)
         .try_get_matches_from(std::iter::once("carehub").chain(args.iter().copied()))
@@ -512,6 +546,27 @@ async fn the_test_kit_starts_scratch_as_it_starts_identity() {
     svc.shutdown().await;
 }
 
+/// A service that verifies identity's tokens is not ready before it has loaded identity's keys
+/// and revocation feed: until then every user call would fail with UNAVAILABLE, so a restarted
+/// replica must not be handed traffic (or outbox deliveries) yet.
+#[tokio::test]
+async fn a_service_is_not_ready_before_it_has_read_identitys_keys_and_revocations() {
+    let unreachable = carehub_testkit::grpc::free_port();
+    let svc = TestService::start(&scratch::SERVICE, |c| {
+        c.server.auth.identity_endpoint = Some(format!("https://127.0.0.1:{unreachable}"));
+        c.server.auth.revocation_poll_secs = 1;
+    })
+    .await;
+    let admin = svc.admin_addr.to_string();
+    // Several polls of the (absent) identity later, still not ready; alive all the same.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let readyz = carehub_testkit::grpc::http_get_raw(&admin, "/readyz").await;
+    assert_eq!(readyz.map(|(code, _)| code), Some(503));
+    let healthz = carehub_testkit::grpc::http_get_raw(&admin, "/healthz").await;
+    assert_eq!(healthz.map(|(code, _)| code), Some(200));
+    svc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_every_service_of_the_list() {
     let dir = tempfile::tempdir().unwrap();
@@ -544,7 +599,17 @@ async fn up_runs_every_service_of_the_list() {
     let probe = async {
         // Consecutive ports in the list's order, a certificate per service.
         wait_serving("identity", &format!("127.0.0.1:{grpc}"), &certs).await;
-        wait_serving("scratch", &format!("127.0.0.1:{}", grpc + 1), &certs).await;
+        // Served, but not ready: identity lists the services that may read its signing keys
+        // and revocations (identity's `api::policy`), and scratch is not one of them, so it
+        // cannot verify a user's token yet. Adding it there is the second line a new service
+        // that serves users needs.
+        wait_answering(
+            "scratch",
+            &format!("127.0.0.1:{}", grpc + 1),
+            &certs,
+            ServingStatus::NotServing,
+        )
+        .await;
         for name in ["identity", "scratch"] {
             assert!(certs.join(format!("{name}.pem")).exists(), "{name}");
         }

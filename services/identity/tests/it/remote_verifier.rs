@@ -179,10 +179,16 @@ async fn keys_are_fetched_for_unknown_key_ids_and_foreign_keys_refused() {
 
     // No keys fetched yet: the first token with identity's key id makes the verifier fetch.
     let verifier = verifier(&app, Duration::from_secs(1), Duration::from_secs(10)).await;
+    assert!(
+        !verifier.has_loaded(),
+        "nothing loaded: the service must not be ready"
+    );
     verifier.refresh_revocations().await.unwrap();
     assert!(!verifier.is_ready(), "no keys held yet");
+    assert!(!verifier.has_loaded(), "a feed without keys is not loaded");
     verifier.verify(&token).await.unwrap();
     assert!(verifier.is_ready());
+    assert!(verifier.has_loaded());
 
     // A well-formed token signed by someone else's key (claims copied from a real token).
     let genuine = jwt::verify(
@@ -256,6 +262,9 @@ async fn tokens_are_refused_once_the_revocation_feed_is_stale() {
     })
     .await;
     assert!(!verifier.is_ready());
+    // Readiness is gated on the first load only: an identity outage must not pull every replica
+    // of every service out of its Service (tokens are refused above all the same).
+    assert!(verifier.has_loaded());
 
     refresher.abort();
     identity.handle.state.pool.close().await;

@@ -35,6 +35,14 @@ pub struct NotificationSettings {
     pub webhook_public_url: Option<String>,
     /// Messages each sandbox keeps in memory (the oldest are dropped) (1..=100000).
     pub sandbox_capacity: usize,
+    /// Development only: a file every sandbox channel also appends what it records to, one
+    /// JSON object a line (`channel`, `to`, `subject`, `body`, `notification_id`, `at`), so that
+    /// another process can read a verification code (`carehub up` sets
+    /// `<data-dir>/messaging/sandbox-outbox.jsonl`; `carehub demo` reads it). An absolute path,
+    /// or one relative to the service's working directory, naming a file (not a directory);
+    /// created with mode 0600, with its directory, when absent. It holds codes and reset links:
+    /// never set it where real people receive messages. Unset (the default): memory only.
+    pub sandbox_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NotificationSettings {
@@ -51,6 +59,7 @@ impl Default for NotificationSettings {
             send_timeout_ms: 10_000,
             webhook_public_url: None,
             sandbox_capacity: 1_000,
+            sandbox_file: None,
         }
     }
 }
@@ -96,6 +105,18 @@ impl NotificationSettings {
             (1..=100_000).contains(&self.sandbox_capacity),
             "sandbox_capacity must be within 1..=100000",
         );
+        if let Some(path) = &self.sandbox_file {
+            check(
+                !path.as_os_str().is_empty()
+                    && path.file_name().is_some()
+                    && !path
+                        .as_os_str()
+                        .to_string_lossy()
+                        .ends_with(std::path::MAIN_SEPARATOR)
+                    && !path.is_dir(),
+                "sandbox_file must name a file (absolute, or relative to the working directory)",
+            );
+        }
         let t = &self.twilio;
         if self.channels.sms == SmsChannelKind::Twilio {
             check(
@@ -181,6 +202,32 @@ mod tests {
             "webhook_public_url needs",
         ] {
             assert!(all.contains(what), "{what} not reported in {all}");
+        }
+    }
+
+    #[test]
+    fn the_sandbox_file_must_name_a_file() {
+        let dir = std::env::temp_dir();
+        for (path, ok) in [
+            ("", false),
+            ("/", false),
+            ("sandbox/", false),
+            ("..", false),
+            (dir.to_str().unwrap_or("/tmp"), false),
+            ("sandbox-outbox.jsonl", true),
+            ("/var/lib/carehub/sandbox-outbox.jsonl", true),
+        ] {
+            let s = NotificationSettings {
+                sandbox_file: Some(path.into()),
+                ..NotificationSettings::default()
+            };
+            let mut problems = Vec::new();
+            s.validate(&mut problems);
+            assert_eq!(
+                problems.iter().any(|p| p.contains("sandbox_file")),
+                !ok,
+                "{path:?}: {problems:?}"
+            );
         }
     }
 

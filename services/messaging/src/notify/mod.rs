@@ -58,7 +58,10 @@ impl Notifications {
         identity: ServiceChannel,
         _keys: &Arc<dyn KeySource>,
     ) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::new(settings.sandbox_capacity);
+        let sandbox = match &settings.sandbox_file {
+            Some(path) => Sandbox::with_file(settings.sandbox_capacity, path)?,
+            None => Sandbox::new(settings.sandbox_capacity),
+        };
         let timeout = Duration::from_millis(settings.send_timeout_ms);
         let sms: Box<dyn ChannelAdapter> = match settings.channels.sms {
             SmsChannelKind::Sandbox => Box::new(SandboxSms(sandbox.clone())),

@@ -902,3 +902,86 @@ async fn promotions_need_an_opt_in() {
     );
     suite.shutdown().await;
 }
+
+#[tokio::test]
+async fn sandbox_messages_are_mirrored_to_the_sandbox_file_one_json_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet: the sandbox makes it.
+    let path = dir.path().join("messaging/sandbox-outbox.jsonl");
+    let configured = path.clone();
+    let suite = common::spawn_with(move |c| {
+        c.messaging.notifications.sandbox_file = Some(configured);
+    })
+    .await;
+    let patient = suite.user(Role::Patient, "pat").await;
+    let mut ids = Vec::new();
+    for (key, code) in [("file-0001", "4417"), ("file-0002", "9051")] {
+        let mut r = with_params(
+            request(&patient, Template::VerificationCode, &[Channel::Push], key),
+            &[("code", code)],
+        );
+        r.urgent = true;
+        let n = send(&suite, "identity", r).await;
+        settled(
+            &suite,
+            "identity",
+            &n.id,
+            Channel::Push,
+            DeliveryStatus::Sent,
+        )
+        .await;
+        ids.push((n.id, code));
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, (id, code)) in lines.iter().zip(&ids) {
+        assert_eq!(line["channel"], "push");
+        assert_eq!(line["notification_id"], id.as_str());
+        let memory = sandbox(&suite, id);
+        assert_eq!(memory.len(), 1);
+        assert_eq!(line["to"], memory[0].to.as_str());
+        assert_eq!(line["subject"], memory[0].subject.as_str());
+        assert_eq!(line["body"], memory[0].body.as_str());
+        assert!(line["body"].as_str().unwrap().contains(code), "{line}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(line["at"].as_str().unwrap()).is_ok(),
+            "{line}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    suite.shutdown().await;
+}
+
+/// Every template the service knows can be stored: the table's CHECK names each stored code. A
+/// template added without extending it failed every send with INTERNAL (identity's security
+/// notices did, and stayed in identity's outbox).
+#[tokio::test]
+async fn every_template_code_is_allowed_by_the_notifications_table() {
+    let suite = common::spawn().await;
+    let check: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conname = 'notifications_template_check'",
+    )
+    .fetch_one(suite.pool())
+    .await
+    .unwrap();
+    let templates: Vec<_> = carehub_messaging::notify::templates::Template::all().collect();
+    assert!(!templates.is_empty());
+    for template in templates {
+        let code = template.as_str();
+        assert!(
+            check.contains(&format!("'{code}'")),
+            "notifications_template_check refuses {code}: {check}"
+        );
+    }
+    suite.shutdown().await;
+}

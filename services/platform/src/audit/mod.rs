@@ -104,8 +104,12 @@ impl AuditHost {
         }
     }
 
-    /// Exports the queue gauges and the sealed counter to `metrics`.
+    /// Exports the queue gauges and the sealed counter to `metrics`, declared now so that a
+    /// scrape names them before the sequencer's first round.
     pub fn with_metrics(mut self, metrics: Arc<crate::admin::Metrics>) -> Self {
+        for (name, kind, help) in sequencer::METRICS {
+            metrics.describe(name, kind, help);
+        }
         self.metrics = Some(metrics);
         self
     }
@@ -206,6 +210,26 @@ impl AuditHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_sealing_lag_metrics_are_named_before_the_first_round() {
+        #![allow(clippy::unwrap_used)]
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let metrics = crate::admin::Metrics::new("messaging");
+        let keys: Arc<dyn KeySource> = Arc::new(crate::keys::StaticKeys::generate());
+        let _host = AuditHost::new("messaging", pool, keys, AuditConfig::default())
+            .with_metrics(metrics.clone());
+        let text = metrics.render();
+        for line in [
+            "# TYPE carehub_audit_sealed_total counter\n",
+            "# TYPE carehub_audit_queue_depth gauge\n",
+            "# TYPE carehub_audit_queue_oldest_age_seconds gauge\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+    }
 
     #[test]
     fn config_problems_are_named() {

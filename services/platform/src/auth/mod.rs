@@ -189,6 +189,24 @@ impl Policy {
 pub trait TokenVerifier: Send + Sync + 'static {
     /// A verified, unrevoked token's user, or UNAUTHENTICATED with a reason.
     async fn verify(&self, token: &str) -> Result<UserCaller, Status>;
+
+    /// False until the verifier could answer at all (a remote one: until it first loaded
+    /// identity's keys and revocation feed). Gates readiness only at start: a service whose
+    /// feed later goes stale refuses tokens itself but stays ready, so that an outage of
+    /// identity does not also pull every replica out of its Service (and stop outbox deliveries
+    /// to it).
+    fn has_loaded(&self) -> bool {
+        true
+    }
+
+    /// Waits (at most `within`) until [`TokenVerifier::has_loaded`]: a server waits for it
+    /// before it reports its first health, so that a healthy suite starts ready at once.
+    async fn wait_loaded(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.has_loaded() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// UNAUTHENTICATED for a missing, invalid, expired or revoked access token (reason

@@ -132,6 +132,17 @@ impl RemoteVerifier {
         has_keys && self.feed_is_fresh()
     }
 
+    /// True once keys and the revocation feed were each loaded at least once.
+    fn has_loaded_once(&self) -> bool {
+        let has_keys = read(&self.inner.keys)
+            .map(|k| !k.is_empty())
+            .unwrap_or(false);
+        has_keys
+            && read(&self.inner.feed)
+                .ok()
+                .is_some_and(|f| f.last_success.is_some())
+    }
+
     fn feed_is_fresh(&self) -> bool {
         read(&self.inner.feed)
             .ok()
@@ -319,6 +330,10 @@ impl RemoteVerifier {
 
 #[async_trait::async_trait]
 impl TokenVerifier for RemoteVerifier {
+    fn has_loaded(&self) -> bool {
+        self.has_loaded_once()
+    }
+
     async fn verify(&self, token: &str) -> Result<UserCaller, Status> {
         let key = self.key_for(&token_key_id(token)?).await?;
         let user =

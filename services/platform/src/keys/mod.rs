@@ -292,13 +292,37 @@ pub fn readiness(source: Arc<dyn KeySource>) -> crate::admin::ReadinessCheck {
     Arc::new(move || source.status().serving)
 }
 
-/// Publishes `carehub_key_cache_age_seconds` and `carehub_key_cache_serving` every `every`
-/// until `source` is dropped elsewhere.
+/// The key-cache gauges (label `provider`) and what they mean.
+pub const KEY_CACHE_METRICS: [(&str, &str); 4] = [
+    (
+        "carehub_key_cache_age_seconds",
+        "Seconds since the keys were last refreshed successfully (0: a provider that never refreshes).",
+    ),
+    (
+        "carehub_key_cache_max_staleness_seconds",
+        "Age past which the keys fail closed (server.keys.max_staleness_secs; 0: never).",
+    ),
+    (
+        "carehub_key_cache_serving",
+        "1 while the keys answer; 0 once they are past their maximum staleness (failing closed).",
+    ),
+    (
+        "carehub_key_cache_refresh_failing",
+        "1 while the last refresh of the keys failed.",
+    ),
+];
+
+/// Publishes the gauges of [`KEY_CACHE_METRICS`] now (so that a first scrape already has them)
+/// and then every `every` until `source` is dropped elsewhere.
 pub fn spawn_metrics(
     source: &Arc<dyn KeySource>,
     metrics: Arc<crate::admin::Metrics>,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    for (name, help) in KEY_CACHE_METRICS {
+        metrics.describe(name, crate::admin::MetricKind::Gauge, help);
+    }
+    publish_metrics(source.as_ref(), &metrics);
     let weak = Arc::downgrade(source);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
@@ -310,17 +334,21 @@ pub fn spawn_metrics(
     })
 }
 
-/// Sets the key-cache gauges once.
+/// Sets the key-cache gauges of [`KEY_CACHE_METRICS`] once. A provider that never refreshes
+/// (file, static) reads age 0 and maximum staleness 0, so that the staleness alert, which
+/// compares the two, never fires for it.
 pub fn publish_metrics(source: &dyn KeySource, metrics: &crate::admin::Metrics) {
     let status = source.status();
     let labels = [("provider", status.provider)];
-    if let Some(age) = status.age {
-        metrics.set_gauge("carehub_key_cache_age_seconds", &labels, age.as_secs_f64());
-    }
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+    metrics.set_gauge(KEY_CACHE_METRICS[0].0, &labels, secs(status.age));
+    metrics.set_gauge(KEY_CACHE_METRICS[1].0, &labels, secs(status.max_staleness));
+    metrics.set_gauge(KEY_CACHE_METRICS[2].0, &labels, flag(status.serving));
     metrics.set_gauge(
-        "carehub_key_cache_serving",
+        KEY_CACHE_METRICS[3].0,
         &labels,
-        if status.serving { 1.0 } else { 0.0 },
+        flag(status.last_error.is_some()),
     );
 }
 
@@ -395,6 +423,56 @@ mod tests {
             KeyVersions::from_kv_data(&data),
             Err(KeyError::Malformed(_))
         ));
+    }
+
+    /// A Vault-backed source whose last refresh failed and that is past its staleness bound.
+    struct StaleVault;
+
+    impl KeySource for StaleVault {
+        fn versions(&self, _name: KeyName) -> Result<Arc<KeyVersions>, KeyError> {
+            Err(KeyError::Stale {
+                age_secs: 90,
+                max_secs: 60,
+            })
+        }
+
+        fn status(&self) -> KeyStatus {
+            KeyStatus {
+                provider: "vault",
+                serving: false,
+                age: Some(std::time::Duration::from_secs(90)),
+                max_staleness: Some(std::time::Duration::from_secs(60)),
+                last_error: Some("connection refused".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn key_cache_gauges_show_staleness_and_failing_closed() {
+        let metrics = crate::admin::Metrics::new("records");
+        publish_metrics(&StaleVault, &metrics);
+        let text = metrics.render();
+        for line in [
+            "carehub_key_cache_age_seconds{service=\"records\",provider=\"vault\"} 90\n",
+            "carehub_key_cache_max_staleness_seconds{service=\"records\",provider=\"vault\"} 60\n",
+            "carehub_key_cache_serving{service=\"records\",provider=\"vault\"} 0\n",
+            "carehub_key_cache_refresh_failing{service=\"records\",provider=\"vault\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+
+        // Static keys never refresh: every gauge is still there, at values no alert fires on.
+        let metrics = crate::admin::Metrics::new("records");
+        publish_metrics(&StaticKeys::generate(), &metrics);
+        let text = metrics.render();
+        for line in [
+            "carehub_key_cache_age_seconds{service=\"records\",provider=\"static\"} 0\n",
+            "carehub_key_cache_max_staleness_seconds{service=\"records\",provider=\"static\"} 0\n",
+            "carehub_key_cache_serving{service=\"records\",provider=\"static\"} 1\n",
+            "carehub_key_cache_refresh_failing{service=\"records\",provider=\"static\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
     }
 
     #[test]

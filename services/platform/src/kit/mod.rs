@@ -303,6 +303,10 @@ async fn prepare(
     Ok((ctx, host))
 }
 
+/// How long a starting server waits for its token verifier's first load before it starts
+/// anyway, not ready.
+const FIRST_TOKEN_KEYS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What [`serve`] puts around a service's API.
 struct Serve {
     host: ServiceHost,
@@ -333,11 +337,18 @@ async fn serve(s: Serve) -> anyhow::Result<RunningServer> {
     if let Some(routes) = s.admin_routes {
         host = host.admin_routes(routes);
     }
-    // Past server.keys.max_staleness_secs without Vault, keys fail closed: not ready.
+    // Past server.keys.max_staleness_secs without Vault, keys fail closed: not ready. Nor
+    // before the token verifier first loaded identity's keys and revocations: until then every
+    // user call would be refused with UNAVAILABLE.
     let keys_ready = crate::keys::readiness(s.keys.clone());
+    let tokens = authorizer.verifier.clone();
+    // The verifier's first poll starts with it and takes milliseconds when identity answers;
+    // without it the server starts not ready, and readiness follows once it loaded.
+    tokens.wait_loaded(FIRST_TOKEN_KEYS_WAIT).await;
+    let base: ReadinessCheck = Arc::new(move || keys_ready() && tokens.has_loaded());
     let readiness: ReadinessCheck = match s.readiness {
-        Some(own) => Arc::new(move || keys_ready() && own()),
-        None => keys_ready,
+        Some(own) => Arc::new(move || base() && own()),
+        None => base,
     };
     let server = host
         .with_auth(AuthLayer::new(authorizer))
@@ -346,6 +357,8 @@ async fn serve(s: Serve) -> anyhow::Result<RunningServer> {
         .start(s.shutdown)
         .await?;
     crate::keys::spawn_metrics(&s.keys, server.metrics.clone(), KEY_METRICS_EVERY);
+    crate::db::export_pool_metrics(&server.metrics, &relay_pool);
+    s.tls.export_metrics(&server.metrics);
     // Every service has an outbox (a platform table): its relay runs in every replica.
     crate::outbox::Relay::new(
         relay_pool,

@@ -32,6 +32,30 @@ const MAX_ERROR_LEN: usize = 300;
 /// outcome, and the pool is the service's, shared with its RPCs.
 const MAX_CONCURRENT_DELIVERIES: usize = 4;
 
+/// The relay's metric families (label `target`; deliveries also `result`).
+pub const METRICS: [(&str, crate::admin::MetricKind, &str); 4] = [
+    (
+        "carehub_outbox_pending",
+        crate::admin::MetricKind::Gauge,
+        "Outbox rows waiting for delivery, by target.",
+    ),
+    (
+        "carehub_outbox_oldest_pending_age_seconds",
+        crate::admin::MetricKind::Gauge,
+        "Age of the oldest pending outbox row, by target (0 when none).",
+    ),
+    (
+        "carehub_outbox_dead_letters",
+        crate::admin::MetricKind::Gauge,
+        "Outbox rows that exhausted their attempts, by target.",
+    ),
+    (
+        "carehub_outbox_deliveries_total",
+        crate::admin::MetricKind::Counter,
+        "Outbox delivery attempts, by target and result (ok, failed).",
+    ),
+];
+
 /// Delivers the outbox of one service database; run one in every replica ([`Relay::spawn`]).
 pub struct Relay {
     pool: PgPool,
@@ -101,6 +125,10 @@ impl Relay {
             let channel = crate::client::connect_lazy(&target.endpoint, tls, &target.server_name)
                 .map_err(|e| anyhow::anyhow!("server.outbox.targets.{name}: {e:#}"))?;
             channels.insert(name.clone(), channel);
+        }
+        // Declared now: a service whose release configures no target still names them.
+        for (name, kind, help) in METRICS {
+            metrics.describe(name, kind, help);
         }
         Ok(Relay {
             pool,
@@ -508,6 +536,38 @@ fn truncate(mut error: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_relay_names_its_metrics_before_any_row_or_target() {
+        #![allow(clippy::unwrap_used)]
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let pki = crate::devcerts::DevPki::new("carehub.test").unwrap();
+        let issued = pki.issue("identity").unwrap();
+        let tls = TlsStore::from_pem(
+            &issued.cert_pem,
+            &issued.key_pem,
+            &pki.ca_pem,
+            "carehub.test",
+        )
+        .unwrap();
+        let metrics = Metrics::new("identity");
+        let keys: Arc<dyn KeySource> = Arc::new(crate::keys::StaticKeys::generate());
+        let _relay =
+            Relay::new(pool, keys, &tls, &OutboxConfig::default(), metrics.clone()).unwrap();
+        let text = metrics.render();
+        for (name, kind, _) in METRICS {
+            let kind = match kind {
+                crate::admin::MetricKind::Gauge => "gauge",
+                crate::admin::MetricKind::Counter => "counter",
+            };
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} in {text}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_under_the_cap() {

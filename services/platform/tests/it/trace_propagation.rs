@@ -12,7 +12,7 @@ use carehub_platform::config::{LogFormat, TelemetryConfig};
 use carehub_platform::devcerts::DevPki;
 use carehub_platform::server::ServiceHost;
 use carehub_platform::telemetry;
-use common::otlp::{attr, hex, Receiver};
+use carehub_testkit::otlp::{attr, hex, Receiver};
 use common::*;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;

@@ -1,8 +1,15 @@
 //! The sandbox channels, the default of every channel (and of `carehub up`): they deliver
 //! nothing and keep what would have been sent in memory, where tests (and a developer, through
 //! the handle) read it. Bounded: the oldest messages are dropped past `sandbox_capacity`.
+//!
+//! With `sandbox_file` set, every recorded message is also appended to that file as one JSON
+//! line, so that a process other than the service (`carehub demo`, a developer's `tail -f`) can
+//! read a verification code. The file holds codes and reset links: it is created 0600, and only
+//! the development setup (`carehub up`) sets it.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -21,11 +28,24 @@ pub struct SandboxMessage {
     pub at: DateTime<Utc>,
 }
 
+/// One line of the sandbox file.
+#[derive(serde::Serialize)]
+struct FileLine<'a> {
+    channel: &'a str,
+    to: &'a str,
+    subject: &'a str,
+    body: &'a str,
+    notification_id: String,
+    at: String,
+}
+
 /// The memory the three sandboxes share.
 #[derive(Clone)]
 pub struct Sandbox {
     messages: Arc<Mutex<VecDeque<SandboxMessage>>>,
     capacity: usize,
+    /// The file every message is mirrored to; the lock keeps lines whole across senders.
+    file: Option<Arc<Mutex<std::fs::File>>>,
 }
 
 impl Sandbox {
@@ -33,7 +53,31 @@ impl Sandbox {
         Sandbox {
             messages: Arc::default(),
             capacity: capacity.max(1),
+            file: None,
         }
+    }
+
+    /// Like [`Sandbox::new`], also appending every message to `path` (created 0600 when
+    /// absent, its directory too).
+    pub fn with_file(capacity: usize, path: &Path) -> anyhow::Result<Sandbox> {
+        use anyhow::Context as _;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let file = options
+            .open(path)
+            .with_context(|| format!("opening the sandbox file {}", path.display()))?;
+        Ok(Sandbox {
+            file: Some(Arc::new(Mutex::new(file))),
+            ..Sandbox::new(capacity)
+        })
     }
 
     /// Everything recorded, oldest first.
@@ -59,14 +103,16 @@ impl Sandbox {
         while messages.len() >= self.capacity {
             messages.pop_front();
         }
-        messages.push_back(SandboxMessage {
+        let message = SandboxMessage {
             channel,
             notification: m.notification,
             to: m.to.to_owned(),
             subject: m.subject.to_owned(),
             body: m.body.to_owned(),
             at: Utc::now(),
-        });
+        };
+        self.mirror(&message);
+        messages.push_back(message);
         // Ids only: what was "sent" is in memory, not in the log.
         tracing::info!(
             notification_id = %m.notification,
@@ -75,6 +121,32 @@ impl Sandbox {
         );
         Sent {
             provider_ref: Some(format!("sandbox-{}", Uuid::now_v7())),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Appends `m` to the sandbox file, if any. A failed write is logged, not returned: the
+    /// memory copy is what the sandbox promises, the file is a convenience.
+    fn mirror(&self, m: &SandboxMessage) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let line = FileLine {
+            channel: m.channel.as_str(),
+            to: &m.to,
+            subject: &m.subject,
+            body: &m.body,
+            notification_id: m.notification.to_string(),
+            at: m.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        let Ok(mut text) = serde_json::to_string(&line) else {
+            return;
+        };
+        text.push('\n');
+        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            tracing::warn!(notification_id = %m.notification, error = %e, "sandbox file: write failed");
         }
     }
 }

@@ -1,10 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 //! Shared helpers for the platform's integration tests: a dev PKI on disk, a config that binds
 //! port 0, a tiny `test.Whoami/Get` service answering the caller's workload; mTLS clients and a
-//! raw HTTP GET come from the test kit.
+//! raw HTTP GET (and the OTLP receiver, `carehub_testkit::otlp`) come from the test kit.
 
 pub mod audited;
-pub mod otlp;
 
 use std::convert::Infallible;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! An in-process OTLP/gRPC trace receiver (plaintext, like a local collector): tests point the
-//! telemetry exporter at it and assert on the spans it collected.
+//! telemetry exporter at it and assert on the spans it collected. Telemetry is process-wide, so
+//! when several services share the process (the end-to-end suite) the resource names only the
+//! first one: tell services apart by the span's `rpc.service` attribute instead.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -81,6 +83,7 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         })
 }
 
+/// Trace and span ids as lower-case hex (how `traceparent` writes them).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
