@@ -48,7 +48,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::engine::{OpFuture, TimedOp, Window};
+use super::engine::{OpFuture, TimedOp};
 use super::identity::{bearer, retrying, SeededUser, PASSWORD};
 use super::messaging::{keyed, new_key, pick, short_id, sign_in, Party};
 
@@ -968,23 +968,9 @@ impl PaymentStats {
     }
 }
 
-/// The engine's window hooks of `inner`, also marking the steady state for [`Payments`].
-pub struct Marked<'a, W> {
-    pub inner: &'a mut W,
-    pub payments: Arc<Payments>,
-}
-
-impl<W: Window + Send> Window for Marked<'_, W> {
-    async fn opening(&mut self) {
-        self.inner.opening().await;
-        lock(&self.payments.window).0 = Some(Instant::now());
-    }
-    fn closing(&mut self) {
-        lock(&self.payments.window).1 = Some(Instant::now());
-        self.inner.closing();
-    }
-    async fn closed(&mut self) {
-        self.inner.closed().await;
+impl super::engine::Steady for Payments {
+    fn steady_window(&self) -> &Mutex<(Option<Instant>, Option<Instant>)> {
+        &self.window
     }
 }
 

@@ -186,6 +186,41 @@ pub trait Window {
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// A scenario that counts its own outcomes (payments, bookings, deliveries) only inside the
+/// steady state: when it opened and when it closed.
+pub trait Steady: Send + Sync {
+    fn steady_window(&self) -> &Mutex<(Option<Instant>, Option<Instant>)>;
+}
+
+/// The engine's window hooks of `inner`, also marking the steady state for `scenario`.
+pub struct Marked<'a, W, S> {
+    pub inner: &'a mut W,
+    pub scenario: Arc<S>,
+}
+
+impl<W: Window + Send, S: Steady> Window for Marked<'_, W, S> {
+    async fn opening(&mut self) {
+        self.inner.opening().await;
+        let mut marks = self
+            .scenario
+            .steady_window()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        marks.0 = Some(Instant::now());
+    }
+    fn closing(&mut self) {
+        self.scenario
+            .steady_window()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1 = Some(Instant::now());
+        self.inner.closing();
+    }
+    async fn closed(&mut self) {
+        self.inner.closed().await;
+    }
+}
+
 /// Runs `op` with `shape`: warm-up, then the measured steady state.
 pub async fn run<W: Window + Send>(
     label: &str,

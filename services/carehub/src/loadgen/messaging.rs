@@ -42,7 +42,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use super::engine::{self, Op, OpFuture, TimedOp, Window, NOT_DELIVERED};
+use super::engine::{self, Op, OpFuture, TimedOp, NOT_DELIVERED};
 use super::identity::{bearer, retrying, SeededUser, PASSWORD};
 
 /// How long a sent message may take to reach every stream waiting for it before the rest
@@ -559,23 +559,9 @@ impl Live {
     }
 }
 
-/// The engine's window hooks of `inner`, also marking the steady state for [`Live`].
-pub struct Marked<'a, W> {
-    pub inner: &'a mut W,
-    pub live: Arc<Live>,
-}
-
-impl<W: Window + Send> Window for Marked<'_, W> {
-    async fn opening(&mut self) {
-        self.inner.opening().await;
-        lock(&self.live.window).0 = Some(Instant::now());
-    }
-    fn closing(&mut self) {
-        lock(&self.live.window).1 = Some(Instant::now());
-        self.inner.closing();
-    }
-    async fn closed(&mut self) {
-        self.inner.closed().await;
+impl super::engine::Steady for Live {
+    fn steady_window(&self) -> &Mutex<(Option<Instant>, Option<Instant>)> {
+        &self.window
     }
 }
 

@@ -990,9 +990,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     }
                 };
                 let payments = billing::Payments::new(channels, seed.clone());
-                let mut window = billing::Marked {
+                let mut window = engine::Marked {
                     inner: &mut probe,
-                    payments: payments.clone(),
+                    scenario: payments.clone(),
                 };
                 let m = engine::run_timed("pay-invoice", payments.op(), &shape, &mut window).await;
                 let mut r = report("pay-invoice", load, &m, &probe);
@@ -1096,9 +1096,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                     args.storm_attempts_per_slot,
                     args.storm_spread,
                 );
-                let mut window = scheduling::Marked {
+                let mut window = engine::Marked {
                     inner: &mut probe,
-                    storm: storm.clone(),
+                    scenario: storm.clone(),
                 };
                 let m = engine::run_timed("booking-storm", storm.op(), &shape, &mut window).await;
                 let mut r = report("booking-storm", load, &m, &probe);
@@ -1221,9 +1221,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 let mut shape = shape.clone();
                 shape.rate = Some(rate);
                 let op = messaging::delivery_op(channels, seed.clone(), live.clone(), targets);
-                let mut window = messaging::Marked {
+                let mut window = engine::Marked {
                     inner: &mut probe,
-                    live: live.clone(),
+                    scenario: live.clone(),
                 };
                 let m = engine::run_timed(name, op, &shape, &mut window).await;
                 let d = live.stats(rate, subscribers.streams(), conversations, m.elapsed);

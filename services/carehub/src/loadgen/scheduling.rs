@@ -53,7 +53,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::engine::{Op, OpFuture, TimedOp, Window};
+use super::engine::{Op, OpFuture, TimedOp};
 use super::identity::{bearer, retrying, SeededUser, PASSWORD};
 use super::messaging::{keyed, new_key, pick, short_id, sign_in, Party};
 
@@ -992,23 +992,9 @@ impl BookingStats {
     }
 }
 
-/// The engine's window hooks of `inner`, also marking the steady state for [`Storm`].
-pub struct Marked<'a, W> {
-    pub inner: &'a mut W,
-    pub storm: Arc<Storm>,
-}
-
-impl<W: Window + Send> Window for Marked<'_, W> {
-    async fn opening(&mut self) {
-        self.inner.opening().await;
-        lock(&self.storm.window).0 = Some(Instant::now());
-    }
-    fn closing(&mut self) {
-        lock(&self.storm.window).1 = Some(Instant::now());
-        self.inner.closing();
-    }
-    async fn closed(&mut self) {
-        self.inner.closed().await;
+impl super::engine::Steady for Storm {
+    fn steady_window(&self) -> &Mutex<(Option<Instant>, Option<Instant>)> {
+        &self.window
     }
 }
 
