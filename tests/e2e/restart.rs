@@ -70,9 +70,7 @@ async fn restarted_service_loses_no_outbox_delivery() {
 
     suite.messaging.start().await;
     suite.billing.start().await;
-    suite
-        .until_accepting_users(&patient, &["messaging", "billing"])
-        .await;
+    suite.until_ready(&["messaging", "billing"]).await;
     suite
         .eventually_invoiced(&clinic.office, &patient, &[&before.id, &during.id])
         .await;

@@ -332,28 +332,6 @@ impl Suite {
         }
     }
 
-    /// Waits (up to 30 s) until each of `services` takes `user`'s token: a service verifying
-    /// tokens remotely refuses them (UNAVAILABLE) until its first poll of identity's revocation
-    /// feed, a moment after it started.
-    pub async fn until_accepting_users(&self, user: &User, services: &[&str]) {
-        for service in services {
-            crate::eventually(
-                &format!("{service} takes user tokens"),
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                || async {
-                    match self.read_own(service, user).await {
-                        Err(status) if status.code() == tonic::Code::Unavailable => {
-                            Err(format!("{status:?}"))
-                        }
-                        Ok(()) | Err(_) => Ok(()),
-                    }
-                },
-            )
-            .await;
-        }
-    }
-
     /// An admin as `carehub admin create` makes one (a one-time password, to be changed at
     /// first login), directly in identity's database.
     pub async fn admin(&self) -> carehub::demo::AdminLogin {

@@ -297,11 +297,36 @@ impl Suite {
             scheduling,
             billing,
         };
-        let probe = suite
-            .user(carehub_platform::auth::Role::Patient, "probe")
-            .await;
-        suite.until_accepting_users(&probe, &SERVICES[1..]).await;
+        suite.until_ready(&SERVICES).await;
         suite
+    }
+
+    /// Waits until each of `services` answers `/readyz` with 200, as a Kubernetes Service waits
+    /// before routing to a pod (a service is ready once it holds its keys and has read
+    /// identity's signing keys and revocations).
+    pub async fn until_ready(&self, services: &[&str]) {
+        for service in services {
+            let admin = match *service {
+                "identity" => self.identity.admin_addr,
+                "records" => self.records.admin_addr,
+                "messaging" => self.messaging.admin_addr,
+                "scheduling" => self.scheduling.admin_addr,
+                "billing" => self.billing.admin_addr,
+                other => panic!("no service {other} in the suite"),
+            };
+            crate::eventually(
+                &format!("{service} ready"),
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || async move {
+                    match carehub_testkit::grpc::http_get_raw(&admin.to_string(), "/readyz").await {
+                        Some((200, _)) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await;
+        }
     }
 
     /// The `/metrics` text of every service, in [`SERVICES`] order.
