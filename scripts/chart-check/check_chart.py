@@ -231,29 +231,39 @@ BROKEN_MONITORING = [
 ]
 
 
-def check_broken_monitoring(helm: Helm, chart: pathlib.Path, prod: dict, defaults: dict) -> None:
-    for problem in promql_check.canary_parser():
-        fail(problem)
-    for label, rel, pattern, repl, expect in BROKEN_MONITORING:
+def rendered_mutations(helm: Helm, chart: pathlib.Path, prod: dict, cases: list, what: str,
+                       table: str, count: int = 0):
+    """Each case (label, file, pattern, replacement, expected problem) applied to a scratch copy
+    of the chart and rendered with `prod`: yields (label, the copy, its objects, expected). A
+    pattern that no longer matches, or a copy that does not render, is a failure of its own."""
+    for label, rel, pattern, repl, expect in cases:
         with tempfile.TemporaryDirectory() as tmp:
             c = scratch_copy(chart, pathlib.Path(tmp))
             f = c / rel
-            text, n = re.subn(pattern, repl, f.read_text(), count=1)
+            text, n = re.subn(pattern, repl, f.read_text(), count=count)
             if n == 0:
-                fail(f"broken monitoring ({label}): the pattern no longer matches {rel}; update BROKEN_MONITORING")
+                fail(f"{what} ({label}): the pattern no longer matches {rel}; update {table}")
                 continue
             f.write_text(text)
             try:
                 docs = helm.render(c, prod)
             except RenderError as e:
-                fail(f"broken monitoring ({label}) does not even render: {e}")
+                fail(f"{what} ({label}) does not even render: {e}")
                 continue
-            problems, _ = promql_check.check_release(docs, coalesce(defaults, prod), c, README)
-            hit = [p for p in problems if expect in p]
-            if hit:
-                ok(f"broken monitoring refused ({label}): {hit[0][:150]}")
-            else:
-                fail(f"broken monitoring ({label}) passed; expected {expect!r}, got {problems}")
+            yield label, c, docs, expect
+
+
+def check_broken_monitoring(helm: Helm, chart: pathlib.Path, prod: dict, defaults: dict) -> None:
+    for problem in promql_check.canary_parser():
+        fail(problem)
+    for label, c, docs, expect in rendered_mutations(helm, chart, prod, BROKEN_MONITORING,
+                                                     "broken monitoring", "BROKEN_MONITORING", count=1):
+        problems, _ = promql_check.check_release(docs, coalesce(defaults, prod), c, README)
+        hit = [p for p in problems if expect in p]
+        if hit:
+            ok(f"broken monitoring refused ({label}): {hit[0][:150]}")
+        else:
+            fail(f"broken monitoring ({label}) passed; expected {expect!r}, got {problems}")
     # An alert whose runbook note is missing from the README.
     with tempfile.TemporaryDirectory() as tmp:
         readme = pathlib.Path(tmp) / "README.md"
@@ -444,26 +454,14 @@ WEAKENINGS = [
 
 
 def check_weakened_templates(helm: Helm, chart: pathlib.Path, prod: dict, defaults: dict) -> None:
-    for label, rel, pattern, repl, expect in WEAKENINGS:
-        with tempfile.TemporaryDirectory() as tmp:
-            c = scratch_copy(chart, pathlib.Path(tmp))
-            f = c / rel
-            text, n = re.subn(pattern, repl, f.read_text())
-            if n == 0:
-                fail(f"weakened template ({label}): the pattern no longer matches {rel}; update WEAKENINGS")
-                continue
-            f.write_text(text)
-            try:
-                docs = helm.render(c, prod)
-            except RenderError as e:
-                fail(f"weakened template ({label}) does not even render: {e}")
-                continue
-            problems = invariants.check_release(docs, coalesce(defaults, prod), RELEASE)
-            hit = [p for p in problems if expect in p]
-            if hit:
-                ok(f"weakened template refused ({label}): {hit[0]}")
-            else:
-                fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
+    for label, _, docs, expect in rendered_mutations(helm, chart, prod, WEAKENINGS,
+                                                     "weakened template", "WEAKENINGS"):
+        problems = invariants.check_release(docs, coalesce(defaults, prod), RELEASE)
+        hit = [p for p in problems if expect in p]
+        if hit:
+            ok(f"weakened template refused ({label}): {hit[0]}")
+        else:
+            fail(f"weakened template ({label}) passed the invariants; expected {expect!r}, got {problems}")
 
 
 def check_former_database_values(helm: Helm, chart: pathlib.Path, defaults: dict) -> None:
