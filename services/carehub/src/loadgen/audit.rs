@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use carehub_platform::audit::{self, chain, sequencer, Action, AuditEvent, Purpose};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
@@ -46,9 +46,9 @@ impl Scratch {
             .await?;
         admin.close().await?;
         let options: PgConnectOptions = admin_url.parse()?;
-        let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(connections.max(2)).unwrap_or(16))
-            .min_connections(u32::try_from(connections.max(2)).unwrap_or(16))
+        // The services' own pool settings, so that the audited write is measured as they run it.
+        let size = u32::try_from(connections.max(2)).unwrap_or(16);
+        let pool = carehub_platform::db::pool_options(size, size)
             .connect_with(options.database(&name))
             .await?;
         static NONE: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;

@@ -158,6 +158,12 @@ fn cipher_of(key: &[u8; 32]) -> Result<Aes256Gcm, CryptoError> {
 impl Envelope {
     /// Envelope encryption for `service` in the database of `pool` (whose connection settings
     /// the envelope's own key pool copies).
+    ///
+    /// The key pool is as warm as `pool`: a service that keeps its own connections open keeps
+    /// all `key_pool_connections` open too (opened in the background, kept), so that data-key
+    /// reservations running out together mid-load never open a connection on the request path
+    /// (DESIGN.md §9); a service whose pool opens on demand (tests, small tools) opens its key
+    /// connections on demand as well.
     pub fn new(
         service: impl Into<String>,
         pool: PgPool,
@@ -168,10 +174,12 @@ impl Envelope {
         let options = pool.connect_options().as_ref().clone();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(config.key_pool_connections)
-            // Opened on the first key operation, then kept: a data-key reservation running out
-            // mid-load must not open a connection on the request path (DESIGN.md §9).
-            .min_connections(0)
+            .min_connections(key_pool_min(&pool, &config))
             .idle_timeout(None)
+            // Neither idle timeout nor lifetime: sqlx then opens the minimum at once (with
+            // either, its maintenance task would only refill after the first reaping), and a
+            // kept key connection is never replaced mid-load.
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|_, _| {
                 Box::pin(async {
@@ -472,4 +480,40 @@ fn check_field(field: &Field<'_>) -> Result<(), CryptoError> {
     check_id("column", field.column)?;
     check_id("row", field.row)?;
     check_id("subject", field.subject)
+}
+
+/// The key pool's connections kept open: all of them when the service's own pool keeps some open.
+fn key_pool_min(service_pool: &PgPool, config: &CryptoConfig) -> u32 {
+    if service_pool.options().get_min_connections() > 0 {
+        config.key_pool_connections
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lazy_pool(min: u32) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .min_connections(min)
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_key_pool_is_kept_open_when_the_service_pool_is() {
+        let config = CryptoConfig::default();
+        let keys: Arc<dyn KeySource> = Arc::new(crate::keys::StaticKeys::generate());
+        let warm =
+            Envelope::new("records", lazy_pool(16), Arc::clone(&keys), config.clone()).unwrap();
+        assert_eq!(
+            warm.inner.pool.options().get_min_connections(),
+            config.key_pool_connections
+        );
+        let on_demand = Envelope::new("records", lazy_pool(0), keys, config).unwrap();
+        assert_eq!(on_demand.inner.pool.options().get_min_connections(), 0);
+    }
 }

@@ -14,6 +14,7 @@ mod audit_trace;
 mod call;
 mod crypto;
 mod crypto_rotation;
+mod db_pool;
 mod idempotency;
 mod keys_file;
 mod mtls;
