@@ -5,7 +5,7 @@
 # PostgreSQL cluster and ports; identity on the first gRPC/admin port, records on the next,
 # messaging on the one after, scheduling on the one after that, billing on the next), runs
 # `carehub loadgen all` (echo baseline first and last, pgbench insert/select against the same
-# PostgreSQL, every identity scenario, every records scenario, every messaging scenario, every
+# PostgreSQL over the same Unix socket the services use, every identity scenario, every records scenario, every messaging scenario, every
 # scheduling scenario, the billing scenario, the audit scenarios on a scratch database of that
 # PostgreSQL), records the `carehub up` process's idle and loaded resident memory, writes
 # BENCHMARKS.md and stops everything it started. Not part of scripts/test.sh: speed is
@@ -132,7 +132,7 @@ env ${admin_otp:+LOADGEN_ADMIN_PASSWORD="$admin_otp" LOADGEN_ADMIN_NEW_PASSWORD=
   --admin "127.0.0.1:$ADMIN_PORT" --admin "127.0.0.1:$RECORDS_ADMIN_PORT" \
   --admin "127.0.0.1:$MESSAGING_ADMIN_PORT" --admin "127.0.0.1:$SCHEDULING_ADMIN_PORT" \
   --admin "127.0.0.1:$BILLING_ADMIN_PORT" \
-  --database-url "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+  --database-url "postgres://postgres@localhost:$PG_PORT/postgres?host=$data/postgres" \
   --scheduling-database-url "postgres://postgres@127.0.0.1:$PG_PORT/carehub_scheduling" \
   --server-pid "$up_pid" --postgres-pid "$pg_pid" \
   --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" \
@@ -173,7 +173,8 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
   echo "  test card, a fresh idempotency key per call; req/s: payments answered SUCCEEDED), 1 call in 10"
   echo "  replayed with its key off the measured call (the answer must name the same payment); afterwards the"
   echo "  invoices it paid are read back as the billing clerk (duplicate charges: paid more than the total)"
-  echo "- the load generator, the server and PostgreSQL share the same cores; server CPU is the"
+  echo "- the load generator, the server and PostgreSQL share the same cores; the services, pgbench and the"
+  echo "  audit scenarios reach PostgreSQL over its Unix socket (\`carehub up\`'s private cluster); server CPU is the"
   echo "  \`carehub up\` process's (identity, records, messaging, scheduling and billing), PostgreSQL's is the postmaster's and its"
   echo "  backends' (utime + stime); steady-state counters are summed over the services' /metrics"
   echo "- wall time of the run (start, seed, all scenarios, excluding the build): ${elapsed} s"
