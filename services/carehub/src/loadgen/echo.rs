@@ -3,14 +3,18 @@
 //! its own payload. It runs on a runtime of its own whose threads are named [`THREAD_NAME`], so
 //! that its CPU can be told apart from the load generator's.
 //!
-//! With an audit trail ([`start`]'s `audit`), it is the audited read of the audit scenarios:
-//! each answer waits until its read event is durable, through the platform's group commit
-//! ([`carehub_platform::call::reads`]), exactly as a service's `Call::read` does, and the
-//! sequencer runs on the same runtime (its CPU is server CPU).
+//! Backed by a database ([`Backing`]), it is one of two reads of the scratch-database
+//! scenarios. `db-read`: each answer first reads one row by primary key on a pooled connection,
+//! as a service's read does, with no audit event: the ceiling of any read served from
+//! PostgreSQL per request. `audit-read`: each answer waits until its read event is durable,
+//! through the platform's group commit ([`carehub_platform::call::reads`]), exactly as a
+//! service's `Call::read` does, and the sequencer runs on the same runtime (its CPU is server
+//! CPU).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,13 +42,53 @@ pub struct EchoMessage {
     pub payload: Vec<u8>,
 }
 
+/// Rows of the `db-read` table ([`create_read_table`]); the reads cycle through them.
+pub const READ_ROWS: u64 = 10_000;
+const READ_TABLE: &str = "loadgen_echo_rows";
+
+/// What the echo server does before it answers.
+#[derive(Clone, Default)]
+pub enum Backing {
+    /// Nothing: the bare baseline.
+    #[default]
+    None,
+    /// Reads one row of [`READ_TABLE`] by primary key (no audit event).
+    Read(sqlx::PgPool),
+    /// Waits until its read event is durable (group commit), a sequencer sealing meanwhile.
+    Audit(sqlx::PgPool),
+}
+
+/// Creates and fills the `db-read` table in `pool`'s database ([`READ_ROWS`] rows of
+/// `payload_bytes`), and gathers its statistics.
+pub async fn create_read_table(pool: &sqlx::PgPool, payload_bytes: usize) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "CREATE TABLE {READ_TABLE} (id bigint PRIMARY KEY, payload bytea NOT NULL)"
+    ))
+    .execute(pool)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {READ_TABLE} (id, payload)
+         SELECT g, decode(repeat('5a', $2), 'hex') FROM generate_series(0, $1 - 1) g"
+    ))
+    .bind(i64::try_from(READ_ROWS)?)
+    .bind(i32::try_from(payload_bytes)?)
+    .execute(pool)
+    .await?;
+    sqlx::query(&format!("ANALYZE {READ_TABLE}"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 #[derive(Clone)]
 struct EchoService {
-    audit: Option<sqlx::PgPool>,
+    backing: Backing,
+    reads: Arc<AtomicU64>,
 }
 
 struct EchoUnary {
-    audit: Option<sqlx::PgPool>,
+    backing: Backing,
+    reads: Arc<AtomicU64>,
 }
 
 impl tonic::server::UnaryService<EchoMessage> for EchoUnary {
@@ -52,20 +96,33 @@ impl tonic::server::UnaryService<EchoMessage> for EchoUnary {
     type Future = BoxFuture<tonic::Response<EchoMessage>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<EchoMessage>) -> Self::Future {
-        let audit = self.audit.clone();
+        let backing = self.backing.clone();
+        let row = self.reads.fetch_add(1, Ordering::Relaxed) % READ_ROWS;
         Box::pin(async move {
-            if let Some(pool) = audit {
-                let reader = uuid::Uuid::now_v7();
-                let event = AuditEvent::new(
-                    "loadgen.echo.read",
-                    Action::Read,
-                    Purpose::Operations,
-                    "echo",
-                    reader,
-                )
-                .actor_user(reader)
-                .actor_role("patient");
-                carehub_platform::call::reads::record(&pool, event).await?;
+            match backing {
+                Backing::None => {}
+                Backing::Read(pool) => {
+                    let (payload,): (Vec<u8>,) =
+                        sqlx::query_as(&format!("SELECT payload FROM {READ_TABLE} WHERE id = $1"))
+                            .bind(i64::try_from(row).unwrap_or_default())
+                            .fetch_one(&pool)
+                            .await
+                            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    return Ok(tonic::Response::new(EchoMessage { payload }));
+                }
+                Backing::Audit(pool) => {
+                    let reader = uuid::Uuid::now_v7();
+                    let event = AuditEvent::new(
+                        "loadgen.echo.read",
+                        Action::Read,
+                        Purpose::Operations,
+                        "echo",
+                        reader,
+                    )
+                    .actor_user(reader)
+                    .actor_role("patient");
+                    carehub_platform::call::reads::record(&pool, event).await?;
+                }
             }
             Ok(tonic::Response::new(request.into_inner()))
         })
@@ -86,13 +143,16 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let audit = self.audit.clone();
+        let unary = EchoUnary {
+            backing: self.backing.clone(),
+            reads: self.reads.clone(),
+        };
         Box::pin(async move {
             if req.uri().path() != PATH {
                 return Ok(tonic::Status::unimplemented("only Echo").into_http());
             }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(EchoUnary { audit }, req).await)
+            Ok(grpc.unary(unary, req).await)
         })
     }
 }
@@ -156,12 +216,12 @@ impl Drop for EchoServer {
 }
 
 /// Starts the echo server on 127.0.0.1:0 with `store` as its server identity (mTLS: client
-/// certificates of the same CA are required, as on every carehub port). With `audit`, every
-/// answer waits for its read event in that database, and a sequencer seals them.
+/// certificates of the same CA are required, as on every carehub port), answering as
+/// `backing` says; with [`Backing::Audit`] a sequencer seals the read events.
 pub async fn start(
     store: &Arc<TlsStore>,
     worker_threads: usize,
-    audit: Option<sqlx::PgPool>,
+    backing: Backing,
 ) -> anyhow::Result<EchoServer> {
     let tls = tokio_rustls::TlsAcceptor::from(store.server_config()?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -175,7 +235,7 @@ pub async fn start(
         .await
         .context("binding the echo port")??;
     let addr = listener.local_addr()?;
-    if let Some(pool) = &audit {
+    if let Backing::Audit(pool) = &backing {
         runtime.spawn(
             carehub_platform::audit::sequencer::Sequencer {
                 service: "loadgen",
@@ -216,7 +276,13 @@ pub async fn start(
         let _ = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .serve_with_incoming(EchoService { audit }, incoming)
+            .serve_with_incoming(
+                EchoService {
+                    backing,
+                    reads: Arc::new(AtomicU64::new(0)),
+                },
+                incoming,
+            )
             .await;
     });
     Ok(EchoServer {

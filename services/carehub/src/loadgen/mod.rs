@@ -90,8 +90,11 @@ pub enum Scenario {
     /// seeded by a billing clerk, 1 in 10 replayed with the same key; then checks that no
     /// invoice was charged twice.
     PayInvoice,
-    /// The three audit scenarios below.
+    /// The four scratch-database scenarios below.
     Audit,
+    /// Echo whose every answer first reads one row by primary key (one round trip on a
+    /// pooled connection), no audit event: the ceiling of a read served from PostgreSQL.
+    DbRead,
     /// Echo whose every answer waits for its read event (group commit), sealed meanwhile.
     AuditRead,
     /// Single-row insert + its audit event (queued) per transaction, sealed meanwhile.
@@ -164,7 +167,7 @@ fn expand(list: &[Scenario]) -> Vec<Scenario> {
     let messaging = [MessageSend, MessageDelivery, StreamFanout];
     let scheduling = [SlotSearch, BookingStorm];
     let billing = [PayInvoice];
-    let audit = [AuditRead, AuditWrite, AuditWriteLocked];
+    let audit = [DbRead, AuditRead, AuditWrite, AuditWriteLocked];
     let list = if list.is_empty() { &[All][..] } else { list };
     let mut out = Vec::new();
     for s in list {
@@ -570,13 +573,14 @@ async fn connect(
     Ok(out)
 }
 
-/// The echo server (with an audit trail for `audit-read`) and channels to it.
+/// The echo server (backed by the scratch database for `db-read` and `audit-read`) and
+/// channels to it.
 async fn echo_server(
     args: &LoadgenArgs,
     tls: &Arc<TlsStore>,
-    audit: Option<sqlx::PgPool>,
+    backing: echo::Backing,
 ) -> anyhow::Result<(echo::EchoServer, Vec<Channel>)> {
-    let server = echo::start(tls, args.echo_threads, audit).await?;
+    let server = echo::start(tls, args.echo_threads, backing).await?;
     let channels = connect(
         &format!("https://{}", server.addr),
         tls,
@@ -622,6 +626,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             s,
             Scenario::Echo
                 | Scenario::Pgbench
+                | Scenario::DbRead
                 | Scenario::AuditRead
                 | Scenario::AuditWrite
                 | Scenario::AuditWriteLocked
@@ -675,18 +680,25 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         "billing",
         &args.admin_email,
     )?;
-    // The audit scenarios' scratch database, once, when one of them is asked for.
+    // The scratch database of db-read and the audit scenarios, once, when one is asked for.
     let scratch = if scenarios.iter().any(|s| {
         matches!(
             s,
-            Scenario::AuditRead | Scenario::AuditWrite | Scenario::AuditWriteLocked
+            Scenario::DbRead
+                | Scenario::AuditRead
+                | Scenario::AuditWrite
+                | Scenario::AuditWriteLocked
         )
     }) {
-        Some(
-            audit::Scratch::create(&args.database_url, args.pgbench_clients)
+        let scratch = audit::Scratch::create(&args.database_url, args.pgbench_clients)
+            .await
+            .context("creating the audit scenarios' scratch database (--database-url)")?;
+        if scenarios.contains(&Scenario::DbRead) {
+            echo::create_read_table(&scratch.pool, args.payload_bytes)
                 .await
-                .context("creating the audit scenarios' scratch database (--database-url)")?,
-        )
+                .context("filling db-read's table in the scratch database")?;
+        }
+        Some(scratch)
     } else {
         None
     };
@@ -920,10 +932,26 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             after: None,
         };
         match s {
+            Scenario::DbRead => {
+                let Some(scratch) = &scratch else { continue };
+                let (server, channels) =
+                    echo_server(&args, &tls, echo::Backing::Read(scratch.pool.clone())).await?;
+                probe.in_process_server = true;
+                let op = echo::op(channels, args.payload_bytes);
+                let m = engine::run("db-read", op, &shape, &mut probe).await;
+                let mut r = report("db-read", closed(shape.in_flight), &m, &probe);
+                r.note = Some(format!(
+                    "echo + one primary-key select of {} rows over {} DB conns, no audit event",
+                    echo::READ_ROWS,
+                    args.pgbench_clients
+                ));
+                results.push(r);
+                drop(server);
+            }
             Scenario::AuditRead => {
                 let Some(scratch) = &scratch else { continue };
                 let (server, channels) =
-                    echo_server(&args, &tls, Some(scratch.pool.clone())).await?;
+                    echo_server(&args, &tls, echo::Backing::Audit(scratch.pool.clone())).await?;
                 probe.in_process_server = true;
                 let op = echo::op(channels, args.payload_bytes);
                 let m = engine::run("audit-read", op, &shape, &mut probe).await;
@@ -971,7 +999,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 results.push(r);
             }
             Scenario::Echo => {
-                let (server, channels) = echo_server(&args, &tls, None).await?;
+                let (server, channels) = echo_server(&args, &tls, echo::Backing::None).await?;
                 probe.in_process_server = true;
                 let op = echo::op(channels, args.payload_bytes);
                 let m = engine::run("echo", op, &shape, &mut probe).await;
@@ -1521,6 +1549,20 @@ fn budgets(
         }),
         met: chart_half.map(|r| r.p99_ms < 10.0 && r.error_count == 0),
     });
+    let db_read = find("db-read");
+    out.push(Budget {
+        name: "ceiling of a read served from PostgreSQL (db-read: echo + one primary-key select, no audit event)".into(),
+        target: "reported (no budget)".into(),
+        measured: db_read.map_or("n/a".into(), |r| {
+            format!(
+                "{:.0}/s = {} x echo, p99 {:.2} ms",
+                r.throughput,
+                opt(r.ratio_to_echo, 3),
+                r.p99_ms
+            )
+        }),
+        met: None,
+    });
     let send = find("message-send");
     out.push(Budget {
         name: "audited, encrypted message send (closed loop)".into(),
@@ -1719,7 +1761,7 @@ fn budgets(
     });
     let counted: Vec<&ScenarioReport> = results
         .iter()
-        .filter(|r| r.name != "echo" && !r.name.starts_with("audit-"))
+        .filter(|r| !measured_in_process(&r.name))
         .collect();
     let unknown = counted.iter().any(|r| {
         let s = &r.steady_state;
@@ -1757,6 +1799,12 @@ fn budgets(
     });
     let _ = echo;
     out
+}
+
+/// Whether scenario `name` measures a server of this process (the baselines and the
+/// scratch-database scenarios): no service's /metrics counts its steady state.
+fn measured_in_process(name: &str) -> bool {
+    name == "echo" || name == "db-read" || name.starts_with("audit-")
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -1830,7 +1878,7 @@ fn render_table(r: &Report, markdown: bool) -> String {
             format!("{:.1}", s.loadgen_cpu_us_per_request),
             opt(s.server_cpu_us_per_request, 1),
             opt(s.postgres_cpu_us_per_request, 1),
-            if s.name == "echo" || s.name.starts_with("audit-") {
+            if measured_in_process(&s.name) {
                 "n/a".into()
             } else {
                 format!(
