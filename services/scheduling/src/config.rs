@@ -34,6 +34,12 @@ pub struct SchedulingSettings {
     pub max_live_holds: u32,
     /// Upcoming appointments (requested to in progress) one patient may have at once (1..=500).
     pub max_upcoming_appointments: u32,
+    /// Open consultation requests one patient may have at once (1..=100): each sits in the
+    /// staff's triage queue until accepted or declined.
+    pub max_open_consultations: u32,
+    /// Live (not revoked) calendar feeds one account may have at once (1..=100): each is a
+    /// public URL that serves the account's schedule.
+    pub max_live_feeds: u32,
     /// How far ahead a visit may be held or booked (1..=1095 days); searches stop there too.
     pub max_booking_days: u32,
     /// The longest range one slot search covers (1..=31 days).
@@ -57,6 +63,8 @@ impl Default for SchedulingSettings {
             reminder_poll_ms: 1_000,
             max_live_holds: 3,
             max_upcoming_appointments: 20,
+            max_open_consultations: 5,
+            max_live_feeds: 10,
             max_booking_days: 730,
             max_search_days: 31,
             max_search_providers: 200,
@@ -103,6 +111,14 @@ impl Validate for SchedulingConfig {
         within(
             (1..=500).contains(&s.max_upcoming_appointments),
             "max_upcoming_appointments must be within 1..=500",
+        );
+        within(
+            (1..=100).contains(&s.max_open_consultations),
+            "max_open_consultations must be within 1..=100",
+        );
+        within(
+            (1..=100).contains(&s.max_live_feeds),
+            "max_live_feeds must be within 1..=100",
         );
         within(
             (1..=1095).contains(&s.max_booking_days),

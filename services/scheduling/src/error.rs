@@ -34,9 +34,16 @@ pub enum SchedulingError {
     /// The slot is not one the provider's availability offers (or is in the past).
     #[error("slot unavailable: {0}")]
     SlotUnavailable(String),
-    /// The patient already has as many live holds or upcoming appointments as allowed.
-    #[error("the patient already has {limit} {what}")]
-    Quota { what: &'static str, limit: u32 },
+    /// `who` (the patient, the account) already has as many live holds, upcoming
+    /// appointments, open consultation requests or live calendar feeds as allowed; `remedy`
+    /// says what frees one.
+    #[error("the {who} already has {limit} {what}")]
+    Quota {
+        who: &'static str,
+        what: &'static str,
+        limit: u32,
+        remedy: &'static str,
+    },
     #[error("hold {0} expired or was released")]
     HoldExpired(String),
     /// An action the appointment's (or request's) state does not allow.
@@ -52,6 +59,25 @@ pub enum SchedulingError {
 }
 
 pub type Result<T> = std::result::Result<T, SchedulingError>;
+
+/// Refuses with [`SchedulingError::Quota`] when the `held` items of `who` already reach
+/// `limit`. Call it with the count taken under the owner's lock, in the transaction that adds
+/// one: a storm of requests then sees the count one at a time.
+pub fn below_quota(
+    held: i64,
+    limit: u32,
+    (who, what, remedy): (&'static str, &'static str, &'static str),
+) -> Result<()> {
+    if held >= i64::from(limit) {
+        return Err(SchedulingError::Quota {
+            who,
+            what,
+            limit,
+            remedy,
+        });
+    }
+    Ok(())
+}
 
 /// A field the request's validation already found present (INTERNAL if not: a handler bug).
 pub fn checked<T>(value: Option<T>) -> Result<T> {
@@ -107,12 +133,15 @@ impl From<SchedulingError> for Status {
                 "slot",
                 &format!("the slot is not available: {why}"),
             ),
-            SchedulingError::Quota { what, limit } => errors::status(
+            SchedulingError::Quota {
+                who,
+                what,
+                limit,
+                remedy,
+            } => errors::status(
                 Code::ResourceExhausted,
                 ErrorReason::RateLimited,
-                format!(
-                    "the patient already has {limit} {what}: release, book or cancel one first"
-                ),
+                format!("the {who} already has {limit} {what}: {remedy}"),
             ),
             SchedulingError::HoldExpired(id) => errors::precondition(
                 ErrorReason::HoldExpired,

@@ -22,7 +22,7 @@ use super::providers::provider_row;
 use super::slots::{check_offered, check_offered_to};
 use super::{effects, kinds};
 use crate::domain::appointment::{is_late_cancellation, Action, IntakeStatus, Status};
-use crate::error::{checked, Result, SchedulingError};
+use crate::error::{below_quota, checked, Result, SchedulingError};
 use crate::store::appointments::{self as store, AppointmentRow, Whose};
 use crate::store::providers::{ProviderRow, VisitTypeRow};
 use crate::AppState;
@@ -126,13 +126,15 @@ pub async fn insert(
 ) -> Result<AppointmentRow> {
     let span = span(n.visit, n.start);
     store::lock_patient(conn, n.patient).await?;
-    let limit = state.settings.max_upcoming_appointments;
-    if store::upcoming(conn, n.patient).await? >= i64::from(limit) {
-        return Err(SchedulingError::Quota {
-            what: "upcoming appointments",
-            limit,
-        });
-    }
+    below_quota(
+        store::upcoming(conn, n.patient).await?,
+        state.settings.max_upcoming_appointments,
+        (
+            "patient",
+            "upcoming appointments",
+            "release, book or cancel one first",
+        ),
+    )?;
     let claim_id = match n.hold {
         Some(hold_id) => {
             let hold = store::hold(conn, hold_id, true)

@@ -22,7 +22,7 @@ use super::providers::provider_row;
 use super::slots::check_offered;
 use crate::domain::appointment::Status;
 use crate::domain::directory::{is_code, is_state};
-use crate::error::{checked, Result, SchedulingError};
+use crate::error::{below_quota, checked, Result, SchedulingError};
 use crate::store::consultations::{self as store, ConsultationRow};
 use crate::AppState;
 
@@ -139,6 +139,17 @@ pub async fn request(
         .await?;
     let ran = call
         .mutate(&state.idempotency, &r, async |conn| {
+            // Counted under the patient's lock: a storm of requests cannot all see room.
+            crate::store::appointments::lock_patient(conn, patient).await?;
+            below_quota(
+                store::open_of_patient(conn, patient).await?,
+                state.settings.max_open_consultations,
+                (
+                    "patient",
+                    "open consultation requests",
+                    "wait until staff accept or decline one",
+                ),
+            )?;
             let c = store::insert(
                 conn,
                 &ConsultationRow {

@@ -25,7 +25,7 @@ use super::kinds;
 use crate::domain::appointment::{Modality, Status};
 use crate::domain::ical::{self, EventStatus, FeedEvent};
 use crate::domain::slots;
-use crate::error::{checked, Result, SchedulingError};
+use crate::error::{below_quota, checked, Result, SchedulingError};
 use crate::store::feeds::{self as store, FeedRow};
 use crate::AppState;
 
@@ -93,6 +93,14 @@ pub async fn create(
     let hash = token_hash(&token);
     // The answer carries the secret URL: never stored for a replay (a retry makes another feed).
     call.mutate_secret(&state.pool, async |conn| {
+        // Counted under the owner's lock (the per-person advisory lock bookings take; a
+        // provider's id keys it as well): a storm of creates cannot all see room.
+        crate::store::appointments::lock_patient(conn, user.user_id).await?;
+        below_quota(
+            store::live_of_owner(conn, user.user_id).await?,
+            state.settings.max_live_feeds,
+            ("account", "live calendar feeds", "revoke one first"),
+        )?;
         let f = store::insert(
             conn,
             Uuid::now_v7(),

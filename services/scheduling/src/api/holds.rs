@@ -16,7 +16,7 @@ use super::convert::hold_to_pb;
 use super::kinds;
 use super::providers::provider_row;
 use super::slots::check_offered_to;
-use crate::error::{checked, Result, SchedulingError};
+use crate::error::{below_quota, checked, Result, SchedulingError};
 use crate::store::appointments::{self as store, HoldRow, Span};
 use crate::store::providers::{self as providers_store, VisitTypeRow};
 use crate::AppState;
@@ -97,13 +97,11 @@ pub async fn create(state: &AppState, call: &Call, r: CreateHoldRequest) -> Resu
         .mutate(&state.idempotency, &r, async |conn| {
             let id = Uuid::now_v7();
             store::lock_patient(conn, patient).await?;
-            let limit = state.settings.max_live_holds;
-            if store::live_holds(conn, patient).await? >= i64::from(limit) {
-                return Err(SchedulingError::Quota {
-                    what: "live holds",
-                    limit,
-                });
-            }
+            below_quota(
+                store::live_holds(conn, patient).await?,
+                state.settings.max_live_holds,
+                ("patient", "live holds", "release, book or cancel one first"),
+            )?;
             let expires = store::claim(conn, id, provider, patient, span, Some(minutes))
                 .await?
                 .ok_or_else(|| SchedulingError::Internal("a hold without expiry".into()))?;

@@ -42,6 +42,16 @@ pub async fn insert(conn: &mut PgConnection, c: &ConsultationRow) -> Result<Cons
     .await?)
 }
 
+/// Requests of `patient` still open (waiting for staff to accept or decline them).
+pub async fn open_of_patient(conn: &mut PgConnection, patient: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM consultation_requests WHERE patient_id = $1 AND status = 'open'",
+    )
+    .bind(patient)
+    .fetch_one(conn)
+    .await?)
+}
+
 pub async fn get(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<ConsultationRow>> {
     let lock = if lock { "FOR UPDATE" } else { "" };
     Ok(sqlx::query_as(&format!(

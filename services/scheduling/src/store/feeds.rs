@@ -39,6 +39,16 @@ pub async fn insert(
     .await?)
 }
 
+/// Feeds of `owner` not revoked.
+pub async fn live_of_owner(conn: &mut PgConnection, owner: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM calendar_feeds WHERE owner_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(owner)
+    .fetch_one(conn)
+    .await?)
+}
+
 pub async fn of_owner(conn: &mut PgConnection, owner: Uuid) -> Result<Vec<FeedRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM calendar_feeds WHERE owner_id = $1 ORDER BY created_at, id LIMIT 100"

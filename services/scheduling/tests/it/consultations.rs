@@ -416,3 +416,83 @@ async fn intake_answers_reach_the_chart_and_the_state_machine_refuses_illegal_st
     }
     suite.shutdown().await;
 }
+
+/// Open requests wait in the staff's triage queue: one patient may keep only
+/// `max_open_consultations` of them open, counted under the patient's lock so that a storm of
+/// requests cannot all see room. A retry of an accepted request still answers it; a decided
+/// request frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patient_cannot_flood_the_triage_queue_even_in_a_storm() {
+    let suite = spawn_with(|c| c.scheduling.max_open_consultations = 2).await;
+    let (staff, _visit, _provider) = suite.clinic().await;
+    let flooder = suite.user(Role::Patient, "flooder").await;
+    let now = Utc::now();
+    let ask = || RequestConsultationRequest {
+        patient_id: String::new(),
+        reason: REASON.into(),
+        preferred_times: vec![TimeRange {
+            start_time: Some(to_proto(now + Duration::days(2))),
+            end_time: Some(to_proto(now + Duration::days(3))),
+        }],
+        state: "NY".into(),
+        specialty: String::new(),
+    };
+    let request = |key: String| {
+        let (suite, flooder) = (&suite, &flooder);
+        async move {
+            suite
+                .public()
+                .await
+                .request_consultation(keyed(flooder, ask(), &key))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let storm =
+        futures::future::join_all((0..10).map(|i| request(format!("flood-request-{i}")))).await;
+    let accepted: Vec<(usize, &ConsultationRequest)> = storm
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().ok().map(|c| (i, c)))
+        .collect();
+    assert_eq!(accepted.len(), 2, "{storm:?}");
+    for s in storm.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(reason(s).as_deref(), Some("RATE_LIMITED"));
+        assert!(
+            s.message().contains("2 open consultation requests"),
+            "{}",
+            s.message()
+        );
+    }
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM consultation_requests WHERE patient_id = $1",
+        )
+        .bind(Uuid::parse_str(&flooder.id).unwrap())
+        .fetch_one(suite.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(rows().await, 2, "a refused request left a row behind");
+    // A retry of a request that was made answers it, full queue or not.
+    let (i, first) = accepted[0];
+    let retry = request(format!("flood-request-{i}")).await.unwrap();
+    assert_eq!(retry.id, first.id);
+
+    let mut api = suite.public().await;
+    api.decline_consultation_request(as_user(
+        &staff,
+        DeclineConsultationRequestRequest {
+            id: first.id.clone(),
+            reason: "Please book a visit directly".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    request("after-decline-key".into()).await.unwrap();
+    let full = request("one-too-many-key".into()).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert_eq!(rows().await, 3);
+    suite.shutdown().await;
+}

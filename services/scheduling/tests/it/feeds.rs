@@ -229,3 +229,62 @@ async fn feeds_parse_with_vobject_and_icalendar_keep_dst_instants_and_die_when_r
     assert!(reads >= 2, "each served patient feed is audited: {reads}");
     suite.shutdown().await;
 }
+
+/// Every feed is a live public URL: one account may keep only `max_live_feeds` of them, counted
+/// under the owner's lock so that a storm of creates cannot all see room. Revoking one frees
+/// its place; another account is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_cannot_mint_more_live_feeds_than_allowed_even_in_a_storm() {
+    let suite = spawn_with(|c| c.scheduling.max_live_feeds = 3).await;
+    let minter = suite.user(Role::Patient, "minter").await;
+    let create = |user: &User| {
+        let (suite, user) = (&suite, user.clone());
+        async move {
+            suite
+                .public()
+                .await
+                .create_calendar_feed(as_user(
+                    &user,
+                    CreateCalendarFeedRequest {
+                        time_zone: "America/New_York".into(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let storm = futures::future::join_all((0..12).map(|_| create(&minter))).await;
+    let made: Vec<&CalendarFeed> = storm.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(made.len(), 3, "{storm:?}");
+    for s in storm.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(reason(s).as_deref(), Some("RATE_LIMITED"));
+        assert!(
+            s.message().contains("3 live calendar feeds"),
+            "{}",
+            s.message()
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM calendar_feeds WHERE owner_id = $1")
+        .bind(uuid::Uuid::parse_str(&minter.id).unwrap())
+        .fetch_one(suite.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "a refused create left a row behind");
+
+    let mut api = suite.public().await;
+    api.revoke_calendar_feed(as_user(
+        &minter,
+        RevokeCalendarFeedRequest {
+            id: made[0].id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    create(&minter).await.unwrap();
+    let full = create(&minter).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    let other = suite.user(Role::Patient, "other").await;
+    create(&other).await.unwrap();
+    suite.shutdown().await;
+}
