@@ -221,7 +221,15 @@ async fn every_scenario_runs_without_errors_and_errors_fail_the_run() {
     // The booking storm's check reads scheduling's own database with SQL.
     let scheduling_db = scheduling.env.db.url().expose_secret().to_owned();
     let out = loadgen(&dir, &servers, &groups)
-        .args(["--warmup", "0.3", "--duration", "1", "--json", "-q"])
+        .args([
+            "--warmup",
+            "0.3",
+            "--latency-warmup",
+            "0",
+            "--duration",
+            "1",
+        ])
+        .args(["--json", "-q"])
         .args(["--database-url", &postgres, "--pgbench-clients", "4"])
         .args(["--scheduling-database-url", &scheduling_db])
         .output()
