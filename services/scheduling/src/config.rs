@@ -51,6 +51,10 @@ pub struct SchedulingSettings {
     pub feed_base_url: String,
     /// Calendar feeds carry appointments from this many days back (0..=365).
     pub feed_past_days: u32,
+    /// Fetches of one feed a replica serves in a minute (1..=600); more get 429 with
+    /// Retry-After. Calendar apps poll every few minutes: this only stops a leaked URL from
+    /// being used to load the database, each fetch being a query and an audit event.
+    pub feed_fetches_per_minute: u32,
 }
 
 impl Default for SchedulingSettings {
@@ -70,6 +74,7 @@ impl Default for SchedulingSettings {
             max_search_providers: 200,
             feed_base_url: "http://127.0.0.1:9054".to_owned(),
             feed_past_days: 30,
+            feed_fetches_per_minute: 30,
         }
     }
 }
@@ -119,6 +124,10 @@ impl Validate for SchedulingConfig {
         within(
             (1..=100).contains(&s.max_live_feeds),
             "max_live_feeds must be within 1..=100",
+        );
+        within(
+            (1..=600).contains(&s.feed_fetches_per_minute),
+            "feed_fetches_per_minute must be within 1..=600",
         );
         within(
             (1..=1095).contains(&s.max_booking_days),

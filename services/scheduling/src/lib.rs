@@ -45,6 +45,8 @@ pub struct AppState {
     pub directory: Directory,
     /// Queues effects on records, messaging and billing in the caller's transaction.
     pub outbox: carehub_platform::outbox::Outbox,
+    /// How often each calendar feed is served, and how many are rendered at once.
+    pub feed_gate: api::feeds::FeedGate,
 }
 
 /// Scheduling's description for the platform's service kit.
@@ -106,6 +108,7 @@ impl Service for SchedulingDef {
             crypto,
             idempotency,
             outbox,
+            feed_gate: api::feeds::FeedGate::new(config.scheduling.feed_fetches_per_minute),
             settings: config.scheduling.clone(),
         });
         reminders::spawn(state.clone());

@@ -5,7 +5,9 @@
 //! summary says "Telehealth visit" or "In-person visit", never a name or a reason. Each feed
 //! served is an audited read of the owner's appointments.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -31,6 +33,70 @@ use crate::AppState;
 
 /// Where feeds are served on the admin port.
 pub const PATH: &str = "/calendar/{file}";
+
+/// Feeds rendered at once by one replica; beyond it the route answers 503 with Retry-After.
+/// It also bounds the database look-ups of tokens that match no feed, which no per-feed count
+/// can see.
+pub const MAX_CONCURRENT_RENDERS: usize = 16;
+/// The window of `feed_fetches_per_minute`.
+const FETCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Feeds whose window one replica keeps at most (a few MiB); when full, windows that have
+/// ended are dropped first, and a fetch that still finds no room is refused for a minute.
+const MAX_TRACKED_FEEDS: usize = 100_000;
+
+/// Keeps the public feed route from being used to load the database: it takes no credentials
+/// but the URL, and each feed served costs a query and an audit event. Per replica.
+pub struct FeedGate {
+    per_minute: u32,
+    /// Each feed's current window: when it began and the fetches counted in it.
+    windows: Mutex<HashMap<Uuid, (Instant, u32)>>,
+    renders: tokio::sync::Semaphore,
+}
+
+impl FeedGate {
+    pub fn new(per_minute: u32) -> Self {
+        FeedGate {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+            renders: tokio::sync::Semaphore::new(MAX_CONCURRENT_RENDERS),
+        }
+    }
+
+    /// Counts a fetch of `feed` at `now`, then checks it: `Err` with how long until the window
+    /// ends when it is over the minute's allowance. Counting first makes concurrent fetches
+    /// of one feed each see the ones before them.
+    fn admit(&self, feed: Uuid, now: Instant) -> std::result::Result<(), std::time::Duration> {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() >= MAX_TRACKED_FEEDS && !windows.contains_key(&feed) {
+            windows.retain(|_, (began, _)| now.duration_since(*began) < FETCH_WINDOW);
+            if windows.len() >= MAX_TRACKED_FEEDS {
+                return Err(FETCH_WINDOW);
+            }
+        }
+        let (began, count) = windows.entry(feed).or_insert((now, 0));
+        if now.duration_since(*began) >= FETCH_WINDOW {
+            (*began, *count) = (now, 0);
+        }
+        *count = count.saturating_add(1);
+        if *count > self.per_minute {
+            return Err(FETCH_WINDOW.saturating_sub(now.duration_since(*began)));
+        }
+        Ok(())
+    }
+}
+
+/// What a fetch of a feed URL comes to.
+pub enum Fetch {
+    Feed(String),
+    /// No live feed has this token.
+    Unknown,
+    /// Fetched too often this minute: try again after this long.
+    TooOften(std::time::Duration),
+}
+
+fn retry_after(wait: std::time::Duration) -> String {
+    wait.as_secs().max(1).to_string()
+}
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -185,8 +251,15 @@ async fn serve(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> 
     {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let Ok(_rendering) = state.feed_gate.renders.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+        )
+            .into_response();
+    };
     match render(&state, token).await {
-        Ok(Some(body)) => (
+        Ok(Fetch::Feed(body)) => (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, "text/calendar; charset=utf-8"),
@@ -195,7 +268,12 @@ async fn serve(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> 
             body,
         )
             .into_response(),
-        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Fetch::Unknown) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Fetch::TooOften(wait)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after(wait))],
+        )
+            .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "calendar feed failed");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
@@ -203,12 +281,16 @@ async fn serve(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> 
     }
 }
 
-/// The feed whose token is `token`, rendered; `None` when there is no live feed with it.
-pub async fn render(state: &AppState, token: &str) -> Result<Option<String>> {
+/// The feed whose token is `token`, rendered, unless there is no live feed with it or it was
+/// fetched too often this minute (then nothing is read or audited).
+pub async fn render(state: &AppState, token: &str) -> Result<Fetch> {
     let mut conn = state.pool.acquire().await?;
     let Some(feed) = store::by_token(&mut conn, &token_hash(token)).await? else {
-        return Ok(None);
+        return Ok(Fetch::Unknown);
     };
+    if let Err(wait) = state.feed_gate.admit(feed.id, Instant::now()) {
+        return Ok(Fetch::TooOften(wait));
+    }
     let since = Utc::now() - Duration::days(i64::from(state.settings.feed_past_days));
     let items = store::items(&mut conn, &feed, since).await?;
     drop(conn);
@@ -251,5 +333,32 @@ pub async fn render(state: &AppState, token: &str) -> Result<Option<String>> {
         event = event.subject(s);
     }
     carehub_platform::call::reads::record(&state.pool, event).await?;
-    Ok(Some(body))
+    Ok(Fetch::Feed(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feed_gets_its_allowance_per_minute_and_then_waits_for_the_window_to_end() {
+        let gate = FeedGate::new(3);
+        let (feed, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(gate.admit(feed, t0), Ok(()));
+        }
+        let later = t0 + std::time::Duration::from_secs(20);
+        assert_eq!(
+            gate.admit(feed, later),
+            Err(std::time::Duration::from_secs(40))
+        );
+        // Refused fetches count too: hammering does not shorten the wait.
+        assert!(gate.admit(feed, later).is_err());
+        // Another feed has its own allowance.
+        assert_eq!(gate.admit(other, later), Ok(()));
+        // A new window starts a minute after the first fetch of the last one.
+        assert_eq!(gate.admit(feed, t0 + FETCH_WINDOW), Ok(()));
+        assert_eq!(retry_after(std::time::Duration::from_millis(300)), "1");
+    }
 }

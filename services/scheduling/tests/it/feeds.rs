@@ -288,3 +288,74 @@ async fn an_account_cannot_mint_more_live_feeds_than_allowed_even_in_a_storm() {
     create(&other).await.unwrap();
     suite.shutdown().await;
 }
+
+/// A feed URL is a credential of its own: one that leaked must not let anyone load the
+/// database (each fetch is a query and an audit event). A storm of fetches of one feed gets
+/// `feed_fetches_per_minute` answers and 429 with Retry-After for the rest, which read and
+/// audit nothing; another feed is served all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leaked_feed_url_is_served_a_few_times_a_minute_and_then_refused_with_429() {
+    let suite = spawn_with(|c| c.scheduling.feed_fetches_per_minute = 3).await;
+    let patient = suite.user(Role::Patient, "leaky").await;
+    let mut api = suite.public().await;
+    let feed = || {
+        let mut api = api.clone();
+        let patient = patient.clone();
+        async move {
+            api.create_calendar_feed(as_user(
+                &patient,
+                CreateCalendarFeedRequest {
+                    time_zone: "America/New_York".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let leaked = feed().await;
+    let other = feed().await;
+    let storm = futures::future::join_all((0..8).map(|_| fetch(&suite, &leaked.url))).await;
+    let served = storm.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(served, 3, "{storm:?}");
+    for (status, raw) in storm.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 429, "{raw}");
+        let wait: u64 = raw
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no Retry-After: {raw}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{raw}");
+    }
+    let (status, raw) = fetch(&suite, &other.url).await;
+    assert_eq!(status, 200, "{raw}");
+    // Only the fetches served were audited as reads of the patient's appointments.
+    carehub_platform::audit::seal_all(suite.pool())
+        .await
+        .unwrap();
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM carehub_platform.audit_events
+          WHERE entity_type = 'calendar_feed' AND entity_id = $1 AND action = 'read'",
+    )
+    .bind(&leaked.id)
+    .fetch_one(suite.pool())
+    .await
+    .unwrap();
+    assert_eq!(audited, 3);
+    api.revoke_calendar_feed(as_user(
+        &patient,
+        RevokeCalendarFeedRequest {
+            id: leaked.id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(fetch(&suite, &leaked.url).await.0, 404);
+    suite.shutdown().await;
+}
