@@ -44,7 +44,14 @@ pub struct EchoMessage {
 
 /// Rows of the `db-read` table ([`create_read_table`]); the reads cycle through them.
 pub const READ_ROWS: u64 = 10_000;
-const READ_TABLE: &str = "loadgen_echo_rows";
+/// The `db-read` table's name, as a literal for `concat!`.
+macro_rules! read_table {
+    () => {
+        "loadgen_echo_rows"
+    };
+}
+/// `db-read`'s query, built once rather than per request.
+const READ_ROW: &str = concat!("SELECT payload FROM ", read_table!(), " WHERE id = $1");
 
 /// What the echo server does before it answers.
 #[derive(Clone, Default)]
@@ -52,7 +59,7 @@ pub enum Backing {
     /// Nothing: the bare baseline.
     #[default]
     None,
-    /// Reads one row of [`READ_TABLE`] by primary key (no audit event).
+    /// Reads one row of the `db-read` table by primary key (no audit event).
     Read(sqlx::PgPool),
     /// Waits until its read event is durable (group commit), a sequencer sealing meanwhile.
     Audit(sqlx::PgPool),
@@ -61,20 +68,24 @@ pub enum Backing {
 /// Creates and fills the `db-read` table in `pool`'s database ([`READ_ROWS`] rows of
 /// `payload_bytes`), and gathers its statistics.
 pub async fn create_read_table(pool: &sqlx::PgPool, payload_bytes: usize) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "CREATE TABLE {READ_TABLE} (id bigint PRIMARY KEY, payload bytea NOT NULL)"
+    sqlx::query(concat!(
+        "CREATE TABLE ",
+        read_table!(),
+        " (id bigint PRIMARY KEY, payload bytea NOT NULL)"
     ))
     .execute(pool)
     .await?;
-    sqlx::query(&format!(
-        "INSERT INTO {READ_TABLE} (id, payload)
+    sqlx::query(concat!(
+        "INSERT INTO ",
+        read_table!(),
+        " (id, payload)
          SELECT g, decode(repeat('5a', $2), 'hex') FROM generate_series(0, $1 - 1) g"
     ))
     .bind(i64::try_from(READ_ROWS)?)
     .bind(i32::try_from(payload_bytes)?)
     .execute(pool)
     .await?;
-    sqlx::query(&format!("ANALYZE {READ_TABLE}"))
+    sqlx::query(concat!("ANALYZE ", read_table!()))
         .execute(pool)
         .await?;
     Ok(())
@@ -102,12 +113,11 @@ impl tonic::server::UnaryService<EchoMessage> for EchoUnary {
             match backing {
                 Backing::None => {}
                 Backing::Read(pool) => {
-                    let (payload,): (Vec<u8>,) =
-                        sqlx::query_as(&format!("SELECT payload FROM {READ_TABLE} WHERE id = $1"))
-                            .bind(i64::try_from(row).unwrap_or_default())
-                            .fetch_one(&pool)
-                            .await
-                            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let (payload,): (Vec<u8>,) = sqlx::query_as(READ_ROW)
+                        .bind(i64::try_from(row).unwrap_or_default())
+                        .fetch_one(&pool)
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                     return Ok(tonic::Response::new(EchoMessage { payload }));
                 }
                 Backing::Audit(pool) => {

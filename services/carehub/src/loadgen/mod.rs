@@ -103,6 +103,20 @@ pub enum Scenario {
     AuditWriteLocked,
 }
 
+impl Scenario {
+    /// Whether the scenario runs on the scratch database (db-read and the audit scenarios),
+    /// against a server of this process rather than the services.
+    fn uses_scratch(self) -> bool {
+        matches!(
+            self,
+            Scenario::DbRead
+                | Scenario::AuditRead
+                | Scenario::AuditWrite
+                | Scenario::AuditWriteLocked
+        )
+    }
+}
+
 /// Gathers the planner's statistics on the services' databases of the cluster at `admin_url`
 /// right after seeding. Autovacuum would within its next minute; until then a plan cached on
 /// tables that were nearly empty at its first use (a sequential scan and a hash join where an
@@ -628,17 +642,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut pgbench_note = None;
 
     // identity: connections and seed, once, when an identity scenario is asked for.
-    let needs_identity = scenarios.iter().any(|s| {
-        !matches!(
-            s,
-            Scenario::Echo
-                | Scenario::Pgbench
-                | Scenario::DbRead
-                | Scenario::AuditRead
-                | Scenario::AuditWrite
-                | Scenario::AuditWriteLocked
-        )
-    });
+    let needs_identity = scenarios
+        .iter()
+        .any(|s| !matches!(s, Scenario::Echo | Scenario::Pgbench) && !s.uses_scratch());
     let needs_messaging = scenarios.iter().any(|s| {
         matches!(
             s,
@@ -688,15 +694,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         &args.admin_email,
     )?;
     // The scratch database of db-read and the audit scenarios, once, when one is asked for.
-    let scratch = if scenarios.iter().any(|s| {
-        matches!(
-            s,
-            Scenario::DbRead
-                | Scenario::AuditRead
-                | Scenario::AuditWrite
-                | Scenario::AuditWriteLocked
-        )
-    }) {
+    let scratch = if scenarios.iter().any(|s| s.uses_scratch()) {
         let scratch = audit::Scratch::create(&args.database_url, args.pgbench_clients)
             .await
             .context("creating the audit scenarios' scratch database (--database-url)")?;

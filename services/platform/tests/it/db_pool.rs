@@ -12,16 +12,22 @@ use sqlx::migrate::Migrator;
 
 static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
 
-#[tokio::test]
-async fn a_connection_closed_by_the_server_while_idle_is_replaced_before_use() {
-    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
-    let pool = db::connect(&DatabaseConfig {
+/// A service's pool (`db::connect`, as the services open theirs) on `db`.
+async fn service_pool(db: &TestDatabase, max: u32, min: u32) -> sqlx::PgPool {
+    db::connect(&DatabaseConfig {
         url: Some(db.url.expose_secret().to_owned().into()),
-        max_connections: 1,
+        max_connections: max,
+        min_connections: min,
         ..DatabaseConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_server_while_idle_is_replaced_before_use() {
+    let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
+    let pool = service_pool(&db, 1, DatabaseConfig::default().min_connections).await;
     let backend = || sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool);
     let first = backend().await.unwrap();
 
@@ -54,14 +60,7 @@ async fn a_warm_service_pool_gets_its_key_connections_opened_at_start() {
     use carehub_platform::keys::{KeySource, StaticKeys};
 
     let db = TestDatabase::new(&NO_MIGRATIONS).await.unwrap();
-    let pool = db::connect(&DatabaseConfig {
-        url: Some(db.url.expose_secret().to_owned().into()),
-        max_connections: 2,
-        min_connections: 2,
-        ..DatabaseConfig::default()
-    })
-    .await
-    .unwrap();
+    let pool = service_pool(&db, 2, 2).await;
     let config = CryptoConfig::default();
     let keys: Arc<dyn KeySource> = Arc::new(StaticKeys::generate());
     let envelope = Envelope::new("records", pool.clone(), keys, config.clone()).unwrap();
