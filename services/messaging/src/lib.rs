@@ -15,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod live;
 pub mod notify;
+pub mod sends;
 pub mod store;
 pub mod teams;
 pub mod video;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub teams: CareTeams,
     /// This replica's live subscriptions.
     pub hub: Arc<Hub>,
+    /// The group commit of sends.
+    pub sends: sends::Sends,
+    /// Care conversations already read, for sends.
+    pub care_conversations: store::conversations::CareConversations,
     /// Slots for live streams (`messaging.max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Slots for uploads in progress (`messaging.max_concurrent_uploads`).
@@ -146,6 +151,8 @@ impl Service for MessagingDef {
                 Duration::from_secs(u64::from(settings.care_team_cache_secs)),
             ),
             hub: hub.clone(),
+            sends: sends::Sends::spawn(pool.clone(), hub.clone(), settings.new_message_alert_secs),
+            care_conversations: Default::default(),
             streams: slots(settings.max_streams),
             uploads: slots(settings.max_concurrent_uploads),
             pool: pool.clone(),

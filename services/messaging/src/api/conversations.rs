@@ -63,6 +63,23 @@ pub async fn enter(
     Ok((row, standing))
 }
 
+/// [`enter`] for a send: a care conversation already read is not read again (see
+/// [`store::CareConversations`]: a send uses only what never changes).
+pub async fn enter_to_send(
+    state: &AppState,
+    user: &UserCaller,
+    id: Uuid,
+) -> Result<(std::sync::Arc<ConversationRow>, Standing)> {
+    if let Some(row) = state.care_conversations.get(id) {
+        let standing = standing(state, user, &row).await?;
+        return Ok((row, standing));
+    }
+    let (row, standing) = enter(state, user, id).await?;
+    let row = std::sync::Arc::new(row);
+    state.care_conversations.keep(&row);
+    Ok((row, standing))
+}
+
 /// The subject events of a conversation are filed under: its patient, if any.
 pub fn audit_subject(row: &ConversationRow) -> Option<Uuid> {
     row.patient_id

@@ -8,11 +8,13 @@ use carehub_proto::messaging::v1::*;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::conversations::{enter, event};
+use super::conversations::{enter, enter_to_send, event};
 use super::convert::ts;
 use super::kinds;
+use crate::domain::participants::Standing;
 use crate::domain::text;
 use crate::error::{checked, MessagingError, Result};
+use crate::sends::Sent;
 use crate::store::conversations::{self as conversations_store, ConversationRow};
 use crate::store::events::{self as store, EventRow, MessageRow, NewMessage, OtherEvent};
 use crate::store::sealed;
@@ -95,7 +97,7 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
         .filter_map(|(i, a)| v.require_uuid(&format!("attachment_ids[{i}]"), a))
         .collect();
     v.finish()?;
-    let (row, standing) = enter(state, user, checked(id)?).await?;
+    let (row, standing) = enter_to_send(state, user, checked(id)?).await?;
     let message_id = Uuid::now_v7();
     let sealed_body = sealed::seal(
         &state.crypto,
@@ -104,6 +106,82 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
         &r.body,
     )
     .await?;
+    if attachments.is_empty() {
+        let event = event(
+            call,
+            kinds::MESSAGE_SEND,
+            standing,
+            &row,
+            ("message", message_id),
+        );
+        let outgoing = crate::sends::Outgoing {
+            conversation: row.id,
+            care: row.patient_id.is_some(),
+            message_id,
+            sender: user.user_id,
+            client_message_id: r.client_message_id.clone(),
+            body: sealed_body.clone(),
+            event: event.clone(),
+        };
+        if let Sent::Appended { seq, sent_at } = state.sends.send(outgoing).await? {
+            // Committed with its event by the batch, which announced it.
+            call.mark_audited();
+            carehub_platform::audit::sink::emit_on_span(&event);
+            let m = MessageRow {
+                id: message_id,
+                conversation_id: row.id,
+                seq,
+                sender_id: user.user_id,
+                client_message_id: r.client_message_id.clone(),
+                body: None,
+                sent_at,
+                retracted_at: None,
+            };
+            return Ok(message_to_pb(&m, r.body));
+        }
+    }
+    let answer = send_alone(
+        state,
+        call,
+        &row,
+        standing,
+        Alone {
+            message_id,
+            sealed_body: &sealed_body,
+            attachments: &attachments,
+            request: &r,
+        },
+    )
+    .await?;
+    // Committed (or a retry of what committed: announcing again wakes nobody twice).
+    state.hub.published(row.id, answer.seq);
+    Ok(answer)
+}
+
+/// A send that no batch settled: with attachments, a retry of a stored message, or one whose
+/// batch failed.
+struct Alone<'a> {
+    message_id: Uuid,
+    sealed_body: &'a [u8],
+    attachments: &'a [Uuid],
+    request: &'a SendMessageRequest,
+}
+
+/// Sends one message in a transaction of its own.
+async fn send_alone(
+    state: &AppState,
+    call: &Call,
+    row: &ConversationRow,
+    standing: Standing,
+    send: Alone<'_>,
+) -> Result<Message> {
+    let user = call.user()?;
+    let Alone {
+        message_id,
+        sealed_body,
+        attachments,
+        request: r,
+    } = send;
     // The client message id is the idempotency key (unique per sender and conversation): a
     // retry finds the stored message under the lock and answers it.
     let answer = call
@@ -116,12 +194,12 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
                 })?;
             if let Some(existing) = locked.existing {
                 // A retry of a send that committed: the stored message, read again.
-                let answer = stored_message(state, conn, &row, existing).await?;
+                let answer = stored_message(state, conn, row, existing).await?;
                 let read = event(
                     call,
                     kinds::EVENTS_READ,
                     standing,
-                    &row,
+                    row,
                     ("message", existing),
                 );
                 return Ok(Change::new(answer, read));
@@ -141,13 +219,13 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
                     seq,
                     sender: user.user_id,
                     client_message_id: &r.client_message_id,
-                    body: &sealed_body,
+                    body: sealed_body,
                     care: row.patient_id.is_some(),
                     alert_after_secs: state.settings.new_message_alert_secs,
                 },
             )
             .await?;
-            crate::store::attachments::attach(conn, row.id, user.user_id, message_id, &attachments)
+            crate::store::attachments::attach(conn, row.id, user.user_id, message_id, attachments)
                 .await?;
             let m = MessageRow {
                 id: message_id,
@@ -162,20 +240,18 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
             let mut answer = message_to_pb(&m, r.body.clone());
             if !attachments.is_empty() {
                 answer.attachments =
-                    super::attachments::of_message(state, conn, &row, message_id).await?;
+                    super::attachments::of_message(state, conn, row, message_id).await?;
             }
             let e = event(
                 call,
                 kinds::MESSAGE_SEND,
                 standing,
-                &row,
+                row,
                 ("message", message_id),
             );
             Ok(Change::new(answer, e))
         })
         .await?;
-    // Committed (or a retry of what committed: announcing again wakes nobody twice).
-    state.hub.published(row.id, answer.seq);
     Ok(answer)
 }
 

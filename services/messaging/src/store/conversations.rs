@@ -101,6 +101,47 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Conversatio
         .await?)
 }
 
+/// Care conversations as first read, kept for sends, which would otherwise read the row again
+/// for every message. Only what never changes after a conversation is created is meant to be
+/// used from a kept row — its id, kind, patient and crypto subject (rows are never deleted);
+/// its counters are as they were when read, and staff conversations, whose members change,
+/// are not kept. Bounded: when full, everything goes.
+#[derive(Default)]
+pub struct CareConversations {
+    rows: std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<ConversationRow>>>,
+}
+
+/// Care conversations kept at once.
+const MAX_KEPT: usize = 100_000;
+
+impl CareConversations {
+    pub fn get(&self, id: Uuid) -> Option<std::sync::Arc<ConversationRow>> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Keeps `row` if it is a care conversation.
+    pub fn keep(&self, row: &std::sync::Arc<ConversationRow>) {
+        if row.kind() != ConversationKind::Care {
+            return;
+        }
+        let mut rows = self.lock();
+        if rows.len() >= MAX_KEPT {
+            rows.clear();
+        }
+        rows.insert(row.id, row.clone());
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, std::sync::Arc<ConversationRow>>>
+    {
+        // A panic while holding the lock left a map that is still valid.
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The conversations `user` may be in, most recently active first, after the cursor
 /// (`last_activity_at`, id): the patient's care conversations, staff conversations naming them,
 /// care conversations they took part in, and with `patient` given, every care conversation of

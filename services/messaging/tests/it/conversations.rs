@@ -478,3 +478,126 @@ async fn every_read_and_send_is_audited_under_the_patient() {
     );
     suite.shutdown().await;
 }
+
+/// Sends are appended in batches (`carehub_messaging::sends`), several conversations in one
+/// transaction: each conversation still gets its own gap-free order, and every stored event
+/// is the message its sender was answered with.
+#[tokio::test]
+async fn a_storm_across_conversations_gives_each_its_own_gap_free_order() {
+    let suite = common::spawn().await;
+    let replica = suite.replica().await;
+    let mut conversations = Vec::new();
+    for _ in 0..3 {
+        let (patient, _, _, conversation) = suite.care().await;
+        conversations.push((patient, conversation));
+    }
+    let first = suite.public().await;
+    let second = suite.public_of(&replica).await;
+    let sends = (0..30).map(|i| {
+        let (patient, conversation) = &conversations[i % 3];
+        let mut api = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let req = keyed(
+            patient,
+            SendMessageRequest {
+                conversation_id: conversation.id.clone(),
+                client_message_id: format!("across-{i}"),
+                body: format!("note {i}"),
+                attachment_ids: vec![],
+            },
+            &format!("across-key-{i}"),
+        );
+        async move { api.send_message(req).await.unwrap().into_inner() }
+    });
+    let sent = futures::future::join_all(sends).await;
+    let mut api = first.clone();
+    for (patient, conversation) in &conversations {
+        let mut answered: Vec<(i64, String, String)> = sent
+            .iter()
+            .filter(|m| m.conversation_id == conversation.id)
+            .map(|m| (m.seq, m.id.clone(), m.body.clone()))
+            .collect();
+        answered.sort();
+        assert_eq!(
+            answered.iter().map(|(seq, ..)| *seq).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>(),
+            "gap-free and unique in conversation {}",
+            conversation.id
+        );
+        let stored: Vec<(i64, String, String)> = api
+            .list_events(as_user(
+                patient,
+                ListEventsRequest {
+                    conversation_id: conversation.id.clone(),
+                    after_seq: 0,
+                    page_size: 100,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| match e.event {
+                Some(conversation_event::Event::Message(m)) => (e.seq, m.id, m.body),
+                other => panic!("not a message: {other:?}"),
+            })
+            .collect();
+        assert_eq!(stored, answered, "what is stored is what was answered");
+    }
+    assert_eq!(suite.messaging.count("messages").await, 30);
+    let _ = replica.server.shutdown().await;
+    suite.shutdown().await;
+}
+
+/// In a batch, each send is checked on its own: a blocked sender's sends are refused while the
+/// others' sends in the same conversation, at the same moment, are appended in one order.
+#[tokio::test]
+async fn in_a_storm_a_blocked_senders_messages_are_refused_and_the_others_are_sent() {
+    let suite = common::spawn().await;
+    let (patient, provider, staff, conversation) = suite.care().await;
+    let mut api = suite.public().await;
+    api.block_sender(keyed(
+        &staff,
+        BlockSenderRequest {
+            conversation_id: conversation.id.clone(),
+            user_id: patient.id.clone(),
+        },
+        "block-in-storm",
+    ))
+    .await
+    .unwrap();
+    let sends = (0..24).map(|i| {
+        let sender = if i % 2 == 0 { &patient } else { &provider };
+        let mut api = api.clone();
+        let req = keyed(
+            sender,
+            SendMessageRequest {
+                conversation_id: conversation.id.clone(),
+                client_message_id: format!("mixed-{i}"),
+                body: format!("line {i}"),
+                attachment_ids: vec![],
+            },
+            &format!("mixed-key-{i}"),
+        );
+        async move { (i, api.send_message(req).await) }
+    });
+    let mut seqs = Vec::new();
+    for (i, result) in futures::future::join_all(sends).await {
+        if i % 2 == 0 {
+            let err = result.unwrap_err();
+            assert_status(&err, Code::PermissionDenied, Some("SENDER_BLOCKED"));
+        } else {
+            let m = result.unwrap().into_inner();
+            assert_eq!(m.sender_id, provider.id);
+            seqs.push(m.seq);
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(suite.messaging.count("messages").await, 12);
+    suite.shutdown().await;
+}
