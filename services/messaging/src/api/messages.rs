@@ -330,7 +330,7 @@ pub async fn events_to_pb(
 ) -> Result<Vec<ConversationEvent>> {
     let live: Vec<Uuid> = rows
         .iter()
-        .filter(|e| e.kind == "message" && e.retracted_at.is_none())
+        .filter(|e| e.kind == "message" && e.retracted_at.is_none() && e.has_attachments)
         .filter_map(|e| e.message_id)
         .collect();
     let mut attachments = super::attachments::of_messages(state, conn, row, &live).await?;

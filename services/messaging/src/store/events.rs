@@ -206,6 +206,8 @@ pub struct EventRow {
     pub body: Option<Vec<u8>>,
     pub sent_at: Option<DateTime<Utc>>,
     pub retracted_at: Option<DateTime<Utc>>,
+    /// Whether the message has attachments (the reader looks them up only then).
+    pub has_attachments: bool,
 }
 
 /// Events of `conversation` after `after`, in order, at most `limit`.
@@ -217,7 +219,10 @@ pub async fn after(
 ) -> Result<Vec<EventRow>> {
     Ok(sqlx::query_as(
         "SELECT e.seq, e.kind, e.actor_id, e.message_id, e.read_seq, e.occurred_at,
-                m.seq AS message_seq, m.client_message_id, m.body, m.sent_at, m.retracted_at
+                m.seq AS message_seq, m.client_message_id, m.body, m.sent_at, m.retracted_at,
+                -- A scalar subquery: an EXISTS here may be planned as a hash of the table.
+                COALESCE((SELECT true FROM attachments a WHERE a.message_id = m.id LIMIT 1), false)
+                  AS has_attachments
            FROM conversation_events e
            LEFT JOIN messages m ON m.id = e.message_id
           WHERE e.conversation_id = $1 AND e.seq > $2

@@ -116,6 +116,37 @@ async fn an_attachment_travels_with_its_message_to_participants_only_and_leaves_
             .unwrap(),
         pdf
     );
+    // The other participants read it with its attachment; a message without one has none.
+    suite
+        .send(&provider, &conversation, "Thanks, looks fine.")
+        .await;
+    let events = suite
+        .public()
+        .await
+        .list_events(as_user(
+            &provider,
+            ListEventsRequest {
+                conversation_id: conversation.id.clone(),
+                after_seq: 0,
+                page_size: 10,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let attached: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| match &e.event {
+            Some(conversation_event::Event::Message(m)) => m
+                .attachments
+                .iter()
+                .map(|a| a.info.as_ref().unwrap().file_name.clone())
+                .collect(),
+            other => panic!("not a message: {other:?}"),
+        })
+        .collect();
+    assert_eq!(attached, vec![vec!["glucose.pdf".to_owned()], vec![]]);
     let err = download(&suite, &outsider, &conversation, &a.id)
         .await
         .unwrap_err();
