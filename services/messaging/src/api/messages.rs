@@ -127,17 +127,14 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
             // Committed with its event by the batch, which announced it.
             call.mark_audited();
             carehub_platform::audit::sink::emit_on_span(&event);
-            let m = MessageRow {
-                id: message_id,
-                conversation_id: row.id,
+            return Ok(just_sent(
+                message_id,
+                row.id,
                 seq,
-                sender_id: user.user_id,
-                client_message_id: r.client_message_id.clone(),
-                body: None,
+                user.user_id,
+                &r,
                 sent_at,
-                retracted_at: None,
-            };
-            return Ok(message_to_pb(&m, r.body));
+            ));
         }
     }
     let answer = send_alone(
@@ -156,6 +153,28 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
     // Committed (or a retry of what committed: announcing again wakes nobody twice).
     state.hub.published(row.id, answer.seq);
     Ok(answer)
+}
+
+/// The answer to send `r`, just appended as message `id`, event `seq` of `conversation`.
+fn just_sent(
+    id: Uuid,
+    conversation: Uuid,
+    seq: i64,
+    sender: Uuid,
+    r: &SendMessageRequest,
+    sent_at: chrono::DateTime<Utc>,
+) -> Message {
+    let m = MessageRow {
+        id,
+        conversation_id: conversation,
+        seq,
+        sender_id: sender,
+        client_message_id: r.client_message_id.clone(),
+        body: None,
+        sent_at,
+        retracted_at: None,
+    };
+    message_to_pb(&m, r.body.clone())
 }
 
 /// A send that no batch settled: with attachments, a retry of a stored message, or one whose
@@ -227,17 +246,7 @@ async fn send_alone(
             .await?;
             crate::store::attachments::attach(conn, row.id, user.user_id, message_id, attachments)
                 .await?;
-            let m = MessageRow {
-                id: message_id,
-                conversation_id: row.id,
-                seq,
-                sender_id: user.user_id,
-                client_message_id: r.client_message_id.clone(),
-                body: None,
-                sent_at,
-                retracted_at: None,
-            };
-            let mut answer = message_to_pb(&m, r.body.clone());
+            let mut answer = just_sent(message_id, row.id, seq, user.user_id, r, sent_at);
             if !attachments.is_empty() {
                 answer.attachments =
                     super::attachments::of_message(state, conn, row, message_id).await?;
