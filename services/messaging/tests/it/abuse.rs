@@ -255,3 +255,61 @@ async fn a_suspension_asked_of_identity_stops_the_sender_everywhere() {
     assert_status(&end, Code::PermissionDenied, Some("SENDER_BLOCKED"));
     suite.shutdown().await;
 }
+
+/// What identity reports is enough: a suspended account's sends are refused by messaging
+/// itself, even with a token that still verifies, in a storm as alone; reactivated, it sends
+/// again.
+#[tokio::test]
+async fn a_suspended_account_cannot_send_even_while_its_token_still_verifies() {
+    use carehub_proto::common::v1::account_events_client::AccountEventsClient;
+    use carehub_proto::identity::v1::{AccountStatus, AccountStatusChanged};
+
+    let suite = common::spawn().await;
+    let (patient, provider, _staff, conversation) = suite.care().await;
+    suite.send(&patient, &conversation, "before").await;
+    let mut identity = AccountEventsClient::new(suite.channel("identity").await);
+    let report = |status: AccountStatus| {
+        tonic::Request::new(AccountStatusChanged {
+            user_id: patient.id.clone(),
+            status: status as i32,
+            change_time: Some(carehub_platform::timestamps::to_proto(chrono::Utc::now())),
+        })
+    };
+    identity
+        .apply_account_event(report(AccountStatus::Suspended))
+        .await
+        .unwrap();
+    let api = suite.public().await;
+    let sends = (0..8).map(|i| {
+        let sender = if i % 4 == 0 { &provider } else { &patient };
+        let mut api = api.clone();
+        let req = keyed(
+            sender,
+            SendMessageRequest {
+                conversation_id: conversation.id.clone(),
+                client_message_id: format!("suspended-{i}"),
+                body: format!("try {i}"),
+                attachment_ids: vec![],
+            },
+            &format!("suspended-key-{i}"),
+        );
+        async move { (i, api.send_message(req).await) }
+    });
+    for (i, result) in futures::future::join_all(sends).await {
+        if i % 4 == 0 {
+            assert_eq!(result.unwrap().into_inner().sender_id, provider.id);
+        } else {
+            let err = result.unwrap_err();
+            assert_status(&err, Code::PermissionDenied, Some("SENDER_BLOCKED"));
+        }
+    }
+    assert_eq!(suite.messaging.count("messages").await, 3);
+    // Reactivated (a later change), the account sends again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    identity
+        .apply_account_event(report(AccountStatus::Active))
+        .await
+        .unwrap();
+    suite.send(&patient, &conversation, "after").await;
+    suite.shutdown().await;
+}
