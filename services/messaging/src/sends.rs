@@ -44,7 +44,8 @@ pub struct Outgoing {
     pub sender: Uuid,
     pub client_message_id: String,
     pub body: Vec<u8>,
-    /// Its `message.send` event, the caller's sealer captured.
+    /// Its `message.send` event, built for the caller (`AuditEvent::caller` captures the
+    /// sealer the writer seals its client fields with).
     pub event: AuditEvent,
 }
 
@@ -83,10 +84,7 @@ impl Sends {
     }
 
     /// Appends `send` with the others waiting; returns once committed or refused.
-    pub async fn send(&self, mut send: Outgoing) -> Result<Sent> {
-        if send.event.sealer.is_none() {
-            send.event.sealer = audit::seal::current().map(audit::seal::CapturedSealer);
-        }
+    pub async fn send(&self, send: Outgoing) -> Result<Sent> {
         let shard = &self.shards[shard_of(send.conversation)];
         let (reply, outcome) = oneshot::channel();
         // A full backlog or a writer gone: sent alone.

@@ -87,6 +87,14 @@ impl Call {
         self.audited.store(true, Ordering::Relaxed);
     }
 
+    /// For changes another task committed on this call's behalf (messaging's group commit of
+    /// sends): `event` committed. Marks the call audited and puts the event on its span, as
+    /// the helpers do for what they record themselves.
+    pub fn committed_elsewhere(&self, event: &AuditEvent) {
+        self.mark_audited();
+        audit::sink::emit_on_span(event);
+    }
+
     /// Whether this call recorded an event through its helpers or [`Call::mark_audited`].
     pub fn was_audited(&self) -> bool {
         self.audited.load(Ordering::Relaxed)

@@ -125,8 +125,7 @@ pub async fn send(state: &AppState, call: &Call, r: SendMessageRequest) -> Resul
         };
         if let Sent::Appended { seq, sent_at } = state.sends.send(outgoing).await? {
             // Committed with its event by the batch, which announced it.
-            call.mark_audited();
-            carehub_platform::audit::sink::emit_on_span(&event);
+            call.committed_elsewhere(&event);
             return Ok(just_sent(
                 message_id,
                 row.id,

@@ -111,8 +111,8 @@ pub struct CareConversations {
     rows: std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<ConversationRow>>>,
 }
 
-/// Care conversations kept at once.
-const MAX_KEPT: usize = 100_000;
+/// Care conversations kept at once (as many as `teams` keeps care teams).
+const MAX_KEPT: usize = 10_000;
 
 impl CareConversations {
     pub fn get(&self, id: Uuid) -> Option<std::sync::Arc<ConversationRow>> {

@@ -9,7 +9,7 @@ use carehub_platform::auth::Role;
 use carehub_proto::messaging::v1::*;
 use tonic::Code;
 
-use crate::common::{self, as_user, assert_status, keyed};
+use crate::common::{self, as_user, assert_status, keyed, send_request};
 
 #[tokio::test]
 async fn a_report_reaches_the_review_queue_once_and_is_resolved_once() {
@@ -283,15 +283,11 @@ async fn a_suspended_account_cannot_send_even_while_its_token_still_verifies() {
     let sends = (0..8).map(|i| {
         let sender = if i % 4 == 0 { &provider } else { &patient };
         let mut api = api.clone();
-        let req = keyed(
+        let req = send_request(
             sender,
-            SendMessageRequest {
-                conversation_id: conversation.id.clone(),
-                client_message_id: format!("suspended-{i}"),
-                body: format!("try {i}"),
-                attachment_ids: vec![],
-            },
-            &format!("suspended-key-{i}"),
+            &conversation,
+            &format!("suspended-{i}"),
+            &format!("try {i}"),
         );
         async move { (i, api.send_message(req).await) }
     });

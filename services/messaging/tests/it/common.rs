@@ -314,3 +314,23 @@ pub fn as_user<T>(user: &User, req: T) -> tonic::Request<T> {
 pub fn keyed<T>(user: &User, req: T, key: &str) -> tonic::Request<T> {
     with_key(as_user(user, req), key)
 }
+
+/// SendMessage of `body` in `conversation` as `user`, client message id `client_id` (and
+/// idempotency key `key-<client_id>`), for tests that send many at once.
+pub fn send_request(
+    user: &User,
+    conversation: &Conversation,
+    client_id: &str,
+    body: &str,
+) -> tonic::Request<SendMessageRequest> {
+    keyed(
+        user,
+        SendMessageRequest {
+            conversation_id: conversation.id.clone(),
+            client_message_id: client_id.into(),
+            body: body.into(),
+            attachment_ids: vec![],
+        },
+        &format!("key-{client_id}"),
+    )
+}

@@ -6,7 +6,7 @@ use carehub_platform::auth::Role;
 use carehub_proto::messaging::v1::*;
 use tonic::Code;
 
-use crate::common::{self, as_user, assert_status, keyed};
+use crate::common::{self, as_user, assert_status, keyed, send_request};
 
 #[tokio::test]
 async fn a_care_conversation_is_its_patient_and_care_team_and_nobody_else() {
@@ -500,15 +500,11 @@ async fn a_storm_across_conversations_gives_each_its_own_gap_free_order() {
         } else {
             second.clone()
         };
-        let req = keyed(
+        let req = send_request(
             patient,
-            SendMessageRequest {
-                conversation_id: conversation.id.clone(),
-                client_message_id: format!("across-{i}"),
-                body: format!("note {i}"),
-                attachment_ids: vec![],
-            },
-            &format!("across-key-{i}"),
+            conversation,
+            &format!("across-{i}"),
+            &format!("note {i}"),
         );
         async move { api.send_message(req).await.unwrap().into_inner() }
     });
@@ -573,15 +569,11 @@ async fn in_a_storm_a_blocked_senders_messages_are_refused_and_the_others_are_se
     let sends = (0..24).map(|i| {
         let sender = if i % 2 == 0 { &patient } else { &provider };
         let mut api = api.clone();
-        let req = keyed(
+        let req = send_request(
             sender,
-            SendMessageRequest {
-                conversation_id: conversation.id.clone(),
-                client_message_id: format!("mixed-{i}"),
-                body: format!("line {i}"),
-                attachment_ids: vec![],
-            },
-            &format!("mixed-key-{i}"),
+            &conversation,
+            &format!("mixed-{i}"),
+            &format!("line {i}"),
         );
         async move { (i, api.send_message(req).await) }
     });

@@ -104,7 +104,7 @@ pub fn read_checkpoints(text: &str, service: &str) -> Result<Vec<Checkpoint>, St
 /// Puts the event on the current span (an OpenTelemetry span event named `audit.event`).
 /// The event's place in the chain is not known yet (the sequencer gives it after the commit):
 /// the trace and the chain meet at `audit.event_id`.
-pub fn emit_on_span(ev: &AuditEvent) {
+pub(crate) fn emit_on_span(ev: &AuditEvent) {
     tracing::event!(
         target: "carehub::audit",
         tracing::Level::INFO,
